@@ -223,7 +223,10 @@ class _Lowerer:
             width = self.dim(kw[key]) if key in kw else 0
             if fn == "mlp" and not width:
                 raise self.err(e.pos, "mlp needs width = N")
-            return self.b.add(fn, (x,), args=(width,), shape=target, pos=e.pos)
+            # each projection owns its weights: a unique label keeps equal-looking ones apart
+            self.n_proj += 1
+            label = f"{self.stmt_name}_{self.n_proj}"
+            return self.b.add(fn, (x,), args=(label, width), shape=target, pos=e.pos)
         if fn == "colnorm":
             self._arity(e, 1, kw, ("p",))
             x = self.value(args[0], "layer", target)
@@ -452,6 +455,7 @@ class _Lowerer:
                                "core inputs and `out` take their shapes from the spec")
             if s.name in self.env and s.name not in inputs:
                 raise self.err(s.pos, f"{s.name!r} is a weight or option of the core; the layer cannot assign it")
+            self.stmt_name, self.n_proj = s.name, 0
             x = self.value(s.expr, "layer", target)
             shape = self.b.node(x).shape
             if shape != target:

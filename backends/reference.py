@@ -1,0 +1,183 @@
+"""The reference backend: a sequential loop over time, generated from the IR.
+
+Per token: the transition's factors are applied right to left, then the write is added; a
+`delta(k, v, beta)` write is interleaved with the reflections of its `householder(k, beta)` factor
+(S <- (I - beta_j k_j k_j^T) S + beta_j k_j v_j^T for j = 1..n_h), which is DeltaProduct's order.
+Specs that read `prev(...)` are solved by fixed-point iteration of the whole loop.
+
+Internal layout: values [B, T, H, *shape] (H = 1 for specs without heads), state [B, H, *state].
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from recdsl.errors import RecNotConverged
+from recdsl.evaluate import Evaluator, apply_linmap, l2norm
+from recdsl.ir import IR
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """What a fixed-point solve did: iterations used and the final residual per sequence."""
+    iterations: int
+    residual: torch.Tensor
+    converged: bool
+
+
+def step_program(ir: IR) -> list[tuple[str, int]]:
+    """The per-token update as a list of ("apply", linmap) / ("delta", householder) / ("write", value)."""
+    trans, write = ir.root("transition"), ir.root("write")
+    factors = _factors(ir, trans)
+    wn = ir.node(write)
+    if wn.op != "delta":
+        return [("apply", f) for f in factors] + [("write", write)]
+    k, _, beta = ir.operands(write)
+    prog = []
+    for f in factors:
+        paired = ir.node(f).op == "householder" and ir.operands(f) == [k, beta]
+        prog.append(("delta", f) if paired else ("apply", f))
+    return prog
+
+
+def _factors(ir: IR, i: int) -> list[int]:
+    if ir.node(i).op == "compose":
+        a, b = ir.operands(i)
+        return _factors(ir, b) + _factors(ir, a)
+    return [i]
+
+
+def leaf_values(ir: IR, inputs: dict, weights: dict, options: dict, T: int):
+    """Leaf supplier for the evaluator in the time-batched layout [B, T, H, *shape]."""
+    def leaf(i, n):
+        if n.op == "input":
+            x = inputs[n.args[0]]
+            return l2norm(x) if any(c[0] == "l2norm" for c in n.args[1]) else x
+        if n.op == "weight":
+            w = weights[n.args[0]]
+            w = l2norm(w) if any(c[0] == "l2norm" for c in n.args[1]) else w
+            return w.unsqueeze(0).unsqueeze(0).expand(1, T, *w.shape)
+        if n.op == "option":
+            return options[n.args[0]]
+        raise ValueError(f"leaf {n.op!r} has no value outside the loop")
+    return leaf
+
+
+def run(ir: IR, inputs: dict, weights: dict, options: dict, initial_state: torch.Tensor | None,
+        compute_dtype: torch.dtype, warn: bool = True):
+    """Run the recurrence. Returns (outputs [B, T, H, *out], final state [B, H, *S], SolveInfo | None)."""
+    any_input = next(iter(inputs.values()))
+    B, T = any_input.shape[:2]
+    H = ir.heads or 1
+    S0 = initial_state if initial_state is not None else \
+        torch.zeros((B, H) + ir.state[1], dtype=compute_dtype, device=any_input.device)
+    prev_names = sorted({ir.node(i).args[0] for i in ir.graph.nodes if ir.node(i).op == "prev"})
+    if not prev_names:
+        o, S, _ = _loop(ir, inputs, weights, options, S0, {}, B, T, H)
+        return o, S, None
+    settings = dict(ir.solve)
+    tol, max_iter = settings["tol"], int(settings["max_iter"])
+    out_name = ir.roots_with("output:")[0][0]
+    prev = {}
+    for name in prev_names:
+        shape = ir.state[1] if name == ir.state[0] else ir.node(ir.root(f"output:{name}")).shape
+        prev[name] = torch.zeros((B, T, H) + tuple(shape), dtype=compute_dtype, device=any_input.device)
+    residual = torch.ones(B, dtype=compute_dtype)
+    for it in range(1, max_iter + 1):
+        o, S, states = _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=ir.state[0] in prev)
+        new = {name: (o if name == out_name else states) for name in prev_names}
+        residual = torch.stack([_relative_change(new[n], prev[n]) for n in prev_names]).amax(0)
+        prev = new
+        if bool((residual < tol).all()):
+            return o, S, SolveInfo(it, residual, True)
+    if warn:
+        warnings.warn(f"{ir.name}: fixed point not reached after {max_iter} iterations: largest relative "
+                      f"change {residual.max().item():.3g} > tol {tol:g}", RecNotConverged, stacklevel=3)
+    return o, S, SolveInfo(max_iter, residual, False)
+
+
+def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per sequence: max over time of ||new_t - old_t||_inf / ||new_t||_inf (Movahedi et al. 2025)."""
+    B, T = new.shape[:2]
+    d = (new - old).abs().reshape(B, T, -1).amax(-1)
+    m = new.abs().reshape(B, T, -1).amax(-1).clamp_min(torch.finfo(new.dtype).tiny)
+    return (d / m).amax(-1)
+
+
+def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):
+    base = leaf_values(ir, inputs, weights, options, T)
+
+    def leaf(i, n):
+        if n.op == "prev":
+            return prev[n.args[0]]
+        return base(i, n)
+
+    ev = Evaluator(ir, leaf)
+    program = step_program(ir)
+    # everything outside the readout is independent of the state: evaluate once for all t
+    needed = []
+    for kind, node in program:
+        needed += [node] if kind == "write" else _value_operands(ir, node)
+    if program and program[-1][0] != "write":  # a delta write: its v is read inside the loop
+        needed.append(ir.operands(ir.root("write"))[1])
+    pre = {j: ev(j) for j in needed}
+    out_id = ir.roots_with("output:")[0][1]
+    for j in _state_free_operands(ir, out_id):
+        pre[j] = ev(j)
+    S, outs, states = S0, [], []
+    for t in range(T):
+        at = {j: (v[:, t] if isinstance(v, torch.Tensor) and v.dim() >= 2 else v) for j, v in pre.items()}
+        value = lambda j: at[j]
+        for kind, node in program:
+            if kind == "apply":
+                S = apply_linmap(ir, node, S, value)
+            elif kind == "write":
+                S = S + at[node]
+            else:  # interleave reflections with their delta writes
+                k_id, beta_id = ir.operands(node)
+                k, beta, v = at[k_id], at[beta_id], at[ir.operands(ir.root("write"))[1]]
+                multi = len(ir.node(k_id).shape) == 2
+                for jj in range(k.shape[-2] if multi else 1):
+                    kj, bj, vj = (k[..., jj, :], beta[..., jj], v[..., jj, :]) if multi else (k, beta, v)
+                    S = apply_linmap(ir, node, S, value, steps=slice(jj, jj + 1)) if multi else \
+                        apply_linmap(ir, node, S, value)
+                    S = S + (bj.unsqueeze(-1) * kj).unsqueeze(-1) * vj.unsqueeze(-2)
+        outs.append(_readout(ir, out_id, S, at))
+        if keep_states:
+            states.append(S)
+    o = torch.stack(outs, dim=1)
+    return o, S, (torch.stack(states, dim=1) if keep_states else None)
+
+
+def _value_operands(ir: IR, linmap: int) -> list[int]:
+    out = []
+    for j in ir.operands(linmap):
+        out += [j] if ir.node(j).kind == "value" else _value_operands(ir, j)
+    return out
+
+
+def _state_free_operands(ir: IR, out_id: int) -> list[int]:
+    """Maximal sub-expressions of the readout that do not read the state."""
+    import networkx as nx
+    state_ids = {i for i in ir.graph.nodes if ir.node(i).op == "state"}
+    reads_state = lambda i: i in state_ids or bool(nx.ancestors(ir.graph, i) & state_ids)
+    found, todo = [], [out_id]
+    while todo:
+        i = todo.pop()
+        if reads_state(i):
+            todo += ir.operands(i)
+        elif ir.node(i).op != "const":
+            found.append(i)
+    return found
+
+
+def _readout(ir, out_id, S, at):
+    def leaf(i, n):
+        if n.op == "state":
+            return S
+        return at[i]
+    ev = Evaluator(ir, leaf)
+    ev.memo.update({i: v for i, v in at.items()})
+    return ev(out_id)

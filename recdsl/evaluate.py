@@ -1,0 +1,128 @@
+"""Evaluate IR values and apply IR linear maps with torch: shared by the reference backend and the layer.
+
+Every value is a tensor [*batch, *node.shape]: the batch part ([B, T, H] or [B, H]) is the same for all
+values of one evaluation, so an op only needs the per-token shapes recorded on its nodes. Left-aligned
+broadcasting (the language's rule) becomes trailing unsqueezes of the shorter per-token shape.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .ir import IR
+
+UNARY = {
+    "neg": torch.neg, "exp": torch.exp, "log": torch.log, "sigmoid": torch.sigmoid, "logsigmoid": F.logsigmoid,
+    "softplus": F.softplus, "silu": F.silu, "tanh": torch.tanh, "relu": torch.relu, "sqrt": torch.sqrt,
+    "abs": torch.abs,
+}
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow}
+
+
+def align(x, rank: int, out_rank: int):
+    """Left-aligned broadcast: append singleton axes so a per-token rank `rank` meets `out_rank`."""
+    if not isinstance(x, torch.Tensor) or rank == out_rank:
+        return x
+    return x.reshape(x.shape + (1,) * (out_rank - rank))
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1, eps=1e-12)
+
+
+class Evaluator:
+    """Memoised evaluation of value nodes. `leaf(i, node)` supplies leaves; `layer_op(i, node, x)`
+    the layer's parametrised ops (linear, mlp, norms); `linmap_arg(i)` nothing else is needed."""
+
+    def __init__(self, ir: IR, leaf, layer_op=None):
+        self.ir, self.leaf, self.layer_op = ir, leaf, layer_op
+        self.memo: dict[int, torch.Tensor] = {}
+
+    def __call__(self, i: int):
+        if i in self.memo:
+            return self.memo[i]
+        ir, n = self.ir, self.ir.node(i)
+        ops = ir.operands(i)
+        if not ops and n.op != "const":
+            v = self.leaf(i, n)
+        elif n.op == "const":
+            v = n.args[0]
+        elif n.op in UNARY:
+            v = UNARY[n.op](self(ops[0]))
+        elif n.op in BINARY:
+            a, b = self(ops[0]), self(ops[1])
+            ra, rb, r = len(ir.node(ops[0]).shape), len(ir.node(ops[1]).shape), len(n.shape)
+            a, b = align(a, ra, r), align(b, rb, r)
+            if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+                v = BINARY[n.op](torch.tensor(a), torch.tensor(b)).item()
+            else:
+                v = BINARY[n.op](a, b)
+        elif n.op == "l2norm":
+            v = l2norm(self(ops[0]))
+        elif n.op == "matmul":
+            v = matmul(self(ops[0]), self(ops[1]), len(ir.node(ops[0]).shape), len(ir.node(ops[1]).shape))
+        elif n.op == "outer":
+            v = self(ops[0]).unsqueeze(-1) * self(ops[1]).unsqueeze(-2)
+        elif n.op == "delta":  # as a plain value: sum_j beta_j k_j v_j^T (the interleaving lives in the loop)
+            k, vv, beta = (self(o) for o in ops)
+            if k.dim() and len(ir.node(ops[0]).shape) == 2:
+                v = torch.einsum("...jk,...jv->...kv", k * beta.unsqueeze(-1), vv)
+            else:
+                v = (k * beta.unsqueeze(-1)).unsqueeze(-1) * vv.unsqueeze(-2)
+        elif n.op == "mix":
+            v = apply_linmap(ir, ops[0], self(ops[1]), self)
+        elif self.layer_op is not None:
+            v = self.layer_op(i, n, [self(o) for o in ops])
+        else:
+            raise ValueError(f"cannot evaluate IR op {n.op!r} here")
+        self.memo[i] = v
+        return v
+
+
+def matmul(a, b, ra: int, rb: int):
+    pattern = {(1, 2): "...k,...kv->...v", (2, 1): "...dn,...n->...d", (1, 1): "...k,...k->...",
+               (2, 2): "...ij,...jk->...ik"}[(ra, rb)]
+    return torch.einsum(pattern, a, b)
+
+
+def apply_linmap(ir: IR, i: int, S: torch.Tensor, value, steps: slice | None = None) -> torch.Tensor:
+    """A_i S for linmap node i; S is [*batch, *ir.node(i).shape]; `value(j)` evaluates operand values
+    (already at the right time step). `steps` restricts a householder product to some of its reflections."""
+    n, ops = ir.node(i), ir.operands(i)
+    rank = len(n.shape)
+    if n.op == "identity":
+        return S
+    if n.op == "diag":
+        return S * align(value(ops[0]), len(ir.node(ops[0]).shape), rank)
+    if n.op == "householder":
+        k, beta = value(ops[0]), value(ops[1])
+        if len(ir.node(ops[0]).shape) == 1:
+            return reflect(S, k, beta, rank)
+        for j in range(k.shape[-2])[steps or slice(None)]:
+            S = reflect(S, k[..., j, :], beta[..., j], rank)
+        return S
+    if n.op == "rank1":
+        a, b = value(ops[0]), value(ops[1])
+        return align(a, 1, rank) * contract_first(b, S, rank).unsqueeze(-rank)
+    if n.op == "blockdiag":
+        M = value(ops[0])
+        return (M @ S.unsqueeze(-1)).squeeze(-1) if rank == 2 else M @ S
+    if n.op == "compose":
+        a, b = ops
+        return apply_linmap(ir, a, apply_linmap(ir, b, S, value), value)
+    if n.op == "lsum":
+        a, b = ops
+        return apply_linmap(ir, a, S, value) + apply_linmap(ir, b, S, value)
+    raise ValueError(f"{n.op!r} is not a linear map")
+
+
+def contract_first(k: torch.Tensor, S: torch.Tensor, rank: int) -> torch.Tensor:
+    """k^T S over the state's first axis: [*b, K] x [*b, K, *rest] -> [*b, *rest]."""
+    return (align(k, 1, rank) * S).sum(dim=-rank)
+
+
+def reflect(S, k, beta, rank: int):
+    """(I - beta k k^T) S on the state's first axis."""
+    kS = contract_first(k, S, rank)
+    beta = beta if not isinstance(beta, torch.Tensor) else align(beta, 0, rank)
+    return S - beta * align(k, 1, rank) * kS.unsqueeze(-rank)
