@@ -106,9 +106,8 @@ class RecModule(nn.Module):
                           if a.kind == "input" and ir.root(f"layer:{a.name}") is not None}
                 weights = {k: v for k, v in self.weights.items()}
                 from .opcall import call_op
-                core["o"], final = call_op(spec, (), {**inputs, **weights}, initial_state, output_final_state,
-                                           cu_seqlens, self.backend)
-                self.last_solve = getattr(call_op, "last_solve", None)
+                core["o"], final, self.last_solve = call_op(spec, (), {**inputs, **weights}, initial_state,
+                                                            output_final_state, cu_seqlens, self.backend)
             ev(i)
         return ev(ir.root("layer:out")), final
 

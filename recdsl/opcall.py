@@ -1,8 +1,6 @@
 """Calling a spec's core op: argument checking against the spec's shapes, layouts, varlen, dispatch."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -13,6 +11,36 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
 
     if backend not in ("auto", "reference"):
         raise ValueError(f"backend {backend!r} is not available; this build has 'reference' (and 'auto')")
+    inputs, weights, options, ref = prepare(spec, args, dict(kwargs))
+    B, T = ref.shape[:2]
+    H, dtype = spec.heads, ref.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    state_shape = spec.state_shape(1)[1:]
+    N = B if cu_seqlens is None else _check_cu(cu_seqlens, B, T)
+    if initial_state is not None:
+        want = (N,) + state_shape
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state: expected shape {list(want)} ([N{', H' if H else ''}, "
+                             f"{', '.join(map(str, spec.ir.state[1]))}]), got {list(initial_state.shape)}")
+        if initial_state.device != ref.device:
+            raise ValueError(f"initial_state is on {initial_state.device}, the inputs on {ref.device}")
+        initial_state = initial_state.to(compute)
+        if not H:
+            initial_state = initial_state.unsqueeze(1)
+    if cu_seqlens is None:
+        o, S, info = reference.run(spec.ir, inputs, weights, options, initial_state, compute)
+    else:
+        o, S, info = _varlen(spec, inputs, weights, options, initial_state, compute, cu_seqlens)
+    o = _layout_out(o, H).to(dtype)
+    if not H:
+        S = S.squeeze(1)
+    final = S.to(compute if compute == torch.float64 else torch.float32) if output_final_state else None
+    return o, final, info
+
+
+def prepare(spec, args, kwargs):
+    """Bind and check the op's arguments against the spec; returns the internal layout
+    (inputs [B, T, H, *shape], weights [H, *shape], options, a reference tensor)."""
     named = _bind(spec, args, kwargs)
     options = {}
     for name, default in spec.options:
@@ -51,30 +79,7 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             inputs[a.name] = _layout_in(x.to(compute), H)
         else:
             weights[a.name] = (x if H else x.unsqueeze(0)).to(compute)
-    state_shape = spec.state_shape(1)[1:]
-    N = B if cu_seqlens is None else _check_cu(cu_seqlens, B, T)
-    if initial_state is not None:
-        want = (N,) + state_shape
-        if tuple(initial_state.shape) != want:
-            raise ValueError(f"initial_state: expected shape {list(want)} ([N{', H' if H else ''}, "
-                             f"{', '.join(map(str, spec.ir.state[1]))}]), got {list(initial_state.shape)}")
-        if initial_state.device != ref.device:
-            raise ValueError(f"initial_state is on {initial_state.device}, the inputs on {ref.device}")
-        initial_state = initial_state.to(compute)
-        if not H:
-            initial_state = initial_state.unsqueeze(1)
-    if cu_seqlens is None:
-        o, S, info = reference.run(spec.ir, inputs, weights, options, initial_state, compute)
-    else:
-        o, S, info = _varlen(spec, inputs, weights, options, initial_state, compute, cu_seqlens)
-    spec_info = info
-    o = _layout_out(o, H).to(dtype)
-    if not H:
-        S = S.squeeze(1)
-    final = S.to(compute if compute == torch.float64 else torch.float32) if output_final_state else None
-    if spec_info is not None:
-        call_op.last_solve = spec_info
-    return o, final
+    return inputs, weights, options, ref
 
 
 def _varlen(spec, inputs, weights, options, h0, compute, cu):

@@ -1,7 +1,6 @@
 """A loaded spec: AST, IR and analysis, plus its core op with flash-linear-attention's layout."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +82,8 @@ class Spec:
         """Run the core recurrence. Tensors in flash-linear-attention's layout: [B, T, H, *shape]
         ([B, T, *shape] without heads); weights [H, *shape]; returns (o, final_state | None)."""
         from .opcall import call_op
-        return call_op(self, args, kwargs, initial_state, output_final_state, cu_seqlens, backend)
+        o, final, _ = call_op(self, args, kwargs, initial_state, output_final_state, cu_seqlens, backend)
+        return o, final
 
     def explain(self) -> str:
         return "\n\n".join([
