@@ -1,0 +1,52 @@
+"""Shared helpers: small specs and random, well-conditioned arguments for them."""
+import glob
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.rec")))
+SMALL = dict(H=2, K=4, V=3, D=4, N=3, NB=2, b=3, r=2, d_model=8)
+
+
+def example(name: str) -> str:
+    return os.path.join(ROOT, "examples", f"{name}.rec")
+
+
+def small(path: str, **extra):
+    """Load an example at test sizes (only the parameters it declares are overridden)."""
+    import recdsl
+    declared = dict(recdsl.load(path).params)
+    return recdsl.load(path, **{**{k: v for k, v in SMALL.items() if k in declared}, **extra})
+
+
+def random_args(spec, B=2, T=6, dtype=torch.float64, seed=0):
+    """Arguments in each input's declared range, so every recurrence stays well conditioned."""
+    g = torch.Generator().manual_seed(seed)
+    H = spec.heads
+    out = {}
+    for a in spec.args:
+        lead = ((H,) if H else ()) if a.kind == "weight" else (B, T) + ((H,) if H else ())
+        shape = lead + a.shape
+        node = next(n for n in spec.ir.leaves(a.kind) if n.args[0] == a.name)
+        cons = dict((c[0], c) for c in node.args[1])
+        u = torch.rand(shape, generator=g, dtype=dtype)
+        if "interval" in cons:
+            lo, hi = cons["interval"][1], cons["interval"][2]
+            x = lo + (hi - lo) * (0.05 + 0.9 * u)
+        elif "log" in cons:
+            x = -u * 0.9 - 0.02
+        elif "positive" in cons:
+            x = u + 0.05
+        else:
+            x = torch.randn(shape, generator=g, dtype=dtype) * 0.5
+        out[a.name] = x
+    if spec.name in ("fp_rnn", "fp_mamba"):
+        out["alpha"] = out["alpha"] * 0.25   # keep ||I - Q|| < 1 so the fixed point is a contraction
+    return out
+
+
+@pytest.fixture(params=[os.path.basename(p)[:-4] for p in EXAMPLES])
+def example_name(request):
+    return request.param
