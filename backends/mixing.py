@@ -25,7 +25,7 @@ def materialize(spec, *args, **kwargs):
     if ir.solve:
         raise ValueError(f"{spec.name}: the write reads prev(...), so the mixing operator depends on the "
                          "fixed point itself; materialise the dense A_t instead")
-    inputs, weights, options, ref = prepare(spec, args, dict(kwargs))
+    inputs, weights, options, ref, _ = prepare(spec, args, dict(kwargs))
     B, T = ref.shape[:2]
     H = ir.heads or 1
     ev = Evaluator(ir, leaf_values(ir, inputs, weights, options, T))

@@ -9,14 +9,28 @@ FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, backend):
     from recdsl.backends import reference
 
-    if backend not in ("auto", "reference"):
-        raise ValueError(f"backend {backend!r} is not available; this build has 'reference' (and 'auto')")
-    inputs, weights, options, ref = prepare(spec, args, dict(kwargs))
+    from recdsl.planner import plan as make_plan
+
+    inputs, weights, options, ref, raw = prepare(spec, args, dict(kwargs))
     B, T = ref.shape[:2]
     H, dtype = spec.heads, ref.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     state_shape = spec.state_shape(1)[1:]
     N = B if cu_seqlens is None else _check_cu(cu_seqlens, B, T)
+    channels = 1
+    for d in spec.ir.state[1]:
+        channels *= d
+    plan = make_plan(spec, backend, batch_channels=B * channels * (H or 1), on_cuda=ref.is_cuda)
+    if plan.backend == "triton":
+        if dtype == torch.float64:
+            raise ValueError("the Triton backend computes in fp32 from fp16/bf16/fp32 inputs; use backend='reference' for fp64")
+        if initial_state is not None:
+            want = (N,) + state_shape
+            if tuple(initial_state.shape) != want:
+                raise ValueError(f"initial_state: expected shape {list(want)}, got {list(initial_state.shape)}")
+        from recdsl.backends.triton.launch import run_scan
+        o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)
+        return o, final, None
     if initial_state is not None:
         want = (N,) + state_shape
         if tuple(initial_state.shape) != want:
@@ -62,6 +76,7 @@ def prepare(spec, args, kwargs):
     dtype = ref.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     lead = (B, T) + ((H,) if H else ())
+    raw = {}
     for a in spec.args:
         x = named.get(a.name)
         if a.kind == "weight":
@@ -73,13 +88,14 @@ def prepare(spec, args, kwargs):
             if x is None:
                 if a.default is None:
                     raise ValueError(f"input {a.name!r} is required: expected shape {_show(spec, a, want)}")
-                inputs[a.name] = x = torch.full(want, a.default, dtype=compute, device=ref.device)
+                x = torch.full(want, a.default, dtype=ref.dtype, device=ref.device)
         _check_tensor(spec, a, x, want, ref, weight=a.kind == "weight")
+        raw[a.name] = x
         if a.kind == "input":
             inputs[a.name] = _layout_in(x.to(compute), H)
         else:
             weights[a.name] = (x if H else x.unsqueeze(0)).to(compute)
-    return inputs, weights, options, ref
+    return inputs, weights, options, ref, raw
 
 
 def _varlen(spec, inputs, weights, options, h0, compute, cu):

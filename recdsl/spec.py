@@ -15,18 +15,6 @@ from .lower import lower
 from .parser import parse
 from .verify import verify
 
-BACKENDS = ("reference",)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a call will run. Issue-3 backends add algorithm choices; the reference has one."""
-    backend: str
-    algorithm: str
-    reason: str
-
-    def text(self) -> str:
-        return f"backend {self.backend}: {self.algorithm}\n  why: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -64,15 +52,9 @@ class Spec:
     def output_name(self) -> str:
         return self.ir.roots_with("output:")[0][0]
 
-    def plan(self) -> Plan:
-        if self.ir.solve:
-            s = dict(self.ir.solve)
-            return Plan("reference", f"fixed-point iteration of the sequential loop (tol {s['tol']:g}, "
-                                     f"max_iter {int(s['max_iter'])})",
-                        "the spec reads prev(...): the loop is repeated until the iterate stops changing")
-        return Plan("reference", "sequential loop over T, state in fp32 (fp64 for fp64 inputs)",
-                    "the reference backend is the only one built so far; generated kernels come with the "
-                    "Triton backend")
+    def plan(self, backend: str = "auto", **call) -> "Plan":
+        from .planner import plan
+        return plan(self, backend, **call)
 
     def state_shape(self, batch: int) -> tuple[int, ...]:
         return (batch,) + ((self.heads,) if self.heads else ()) + self.ir.state[1]

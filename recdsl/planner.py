@@ -1,0 +1,80 @@
+"""The planner: which backend and algorithm runs a call, with which blocks, and why.
+
+A Plan is frozen and hashable; `recdsl explain` prints it with the reason for each choice.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str                       # reference | triton
+    algorithm: str                     # sequential | fixed_point | elementwise_scan
+    block_t: int = 0                   # tokens per block (scan chunk)
+    block_d: int = 0                   # channels per program
+    num_warps: int = 4
+    store_chunk_states: bool = True    # forward keeps chunk-start states for the backward (vs recompute)
+    reasons: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        head = f"backend {self.backend}, algorithm {self.algorithm}"
+        if self.backend == "triton":
+            head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
+                     f"{'store' if self.store_chunk_states else 'recompute'} chunk states")
+        return head + "".join(f"\n  why: {r}" for r in self.reasons)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda: bool | None = None) -> Plan:
+    """Choose how to run `spec`. `batch_channels` is B * channels of the call, when known."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ir = spec.ir
+    if ir.solve:
+        s = dict(ir.solve)
+        why = (f"the spec reads prev(...): the loop repeats until the relative change is below "
+               f"{s['tol']:g} (at most {int(s['max_iter'])} iterations)",)
+        if backend == "triton":
+            raise ValueError(f"{spec.name}: no Triton kernel for fixed points yet; use backend='reference'")
+        return Plan("reference", "fixed_point", reasons=why)
+    reason = _triton_reason(spec)
+    if backend == "triton" and reason:
+        raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
+    use_triton = backend == "triton" or (backend == "auto" and not reason and (on_cuda or _interpreting()))
+    if not use_triton:
+        why = [f"Triton: {reason}"] if reason else ["inputs are not on a CUDA device"]
+        return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
+    return _scan_plan(batch_channels)
+
+
+def _triton_reason(spec) -> str | None:
+    try:
+        from recdsl.backends.triton.scan import eligible
+    except ImportError:  # triton is an optional dependency
+        return "triton is not installed"
+    return eligible(spec.ir)
+
+
+def _scan_plan(batch_channels: int | None) -> Plan:
+    # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
+    BT, warps = 64, 4
+    BD, why_d = 32, "BD=32 keeps rows of 64 B per token (bf16) while leaving many programs"
+    if batch_channels is not None:
+        target = 4 * 132                       # four programs per SM on an H100
+        BD = 64
+        while BD > 16 and batch_channels // BD < target:
+            BD //= 2
+        why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
+    return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
+        "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
+        f"BT={BT}: tl.associative_scan inside a block of {BT} tokens, the state carried across blocks",
+        why_d,
+        "chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
+    ))
