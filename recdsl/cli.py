@@ -115,6 +115,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=16)
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("bench", help="side-by-side GPU timings (recdsl bench FILE --help)", add_help=False)
+    p.set_defaults(fn=None)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = ap.parse_args(argv)
     return args.fn(args)
 

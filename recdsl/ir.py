@@ -69,13 +69,18 @@ class IR:
     source: str = field(default="", compare=False, hash=False, repr=False)
 
     def node(self, i: int) -> Node:
-        return self.graph.nodes[i]["node"]
+        return self._nodes[i]
 
     def operands(self, i: int) -> list[int]:
         return operands_of(self.graph, i)
 
     def operands(self, i: int) -> list[int]:
-        return operands_of(self.graph, i)
+        return self._operand_table[i]
+
+    def __post_init__(self):
+        # plain tables read on hot paths (and traceable by torch.compile, unlike graph queries)
+        object.__setattr__(self, "_operand_table", {i: operands_of(self.graph, i) for i in self.graph.nodes})
+        object.__setattr__(self, "_nodes", {i: self.graph.nodes[i]["node"] for i in self.graph.nodes})
 
     def root(self, name: str) -> int | None:
         return dict(self.roots).get(name)

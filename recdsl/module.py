@@ -45,6 +45,14 @@ class RecModule(nn.Module):
             a.name: nn.Parameter(torch.empty(((H,) if H else ()) + a.shape, **kw))
             for a in spec.args if a.kind == "weight"})
         self.last_solve = None
+        # the layer's schedule as plain data, so forward never queries the graph (torch.compile traces it)
+        self._schedule = [(name, i, _reads(ir, i, "core_output")) for name, i in ir.roots_with("layer:")]
+        self._input_roots = [(a.name, ir.root(f"layer:{a.name}")) for a in spec.args
+                             if a.kind == "input" and ir.root(f"layer:{a.name}") is not None]
+        self._out_root = ir.root("layer:out")
+        if backend != "reference":
+            from .planner import prepare
+            prepare(spec)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -100,16 +108,15 @@ class RecModule(nn.Module):
 
         ev = Evaluator(ir, leaf, layer_op)
         final = None
-        for name, i in ir.roots_with("layer:"):
-            if "o" not in core and _reads(ir, i, "core_output"):
-                inputs = {a.name: ev(ir.root(f"layer:{a.name}")) for a in spec.args
-                          if a.kind == "input" and ir.root(f"layer:{a.name}") is not None}
+        for name, i, reads_core in self._schedule:
+            if "o" not in core and reads_core:
+                inputs = {n: ev(r) for n, r in self._input_roots}
                 weights = {k: v for k, v in self.weights.items()}
                 from .opcall import call_op
                 core["o"], final, self.last_solve = call_op(spec, (), {**inputs, **weights}, initial_state,
                                                             output_final_state, cu_seqlens, self.backend)
             ev(i)
-        return ev(ir.root("layer:out")), final
+        return ev(self._out_root), final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token: x_t [B, d_model], state as from init_state. Returns (y_t [B, d_model], new state)."""

@@ -4,7 +4,6 @@ A Plan is frozen and hashable; `recdsl explain` prints it with the reason for ea
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 BACKENDS = ("auto", "reference", "triton")
@@ -28,10 +27,6 @@ class Plan:
         return head + "".join(f"\n  why: {r}" for r in self.reasons)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda: bool | None = None) -> Plan:
     """Choose how to run `spec`. `batch_channels` is B * channels of the call, when known."""
     if backend not in BACKENDS:
@@ -47,7 +42,7 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
     reason = _triton_reason(spec)
     if backend == "triton" and reason:
         raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
-    use_triton = backend == "triton" or (backend == "auto" and not reason and (on_cuda or _interpreting()))
+    use_triton = backend == "triton" or (backend == "auto" and not reason and bool(on_cuda))
     if not use_triton:
         why = [f"Triton: {reason}"] if reason else ["inputs are not on a CUDA device"]
         return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
@@ -55,11 +50,26 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
 
 
 def _triton_reason(spec) -> str | None:
-    try:
-        from recdsl.backends.triton.scan import eligible
-    except ImportError:  # triton is an optional dependency
-        return "triton is not installed"
-    return eligible(spec.ir)
+    if "triton_reason" not in spec.memo:
+        try:
+            from recdsl.backends.triton.scan import eligible
+            spec.memo["triton_reason"] = eligible(spec.ir)
+        except ImportError:  # triton is an optional dependency
+            spec.memo["triton_reason"] = "triton is not installed"
+    return spec.memo["triton_reason"]
+
+
+BLOCK_D_CHOICES = (16, 32, 64)
+
+
+def prepare(spec) -> None:
+    """Do every graph walk and kernel registration a call may need, ahead of time, so that calls
+    inside torch.compile(fullgraph=True) only read memoised results."""
+    if _triton_reason(spec) is None:
+        from recdsl.backends.triton.launch import scan_op
+        for bd in BLOCK_D_CHOICES:
+            p = _scan_plan(None)
+            scan_op(spec, p.block_t, bd, p.num_warps)
 
 
 def _scan_plan(batch_channels: int | None) -> Plan:
@@ -68,8 +78,8 @@ def _scan_plan(batch_channels: int | None) -> Plan:
     BD, why_d = 32, "BD=32 keeps rows of 64 B per token (bf16) while leaving many programs"
     if batch_channels is not None:
         target = 4 * 132                       # four programs per SM on an H100
-        BD = 64
-        while BD > 16 and batch_channels // BD < target:
+        BD = max(BLOCK_D_CHOICES)
+        while BD > min(BLOCK_D_CHOICES) and batch_channels // BD < target:
             BD //= 2
         why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (

@@ -35,6 +35,8 @@ class Spec:
     params: tuple[tuple[str, float], ...]
     args: tuple[Arg, ...] = field(default=())
     options: tuple[tuple[str, float], ...] = field(default=())
+    # artifacts derived from this spec (eligibility, generated kernels), computed once per process
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -1,98 +1,130 @@
-"""Host side of the generated element-wise scan: layouts, launch grids, autograd."""
+"""Host side of the generated element-wise scan: layouts, launch grids, and a torch custom op
+(forward, backward, fake) per generated module, so torch.compile(fullgraph=True) sees one opaque op."""
 from __future__ import annotations
 
 import hashlib
+from typing import Optional
 
 import torch
 import triton
 
 import recdsl
-from recdsl.planner import Plan
 
 from .cache import load_module
 from .scan import generate
 
-_MODULES: dict[str, object] = {}
+_OPS: dict[str, object] = {}     # kernel key -> registered custom op (one registration per process)
 
 
-def kernels(spec):
-    """The generated module for this spec, keyed by a hash of its source, recdsl's and Triton's versions."""
-    src = generate(spec.ir, spec.args)
-    key = hashlib.sha256(f"{src}\n{recdsl.__version__}\n{triton.__version__}".encode()).hexdigest()[:24]
-    if key not in _MODULES:
-        _MODULES[key] = load_module(key, src)
-    return _MODULES[key], key
+def kernel_key(src: str) -> str:
+    return hashlib.sha256(f"{src}\n{recdsl.__version__}\n{triton.__version__}".encode()).hexdigest()[:24]
 
 
-def _flat(x: torch.Tensor, heads: bool) -> torch.Tensor:
-    """[B, T, H, D] -> [B, T, H*D] (a no-op view for head-less specs), contiguous."""
-    x = x.flatten(-2) if heads else x
-    return x.contiguous()
+def scan_op(spec, block_t: int, block_d: int, num_warps: int):
+    """The custom op running this spec's generated scan with these blocks (registered on first use)."""
+    memo_key = ("scan_op", block_t, block_d, num_warps)
+    if memo_key not in spec.memo:
+        src = generate(spec.ir, spec.args)
+        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}"
+        if key not in _OPS:
+            _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps)
+        spec.memo[memo_key] = _OPS[key]
+    return spec.memo[memo_key]
 
 
-class ScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, plan: Plan, names, n_inputs, options, h0, cu, output_final_state, *tensors):
-        mod, _ = kernels(spec)
-        heads = spec.heads is not None
-        ins = [_flat(t, heads) for t in tensors[:n_inputs]]
-        ws = [t.reshape(-1).contiguous() for t in tensors[n_inputs:]]
-        B, T, C = ins[0].shape
-        N, BT, BD = (B if cu is None else cu.numel() - 1), plan.block_t, plan.block_d
-        device = ins[0].device
+def _register(mod, key, spec_name, BT, BD, warps):
+    name = f"recdsl::{spec_name}_scan_{key}"
+    n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
+
+    def chunk_offsets_of(cu, B, T):
         if cu is None:
-            chunk_offsets, n_chunks = None, B * triton.cdiv(T, BT)
-        else:
-            lens = cu[1:] - cu[:-1]
-            nck = (lens + BT - 1) // BT
-            chunk_offsets = torch.cat([nck.new_zeros(1), nck.cumsum(0)]).to(torch.int32)
-            n_chunks = int(chunk_offsets[-1])
-        out = torch.empty_like(ins[0])
-        ht = torch.empty(N, C, dtype=torch.float32, device=device) if output_final_state else None
-        need_grad = any(ctx.needs_input_grad[8:]) or (h0 is not None and h0.requires_grad)
-        hc = torch.empty(max(n_chunks, 1), C, dtype=torch.float32, device=device) if need_grad else None
-        h0f = None if h0 is None else h0.reshape(N, C).float().contiguous()
-        grid = (triton.cdiv(C, BD), N)
-        mod.scan_fwd[grid](*ins, *ws, *[options[o] for o in mod.OPTIONS], h0f, out, ht, hc, cu, chunk_offsets,
-                           T, C, BT=BT, BD=BD, IS_VARLEN=cu is not None, USE_H0=h0 is not None,
-                           STORE_HT=output_final_state, STORE_HC=need_grad, num_warps=plan.num_warps)
-        ctx.save_for_backward(*ins, *ws, h0f if h0f is not None else torch.empty(0), hc if hc is not None else torch.empty(0),
-                              cu if cu is not None else torch.empty(0), chunk_offsets if chunk_offsets is not None else torch.empty(0))
-        ctx.meta = (spec, plan, n_inputs, len(ws), options, h0 is not None, cu is not None, tuple(t.shape for t in tensors),
-                    tuple(t.dtype for t in tensors), h0.shape if h0 is not None else None)
-        shape_out = tensors[0].shape[:2] + (spec.heads,) + spec.ir.state[1] if heads else tensors[0].shape[:2] + spec.ir.state[1]
-        final = None if ht is None else (ht.reshape((N, spec.heads) + spec.ir.state[1]) if heads else ht)
-        return out.reshape(shape_out), final
+            return None, B * triton.cdiv(T, BT)
+        nck = (cu[1:] - cu[:-1] + BT - 1) // BT
+        co = torch.cat([nck.new_zeros(1), nck.cumsum(0)]).to(torch.int32)
+        return co, int(co[-1])
 
-    @staticmethod
-    def backward(ctx, d_out, d_final):
-        spec, plan, n_in, n_w, options, has_h0, varlen, shapes, dtypes, h0_shape = ctx.meta
-        saved = ctx.saved_tensors
-        ins, ws = list(saved[:n_in]), list(saved[n_in:n_in + n_w])
-        h0f, hc, cu, chunk_offsets = saved[n_in + n_w:]
-        mod, _ = kernels(spec)
-        heads = spec.heads is not None
+    @torch.library.custom_op(name, mutates_args=())
+    def forward(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
+                cu: Optional[torch.Tensor], output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
+        h0 = None if h0 is None else h0.contiguous()
         B, T, C = ins[0].shape
-        N = cu.numel() - 1 if varlen else B
-        d_out = _flat(d_out, heads)
-        dht = None if d_final is None else d_final.reshape(N, C).float().contiguous()
-        d_ins = [torch.empty_like(x) for x in ins]
+        N = B if cu is None else cu.numel() - 1
+        co, n_chunks = chunk_offsets_of(cu, B, T)
+        out = torch.empty(ins[0].shape, dtype=ins[0].dtype, device=ins[0].device)
+        ht = torch.empty(N if output_final_state else 0, C, dtype=torch.float32, device=out.device)
+        hc = torch.empty(max(n_chunks, 1), C, dtype=torch.float32, device=out.device)
+        mod.scan_fwd[(triton.cdiv(C, BD), N)](
+            *ins, *ws, *options, h0, out, ht, hc, cu, co, T, C, BT=BT, BD=BD, IS_VARLEN=cu is not None,
+            USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True, num_warps=warps)
+        return out, ht, hc
+
+    @forward.register_fake
+    def _(ins, ws, options, h0, cu, output_final_state):
+        B, T, C = ins[0].shape
+        N = B if cu is None else cu.shape[0] - 1
+        n_chunks = torch.library.get_ctx().new_dynamic_size() if cu is not None else B * triton.cdiv(T, BT)
+        return (torch.empty_like(ins[0]), ins[0].new_empty(N if output_final_state else 0, C, dtype=torch.float32),
+                ins[0].new_empty(n_chunks, C, dtype=torch.float32))
+
+    @torch.library.custom_op(name + "_bwd", mutates_args=())
+    def backward_op(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
+                    hc: torch.Tensor, cu: Optional[torch.Tensor], d_out: torch.Tensor,
+                    dht: Optional[torch.Tensor]) -> list[torch.Tensor]:
+        ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
+        h0 = None if h0 is None else h0.contiguous()
+        dht = None if dht is None else dht.contiguous()
+        B, T, C = ins[0].shape
+        N = B if cu is None else cu.numel() - 1
+        co, _ = chunk_offsets_of(cu, B, T)
+        d_ins = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in ins]
         dw = [torch.zeros(N, C, dtype=torch.float32, device=x.device) for x in ws]
-        dh0 = torch.empty(N, C, dtype=torch.float32, device=ins[0].device) if has_h0 else None
-        grid = (triton.cdiv(C, plan.block_d), N)
-        mod.scan_bwd[grid](*ins, *ws, *[options[o] for o in mod.OPTIONS], h0f if has_h0 else None, hc, d_out, dht,
-                           *d_ins, *dw, dh0, cu if varlen else None, chunk_offsets if varlen else None,
-                           T, C, BT=plan.block_t, BD=plan.block_d, IS_VARLEN=varlen, USE_H0=has_h0,
-                           USE_DHT=dht is not None, num_warps=plan.num_warps)
-        grads = [g.reshape(s) for g, s in zip(d_ins, shapes[:n_in])]
-        grads += [g.sum(0).reshape(s).to(dt) for g, s, dt in zip(dw, shapes[n_in:], dtypes[n_in:])]
-        g_h0 = dh0.reshape(h0_shape) if has_h0 else None
-        return (None, None, None, None, None, g_h0, None, None, *grads)
+        dh0 = torch.empty(N if h0 is not None else 0, C, dtype=torch.float32, device=d_out.device)
+        mod.scan_bwd[(triton.cdiv(C, BD), N)](
+            *ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *dw, dh0, cu, co, T, C, BT=BT, BD=BD,
+            IS_VARLEN=cu is not None, USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=warps)
+        return d_ins + [g.sum(0).to(w.dtype) for g, w in zip(dw, ws)] + [dh0]
+
+    @backward_op.register_fake
+    def _(ins, ws, options, h0, hc, cu, d_out, dht):
+        N = ins[0].shape[0] if cu is None else cu.shape[0] - 1
+        return ([torch.empty_like(x) for x in ins] + [torch.empty_like(w) for w in ws]
+                + [d_out.new_empty(N if h0 is not None else 0, ins[0].shape[-1], dtype=torch.float32)])
+
+    def setup_context(ctx, inputs, output):
+        ins, ws, options, h0, cu, _ = inputs
+        ctx.save_for_backward(*ins, *ws, *([h0] if h0 is not None else []), output[2],
+                              *([cu] if cu is not None else []))
+        ctx.options, ctx.has_h0, ctx.has_cu = options, h0 is not None, cu is not None
+
+    def backward(ctx, d_out, d_ht, d_hc):
+        saved = list(ctx.saved_tensors)
+        ins, ws, rest = saved[:n_in], saved[n_in:n_in + n_w], saved[n_in + n_w:]
+        h0 = rest.pop(0) if ctx.has_h0 else None
+        hc = rest.pop(0)
+        cu = rest.pop(0) if ctx.has_cu else None
+        dht = d_ht if (d_ht is not None and d_ht.numel()) else None
+        grads = backward_op(ins, ws, ctx.options, h0, hc, cu, d_out, dht)
+        return (grads[:n_in], grads[n_in:n_in + n_w], [None] * len(ctx.options),
+                grads[-1] if ctx.has_h0 else None, None, None)
+
+    forward.register_autograd(backward, setup_context=setup_context)
+    return forward
 
 
 def run_scan(spec, plan, named: dict, options: dict, h0, cu, output_final_state):
     """named: op-layout tensors by argument name (inputs [B, T, (H,) D], weights [(H,) D])."""
+    heads = spec.heads is not None
+    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps)
+    mod_options = sorted(options)
     ins = [named[a.name] for a in spec.args if a.kind == "input"]
-    ws = [named[a.name] for a in spec.args if a.kind == "weight"]
-    names = tuple(a.name for a in spec.args)
-    return ScanFunction.apply(spec, plan, names, len(ins), options, h0, cu, output_final_state, *ins, *ws)
+    B, T = ins[0].shape[:2]
+    flat = [(x.flatten(-2) if heads else x).contiguous() for x in ins]
+    ws = [named[a.name].reshape(-1).contiguous() for a in spec.args if a.kind == "weight"]
+    N = B if cu is None else cu.numel() - 1
+    C = flat[0].shape[-1]
+    h0f = None if h0 is None else h0.reshape(N, C).float().contiguous()
+    out, ht, _ = op(flat, ws, [float(options[o]) for o in mod_options], h0f, cu, output_final_state)
+    out = out.reshape(ins[0].shape[:2] + ((spec.heads,) if heads else ()) + spec.ir.state[1])
+    final = ht.reshape((N,) + ((spec.heads,) if heads else ()) + spec.ir.state[1]) if output_final_state else None
+    return out, final

@@ -1,0 +1,187 @@
+"""`recdsl bench`: side-by-side timings per DESIGN section 7, written as JSON lines plus a plot.
+
+Medians of triton.testing.do_bench (warmup 25 ms, rep 100 ms) after warm-up calls, forward and
+forward+backward separately, bf16 inputs, the same tensors for every contestant in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import recdsl
+
+
+def _bench(fn, warmup_calls: int = 3) -> float:
+    from triton.testing import do_bench
+    for _ in range(warmup_calls):
+        fn()
+    torch.cuda.synchronize()
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def _peak(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def environment() -> dict:
+    import triton
+    env = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "torch": torch.__version__, "triton": triton.__version__, "recdsl": recdsl.__version__,
+           "python": platform.python_version()}
+    try:
+        import fla
+        env["fla"] = getattr(fla, "__version__", "?")
+    except ImportError:
+        env["fla"] = None
+    return env
+
+
+def _fwd_bwd(run, tensors):
+    def f():
+        for t in tensors:
+            t.grad = None
+        o = run()
+        o = o[0] if isinstance(o, tuple) else o
+        o.backward(torch.ones_like(o))
+    return f
+
+
+def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
+    """An element-wise diagonal spec (hgrn-like: inputs [B, T, width]) against fla's hgrn kernels and a
+    device copy of the same bytes."""
+    spec = recdsl.load(path, D=width)
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    args = {}
+    for a in spec.args:
+        shape = (width,) if a.kind == "weight" else (B, T, width)
+        x = torch.randn(shape, device=dev, generator=g, dtype=torch.float32)
+        node = next(n for n in spec.ir.leaves(a.kind) if n.args[0] == a.name)
+        cons = {c[0]: c for c in node.args[1]}
+        if "log" in cons:
+            x = torch.nn.functional.logsigmoid(x)
+        elif "interval" in cons:
+            lo, hi = cons["interval"][1:3]
+            x = lo + (hi - lo) * torch.sigmoid(x)
+        args[a.name] = x.to(dtype).requires_grad_(True)
+    tensors = list(args.values())
+    shape = {"B": B, "T": T, "width": width, "dtype": str(dtype).replace("torch.", "")}
+    rows = []
+
+    def add(contestant, mode, ms, peak=None, **extra):
+        rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
+                     "peak_bytes": peak, **shape, **extra})
+
+    ours = lambda: spec.op(**args, backend="triton")
+    with torch.no_grad():
+        add("recdsl", "fwd", _bench(ours), _peak(ours))
+    fb = _fwd_bwd(ours, tensors)
+    add("recdsl", "fwd+bwd", _bench(fb), _peak(fb))
+    # a device copy moving the same bytes as the forward (inputs read + output written)
+    moved = sum(t.numel() * t.element_size() for t in tensors if t.dim() == 3) + B * T * width * torch.finfo(dtype).bits // 8
+    src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    add("device copy", "fwd", _bench(lambda: dst.copy_(src)), None, bytes=moved)
+    if with_fla and spec.name == "hgrn":
+        try:
+            from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+        except ImportError:
+            chunk_hgrn = None
+        if chunk_hgrn is not None:
+            x, gg = args["x"], args["g"]
+            for name, fn in (("fla chunk_hgrn", chunk_hgrn), ("fla fused_recurrent_hgrn", fused_recurrent_hgrn)):
+                run = (lambda fn=fn: fn(x, gg))
+                with torch.no_grad():
+                    add(name, "fwd", _bench(run), _peak(run))
+                fb = _fwd_bwd(run, [x, gg])
+                add(name, "fwd+bwd", _bench(fb), _peak(fb))
+            with torch.no_grad():
+                o1, _ = spec.op(**args, backend="triton")
+                o2, _ = chunk_hgrn(x, gg)
+            rows.append({"case": spec.name, "check": "recdsl vs fla chunk_hgrn (bf16)",
+                         "rel_rmse": float((o1.float() - o2.float()).norm() / o2.float().norm())})
+    return rows
+
+
+def cold_start(path: str, **params) -> dict:
+    """Seconds from loading the spec to the first result, in a fresh process: empty caches, then warm."""
+    code = ("import time, torch, recdsl; t = time.perf_counter(); "
+            f"s = recdsl.load({path!r}, **{params!r}); "
+            "args = {a.name: torch.rand((2, 64) + a.shape if a.kind == 'input' else a.shape, device='cuda') for a in s.args}; "
+            "o, _ = s.op(**args, backend='triton'); torch.cuda.synchronize(); print(time.perf_counter() - t)")
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        env = {**os.environ, "RECDSL_CACHE": f"{d}/recdsl", "TRITON_CACHE_DIR": f"{d}/triton"}
+        for label in ("empty cache", "warm cache"):
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            out[label] = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr[-500:]
+    return out
+
+
+def write(rows: list[dict], out_dir: str, tag: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{tag}.jsonl"
+    env = environment()
+    with path.open("a") as f:
+        for r in rows:
+            f.write(json.dumps({**env, **r}) + "\n")
+    return path
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    timed = [r for r in rows if "ms" in r]
+    cases = sorted({(r["case"], r["mode"]) for r in timed})
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
+    for ax, (case, mode) in zip(axes[0], cases):
+        rs = [r for r in timed if r["case"] == case and r["mode"] == mode]
+        ax.barh([r["contestant"] for r in rs], [r["ms"] for r in rs],
+                color=["#d62728" if r["contestant"] == "recdsl" else "#7f7f7f" for r in rs])
+        for i, r in enumerate(rs):
+            ax.text(r["ms"], i, f" {r['ms']:.3f}", va="center", fontsize=8)
+        ax.set_title(f"{case} {mode}", fontsize=9)
+        ax.set_xlabel("ms (median, lower is better)")
+    fig.suptitle(f"{environment()['gpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="recdsl bench")
+    ap.add_argument("file")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--length", type=int, default=4096)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default=time.strftime("%Y%m%d"))
+    ap.add_argument("--no-fla", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("recdsl bench needs a CUDA device", file=sys.stderr)
+        return 2
+    rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
+    rows.append({"case": Path(args.file).stem, "cold_start_s": cold_start(args.file, D=args.width)})
+    for r in rows:
+        print(json.dumps(r))
+    path = write(rows, args.out, args.tag)
+    plot(rows, str(path.with_suffix(".png")))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0

@@ -1,0 +1,79 @@
+"""GPU tier (skipped without CUDA): bf16 kernels against the fp32 reference by relative RMSE,
+agreement with flash-linear-attention where it has the op, torch.compile with Inductor."""
+import pytest
+import torch
+
+import recdsl
+
+from conftest import example, random_args
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def cuda_args(spec, B, T, dtype, seed=0):
+    return {k: v.to("cuda", dtype).requires_grad_(True) for k, v in
+            random_args(spec, B=B, T=T, dtype=torch.float32, seed=seed).items()}
+
+
+@pytest.mark.parametrize("name", ["hgrn", "lru"])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3), (torch.float32, 1e-5)])
+def test_scan_against_reference(name, dtype, tol):
+    spec = recdsl.load(example(name), D=256)
+    args = cuda_args(spec, 2, 300, dtype)
+    ref_args = {k: v.detach().float().requires_grad_(True) for k, v in args.items()}
+    h0 = torch.randn(2, 256, device="cuda")
+    o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
+    o_r, S_r = spec.op(**ref_args, initial_state=h0, output_final_state=True, backend="reference")
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert rel(o, o_r) < tol and rel(S, S_r) < tol
+    do = torch.randn_like(o_r)
+    (o.float() * do).sum().backward()
+    (o_r * do).sum().backward()
+    for k in args:
+        assert rel(args[k].grad, ref_args[k].grad) < 5 * tol, k
+
+
+def test_hgrn_matches_fla():
+    fla_hgrn = pytest.importorskip("fla.ops.hgrn")
+    spec = recdsl.load(example("hgrn"), D=512)
+    args = cuda_args(spec, 2, 1000, torch.bfloat16)
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    o_f, S_f = fla_hgrn.fused_recurrent_hgrn(args["x"], args["g"], output_final_state=True)
+    assert rel(o, o_f) < 1e-2 and rel(S, S_f) < 1e-2
+    do = torch.randn_like(o)
+    gx, gg = torch.autograd.grad((o * do).sum(), [args["x"], args["g"]])
+    fx, fg = torch.autograd.grad((o_f * do).sum(), [args["x"], args["g"]])
+    assert rel(gx, fx) < 2e-2 and rel(gg, fg) < 5e-2
+
+
+def test_varlen_on_gpu():
+    spec = recdsl.load(example("hgrn"), D=128)
+    cu = torch.tensor([0, 100, 101, 777], dtype=torch.int32, device="cuda")
+    args = cuda_args(spec, 1, 777, torch.float32)
+    o, S = spec.op(**args, output_final_state=True, cu_seqlens=cu, backend="triton")
+    for n in range(3):
+        s, e = cu[n].item(), cu[n + 1].item()
+        on, Sn = spec.op(**{k: v[:, s:e] for k, v in args.items()}, output_final_state=True, backend="triton")
+        assert rel(o[:, s:e], on) < 1e-6 and rel(S[n:n + 1], Sn) < 1e-6
+
+
+def test_torch_compile_inductor():
+    layer = recdsl.compile(example("hgrn"), D=256, d_model=128, device="cuda")
+    x = torch.randn(2, 64, 128, device="cuda")
+    y_eager, _ = layer(x)
+    y, _ = torch.compile(layer, fullgraph=True)(x)
+    assert rel(y, y_eager) < 1e-5
+    y.square().mean().backward()
+
+
+def test_autocast_bf16():
+    layer = recdsl.compile(example("hgrn"), D=256, d_model=128, device="cuda")
+    x = torch.randn(2, 64, 128, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, _ = layer(x)
+    y_ref, _ = layer(x)
+    assert rel(y, y_ref) < 3e-2
