@@ -15,7 +15,7 @@ import torch
 
 from recdsl.backends.reference import leaf_values, step_program
 from recdsl.evaluate import Evaluator, apply_linmap
-from recdsl.opcall import prepare
+from recdsl.opcall import internal, prepare
 
 
 def materialize(spec, *args, **kwargs):
@@ -25,7 +25,8 @@ def materialize(spec, *args, **kwargs):
     if ir.solve:
         raise ValueError(f"{spec.name}: the write reads prev(...), so the mixing operator depends on the "
                          "fixed point itself; materialise the dense A_t instead")
-    inputs, weights, options, ref, _ = prepare(spec, args, dict(kwargs))
+    raw, options, ref = prepare(spec, args, dict(kwargs))
+    inputs, weights = internal(spec, raw, torch.float64)
     B, T = ref.shape[:2]
     H = ir.heads or 1
     ev = Evaluator(ir, leaf_values(ir, inputs, weights, options, T))

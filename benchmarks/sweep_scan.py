@@ -26,9 +26,9 @@ def main():
     ins[-1] = torch.nn.functional.logsigmoid(ins[-1].float()).bfloat16() if spec.name == "hgrn" else ins[-1]
     ws = [torch.randn(C, device="cuda") for x in spec.args if x.kind == "weight"]
     rows = []
-    for BT in (32, 64, 128):
-        for BD in (16, 32, 64):
-            for warps in (1, 2, 4):
+    for BT in (32, 64, 128, 256):
+        for BD in (8, 16, 32):
+            for warps in (2, 4, 8):
                 op = scan_op(spec, BT, BD, warps)
                 fwd = lambda: op(ins, ws, [], None, None, False)
                 try:

@@ -4,6 +4,15 @@
     o, S = spec.op(q, k, v, beta, output_final_state=True)     # the core op, fla's layout
     layer = recdsl.compile("examples/gla.rec", d_model=256)    # an nn.Module [B, T, d_model] -> same
 """
+import os as _os
+
+# An installed wheel holds recdsl/grammar and recdsl/backends; a checkout keeps them beside recdsl/
+# (grammar/, backends/) so the folders show the pipeline. Running from a checkout, resolve the same names.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "backends")) and \
+        _os.path.isfile(_os.path.join(_root, "backends", "reference.py")):
+    __path__.append(_root)
+
 from .errors import RecError, RecNotConverged, RecSemanticError, RecSyntaxError
 from .spec import Spec, load
 

@@ -11,7 +11,7 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
 
     from recdsl.planner import plan as make_plan
 
-    inputs, weights, options, ref, raw = prepare(spec, args, dict(kwargs))
+    raw, options, ref = prepare(spec, args, dict(kwargs))
     B, T = ref.shape[:2]
     H, dtype = spec.heads, ref.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -31,6 +31,7 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
         from recdsl.backends.triton.launch import run_scan
         o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)
         return o, final, None
+    inputs, weights = internal(spec, raw, compute)
     if initial_state is not None:
         want = (N,) + state_shape
         if tuple(initial_state.shape) != want:
@@ -53,8 +54,8 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
 
 
 def prepare(spec, args, kwargs):
-    """Bind and check the op's arguments against the spec; returns the internal layout
-    (inputs [B, T, H, *shape], weights [H, *shape], options, a reference tensor)."""
+    """Bind and check the op's arguments against the spec. Returns the tensors by name in the op's
+    layout (defaults filled in), the options, and a reference input tensor. Nothing is copied."""
     named = _bind(spec, args, kwargs)
     options = {}
     for name, default in spec.options:
@@ -63,9 +64,7 @@ def prepare(spec, args, kwargs):
     if kwargs:
         known = [a.name for a in spec.args] + [n for n, _ in spec.options]
         raise TypeError(f"{spec.name}.op() got unexpected argument(s) {sorted(kwargs)}; it takes {known}")
-    inputs = {a.name: named.get(a.name) for a in spec.args if a.kind == "input"}
-    weights = {a.name: named.get(a.name) for a in spec.args if a.kind == "weight"}
-    present = [v for v in inputs.values() if v is not None]
+    present = [named[a.name] for a in spec.args if a.kind == "input" and named.get(a.name) is not None]
     if not present:
         raise ValueError(f"{spec.name}.op() needs at least one input tensor")
     ref = present[0]
@@ -73,8 +72,6 @@ def prepare(spec, args, kwargs):
         raise ValueError(f"inputs are [B, T, ...]; got a tensor of shape {list(ref.shape)}")
     B, T = ref.shape[:2]
     H = spec.heads
-    dtype = ref.dtype
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
     lead = (B, T) + ((H,) if H else ())
     raw = {}
     for a in spec.args:
@@ -91,11 +88,16 @@ def prepare(spec, args, kwargs):
                 x = torch.full(want, a.default, dtype=ref.dtype, device=ref.device)
         _check_tensor(spec, a, x, want, ref, weight=a.kind == "weight")
         raw[a.name] = x
-        if a.kind == "input":
-            inputs[a.name] = _layout_in(x.to(compute), H)
-        else:
-            weights[a.name] = (x if H else x.unsqueeze(0)).to(compute)
-    return inputs, weights, options, ref, raw
+    return raw, options, ref
+
+
+def internal(spec, raw: dict, compute: torch.dtype):
+    """The reference layout: inputs [B, T, H, *shape] and weights [H, *shape] (H = 1 without heads)."""
+    H = spec.heads
+    inputs = {a.name: _layout_in(raw[a.name].to(compute), H) for a in spec.args if a.kind == "input"}
+    weights = {a.name: (raw[a.name] if H else raw[a.name].unsqueeze(0)).to(compute)
+               for a in spec.args if a.kind == "weight"}
+    return inputs, weights
 
 
 def _varlen(spec, inputs, weights, options, h0, compute, cu):

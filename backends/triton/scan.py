@@ -71,11 +71,13 @@ def generate(ir: IR, spec_args) -> str:
     read_nodes = _topo(ir, [out_id])
     state_ids = [i for i in read_nodes if ir.node(i).op == "state"]
 
-    def loads(nodes, suffix, rows, mask):
+    def loads(nodes, suffix, rows, mask, prefetched=False):
         lines = []
         for i in nodes:
             n = ir.node(i)
-            if n.op == "input":
+            if n.op == "input" and prefetched:
+                lines.append(f"v{i}{suffix} = nx{i}.to(tl.float32)  # input {n.args[0]}")
+            elif n.op == "input":
                 lines.append(f"v{i}{suffix} = tl.load(in_{n.args[0]} + (bos + {rows})[:, None] * C + o_c[None, :], "
                              f"mask={mask}, other=0.0).to(tl.float32)  # input {n.args[0]}")
             elif n.op == "weight":
@@ -84,9 +86,9 @@ def generate(ir: IR, spec_args) -> str:
                 lines.append(f"v{i}{suffix} = opt_{n.args[0]}")
         return lines
 
-    def expr_block(nodes, suffix, rows, mask):
+    def expr_block(nodes, suffix, rows, mask, prefetched=False):
         em = Emitter(ir, leaf, suffix)
-        return loads(nodes, suffix, rows, mask) + em.forward(nodes), em
+        return loads(nodes, suffix, rows, mask, prefetched) + em.forward(nodes), em
 
     def v(i, suffix=""):
         n = ir.node(i)
@@ -113,12 +115,20 @@ def generate(ir: IR, spec_args) -> str:
     ] + w_rows
 
     # ---- forward ------------------------------------------------------------------------------
-    fwd_gate, _ = expr_block(gate_nodes, "", "o_t", "m")
-    fwd_read, _ = expr_block([i for i in read_nodes if i not in gate_nodes or ir.node(i).op == "state"], "", "o_t", "m")
+    fwd_gate, _ = expr_block(gate_nodes, "", "o_t", "m", prefetched=True)
+    fwd_read, _ = expr_block([i for i in read_nodes if i not in gate_nodes or ir.node(i).op == "state"], "", "o_t", "m",
+                             prefetched=True)
+    fwd_inputs = [i for i in dict.fromkeys(gate_nodes + read_nodes) if ir.node(i).op == "input"]
+
+    def prefetch(row0: str) -> list[str]:
+        # the next block's inputs are requested before this block is scanned, so the loads overlap the scan
+        return [f"nx{i} = tl.load(in_{ir.node(i).args[0]} + (bos + {row0} + rows)[:, None] * C + o_c[None, :], "
+                f"mask=(({row0} + rows) < L)[:, None] & m_c[None, :], other=0.0)" for i in fwd_inputs]
     fwd = head + [
         "h = tl.zeros([BD], dtype=tl.float32)",
         "if USE_H0:",
         "    h = tl.load(h0 + i_n * C + o_c, mask=m_c, other=0.0).to(tl.float32)",
+        *prefetch("0"),
         "for i_t in range(0, tl.cdiv(L, BT)):",
         "    if STORE_HC:",
         "        tl.store(hc + (c0 + i_t) * C + o_c, h, mask=m_c)",
@@ -126,13 +136,15 @@ def generate(ir: IR, spec_args) -> str:
         "    m = (o_t < L)[:, None] & m_c[None, :]",
         f"    # a_t (IR %{a_id}, the diag of the transition) and b_t (IR %{write}, the write)",
         *["    " + l for l in fwd_gate],
+        *["    " + l for l in fwd_read if l.startswith("v") and "nx" in l],
+        *["    " + l for l in prefetch("(i_t + 1) * BT")],
         f"    a = tl.where(m, {v(a_id)}, 1.0)",
         f"    b = tl.where(m, {v(write)}, 0.0)",
         "    A, Bs = tl.associative_scan((a, b), 0, _combine)",
         "    hs = Bs + A * h[None, :]",
         f"    # readout (IR %{out_id})",
         *[f"    v{s} = hs" for s in state_ids],
-        *["    " + l for l in fwd_read],
+        *["    " + l for l in fwd_read if "nx" not in l],
         f"    tl.store(out + (bos + o_t)[:, None] * C + o_c[None, :], ({v(out_id)} + tl.zeros([BT, BD], dtype=tl.float32)).to(out.dtype.element_ty), mask=m)",
         "    h = tl.sum(tl.where((rows == BT - 1)[:, None], hs, 0.0), axis=0)",
         "if STORE_HT:",
