@@ -59,7 +59,7 @@ def _triton_reason(spec) -> str | None:
     return spec.memo["triton_reason"]
 
 
-BLOCK_D_CHOICES = (16, 32, 64)
+BLOCK_D_CHOICES = (8, 16)
 
 
 def prepare(spec) -> None:
@@ -74,13 +74,12 @@ def prepare(spec) -> None:
 
 def _scan_plan(batch_channels: int | None) -> Plan:
     # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
-    BT, warps = 64, 4
-    BD, why_d = 32, "BD=32 keeps rows of 64 B per token (bf16) while leaving many programs"
+    # measured on an H100 (benchmarks/results/*sweep_scan*): BT=128, BD=16, 2 warps was fastest at width 2048
+    BT, warps = 128, 2
+    BD, why_d = 16, "BD=16 keeps rows of 32 B per token (one sector in bf16) while leaving many programs"
     if batch_channels is not None:
         target = 4 * 132                       # four programs per SM on an H100
-        BD = max(BLOCK_D_CHOICES)
-        while BD > min(BLOCK_D_CHOICES) and batch_channels // BD < target:
-            BD //= 2
+        BD = 16 if batch_channels // 16 >= target else 8
         why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",

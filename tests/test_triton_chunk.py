@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from backends.triton.chunk import chunk_linear_recurrence, generate  # noqa: E402
+from recdsl.backends.triton.chunk import chunk_linear_recurrence, generate  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -165,7 +165,7 @@ try:
     from triton.backends.compiler import GPUTarget
 except ImportError as e:
     print(json.dumps({"skip": f"AOT API unavailable: {e}"})); sys.exit(0)
-from backends.triton.chunk import aot_jobs
+from recdsl.backends.triton.chunk import aot_jobs
 out = []
 decay, signed = sys.argv[1], sys.argv[2] == "1"
 for name, fn, sig, const, opts in aot_jobs(decay, signed, "bf16"):

@@ -159,6 +159,42 @@ def _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE: tl.constexpr, DT: tl.constexp
 
 
 @triton.jit
+def _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, s: tl.constexpr, MODE: tl.constexpr, BT: tl.constexpr,
+           BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """One level of the strong-decay split (runs only while done == 0): the pairs with i in the upper
+    and j in the lower half of one 2s-block, then, if every s-block spans at most SAFE_LOG of log
+    decay (or s == 1), all remaining pairs inside the s-blocks, which finishes the chunk."""
+    rows = tl.arange(0, BT)
+    ri = rows[:, None]
+    cj = rows[None, :]
+    if done == 0:
+        # both halves are s-segments: segmented sums of g along rows, all <= 0
+        g3 = tl.reshape(b_g, [BT // s, s, BK])
+        F = tl.reshape(tl.cumsum(g3, axis=1), [BT, BK])                     # sum of g over (mid, i]
+        E = tl.reshape(tl.cumsum(g3, axis=1, reverse=True), [BT, BK]) - b_g  # sum of g over (j, mid]
+        up = ((rows // s) % 2) == 1
+        lo = ((rows // s) % 2) == 0
+        Qf = tl.where(up[:, None], tl.exp(F), 0.0)
+        Kf = tl.where(lo[:, None], tl.exp(E), 0.0)
+        M = ((ri // (2 * s)) == (cj // (2 * s))) & up[:, None] & lo[None, :]
+        A, dq, dk = _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE, DT, PREC)
+        if s == 1:
+            # only the diagonal is left: exp(0) = 1
+            one = tl.full([BT, BK], 1.0, tl.float32)
+            A, dq, dk = _piece(qP, kP, one, one, cj == ri, A, dA, dq, dk, MODE, DT, PREC)
+            done = done + 1
+        else:
+            if (s - 1) * gmax <= SAFE_LOG:
+                # pairs inside one s-block: reference just after the block's first row
+                g0 = tl.where(((rows % s) == 0)[:, None], 0.0, b_g)
+                C = tl.reshape(tl.cumsum(tl.reshape(g0, [BT // s, s, BK]), axis=1), [BT, BK])
+                M = ((ri // s) == (cj // s)) & (cj <= ri)
+                A, dq, dk = _piece(qP, kP, tl.exp(C), tl.exp(-C), M, A, dA, dq, dk, MODE, DT, PREC)
+                done = done + 1
+    return A, dq, dk, done
+
+
+@triton.jit
 def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.constexpr,
            BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Intra-chunk part for one key block: all pairs j <= i with the exact per-key decay
@@ -176,31 +212,7 @@ def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.con
     # Strong decay: split the pairs level by level (block size 2s, s = BT/2, BT/4, ..., 1).
     gmax = tl.max(tl.max(-b_g, axis=1), axis=0)   # the largest single-step log decay
     for lv in tl.static_range(LOG2BT):
-        s: tl.constexpr = BT >> (lv + 1)
-        if done == 0:
-            # i in the upper, j in the lower half of one 2s-block; both halves are s-segments.
-            g3 = tl.reshape(b_g, [BT // s, s, BK])
-            F = tl.reshape(tl.cumsum(g3, axis=1), [BT, BK])                     # sum of g over (mid, i]
-            E = tl.reshape(tl.cumsum(g3, axis=1, reverse=True), [BT, BK]) - b_g  # sum of g over (j, mid]
-            up = ((rows // s) % 2) == 1
-            lo = ((rows // s) % 2) == 0
-            Qf = tl.where(up[:, None], tl.exp(F), 0.0)
-            Kf = tl.where(lo[:, None], tl.exp(E), 0.0)
-            M = ((ri // (2 * s)) == (cj // (2 * s))) & up[:, None] & lo[None, :]
-            A, dq, dk = _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE, DT, PREC)
-            if s == 1:
-                # only the diagonal is left: exp(0) = 1
-                one = tl.full([BT, BK], 1.0, tl.float32)
-                A, dq, dk = _piece(qP, kP, one, one, cj == ri, A, dA, dq, dk, MODE, DT, PREC)
-                done = done + 1
-            else:
-                if (s - 1) * gmax <= SAFE_LOG:
-                    # pairs inside one s-block: reference just after the block's first row
-                    g0 = tl.where(((rows % s) == 0)[:, None], 0.0, b_g)
-                    C = tl.reshape(tl.cumsum(tl.reshape(g0, [BT // s, s, BK]), axis=1), [BT, BK])
-                    M = ((ri // s) == (cj // s)) & (cj <= ri)
-                    A, dq, dk = _piece(qP, kP, tl.exp(C), tl.exp(-C), M, A, dA, dq, dk, MODE, DT, PREC)
-                    done = done + 1
+        A, dq, dk, done = _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, BT >> (lv + 1), MODE, BT, BK, DT, PREC)
     return A, dq, dk
 #endif
 
@@ -676,9 +688,9 @@ class ChunkLinearRecurrence(torch.autograd.Function):
         if varlen:
             N = cu_seqlens.numel() - 1
             chunk_offsets, chunk_indices, NS = _varlen_tables(cu_seqlens, BT)
-            BH = H
+            NC, BH = NS, H                  # grid: every chunk of every sequence, heads
         else:
-            N, NS, BH = B, B * triton.cdiv(T, BT), B * H
+            N, NS, NC, BH = B, B * triton.cdiv(T, BT), triton.cdiv(T, BT), B * H
             chunk_offsets = chunk_indices = None
         h = q.new_empty(NS, H, K, V, dtype=cdt)
         ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
@@ -691,17 +703,17 @@ class ChunkLinearRecurrence(torch.autograd.Function):
                 num_warps=w, num_stages=st)
         BK, BV, w, st = cfg["chunk_fwd_o"]
         if NS > 0:
-            mod.chunk_fwd_o[(triton.cdiv(V, BV), NS, BH)](
+            mod.chunk_fwd_o[(triton.cdiv(V, BV), NC, BH)](
                 q, k, v, g, sign, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=BK,
                 BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=w, num_stages=st)
         ctx.save_for_backward(q, k, v, g, sign, h0, h, cu_seqlens, chunk_offsets, chunk_indices)
-        ctx.meta = (scale, BT, decay, N, NS, BH)
+        ctx.meta = (scale, BT, decay, N, NS, NC, BH)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, g, sign, h0, h, cu_seqlens, chunk_offsets, chunk_indices = ctx.saved_tensors
-        scale, BT, decay, N, NS, BH = ctx.meta
+        scale, BT, decay, N, NS, NC, BH = ctx.meta
         B, T, H, K = q.shape
         V = v.shape[-1]
         mod = load(decay, sign is not None)
@@ -721,7 +733,7 @@ class ChunkLinearRecurrence(torch.autograd.Function):
                 num_warps=w, num_stages=st)
         BK, BV, w, st = cfg["chunk_bwd_dv"]
         if NS > 0:
-            mod.chunk_bwd_dv[(triton.cdiv(V, BV), NS, BH)](
+            mod.chunk_bwd_dv[(triton.cdiv(V, BV), NC, BH)](
                 q, k, g, sign, do, dh, dv, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=BK,
                 BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=w, num_stages=st)
         BK, BV, w, st = cfg["chunk_bwd_dqkg"]
@@ -733,7 +745,7 @@ class ChunkLinearRecurrence(torch.autograd.Function):
         else:
             dg = None
         if NS > 0:
-            mod.chunk_bwd_dqkg[(NK, NS, BH)](
+            mod.chunk_bwd_dqkg[(NK, NC, BH)](
                 q, k, v, g, sign, h, do, dh, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, B * T * H,
                 H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec,
                 num_warps=w, num_stages=st)
