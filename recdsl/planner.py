@@ -78,8 +78,8 @@ def _scan_plan(batch_channels: int | None) -> Plan:
     BT, warps = 128, 2
     BD, why_d = 16, "BD=16 keeps rows of 32 B per token (one sector in bf16) while leaving many programs"
     if batch_channels is not None:
-        target = 4 * 132                       # four programs per SM on an H100
-        BD = 16 if batch_channels // 16 >= target else 8
+        target = 2 * 132                       # two programs per SM on an H100
+        BD = 16 if batch_channels // 16 >= target else 8   # below that, narrower blocks for more programs
         why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
