@@ -68,26 +68,28 @@ def _dense(ir, lin: int, ev, B, T, H, key_axis: bool, steps=None) -> torch.Tenso
 
 def _events(ir, ev, B, T, H, key_axis: bool):
     """Per token, the micro-operations of the loop: ("A", [B,T,H,n,n]) or ("w", key, value)."""
-    ops = []
+    ops, writes = [], []
     write = ir.root("write")
     for kind, node in step_program(ir):
         if kind == "apply":
             ops.append(("A", _dense(ir, node, ev, B, T, H, key_axis)))
         elif kind == "write":
             ops.append(("w", None, write))
-        else:  # reflections interleaved with their delta writes
+        else:  # a delta write: step j's write passes through reflections j+1..n_h only
             k_id, beta_id = ir.operands(node)
             k, beta = ev(k_id), ev(beta_id)
             v = ev(ir.operands(write)[1])
-            steps = k.shape[-2] if len(ir.node(k_id).shape) == 2 else 1
+            multi = len(ir.node(k_id).shape) == 2
+            steps = k.shape[-2] if multi else 1
+            reflections = [_dense(ir, node, ev, B, T, H, key_axis, steps=slice(j, j + 1) if multi else None)
+                           for j in range(steps)]
+            ops += [("A", R) for R in reflections]
             for j in range(steps):
-                sl = slice(j, j + 1) if len(ir.node(k_id).shape) == 2 else None
-                ops.append(("A", _dense(ir, node, ev, B, T, H, key_axis, steps=sl)))
-                kj = k[..., j, :] if sl is not None else k
-                bj = beta[..., j] if sl is not None else beta
-                vj = v[..., j, :] if sl is not None else v
-                ops.append(("w", bj.unsqueeze(-1) * kj, vj))
-    return ops
+                key = (beta[..., j, None] * k[..., j, :]) if multi else beta[..., None] * k
+                for R in reflections[j + 1:]:
+                    key = torch.einsum("bthij,bthj->bthi", R, key)
+                writes.append(("w", key, v[..., j, :] if multi else v))
+    return ops + writes
 
 
 def _key_axis(ir, ev, B, T, H):

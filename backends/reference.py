@@ -1,8 +1,9 @@
 """The reference backend: a sequential loop over time, generated from the IR.
 
-Per token: the transition's factors are applied right to left, then the write is added; a
-`delta(k, v, beta)` write is interleaved with the reflections of its `householder(k, beta)` factor
-(S <- (I - beta_j k_j k_j^T) S + beta_j k_j v_j^T for j = 1..n_h), which is DeltaProduct's order.
+Per token: the transition's factors are applied right to left, then the write is added. A
+`delta(k, v, beta)` write belongs to its `householder(k, beta)` factor: step j's write beta_j k_j v_j^T
+passes through the later reflections j+1..n_h of that product and through no other factor, so
+S_t = A_t S_{t-1} + sum_j H_n..H_{j+1} beta_j k_j v_j^T (DeltaProduct; Gated DeltaNet for n_h = 1).
 Specs that read `prev(...)` are solved by fixed-point iteration of the whole loop.
 
 Internal layout: values [B, T, H, *shape] (H = 1 for specs without heads), state [B, H, *state].
@@ -130,20 +131,25 @@ def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):
     for t in range(T):
         at = {j: (v[:, t] if isinstance(v, torch.Tensor) and v.dim() >= 2 else v) for j, v in pre.items()}
         value = lambda j: at[j]
+        W = None   # the delta writes of this token: they pass through later reflections, no other factor
         for kind, node in program:
             if kind == "apply":
                 S = apply_linmap(ir, node, S, value)
             elif kind == "write":
                 S = S + at[node]
-            else:  # interleave reflections with their delta writes
-                k_id, beta_id = ir.operands(node)
-                k, beta, v = at[k_id], at[beta_id], at[ir.operands(ir.root("write"))[1]]
+            else:
+                k_id = ir.operands(node)[0]
+                k, beta, v = at[k_id], at[ir.operands(node)[1]], at[ir.operands(ir.root("write"))[1]]
                 multi = len(ir.node(k_id).shape) == 2
+                W = torch.zeros_like(S)
                 for jj in range(k.shape[-2] if multi else 1):
                     kj, bj, vj = (k[..., jj, :], beta[..., jj], v[..., jj, :]) if multi else (k, beta, v)
-                    S = apply_linmap(ir, node, S, value, steps=slice(jj, jj + 1)) if multi else \
-                        apply_linmap(ir, node, S, value)
-                    S = S + (bj.unsqueeze(-1) * kj).unsqueeze(-1) * vj.unsqueeze(-2)
+                    step = slice(jj, jj + 1) if multi else None
+                    S = apply_linmap(ir, node, S, value, steps=step)
+                    W = apply_linmap(ir, node, W, value, steps=step)
+                    W = W + (bj.unsqueeze(-1) * kj).unsqueeze(-1) * vj.unsqueeze(-2)
+        if W is not None:
+            S = S + W
         outs.append(_readout(ir, out_id, S, at))
         if keep_states:
             states.append(S)
