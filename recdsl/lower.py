@@ -345,7 +345,7 @@ class _Lowerer:
         w = by_kind["write"][0]
         write = self.value(w.expr, "write")
         if self.b.node(write).shape != self.state_shape:
-            raise self.err(w.pos, f"the write has shape {list(self.b.node(write).shape)}, the state "
+            raise self.err(w.expr.pos, f"the write has shape {list(self.b.node(write).shape)}, the state "
                                   f"{list(self.state_shape)}")
         self.roots += [("transition", trans), ("write", write), (f"output:{outs[0].name}", out)]
         solve = self._solve(by_kind.get("solve", []))

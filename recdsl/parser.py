@@ -15,6 +15,7 @@ MAX_BYTES = 1 << 20          # a spec is a few dozen lines; a megabyte is alread
 MAX_LINE = 4000              # longer lines are rejected before the parser sees them
 MAX_NESTING = 64             # brackets deeper than this are rejected before parsing (no recursion blow-up)
 MAX_NUMBER = 1e15            # literals beyond this are never meaningful in a spec
+MAX_OPERATORS = 100          # per line: bounds the depth of operator chains (a + a + ... + a) like brackets
 
 _EXPECT_HINT = {
     "NAME": "a name", "NUMBER": "a number", "_NL": "the end of the line", "LPAR": "'('",
@@ -241,9 +242,15 @@ def _check_text(text: str | bytes, filename: str) -> str:
         if len(line) > MAX_LINE:
             fail(lineno, MAX_LINE, f"line is {len(line)} characters long; at most {MAX_LINE} are accepted",
                  source=text)
+        operators = 0
         for col, ch in enumerate(line, 1):
             if ch == "#":
                 break
+            if ch in "+-*/@^":
+                operators += 1
+                if operators > MAX_OPERATORS:
+                    fail(lineno, col, f"more than {MAX_OPERATORS} operators on one line", source=text,
+                         hint="split the expression with `let` names")
             if ch in "([":
                 depth += 1
                 if depth > MAX_NESTING:
