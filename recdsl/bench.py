@@ -117,19 +117,27 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
 
 
 def cold_start(path: str, **params) -> dict:
-    """Seconds from loading the spec to the first result, in a fresh process: empty caches, then warm."""
-    # CUDA's own start-up (context creation) is paid before the clock starts: it is not the spec's cost
+    """Seconds from loading the spec to the first result, in a fresh process: empty caches, then warm.
+    CUDA's context creation is paid before the clock starts (it is not the spec's cost); importing
+    Triton, parsing, planning, generating, compiling (or loading cached) kernels and the call are inside."""
     code = ("import time, torch, recdsl; torch.zeros(1, device='cuda'); torch.cuda.synchronize(); "
-            "t = time.perf_counter(); "
-            f"s = recdsl.load({path!r}, **{params!r}); "
-            "args = {a.name: torch.rand((2, 64) + a.shape if a.kind == 'input' else a.shape, device='cuda') for a in s.args}; "
-            "o, _ = s.op(**args, backend='triton'); torch.cuda.synchronize(); print(time.perf_counter() - t)")
+            "t0 = time.perf_counter(); import triton; t1 = time.perf_counter(); "
+            f"s = recdsl.load({path!r}, **{params!r}); t2 = time.perf_counter(); "
+            "args = {a.name: torch.rand((2, 64) + a.shape if a.kind == 'input' else a.shape, device='cuda') "
+            "for a in s.args}; "
+            "o, _ = s.op(**args, backend='triton'); torch.cuda.synchronize(); t3 = time.perf_counter(); "
+            "print(t3 - t0, t1 - t0, t2 - t1, t3 - t2)")
     out = {}
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "RECDSL_CACHE": f"{d}/recdsl", "TRITON_CACHE_DIR": f"{d}/triton"}
         for label in ("empty cache", "warm cache"):
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-            out[label] = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr[-500:]
+            if r.returncode:
+                out[label] = r.stderr[-500:]
+                continue
+            total, imp, load, first = map(float, r.stdout.split())
+            out[label] = {"total_s": round(total, 3), "import_triton_s": round(imp, 3), "load_spec_s": round(load, 3),
+                          "first_call_s": round(first, 3)}
     return out
 
 
