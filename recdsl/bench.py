@@ -116,6 +116,65 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
     return rows
 
 
+def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
+    """A matrix-state spec with a scalar or per-key decay (gla, mamba2, retnet, linear_attention) against
+    fla's chunk_gla / chunk_simple_gla, plus the same recurrence with signed decays."""
+    from recdsl.backends.triton.chunk import chunk_linear_recurrence
+    spec = recdsl.load(path, H=H, K=D, V=D)
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *shape: torch.randn(shape, device=dev, generator=gen)
+    q, k, v = (rnd(B, T, H, D).to(dtype).requires_grad_(True) for _ in range(3))
+    args = {"q": q, "k": k, "v": v}
+    gate = next((a for a in spec.args if a.name == "g"), None)
+    if gate is not None:
+        g = torch.nn.functional.logsigmoid(rnd(B, T, H, *gate.shape))
+        g = (g.clamp_min(-5) if gate.shape else g).requires_grad_(True)   # fla's benchmark inputs
+        args["g"] = g
+    tensors = list(args.values())
+    shape = {"B": B, "T": T, "H": H, "D": D, "dtype": str(dtype).replace("torch.", "")}
+    rows = []
+
+    def add(contestant, mode, ms, peak=None, **extra):
+        rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
+                     "peak_bytes": peak, **shape, **extra})
+
+    def both(name, run, backward=True):
+        with torch.no_grad():
+            add(name, "fwd", _bench(run), _peak(run))
+        if backward:
+            try:
+                fb = _fwd_bwd(run, tensors)
+                add(name, "fwd+bwd", _bench(fb), _peak(fb))
+            except Exception as e:   # fla refuses some backward passes on Hopper with this Triton
+                rows.append({"case": spec.name, "contestant": name, "mode": "fwd+bwd", "error": str(e)[:200], **shape})
+
+    both("recdsl", lambda: spec.op(**args, backend="triton"))
+    if gate is not None:   # the same recurrence with signed decays, carried as (log|a|, sign)
+        sign = torch.where(rnd(*args["g"].shape) < 0, -1.0, 1.0)
+        both("recdsl signed decay", lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign))
+    if with_fla:
+        try:
+            import fla.ops as F
+        except ImportError:
+            F = None
+        if F is not None and spec.name == "gla":
+            both("fla chunk_gla", lambda: F.chunk_gla(q, k, v, args["g"]))
+            ref = F.chunk_gla(q, k, v, args["g"])[0]
+        elif F is not None and spec.name in ("mamba2", "linear_attention"):
+            fla_g = args.get("g")
+            both("fla chunk_simple_gla", lambda: F.chunk_simple_gla(q, k, v, fla_g))
+            ref = F.chunk_simple_gla(q, k, v, fla_g)[0]
+        else:
+            ref = None
+        if ref is not None:
+            with torch.no_grad():
+                o = spec.op(**args, backend="triton")[0]
+            rows.append({"case": spec.name, "check": "recdsl vs fla (bf16)", **shape,
+                         "rel_rmse": float((o.float() - ref.float()).norm() / ref.float().norm())})
+    return rows
+
+
 def cold_start(path: str, **params) -> dict:
     """Seconds from loading the spec to the first result, in a fresh process: empty caches, then warm.
     CUDA's context creation is paid before the clock starts (it is not the spec's cost); importing
@@ -157,15 +216,16 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     timed = [r for r in rows if "ms" in r]
-    cases = sorted({(r["case"], r["mode"]) for r in timed})
+    cases = sorted({(r["case"], r["mode"], r.get("T"), r.get("D")) for r in timed})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
-    for ax, (case, mode) in zip(axes[0], cases):
-        rs = [r for r in timed if r["case"] == case and r["mode"] == mode]
+    for ax, (case, mode, T, D) in zip(axes[0], cases):
+        rs = [r for r in timed if (r["case"], r["mode"], r.get("T"), r.get("D")) == (case, mode, T, D)]
         ax.barh([r["contestant"] for r in rs], [r["ms"] for r in rs],
                 color=["#d62728" if r["contestant"] == "recdsl" else "#7f7f7f" for r in rs])
         for i, r in enumerate(rs):
             ax.text(r["ms"], i, f" {r['ms']:.3f}", va="center", fontsize=8)
-        ax.set_title(f"{case} {mode}", fontsize=9)
+        shape = ", ".join(f"{k}={rs[0][k]}" for k in ("B", "T", "H", "D", "width") if k in rs[0])
+        ax.set_title(f"{case} {mode}\n{shape}", fontsize=8)
         ax.set_xlabel("ms (median, lower is better)")
     fig.suptitle(f"{environment()['gpu']}", fontsize=9)
     fig.tight_layout()
@@ -179,7 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("file")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=4096)
-    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--width", type=int, default=2048, help="element-wise specs: channels")
+    ap.add_argument("--shapes", default="4,4096,16,128;8,1024,8,64", help="matrix-state specs: B,T,H,D;...")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d"))
     ap.add_argument("--no-fla", action="store_true")
@@ -187,8 +248,21 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("recdsl bench needs a CUDA device", file=sys.stderr)
         return 2
-    rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
-    rows.append({"case": Path(args.file).stem, "cold_start_s": cold_start(args.file, D=args.width)})
+    spec = recdsl.load(args.file)
+    algorithm = spec.plan("auto", on_cuda=True).algorithm
+    if algorithm == "elementwise_scan":
+        rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
+        rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
+    elif algorithm == "chunk":
+        rows = []
+        for sh in args.shapes.split(";"):
+            B, T, H, D = map(int, sh.split(","))
+            rows += matrix_case(args.file, B, T, H, D, with_fla=not args.no_fla)
+            torch.cuda.empty_cache()
+        rows.append({"case": spec.name, "cold_start_s": cold_start(args.file)})
+    else:
+        print(f"recdsl bench: no generated kernel for {spec.name} yet ({algorithm})", file=sys.stderr)
+        return 2
     for r in rows:
         print(json.dumps(r))
     path = write(rows, args.out, args.tag)

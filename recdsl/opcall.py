@@ -28,6 +28,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             want = (N,) + state_shape
             if tuple(initial_state.shape) != want:
                 raise ValueError(f"initial_state: expected shape {list(want)}, got {list(initial_state.shape)}")
+        if plan.algorithm == "chunk":
+            from recdsl.backends.triton.matrix import run_matrix
+            o, final = run_matrix(spec, spec.memo["matrix_pattern"], raw, options, initial_state, cu_seqlens,
+                                  output_final_state, chunk_size=plan.block_t)
+            return o, final, None
         from recdsl.backends.triton.launch import run_scan
         o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)
         return o, final, None

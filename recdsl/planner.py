@@ -39,24 +39,53 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if backend == "triton":
             raise ValueError(f"{spec.name}: no Triton kernel for fixed points yet; use backend='reference'")
         return Plan("reference", "fixed_point", reasons=why)
-    reason = _triton_reason(spec)
+    algorithm, reason = triton_route(spec)
     if backend == "triton" and reason:
         raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
     use_triton = backend == "triton" or (backend == "auto" and not reason and bool(on_cuda))
     if not use_triton:
         why = [f"Triton: {reason}"] if reason else ["inputs are not on a CUDA device"]
         return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
+    if algorithm == "chunk":
+        return _chunk_plan(spec)
     return _scan_plan(batch_channels)
 
 
-def _triton_reason(spec) -> str | None:
-    if "triton_reason" not in spec.memo:
+def triton_route(spec) -> tuple[str | None, str | None]:
+    """(algorithm, None) when a generated kernel family fits the spec, else (None, the reasons)."""
+    if "triton_route" not in spec.memo:
         try:
+            from recdsl.backends.triton.matrix import MatrixPattern, match
             from recdsl.backends.triton.scan import eligible
-            spec.memo["triton_reason"] = eligible(spec.ir)
         except ImportError:  # triton is an optional dependency
-            spec.memo["triton_reason"] = "triton is not installed"
-    return spec.memo["triton_reason"]
+            spec.memo["triton_route"] = (None, "triton is not installed")
+            return spec.memo["triton_route"]
+        scan_reason = eligible(spec.ir)
+        pattern = match(spec.ir, spec.analysis.eig_range.lo)
+        if scan_reason is None:
+            spec.memo["triton_route"] = ("elementwise_scan", None)
+        elif isinstance(pattern, MatrixPattern):
+            spec.memo["triton_route"] = ("chunk", None)
+            spec.memo["matrix_pattern"] = pattern
+        else:
+            spec.memo["triton_route"] = (None, f"element-wise scan: {scan_reason}; chunked: {pattern}")
+    return spec.memo["triton_route"]
+
+
+def _triton_reason(spec) -> str | None:
+    return triton_route(spec)[1]
+
+
+def _chunk_plan(spec) -> Plan:
+    p = spec.memo["matrix_pattern"]
+    gate = {"none": "no decay", "scalar": "a scalar decay per head", "perkey": "a per-key decay"}[p.decay]
+    return Plan("triton", "chunk", 64, 0, 4, True, (
+        f"matrix state with {gate}: S_t = diag(a_t) S_(t-1) + k v^T, the chunkwise form with tl.dot",
+        "chunks of 64 tokens: intra-chunk masked products, inter-chunk state passing in fp32",
+        "decays in log space" + (", carried as (log|a|, sign) because the analysis allows a_t < 0"
+                                 if p.signed else ""),
+        "chunk states are stored by the forward for the backward",
+    ))
 
 
 BLOCK_D_CHOICES = (8, 16)
@@ -65,7 +94,7 @@ BLOCK_D_CHOICES = (8, 16)
 def prepare(spec) -> None:
     """Do every graph walk and kernel registration a call may need, ahead of time, so that calls
     inside torch.compile(fullgraph=True) only read memoised results."""
-    if _triton_reason(spec) is None:
+    if triton_route(spec)[0] == "elementwise_scan":
         from recdsl.backends.triton.launch import scan_op
         for bd in BLOCK_D_CHOICES:
             p = _scan_plan(None)

@@ -36,8 +36,10 @@ The Triton source is generated per (decay, signed) by `generate` and imported th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import re
 from typing import Optional
 
 import torch
@@ -613,7 +615,7 @@ def generate(decay: str, signed: bool) -> str:
     env = dict(none=decay == "none", scalar=decay == "scalar", perkey=decay == "perkey",
                decay=decay != "none", signed=bool(signed))
     text = _TEMPLATE.replace("@DECAY@", decay).replace("@SIGNED@", str(bool(signed)))
-    return _preprocess(text, env)
+    return re.sub(r"\n{4,}", "\n\n\n", _preprocess(text, env))
 
 
 def module_key(src: str) -> str:
@@ -636,6 +638,11 @@ def load(decay: str, signed: bool):
 # Launch configuration: fixed tiles per head size (no autotuning).
 # --------------------------------------------------------------------------------------------------
 
+# Per-kernel (BK, BV, num_warps, num_stages) overrides for tuning on a GPU, e.g.
+# RECDSL_CHUNK_CONFIG='{"chunk_fwd_o": [32, 128, 8, 2]}'; BK/BV are capped at the padded K/V.
+CONFIG_OVERRIDES: dict = {k: tuple(v) for k, v in json.loads(os.environ.get("RECDSL_CHUNK_CONFIG", "{}")).items()}
+
+
 def _p2(x: int) -> int:
     return max(16, triton.next_power_of_2(int(x)))
 
@@ -646,10 +653,20 @@ def configs(decay: str, K: int, V: int, BT: int) -> dict:
     pK, pV = _p2(K), _p2(V)
     sK, sV = min(pK, 64 if K > 64 else 32), min(pV, 64 if V > 64 else 32)
     state = (sK, sV, 4, 2)
-    oK, oV = min(pK, 64), min(pV, 128 if decay == "perkey" else 64)
-    out = (oK, oV, 8 if oV * BT >= 8192 else 4, 2)
-    dqk = (min(pK, 64), min(pV, 64), 4, 2)
-    return dict(chunk_fwd_h=state, chunk_fwd_o=out, chunk_bwd_dh=state, chunk_bwd_dv=out, chunk_bwd_dqkg=dqk)
+    if decay == "perkey":
+        # the exact intra-chunk split keeps several [BT, BK] factors live: narrow key blocks, 8 warps
+        out = (min(pK, 32), min(pV, 128), 8, 2)
+        dqk = (min(pK, 32), min(pV, 64), 8, 2)
+    else:
+        oV = min(pV, 128)
+        out = (min(pK, 64), oV, 8 if oV * BT >= 8192 else 4, 2)
+        dK = min(pK, 64)
+        dqk = (dK, min(pV, 64), 8 if dK * BT >= 4096 else 4, 2)
+    cfg = dict(chunk_fwd_h=state, chunk_fwd_o=out, chunk_bwd_dh=state, chunk_bwd_dv=out, chunk_bwd_dqkg=dqk)
+    for name, c in CONFIG_OVERRIDES.items():
+        BK, BV, w, st = c
+        cfg[name] = (min(pK, BK), min(pV, BV), w, st)
+    return cfg
 
 
 def _precision(dtype: torch.dtype) -> tuple[torch.dtype, str]:
@@ -723,13 +740,14 @@ class ChunkLinearRecurrence(torch.autograd.Function):
         do = do.contiguous()
         dht = None if dht is None else dht.contiguous()
         dh = q.new_empty(NS, H, K, V, dtype=cdt)
-        dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+        want_dh0 = h0 is not None and ctx.needs_input_grad[6]
+        dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if want_dh0 else None
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         BK, BV, w, st = cfg["chunk_bwd_dh"]
         if N > 0:
             mod.chunk_bwd_dh[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
                 q, g, sign, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale, T, H=H, K=K, V=V, BT=BT,
-                BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None, IS_VARLEN=varlen, PREC=prec,
+                BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=want_dh0, IS_VARLEN=varlen, PREC=prec,
                 num_warps=w, num_stages=st)
         BK, BV, w, st = cfg["chunk_bwd_dv"]
         if NS > 0:
@@ -779,8 +797,6 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         raise ValueError("chunk_size must be 16, 32 or 64")
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if K > 256 or V > 256:
-        raise ValueError("K and V up to 256 are supported")
     if sign is not None and g is None:
         g = torch.zeros(sign.shape, dtype=torch.float32, device=q.device)
     if g is None:
@@ -819,8 +835,11 @@ _DATA = {"q", "k", "v", "o", "do", "dq", "dk", "dv"}
 
 def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int = 128, BT: int = 64,
              varlen: bool = False):
-    """[(kernel name, jit function, signature, constexprs, options)] for one variant, with q/k/v in
-    `data` ("bf16", "fp16", "fp32"), g and sign fp32, chunk states in the storage dtype."""
+    """[(kernel name, jit function, signature, constexprs, attrs, options)] for one variant, with q/k/v
+    in `data` ("bf16", "fp16", "fp32"), g and sign fp32, chunk states in the storage dtype; attrs mark
+    pointers (and T) 16-divisible as the JIT does for aligned tensors. Compile one with
+    triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+    options=options)."""
     mod = load(decay, signed)
     state = "bf16" if data == "bf16" else "fp32"
     prec = {"bf16": "ieee", "fp16": "tf32", "fp32": FP32_DOT_PRECISION}[data]
@@ -852,5 +871,8 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
                 sig[a] = f"*{state}"
             else:   # g, sgn, h0, ht, dht, dh0, dg
                 sig[a] = "*fp32"
-        jobs.append((name, fn, sig, const, dict(num_warps=warps, num_stages=stages)))
+        # what the JIT would specialise for 16-byte aligned tensors and a T divisible by 16
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+                 if sig[a].startswith("*") or a in ("T", "dg_stride")}
+        jobs.append((name, fn, sig, const, attrs, dict(num_warps=warps, num_stages=stages)))
     return jobs

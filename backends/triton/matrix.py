@@ -1,0 +1,120 @@
+"""Matrix-state specs with a scalar or per-key diagonal transition, run by the chunked kernels.
+
+The IR is matched against S_t = diag(a_t) S_{t-1} + k'_t v'_t^T, y_t = c * (q'_t @ S_t): the
+sub-expressions q', k', v', the decay a_t (in log space, with its sign when the analysis says it can
+be negative) and the scalar c are evaluated from the IR with torch (autograd flows through them), and
+the chunked kernels of chunk.py do the recurrence. One kernel family serves linear attention, RetNet,
+Mamba-2, GLA and their signed variants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+
+from recdsl.ir import IR
+
+
+@dataclass(frozen=True)
+class MatrixPattern:
+    decay: str            # none | scalar | perkey
+    gate: int | None      # value node of a_t (None for identity)
+    log_gate: int | None  # value node G with a_t = exp(G), when the IR says so
+    signed: bool          # a_t may be negative: carried as (log|a|, sign)
+    q: int
+    k: int
+    v: int
+    scale: tuple[int, ...]  # scalar value nodes multiplying the readout
+
+
+def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
+    """The pattern, or the reason this spec does not fit it."""
+    S = ir.state[1]
+    if len(S) != 2:
+        return f"the state {list(S)} is not a matrix"
+    if any(ir.node(i).op == "prev" for i in ir.graph.nodes):
+        return "the spec iterates a fixed point"
+    trans, write = ir.root("transition"), ir.root("write")
+    tn = ir.node(trans)
+    if tn.op == "identity":
+        decay, gate = "none", None
+    elif tn.op == "diag" and ir.node(ir.operands(trans)[0]).shape in ((), S[:1]):
+        gate = ir.operands(trans)[0]
+        decay = "scalar" if ir.node(gate).shape == () else "perkey"
+    else:
+        return "the transition is not one scalar or per-key diag(...)"
+    if ir.node(write).op != "outer":
+        return "the write is not outer(k, v)"
+    k, v = ir.operands(write)
+    out = ir.roots_with("output:")[0][1]
+    scale, node = [], out
+    while ir.node(node).op == "mul":
+        a, b = ir.operands(node)
+        if ir.node(b).shape == () and not _reads_state(ir, b):
+            scale.append(b)
+            node = a
+        elif ir.node(a).shape == () and not _reads_state(ir, a):
+            scale.append(a)
+            node = b
+        else:
+            return "the readout is not c * (q @ S)"
+    if ir.node(node).op != "matmul" or ir.node(ir.operands(node)[1]).op != "state":
+        return "the readout is not q @ S"
+    q = ir.operands(node)[0]
+    if _reads_state(ir, q) or ir.node(q).shape != S[:1]:
+        return "the readout's query is not a vector over the key axis"
+    log_gate = ir.operands(gate)[0] if gate is not None and ir.node(gate).op == "exp" else None
+    signed = gate is not None and log_gate is None and eig_lo < 0
+    return MatrixPattern(decay, gate, log_gate, signed, q, k, v, tuple(scale))
+
+
+def _reads_state(ir: IR, i: int) -> bool:
+    return ir.node(i).op == "state" or any(ir.node(a).op == "state" for a in nx.ancestors(ir.graph, i))
+
+
+def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64):
+    from recdsl.backends.reference import leaf_values
+    from recdsl.evaluate import Evaluator
+    from recdsl.opcall import internal
+
+    from .chunk import chunk_linear_recurrence
+    ir = spec.ir
+    ref = next(raw[a.name] for a in spec.args if a.kind == "input")
+    dtype = ref.dtype
+    B, T = ref.shape[:2]
+    # expressions are evaluated in fp32 (the kernels read q', k', v' in the input dtype)
+    inputs, weights = internal(spec, raw, torch.float32)
+    ev = Evaluator(ir, leaf_values(ir, inputs, weights, options, T))
+    H = ir.heads or 1
+
+    def full(i, shape):   # a value evaluated over [B, T, H, *shape], broadcast where the IR broadcasts
+        x = ev(i)
+        return torch.as_tensor(x, dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
+
+    K, V = ir.state[1]
+    q, k, v = full(pattern.q, (K,)), full(pattern.k, (K,)), full(pattern.v, (V,))
+    g = sign = None
+    if pattern.decay != "none":
+        gshape = () if pattern.decay == "scalar" else (K,)
+        if pattern.log_gate is not None:
+            g = full(pattern.log_gate, gshape)
+        else:
+            a = full(pattern.gate, gshape)
+            g = torch.log(a.abs().clamp_min(1e-30))
+            sign = torch.where(a < 0, -1.0, 1.0).detach() if pattern.signed else None
+    scale = 1.0
+    for s in pattern.scale:
+        sv = ev(s)
+        scale *= float(sv) if not isinstance(sv, torch.Tensor) else float(sv.reshape(-1)[0])
+    kernel_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+    h0 = None if h0 is None else (h0 if ir.heads else h0.unsqueeze(1)).float()
+    o, final = chunk_linear_recurrence(q.to(kernel_dtype).contiguous(), k.to(kernel_dtype).contiguous(),
+                                       v.to(kernel_dtype).contiguous(), g=None if g is None else g.contiguous(),
+                                       sign=sign, scale=scale, initial_state=h0,
+                                       output_final_state=output_final_state, cu_seqlens=cu,
+                                       chunk_size=chunk_size)
+    if not ir.heads:
+        o = o.squeeze(2)
+        final = None if final is None else final.squeeze(1)
+    return o.to(dtype), final
