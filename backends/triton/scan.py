@@ -5,8 +5,7 @@ expressions for a_t, b_t and the readout are generated into the kernel (inputs a
 `tl.associative_scan` runs inside the block and the state is carried across blocks in registers.
 The backward is the reverse scan dh_t = dy_t * dreadout/dh + a_{t+1} dh_{t+1}, with the expressions
 differentiated in reverse mode inside the same kernel; h_{t-1} comes from the chunk-start states the
-forward stored (the Plan's store-vs-recompute choice): the block's states are rescanned and
-shifted by one row.
+forward stored (the Plan's store-vs-recompute choice) and an exclusive scan.
 """
 from __future__ import annotations
 
@@ -154,6 +153,7 @@ def generate(ir: IR, spec_args) -> str:
 
     # ---- backward ---------------------------------------------------------------------------------
     cur_gate, em_gate = expr_block(gate_nodes, "", "o_t", "m")
+    prv_gate, _ = expr_block(gate_nodes, "_p", "o_t - 1", "m_p")
     nxt_gate, _ = expr_block(_topo(ir, [a_id]), "_n", "o_t + 1", "m_n")
     read_only = [i for i in read_nodes if i not in gate_nodes or ir.node(i).op == "state"]
     cur_read, em_read = expr_block(read_only, "", "o_t", "m")
@@ -186,15 +186,19 @@ def generate(ir: IR, spec_args) -> str:
         "    h_start = tl.load(hc + (c0 + i_t) * C + o_c, mask=m_c, other=0.0)",
         "    o_t = i_t * BT + rows",
         "    m = (o_t < L)[:, None] & m_c[None, :]",
+        "    m_p = ((o_t - 1 >= 0) & (o_t < L))[:, None] & m_c[None, :]",
         "    m_n = (o_t + 1 < L)[:, None] & m_c[None, :]",
+        "    # h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
+        *["    " + l for l in prv_gate],
+        f"    first = (rows == 0)[:, None] | (m_p == 0)",
+        f"    a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
+        f"    b_p = tl.where(first, 0.0, {v(write, '_p')})",
+        "    Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
+        "    h_prev = Bp + Ap * h_start[None, :]",
         *["    " + l for l in cur_gate],
         f"    a = tl.where(m, {v(a_id)}, 1.0)",
         f"    b = tl.where(m, {v(write)}, 0.0)",
-        "    # recompute the block's states from its stored start; h_{t-1} is the same tile shifted one row",
-        "    A, Bs = tl.associative_scan((a, b), 0, _combine)",
-        "    hs = Bs + A * h_start[None, :]",
-        "    h_prev = tl.gather(hs, tl.maximum(rows - 1, 0)[:, None] + tl.zeros([BT, BD], dtype=tl.int32), 0)",
-        "    h_prev = tl.where((rows == 0)[:, None], h_start[None, :], h_prev)",
+        "    hs = a * h_prev + b",
         *[f"    v{s} = hs" for s in state_ids],
         *["    " + l for l in cur_read],
         "    dy = tl.load(d_out + (bos + o_t)[:, None] * C + o_c[None, :], mask=m, other=0.0).to(tl.float32)",
