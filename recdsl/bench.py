@@ -84,6 +84,7 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
     def add(contestant, mode, ms, peak=None, **extra):
         rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
                      "peak_bytes": peak, **shape, **extra})
+        print(json.dumps(rows[-1]), flush=True)
 
     ours = lambda: spec.op(**args, backend="triton")
     with torch.no_grad():
@@ -138,6 +139,7 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
     def add(contestant, mode, ms, peak=None, **extra):
         rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
                      "peak_bytes": peak, **shape, **extra})
+        print(json.dumps(rows[-1]), flush=True)
 
     def both(name, run, backward=True):
         with torch.no_grad():
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d"))
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("recdsl bench needs a CUDA device", file=sys.stderr)
@@ -252,19 +255,22 @@ def main(argv=None) -> int:
     algorithm = spec.plan("auto", on_cuda=True).algorithm
     if algorithm == "elementwise_scan":
         rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
-        rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
+        if not args.no_cold_start:
+            rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
     elif algorithm == "chunk":
         rows = []
         for sh in args.shapes.split(";"):
             B, T, H, D = map(int, sh.split(","))
             rows += matrix_case(args.file, B, T, H, D, with_fla=not args.no_fla)
             torch.cuda.empty_cache()
-        rows.append({"case": spec.name, "cold_start_s": cold_start(args.file)})
+        if not args.no_cold_start:
+            rows.append({"case": spec.name, "cold_start_s": cold_start(args.file)})
     else:
         print(f"recdsl bench: no generated kernel for {spec.name} yet ({algorithm})", file=sys.stderr)
         return 2
     for r in rows:
-        print(json.dumps(r))
+        if "ms" not in r:
+            print(json.dumps(r))
     path = write(rows, args.out, args.tag)
     plot(rows, str(path.with_suffix(".png")))
     print(f"wrote {path} and {path.with_suffix('.png')}")
