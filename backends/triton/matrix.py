@@ -69,6 +69,21 @@ def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
     return MatrixPattern(decay, gate, log_gate, signed, q, k, v, tuple(scale))
 
 
+class _LazyLayout(dict):
+    """Arguments in the reference layout, converted on first use: expressions read only what they need."""
+
+    def __init__(self, spec, raw, dtype, kind):
+        super().__init__()
+        self.spec, self.raw, self.dtype, self.kind = spec, raw, dtype, kind
+
+    def __missing__(self, name):
+        x = self.raw[name].to(self.dtype)
+        if self.spec.heads is None:
+            x = x.unsqueeze(2) if self.kind == "input" else x.unsqueeze(0)
+        self[name] = x
+        return x
+
+
 def _reads_state(ir: IR, i: int) -> bool:
     return ir.node(i).op == "state" or any(ir.node(a).op == "state" for a in nx.ancestors(ir.graph, i))
 
@@ -76,29 +91,33 @@ def _reads_state(ir: IR, i: int) -> bool:
 def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64):
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
-    from recdsl.opcall import internal
-
     from .chunk import chunk_linear_recurrence
     ir = spec.ir
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
     dtype = ref.dtype
     B, T = ref.shape[:2]
-    # expressions are evaluated in fp32 (the kernels read q', k', v' in the input dtype)
-    inputs, weights = internal(spec, raw, torch.float32)
-    ev = Evaluator(ir, leaf_values(ir, inputs, weights, options, T))
     H = ir.heads or 1
+    heads = ir.heads is not None
+    base = leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"), _LazyLayout(spec, raw, torch.float32, "weight"),
+                       options, T)
+    ev = Evaluator(ir, base)
 
-    def full(i, shape):   # a value evaluated over [B, T, H, *shape], broadcast where the IR broadcasts
-        x = ev(i)
-        return torch.as_tensor(x, dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
+    def full(i, shape, keep_dtype=False):
+        """A value over [B, T, H, *shape]. A plain input is passed through in its own dtype (no copy);
+        anything else is evaluated from the IR in fp32, with autograd."""
+        n = ir.node(i)
+        if keep_dtype and n.op == "input" and not any(c[0] == "l2norm" for c in n.args[1]):
+            x = raw[n.args[0]]
+            return x if heads else x.unsqueeze(2)
+        return torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
 
     K, V = ir.state[1]
-    q, k, v = full(pattern.q, (K,)), full(pattern.k, (K,)), full(pattern.v, (V,))
+    q, k, v = (full(pattern.q, (K,), True), full(pattern.k, (K,), True), full(pattern.v, (V,), True))
     g = sign = None
     if pattern.decay != "none":
         gshape = () if pattern.decay == "scalar" else (K,)
         if pattern.log_gate is not None:
-            g = full(pattern.log_gate, gshape)
+            g = full(pattern.log_gate, gshape, keep_dtype=True).float()
         else:
             a = full(pattern.gate, gshape)
             g = torch.log(a.abs().clamp_min(1e-30))
