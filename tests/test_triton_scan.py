@@ -93,8 +93,8 @@ def test_fp16_inputs():
 
 
 def test_backend_errors_are_clear():
-    with pytest.raises(ValueError, match="cannot run this spec yet: the state"):
-        spec = recdsl.load(example("gla"), H=1, K=4, V=4)
+    with pytest.raises(ValueError, match="cannot run this spec yet: element-wise scan: the state"):
+        spec = recdsl.load(example("deltanet"), H=1, K=4, V=4)
         spec.op(**random_args(spec, T=3, dtype=torch.float32), backend="triton")
     spec = recdsl.load(example("hgrn"), D=4)
     with pytest.raises(ValueError, match="fp64"):
