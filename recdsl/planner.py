@@ -48,7 +48,7 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
     if algorithm == "chunk":
         return _chunk_plan(spec)
-    return _scan_plan(batch_channels)
+    return _scan_plan(spec, batch_channels)
 
 
 def triton_route(spec) -> tuple[str | None, str | None]:
@@ -88,20 +88,21 @@ def _chunk_plan(spec) -> Plan:
     ))
 
 
-BLOCK_D_CHOICES = (8, 16)
-
 
 def prepare(spec) -> None:
     """Do every graph walk and kernel registration a call may need, ahead of time, so that calls
     inside torch.compile(fullgraph=True) only read memoised results."""
     if triton_route(spec)[0] == "elementwise_scan":
         from recdsl.backends.triton.launch import scan_op
-        for bd in BLOCK_D_CHOICES:
-            p = _scan_plan(None)
-            scan_op(spec, p.block_t, bd, p.num_warps)
+        for bc in (None, 0):   # the block sizes a call may pick: many programs, and few
+            p = _scan_plan(spec, bc)
+            scan_op(spec, p.block_t, p.block_d, p.num_warps)
 
 
-def _scan_plan(batch_channels: int | None) -> Plan:
+def _scan_plan(spec, batch_channels: int | None) -> Plan:
+    S = spec.ir.state[1]
+    if len(S) == 2:
+        return _matrix_scan_plan(spec, S)
     # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
     # measured on an H100 (benchmarks/results/*sweep_scan*): BT=128, BD=16, 2 warps was fastest at width 2048
     BT, warps = 128, 2
@@ -115,4 +116,21 @@ def _scan_plan(batch_channels: int | None) -> Plan:
         f"BT={BT}: tl.associative_scan inside a block of {BT} tokens, the state carried across blocks",
         why_d,
         "chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
+    ))
+
+
+def _matrix_scan_plan(spec, S) -> Plan:
+    BN = 1 << (S[1] - 1).bit_length()
+    # a [BT, BD, BN] tile per value: 2048 elements keep the scan's operands in registers with 4 warps
+    BT = 16
+    BD = max(1, min(32, 2048 // (BT * BN)))
+    signed = spec.analysis.eig_range.lo < 0
+    return Plan("triton", "elementwise_scan", BT, BD, 4, True, (
+        f"matrix state h[{S[0]}, {S[1]}] with a decay per entry: h_t = a_t * h_(t-1) + b_t entry by entry, "
+        "the readout contracting N inside the kernel",
+        f"tiles of BT={BT} tokens x BD={BD} rows x BN={BN} columns (2048 values: registers, not spills)",
+        "inputs along N (shared by every row) are read once per program; their gradients summed over D blocks",
+        "signed decays multiply directly in the scan (no log space), so a_t < 0 costs nothing extra"
+        if signed else "decays multiply directly in the scan",
+        f"chunk-start states are stored (T/{BT} x D x N floats) so the backward recomputes only inside a block",
     ))

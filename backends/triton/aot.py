@@ -14,20 +14,20 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-SCAN_CONSTEXPRS = {
-    "scan_fwd": dict(BT=64, BD=32, IS_VARLEN=False, USE_H0=True, STORE_HT=True, STORE_HC=True),
-    "scan_bwd": dict(BT=64, BD=32, IS_VARLEN=False, USE_H0=True, USE_DHT=True),
+SCAN_FLAGS = {
+    "scan_fwd": dict(IS_VARLEN=False, USE_H0=True, STORE_HT=True, STORE_HC=True),
+    "scan_bwd": dict(IS_VARLEN=False, USE_H0=True, USE_DHT=True),
 }
 
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets int32, T/C int32, opt_* fp32 scalars, every other pointer fp32."""
+    chunk_offsets int32, sizes int32, opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
         if n in constexprs:
             sig[n] = "constexpr"
-        elif n in ("T", "C"):
+        elif n in ("T", "NTOK", "H", "D", "N"):
             sig[n] = "i32"
         elif n.startswith("opt_"):
             sig[n] = "fp32"
@@ -43,16 +43,22 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
 def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float]]:
     """Compile the spec's scan kernels; returns (kernel, capability, cubin bytes, seconds) per build."""
     from .cache import load_module
-    from .launch import kernel_key
+    from recdsl.planner import _scan_plan
+
+    from .launch import kernel_key, scan_geometry
     from .scan import generate
     src = generate(spec.ir, spec.args)
     mod = load_module(kernel_key(src), src)
+    plan = _scan_plan(spec, None)   # the blocks a call at full width uses
+    blocks = dict(BT=plan.block_t, BD=plan.block_d, BN=triton.next_power_of_2(scan_geometry(spec)[2]))
     out = []
-    for name, constexprs in SCAN_CONSTEXPRS.items():
+    for name, flags in SCAN_FLAGS.items():
+        constexprs = {**blocks, **flags}
         fn = getattr(mod, name)
         for cc in capabilities:
             t = time.perf_counter()
-            k = triton.compile(ASTSource(fn, signature(fn, constexprs), constexprs), target=GPUTarget("cuda", cc, 32))
+            k = triton.compile(ASTSource(fn, signature(fn, constexprs), constexprs), target=GPUTarget("cuda", cc, 32),
+                               options=dict(num_warps=plan.num_warps))
             out.append((name, cc, len(k.asm["cubin"]), time.perf_counter() - t))
     return out
 

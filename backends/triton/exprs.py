@@ -1,8 +1,10 @@
 """Triton code for element-wise IR expressions, forward and reverse mode.
 
-Values are tiles broadcastable to [BT, BD] (time rows x channels): an input is a [BT, BD] tile, a
-weight a [1, BD] row, an option a scalar kernel argument, a constant a literal. The reverse mode
-walks the same nodes backwards and reduces each contribution to its operand's tile shape.
+Every value is a tile over the kernel's axes: T (token rows), D (the state's first axis) and, for a
+matrix state, N (its second). A node's kind is the tuple of axes it varies along; its tile has the
+block size on those axes and 1 on the others, so tiles broadcast like the IR's shapes. Options are
+scalar kernel arguments, constants literals. The reverse mode walks the same nodes backwards and sums
+each contribution over the axes its operand does not vary along.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ BACKWARD = {
     "add": ["{g}", "{g}"], "sub": ["{g}", "-{g}"], "mul": ["{g} * {x1}", "{g} * {x0}"],
     "div": ["{g} / {x1}", "-{g} * {x0} / ({x1} * {x1})"],
 }
-SUPPORTED = set(FORWARD) | {"pow", "const", "input", "weight", "option", "state"}
-
-TIME, CHANNEL, SCALAR = "T", "C", "S"   # tile kinds: [BT, BD], [1, BD], scalar
+# outer and matmul multiply tiles laid out on different axes; matmul then sums the contracted axis N
+BACKWARD["outer"] = BACKWARD["matmul"] = BACKWARD["mul"]
+SUPPORTED = set(FORWARD) | {"pow", "const", "input", "weight", "option", "state", "outer", "matmul"}
 
 
 def literal(v: float) -> str:
@@ -37,23 +39,17 @@ def literal(v: float) -> str:
 
 
 class Emitter:
-    """Emit forward code for a set of value nodes; `names` maps leaves to the Triton names holding them."""
+    """Emit forward and reverse-mode code for value nodes. `kinds` gives every node's axes, `axes` the
+    kernel's axis order and `masks` the name of each axis's validity mask."""
 
-    def __init__(self, ir: IR, leaf_kind: dict[int, str], suffix: str = ""):
-        self.ir, self.suffix = ir, suffix
-        self.kind: dict[int, str] = dict(leaf_kind)
+    def __init__(self, ir: IR, kinds: dict[int, tuple], axes: tuple, masks: dict[str, str], suffix: str = ""):
+        self.ir, self.kinds, self.axes, self.masks, self.suffix = ir, kinds, axes, masks, suffix
 
     def var(self, i: int) -> str:
         n = self.ir.node(i)
         if n.op == "const":
             return literal(n.args[0])
         return f"v{i}{self.suffix}"
-
-    def kind_of(self, i: int) -> str:
-        if i not in self.kind:
-            ks = {self.kind_of(o) for o in self.ir.operands(i)} if self.ir.operands(i) else {SCALAR}
-            self.kind[i] = TIME if TIME in ks else CHANNEL if CHANNEL in ks else SCALAR
-        return self.kind[i]
 
     def forward(self, nodes: list[int]) -> list[str]:
         """Lines computing every non-leaf node in `nodes` (already in topological order)."""
@@ -67,24 +63,35 @@ class Emitter:
                 e = self.ir.node(self.ir.operands(i)[1]).args[0]
                 expr = {2.0: f"({ops[0]} * {ops[0]})", 0.5: f"tl.sqrt({ops[0]})", 1.0: ops[0],
                         -1.0: f"(1.0 / {ops[0]})"}.get(e, f"tl.exp({literal(e)} * tl.log({ops[0]}))")
+            elif n.op == "outer":
+                expr = f"({ops[0]} * {ops[1]})"
+            elif n.op == "matmul":
+                expr = f"tl.sum({ops[0]} * {ops[1]}, axis={self.axes.index('N')}, keep_dims=True)"
             else:
                 expr = FORWARD[n.op].format(*ops)
-            self.kind_of(i)
             lines.append(f"{self.var(i)} = {expr}  # IR %{i} {n.op}")
         return lines
 
-    def backward(self, nodes: list[int], seeds: dict[int, str], mask: str) -> tuple[list[str], dict[int, str]]:
+    def reduce_to(self, contrib: str, have: tuple, want: tuple) -> str:
+        """Sum a contribution varying along `have` over the axes `want` lacks (masked lanes excluded)."""
+        extra = [a for a in self.axes if a in have and a not in want]
+        if not extra:
+            return contrib
+        out = f"tl.where({' & '.join(self.masks[a] for a in have)}, {contrib}, 0.0)"
+        for a in extra:
+            out = f"tl.sum({out}, axis={self.axes.index(a)}, keep_dims=True)"
+        return out
+
+    def backward(self, nodes: list[int], seeds: dict[int, str]) -> tuple[list[str], dict[int, str]]:
         """Reverse mode from `seeds` (node -> Triton expression of its gradient). Returns the lines and,
-        for each leaf reached, the name of its gradient (reduced to the leaf's tile kind)."""
+        for each leaf reached, the name of its gradient (a tile of the leaf's kind)."""
         grads: dict[int, str] = {}
         lines: list[str] = []
 
-        def add(o: int, contrib: str, src_kind: str):
+        def add(o: int, contrib: str, have: tuple):
             if self.ir.node(o).op in ("const", "option"):
                 return
-            ok = self.kind_of(o)
-            if ok == CHANNEL and src_kind == TIME:
-                contrib = f"tl.sum(tl.where({mask}, {contrib}, 0.0), axis=0)[None, :]"
+            contrib = self.reduce_to(contrib, have, self.kinds[o])
             name = f"g{o}{self.suffix}"
             if o in grads:
                 lines.append(f"{name} = {name} + {contrib}")
@@ -106,8 +113,13 @@ class Emitter:
                 contribs = [f"{grads[i]} * {literal(e)} * tl.exp({literal(e - 1)} * tl.log({self.var(ops[0])}))"]
             else:
                 contribs = [c.format(**fmt) for c in BACKWARD[n.op]]
+            # a contribution varies along the node's axes and its operands' (matmul's N included)
+            have = set(self.kinds[i])
+            for o in ops:
+                have |= set(self.kinds.get(o, ()))
+            have = tuple(a for a in self.axes if a in have)
             lines.append(f"# d/d of IR %{i} {n.op}")
             for o, c in zip(ops, contribs):
-                add(o, c, self.kind_of(i))
+                add(o, c, have)
         leaves = {i: g for i, g in grads.items() if not self.ir.operands(i)}
         return lines, leaves

@@ -25,16 +25,31 @@ def scan_op(spec, block_t: int, block_d: int, num_warps: int):
     memo_key = ("scan_op", block_t, block_d, num_warps)
     if memo_key not in spec.memo:
         src = generate(spec.ir, spec.args)
-        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}"
+        geometry = scan_geometry(spec)
+        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{'_'.join(map(str, geometry))}"
         if key not in _OPS:
-            _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps)
+            _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps,
+                                  geometry)
         spec.memo[memo_key] = _OPS[key]
     return spec.memo[memo_key]
 
 
-def _register(mod, key, spec_name, BT, BD, warps):
+def scan_geometry(spec) -> tuple[int, int, int]:
+    """(H, D, N) as the kernels see them. A vector state folds heads into its channels (every value is
+    per channel), so H = 1, D = heads * D and N = 1; a matrix state keeps heads apart because its
+    inputs along N are shared by the rows of a head."""
+    S = spec.ir.state[1]
+    if len(S) == 1:
+        return 1, (spec.heads or 1) * S[0], 1
+    return spec.heads or 1, S[0], S[1]
+
+
+def _register(mod, key, spec_name, BT, BD, warps, geometry):
     name = f"recdsl::{spec_name}_scan_{key}"
     n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
+    H, D, N = geometry
+    BN = triton.next_power_of_2(N)
+    state_size = H * D * N
 
     def chunk_offsets_of(cu, B, T):
         if cu is None:
@@ -43,29 +58,33 @@ def _register(mod, key, spec_name, BT, BD, warps):
         co = torch.cat([nck.new_zeros(1), nck.cumsum(0)]).to(torch.int32)
         return co, int(co[-1])
 
+    out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
+
     @torch.library.custom_op(name, mutates_args=())
     def forward(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
                 cu: Optional[torch.Tensor], output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
         h0 = None if h0 is None else h0.contiguous()
-        B, T, C = ins[0].shape
-        N = B if cu is None else cu.numel() - 1
+        B, T = ins[0].shape[:2]
+        Ns = B if cu is None else cu.numel() - 1
         co, n_chunks = chunk_offsets_of(cu, B, T)
-        out = torch.empty(ins[0].shape, dtype=ins[0].dtype, device=ins[0].device)
-        ht = torch.empty(N if output_final_state else 0, C, dtype=torch.float32, device=out.device)
-        hc = torch.empty(max(n_chunks, 1), C, dtype=torch.float32, device=out.device)
-        mod.scan_fwd[(triton.cdiv(C, BD), N)](
-            *ins, *ws, *options, h0, out, ht, hc, cu, co, T, C, BT=BT, BD=BD, IS_VARLEN=cu is not None,
-            USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True, num_warps=warps)
+        out = ins[0].new_empty((B, T) + out_tail)
+        ht = torch.empty(Ns if output_final_state else 0, state_size, dtype=torch.float32, device=out.device)
+        hc = torch.empty(max(n_chunks, 1), state_size, dtype=torch.float32, device=out.device)
+        mod.scan_fwd[(triton.cdiv(D, BD), Ns * H)](
+            *ins, *ws, *options, h0, out, ht, hc, cu, co, T, B * T, H, D, N, BT=BT, BD=BD, BN=BN,
+            IS_VARLEN=cu is not None, USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True,
+            num_warps=warps)
         return out, ht, hc
 
     @forward.register_fake
     def _(ins, ws, options, h0, cu, output_final_state):
-        B, T, C = ins[0].shape
-        N = B if cu is None else cu.shape[0] - 1
+        B, T = ins[0].shape[:2]
+        Ns = B if cu is None else cu.shape[0] - 1
         n_chunks = torch.library.get_ctx().new_dynamic_size() if cu is not None else B * triton.cdiv(T, BT)
-        return (torch.empty_like(ins[0]), ins[0].new_empty(N if output_final_state else 0, C, dtype=torch.float32),
-                ins[0].new_empty(n_chunks, C, dtype=torch.float32))
+        return (ins[0].new_empty((B, T) + out_tail),
+                ins[0].new_empty(Ns if output_final_state else 0, state_size, dtype=torch.float32),
+                ins[0].new_empty(n_chunks, state_size, dtype=torch.float32))
 
     @torch.library.custom_op(name + "_bwd", mutates_args=())
     def backward_op(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
@@ -74,22 +93,29 @@ def _register(mod, key, spec_name, BT, BD, warps):
         ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
         h0 = None if h0 is None else h0.contiguous()
         dht = None if dht is None else dht.contiguous()
-        B, T, C = ins[0].shape
-        N = B if cu is None else cu.numel() - 1
+        B, T = ins[0].shape[:2]
+        Ns = B if cu is None else cu.numel() - 1
         co, _ = chunk_offsets_of(cu, B, T)
-        d_ins = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in ins]
-        dw = [torch.zeros(N, C, dtype=torch.float32, device=x.device) for x in ws]
-        dh0 = torch.empty(N if h0 is not None else 0, C, dtype=torch.float32, device=d_out.device)
-        mod.scan_bwd[(triton.cdiv(C, BD), N)](
-            *ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *dw, dh0, cu, co, T, C, BT=BT, BD=BD,
-            IS_VARLEN=cu is not None, USE_H0=h0 is not None, USE_DHT=dht is not None, num_warps=warps)
-        return d_ins + [g.sum(0).to(w.dtype) for g, w in zip(dw, ws)] + [dh0]
+        n_blocks = triton.cdiv(D, BD)
+        # inputs along D get their gradient directly; inputs along N one partial sum per D block
+        d_ins = [x.new_empty(x.shape) if "D" in mod.KINDS.get(n, ()) else
+                 x.new_zeros((n_blocks,) + x.shape, dtype=torch.float32) if n in mod.KINDS else x.new_zeros(x.shape)
+                 for n, x in zip(mod.INPUTS, ins)]
+        d_ws = [w.new_empty((Ns,) + w.shape, dtype=torch.float32) if "D" in mod.KINDS.get(n, ()) else
+                w.new_zeros((Ns * n_blocks,) + w.shape, dtype=torch.float32) for n, w in zip(mod.WEIGHTS, ws)]
+        dh0 = torch.empty(Ns if h0 is not None else 0, state_size, dtype=torch.float32, device=d_out.device)
+        mod.scan_bwd[(n_blocks, Ns * H)](
+            *ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *d_ws, dh0, cu, co, T, B * T, H, D, N,
+            BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None, USE_H0=h0 is not None, USE_DHT=dht is not None,
+            num_warps=warps)
+        d_ins = [g.sum(0).to(x.dtype) if n in mod.PARTIAL_INPUTS else g for n, g, x in zip(mod.INPUTS, d_ins, ins)]
+        return d_ins + [g.sum(0).to(w.dtype) for g, w in zip(d_ws, ws)] + [dh0]
 
     @backward_op.register_fake
     def _(ins, ws, options, h0, hc, cu, d_out, dht):
-        N = ins[0].shape[0] if cu is None else cu.shape[0] - 1
+        Ns = ins[0].shape[0] if cu is None else cu.shape[0] - 1
         return ([torch.empty_like(x) for x in ins] + [torch.empty_like(w) for w in ws]
-                + [d_out.new_empty(N if h0 is not None else 0, ins[0].shape[-1], dtype=torch.float32)])
+                + [d_out.new_empty(Ns if h0 is not None else 0, state_size, dtype=torch.float32)])
 
     def setup_context(ctx, inputs, output):
         ins, ws, options, h0, cu, _ = inputs
@@ -113,18 +139,17 @@ def _register(mod, key, spec_name, BT, BD, warps):
 
 
 def run_scan(spec, plan, named: dict, options: dict, h0, cu, output_final_state):
-    """named: op-layout tensors by argument name (inputs [B, T, (H,) D], weights [(H,) D])."""
-    heads = spec.heads is not None
+    """named: op-layout tensors by argument name (inputs [B, T, (H,) *shape], weights [(H,) *shape])."""
+    heads = (spec.heads,) if spec.heads else ()
     op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps)
-    mod_options = sorted(options)
     ins = [named[a.name] for a in spec.args if a.kind == "input"]
     B, T = ins[0].shape[:2]
-    flat = [(x.flatten(-2) if heads else x).contiguous() for x in ins]
-    ws = [named[a.name].reshape(-1).contiguous() for a in spec.args if a.kind == "weight"]
-    N = B if cu is None else cu.numel() - 1
-    C = flat[0].shape[-1]
-    h0f = None if h0 is None else h0.reshape(N, C).float().contiguous()
-    out, ht, _ = op(flat, ws, [float(options[o]) for o in mod_options], h0f, cu, output_final_state)
-    out = out.reshape(ins[0].shape[:2] + ((spec.heads,) if heads else ()) + spec.ir.state[1])
-    final = ht.reshape((N,) + ((spec.heads,) if heads else ()) + spec.ir.state[1]) if output_final_state else None
+    if len(spec.ir.state[1]) == 1:   # heads folded into channels: [B, T, H * D]
+        ins = [x.flatten(2) for x in ins]
+    ws = [named[a.name].reshape(-1) for a in spec.args if a.kind == "weight"]
+    Ns = B if cu is None else cu.numel() - 1
+    h0f = None if h0 is None else h0.reshape(Ns, -1).float()
+    out, ht, _ = op(ins, ws, [float(options[o]) for o in sorted(options)], h0f, cu, output_final_state)
+    out = out.reshape((B, T) + heads + spec.ir.node(spec.ir.roots_with("output:")[0][1]).shape)
+    final = ht.reshape((Ns,) + heads + spec.ir.state[1]) if output_final_state else None
     return out, final
