@@ -120,7 +120,7 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
 def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
     """A matrix-state spec with a scalar or per-key decay (gla, mamba2, retnet, linear_attention) against
     fla's chunk_gla / chunk_simple_gla, plus the same recurrence with signed decays."""
-    from recdsl.backends.triton.chunk import chunk_linear_recurrence
+    from recdsl.backends.triton.chunk_launch import chunk_linear_recurrence
     spec = recdsl.load(path, H=H, K=D, V=D)
     dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)

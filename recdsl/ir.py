@@ -72,9 +72,6 @@ class IR:
         return self._nodes[i]
 
     def operands(self, i: int) -> list[int]:
-        return operands_of(self.graph, i)
-
-    def operands(self, i: int) -> list[int]:
         return self._operand_table[i]
 
     def __post_init__(self):

@@ -4,16 +4,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import ast as A
 from .analysis import Analysis, analyse
-from .errors import RecError
 from .ir import IR
 from .lower import lower
 from .parser import parse
 from .verify import verify
+
+if TYPE_CHECKING:
+    from .planner import Plan
 
 
 

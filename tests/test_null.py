@@ -8,7 +8,7 @@ import recdsl
 from recdsl.ast import show
 from recdsl.parser import parse
 
-from conftest import EXAMPLES, ROOT, example, small
+from conftest import EXAMPLES, ROOT, example
 
 EXPECTED_FAMILY = {
     "linear_attention": "scalar", "retnet": "scalar", "mamba2": "scalar", "gla": "diagonal",

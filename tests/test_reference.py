@@ -1,6 +1,5 @@
 """Property tests of the reference backend (fp64): state passing, step-by-step decoding, varlen,
 the mixing-matrix oracle, gradients, and fixed-point behaviour."""
-import warnings
 
 import pytest
 import torch

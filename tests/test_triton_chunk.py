@@ -13,7 +13,8 @@ pytest.importorskip("triton")
 # conftest.py turns the interpreter on when there is no GPU; GPU runs are covered by test_gpu.py
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
 
-from recdsl.backends.triton.chunk import chunk_linear_recurrence, generate  # noqa: E402
+from recdsl.backends.triton.chunk import generate  # noqa: E402
+from recdsl.backends.triton.chunk_launch import chunk_linear_recurrence  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -164,7 +165,7 @@ try:
     from triton.backends.compiler import GPUTarget
 except ImportError as e:
     print(json.dumps({"skip": f"AOT API unavailable: {e}"})); sys.exit(0)
-from recdsl.backends.triton.chunk import aot_jobs
+from recdsl.backends.triton.chunk_launch import aot_jobs
 out = []
 decay, signed, varlen = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
 for name, fn, sig, const, attrs, opts in aot_jobs(decay, signed, "bf16", varlen=varlen):

@@ -20,10 +20,14 @@ def test_routes():
     routes = {n: triton_route(recdsl.load(example(n)))[0] for n in
               ("gla", "mamba2", "retnet", "linear_attention", "hgrn", "lru", "deltanet", "mamba")}
     assert routes == {"gla": "chunk", "mamba2": "chunk", "retnet": "chunk", "linear_attention": "chunk",
-                      "hgrn": "elementwise_scan", "lru": "elementwise_scan", "deltanet": None, "mamba": None}
+                      "hgrn": "elementwise_scan", "lru": "elementwise_scan", "deltanet": None,
+                      "mamba": "elementwise_scan"}
     plan = recdsl.load(example("gla")).plan("auto", on_cuda=True)
     assert plan.algorithm == "chunk" and "per-key decay" in plan.text()
     assert recdsl.load(example("gla")).plan("auto", on_cuda=False).backend == "reference"
+    plan = recdsl.load(example("mamba_negeig")).plan("auto", on_cuda=True)
+    assert plan.algorithm == "elementwise_scan" and "matrix state h[64, 16]" in plan.text()
+    assert "signed decays multiply directly" in plan.text()
 
 
 @pytest.mark.parametrize("name,T", [("gla", 70), ("mamba2", 64), ("retnet", 17), ("linear_attention", 1)])
@@ -42,3 +46,23 @@ def test_chunked_matches_reference(name, T):
     assert rel(o1, o2) < 1e-5 and rel(S1, S2) < 1e-5
     for k in g2:
         assert rel(g1[k], g2[k]) < 1e-4, k
+
+
+@pytest.mark.slow
+def test_chunk_custom_op_opcheck_and_torch_compile():
+    """The chunked kernels are one torch custom op: opcheck passes and a compiled module with the
+    Triton backend traces in one graph."""
+    from recdsl.backends.triton.chunk_launch import chunk_fwd
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 20, 2, 16, generator=gen, requires_grad=True) for _ in range(3))
+    g = (-torch.rand(1, 20, 2, 16, generator=gen)).requires_grad_(True)
+    h0 = torch.randn(1, 2, 16, 16, generator=gen, requires_grad=True)
+    torch.library.opcheck(chunk_fwd, (q, k, v, g, None, 0.25, h0, True, None, 16, "perkey"))
+    layer = recdsl.compile(example("gla"), H=2, K=16, V=16, d_model=16, backend="triton")
+    ref = recdsl.compile(example("gla"), H=2, K=16, V=16, d_model=16)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 9, 16, generator=gen)
+    y, _ = torch.compile(layer, fullgraph=True)(x)
+    assert rel(y, ref(x)[0]) < 1e-4
+    y.square().sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())

@@ -91,7 +91,7 @@ def _reads_state(ir: IR, i: int) -> bool:
 def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64):
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
-    from .chunk import chunk_linear_recurrence
+    from .chunk_launch import chunk_linear_recurrence
     ir = spec.ir
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
     dtype = ref.dtype
