@@ -1,6 +1,7 @@
-"""Sweep the element-wise scan's blocks (BT, BD, num_warps) at one shape; prints a table and JSON.
+"""Sweep the element-wise scan's blocks (BT, BD, num_warps) at one shape; prints a table and JSON lines.
 
-    python benchmarks/sweep_scan.py --batch 4 --length 4096 --width 2048
+    python benchmarks/sweep_scan.py --spec examples/hgrn.rec --batch 4 --length 4096 --width 2048
+    python benchmarks/sweep_scan.py --spec examples/mamba.rec --width 2048 --bt 16,32 --bd 4,8,16 --warps 4,8
 """
 import argparse
 import json
@@ -12,29 +13,47 @@ import recdsl
 from recdsl.backends.triton.launch import scan_op
 
 
+def ints(text):
+    return [int(x) for x in text.split(",")]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", default="examples/hgrn.rec")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=4096)
-    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--width", type=int, default=2048, help="the spec's D")
+    ap.add_argument("--bt", type=ints, default=[32, 64, 128, 256])
+    ap.add_argument("--bd", type=ints, default=[8, 16, 32])
+    ap.add_argument("--warps", type=ints, default=[2, 4, 8])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     spec = recdsl.load(a.spec, D=a.width)
-    B, T, C = a.batch, a.length, a.width
-    ins = [torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16) for x in spec.args if x.kind == "input"]
-    ins[-1] = torch.nn.functional.logsigmoid(ins[-1].float()).bfloat16() if spec.name == "hgrn" else ins[-1]
-    ws = [torch.randn(C, device="cuda") for x in spec.args if x.kind == "weight"]
+    B, T = a.batch, a.length
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ins, ws = [], []
+    for x in spec.args:
+        if x.kind == "weight":
+            ws.append(0.5 * torch.randn(x.shape, device="cuda", generator=gen).reshape(-1))
+            continue
+        t = torch.randn((B, T) + x.shape, device="cuda", generator=gen)
+        cons = {c[0] for c in next(n for n in spec.ir.leaves("input") if n.args[0] == x.name).args[1]}
+        t = torch.nn.functional.logsigmoid(t) if "log" in cons else torch.sigmoid(t) if "interval" in cons else \
+            torch.nn.functional.softplus(t - 3) if "positive" in cons else t
+        ins.append(t.bfloat16())
+    if len(spec.ir.state[1]) == 1:
+        ins = [x.flatten(2) for x in ins]
     rows = []
-    for BT in (32, 64, 128, 256):
-        for BD in (8, 16, 32):
-            for warps in (2, 4, 8):
+    for BT in a.bt:
+        for BD in a.bd:
+            for warps in a.warps:
                 op = scan_op(spec, BT, BD, warps)
                 fwd = lambda: op(ins, ws, [], None, None, False)
                 try:
                     fwd()
                     ms_f = do_bench(fwd, warmup=25, rep=100, return_mode="median")
                     xs = [x.detach().requires_grad_(True) for x in ins]
+
                     def fb():
                         out, _, _ = op(xs, ws, [], None, None, False)
                         out.backward(torch.ones_like(out))
@@ -51,7 +70,8 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             for r in rows:
-                f.write(json.dumps({"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": B, "T": T, "C": C, **r}) + "\n")
+                f.write(json.dumps({"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": B, "T": T,
+                                    "D": a.width, "state": list(spec.ir.state[1]), **r}) + "\n")
 
 
 if __name__ == "__main__":

@@ -60,14 +60,14 @@ def _fwd_bwd(run, tensors):
 
 
 def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
-    """An element-wise diagonal spec (hgrn-like: inputs [B, T, width]) against fla's hgrn kernels and a
-    device copy of the same bytes."""
+    """An element-wise diagonal spec (inputs [B, T, *shape], D = width; hgrn, lru, mamba) against fla's
+    hgrn kernels, a device copy of the same bytes and, once, the sequential reference."""
     spec = recdsl.load(path, D=width)
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     args = {}
     for a in spec.args:
-        shape = (width,) if a.kind == "weight" else (B, T, width)
+        shape = a.shape if a.kind == "weight" else (B, T) + a.shape
         x = torch.randn(shape, device=dev, generator=g, dtype=torch.float32)
         node = next(n for n in spec.ir.leaves(a.kind) if n.args[0] == a.name)
         cons = {c[0]: c for c in node.args[1]}
@@ -76,9 +76,13 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
         elif "interval" in cons:
             lo, hi = cons["interval"][1:3]
             x = lo + (hi - lo) * torch.sigmoid(x)
-        args[a.name] = x.to(dtype).requires_grad_(True)
+        elif "positive" in cons:
+            x = torch.nn.functional.softplus(x - 3)
+        args[a.name] = (x.to(dtype) if a.kind == "input" else x).requires_grad_(True)
     tensors = list(args.values())
     shape = {"B": B, "T": T, "width": width, "dtype": str(dtype).replace("torch.", "")}
+    if len(spec.ir.state[1]) == 2:
+        shape["state"] = list(spec.ir.state[1])
     rows = []
 
     def add(contestant, mode, ms, peak=None, **extra):
@@ -91,8 +95,20 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
         add("recdsl", "fwd", _bench(ours), _peak(ours))
     fb = _fwd_bwd(ours, tensors)
     add("recdsl", "fwd+bwd", _bench(fb), _peak(fb))
+    # the sequential reference (a PyTorch loop over T), one forward call
+    if T * B <= 65536:
+        with torch.no_grad():
+            ref_args = {k: v.float() for k, v in args.items()}
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            spec.op(**ref_args, backend="reference")
+            torch.cuda.synchronize()
+            add("reference (PyTorch loop)", "fwd", 1000 * (time.perf_counter() - t0), None, calls=1)
     # a device copy moving the same bytes as the forward (inputs read + output written)
-    moved = sum(t.numel() * t.element_size() for t in tensors if t.dim() == 3) + B * T * width * torch.finfo(dtype).bits // 8
+    out_elems = B * T
+    for d in spec.ir.node(spec.ir.roots_with("output:")[0][1]).shape:
+        out_elems *= d
+    moved = sum(t.numel() * t.element_size() for t in tensors if t.dim() >= 3) + out_elems * torch.finfo(dtype).bits // 8
     src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     add("device copy", "fwd", _bench(lambda: dst.copy_(src)), None, bytes=moved)

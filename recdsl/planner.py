@@ -4,6 +4,7 @@ A Plan is frozen and hashable; `recdsl explain` prints it with the reason for ea
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 BACKENDS = ("auto", "reference", "triton")
@@ -122,10 +123,12 @@ def _scan_plan(spec, batch_channels: int | None) -> Plan:
 def _matrix_scan_plan(spec, S) -> Plan:
     BN = 1 << (S[1] - 1).bit_length()
     # a [BT, BD, BN] tile per value: 2048 elements keep the scan's operands in registers with 4 warps
-    BT = 16
+    BT, warps = 16, 4
     BD = max(1, min(32, 2048 // (BT * BN)))
+    if os.environ.get("RECDSL_MATRIX_SCAN_BLOCKS"):   # "BT,BD,warps": for tuning sweeps on a GPU
+        BT, BD, warps = map(int, os.environ["RECDSL_MATRIX_SCAN_BLOCKS"].split(","))
     signed = spec.analysis.eig_range.lo < 0
-    return Plan("triton", "elementwise_scan", BT, BD, 4, True, (
+    return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         f"matrix state h[{S[0]}, {S[1]}] with a decay per entry: h_t = a_t * h_(t-1) + b_t entry by entry, "
         "the readout contracting N inside the kernel",
         f"tiles of BT={BT} tokens x BD={BD} rows x BN={BN} columns (2048 values: registers, not spills)",

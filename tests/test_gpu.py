@@ -19,13 +19,13 @@ def cuda_args(spec, B, T, dtype, seed=0):
             random_args(spec, B=B, T=T, dtype=torch.float32, seed=seed).items()}
 
 
-@pytest.mark.parametrize("name", ["hgrn", "lru"])
+@pytest.mark.parametrize("name", ["hgrn", "lru", "mamba", "mamba_negeig"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3), (torch.float32, 1e-5)])
 def test_scan_against_reference(name, dtype, tol):
     spec = recdsl.load(example(name), D=256)
     args = cuda_args(spec, 2, 300, dtype)
     ref_args = {k: v.detach().float().requires_grad_(True) for k, v in args.items()}
-    h0 = torch.randn(2, 256, device="cuda")
+    h0 = torch.randn(spec.state_shape(2), device="cuda")
     o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
     o_r, S_r = spec.op(**ref_args, initial_state=h0, output_final_state=True, backend="reference")
     assert o.dtype == dtype and S.dtype == torch.float32
@@ -61,8 +61,10 @@ def test_varlen_on_gpu():
         assert rel(o[:, s:e], on) < 1e-6 and rel(S[n:n + 1], Sn) < 1e-6
 
 
-def test_torch_compile_inductor():
-    layer = recdsl.compile(example("hgrn"), D=256, d_model=128, device="cuda")
+@pytest.mark.parametrize("name,params", [("hgrn", dict(D=256)), ("mamba", dict(D=256)),
+                                         ("gla", dict(H=4, K=64, V=64))])
+def test_torch_compile_inductor(name, params):
+    layer = recdsl.compile(example(name), **params, d_model=128, device="cuda")
     x = torch.randn(2, 64, 128, device="cuda")
     y_eager, _ = layer(x)
     y, _ = torch.compile(layer, fullgraph=True)(x)
@@ -108,3 +110,14 @@ def test_gla_matches_fla():
     theirs = torch.autograd.grad((o_f * do).sum(), list(args.values()))
     for a, b in zip(ours, theirs):
         assert rel(a, b) < 3e-2
+
+
+def test_mamba2_matches_fla_forward():
+    """fla's chunk_simple_gla has Mamba-2's recurrence; fla 0.6.0 refuses its gated backward on Hopper."""
+    F = pytest.importorskip("fla.ops")
+    spec = recdsl.load(example("mamba2"), H=4, K=64, V=64)
+    args = cuda_args(spec, 2, 500, torch.bfloat16)
+    g = torch.nn.functional.logsigmoid(torch.randn_like(args["g"].float())).clamp_min(-5)
+    o, S = spec.op(**{**args, "g": g}, output_final_state=True, backend="triton")
+    o_f, S_f = F.chunk_simple_gla(args["q"], args["k"], args["v"], g, output_final_state=True)
+    assert rel(o, o_f) < 1e-2 and rel(S, S_f) < 1e-2
