@@ -153,6 +153,9 @@ def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):
         outs.append(_readout(ir, out_id, S, at))
         if keep_states:
             states.append(S)
+    if not outs:   # an empty sequence (varlen): no outputs, the state passes through
+        o = S0.new_zeros((B, 0, H) + tuple(ir.node(out_id).shape))
+        return o, S, (S0.new_zeros((B, 0) + tuple(S0.shape[1:])) if keep_states else None)
     o = torch.stack(outs, dim=1)
     return o, S, (torch.stack(states, dim=1) if keep_states else None)
 

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # One device session: install the carried wheels, run the GPU test tier and the benchmarks, results to $OUT.
-#   part 1: GPU tests, the matrix-state scan's block sweep, `recdsl bench` on mamba
-#   part 2: `recdsl bench` on mamba2 (against fla's chunk_simple_gla) and hgrn
+#   part scan:   where hgrn's time goes (kernels vs host), block sweeps of the element-wise scans (hgrn,
+#                mamba), `recdsl bench` on each with its best blocks
+#   part tests:  the GPU test tier, `recdsl bench` on mamba with the planner's blocks
+#   part matrix: `recdsl bench` on gla and mamba2 (against fla's chunk_gla and chunk_simple_gla)
 set -u
 export PYTHONUNBUFFERED=1
-pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | tail -1
+pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | grep -v "WARNING: Running pip" | tail -1
 export PYTHONPATH=/tmp/pydeps:$PWD
 OUT=${OUT:-benchmarks/results}
 TAG=${TAG:-$(date +%F)_h100}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-if [ "${1:-1}" = 1 ]; then
-  timeout 240 python -m pytest -q tests/test_gpu.py -k "${TESTS:-mamba or compile or chunked}" 2>&1 | tail -25
-  timeout 150 python benchmarks/sweep_scan.py --spec examples/mamba.rec --width 2048 --bt 16,32 --bd 4,8,16 \
-    --warps 4,8 --out "$OUT/${TAG}_sweep_mamba.jsonl" | tail -16
-  best=$(python -c "import json,sys; r=min(map(json.loads, open(sys.argv[1])), key=lambda r: r['fwdbwd_ms']); print(f\"{r['BT']},{r['BD']},{r['warps']}\")" "$OUT/${TAG}_sweep_mamba.jsonl")
-  echo "best matrix-scan blocks (fwd+bwd): $best"
-  RECDSL_MATRIX_SCAN_BLOCKS=$best timeout 150 python -m recdsl.cli bench examples/mamba.rec \
-    --width 2048 --out "$OUT" --tag "${TAG}_mamba"
+
+best() {  # the sweep's fastest forward+backward blocks as "BT,BD,warps"
+  python -c "import json,sys; r=min(map(json.loads, open(sys.argv[1])), key=lambda r: r['fwdbwd_ms']); print(f\"{r['BT']},{r['BD']},{r['warps']}\")" "$1"
+}
+
+if [ "${1:-scan}" = scan ]; then
+  timeout 90 python benchmarks/overhead.py --spec examples/hgrn.rec | tee "$OUT/${TAG}_overhead_hgrn.jsonl"
+  timeout 150 python benchmarks/sweep_scan.py --spec examples/hgrn.rec --bt 64,128,256 --bd 8,16,32 \
+    --warps 2,4 --out "$OUT/${TAG}_sweep_hgrn.jsonl" | tail -3
+  b=$(best "$OUT/${TAG}_sweep_hgrn.jsonl"); echo "hgrn blocks: $b"
+  RECDSL_SCAN_BLOCKS=$b timeout 120 python -m recdsl.cli bench examples/hgrn.rec --out "$OUT" --tag "${TAG}_hgrn"
+  timeout 120 python benchmarks/sweep_scan.py --spec examples/mamba.rec --bt 16,32 --bd 8,16 --warps 4 \
+    --out "$OUT/${TAG}_sweep_mamba.jsonl" | tail -3
+  b=$(best "$OUT/${TAG}_sweep_mamba.jsonl"); echo "mamba blocks: $b"
+  RECDSL_SCAN_BLOCKS=$b timeout 120 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start \
+    --out "$OUT" --tag "${TAG}_mamba"
+elif [ "$1" = tests ]; then
+  timeout 300 python -m pytest -q tests/test_gpu.py 2>&1 | tail -6
+  timeout 150 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start --out "$OUT" \
+    --tag "${TAG}_mamba"
 else
-  timeout 300 python -m recdsl.cli bench examples/mamba2.rec --no-cold-start --out "$OUT" \
-    --tag "${TAG}_mamba2"
-  timeout 150 python -m recdsl.cli bench examples/hgrn.rec --no-cold-start --out "$OUT" \
-    --tag "${TAG}_hgrn_rerun"
+  for s in gla mamba2; do
+    timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
+  done
 fi

@@ -11,6 +11,7 @@ from triton.testing import do_bench
 
 import recdsl
 from recdsl.backends.triton.launch import scan_op
+from recdsl.planner import _scan_plan
 
 
 def ints(text):
@@ -26,9 +27,12 @@ def main():
     ap.add_argument("--bt", type=ints, default=[32, 64, 128, 256])
     ap.add_argument("--bd", type=ints, default=[8, 16, 32])
     ap.add_argument("--warps", type=ints, default=[2, 4, 8])
+    ap.add_argument("--backward", default=None, choices=["exclusive", "shifted"],
+                    help="the backward scans' form (default: the planner's choice)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     spec = recdsl.load(a.spec, D=a.width)
+    backward = a.backward or _scan_plan(spec, None).scan_backward
     B, T = a.batch, a.length
     gen = torch.Generator(device="cuda").manual_seed(0)
     ins, ws = [], []
@@ -47,7 +51,7 @@ def main():
     for BT in a.bt:
         for BD in a.bd:
             for warps in a.warps:
-                op = scan_op(spec, BT, BD, warps)
+                op = scan_op(spec, BT, BD, warps, backward)
                 fwd = lambda: op(ins, ws, [], None, None, False)
                 try:
                     fwd()
@@ -62,7 +66,7 @@ def main():
                 except Exception as e:  # a config the compiler rejects is reported, not fatal
                     print(f"BT={BT} BD={BD} warps={warps}: {type(e).__name__}: {str(e)[:120]}")
                     continue
-                rows.append({"BT": BT, "BD": BD, "warps": warps, "fwd_ms": ms_f, "fwdbwd_ms": ms_b})
+                rows.append({"BT": BT, "BD": BD, "warps": warps, "backward": backward, "fwd_ms": ms_f, "fwdbwd_ms": ms_b})
                 print(f"BT={BT:4d} BD={BD:3d} warps={warps}: fwd {ms_f:.4f} ms  fwd+bwd {ms_b:.4f} ms", flush=True)
     best_f = min(rows, key=lambda r: r["fwd_ms"])
     best_b = min(rows, key=lambda r: r["fwdbwd_ms"])

@@ -90,6 +90,26 @@ def test_matrix_state_with_heads_and_varlen():
             assert rel(g1[k], g2[k]) < 1e-4, k
 
 
+@pytest.mark.parametrize("backward", ["exclusive", "shifted"])
+@pytest.mark.parametrize("name", ["hgrn", "mamba"])
+def test_both_backward_forms(name, backward, monkeypatch):
+    """Each backward form on vector and matrix states: several blocks per sequence, varlen with an empty
+    sequence, an initial state and the final state's gradient."""
+    import dataclasses
+    from recdsl import planner
+    plan_of = planner._scan_plan
+    monkeypatch.setattr(planner, "_scan_plan", lambda spec, bc: dataclasses.replace(
+        plan_of(spec, bc), block_t=8, scan_backward=backward))
+    spec = recdsl.load(example(name), D=4, **({"N": 3} if name == "mamba" else {}))
+    cu = torch.tensor([0, 9, 9, 24, 40], dtype=torch.int32)
+    args = random_args(spec, B=1, T=40, dtype=torch.float32, seed=5)
+    h0 = torch.randn(spec.state_shape(4))
+    (o1, S1, g1), (o2, S2, g2) = both(spec, args, h0, cu_seqlens=cu)
+    assert rel(o1, o2) < 1e-5 and rel(S1, S2) < 1e-5
+    for k in g2:
+        assert rel(g1[k], g2[k]) < 1e-4, k
+
+
 def test_gates_at_zero_and_one():
     spec = recdsl.load(example("hgrn"), D=8)
     args = random_args(spec, B=2, T=70, dtype=torch.float32)
@@ -103,9 +123,10 @@ def test_gates_at_zero_and_one():
 
 def test_varlen_equals_separate_calls():
     spec = recdsl.load(example("lru"), D=8)
-    cu = torch.tensor([0, 5, 70, 71, 140], dtype=torch.int32)
+    # an empty sequence passes its initial state through, and the final state's gradient back to it
+    cu = torch.tensor([0, 5, 70, 70, 71, 140], dtype=torch.int32)
     args = random_args(spec, B=1, T=140, dtype=torch.float32, seed=2)
-    h0 = torch.randn(4, 8)
+    h0 = torch.randn(5, 8)
     (o1, S1, g1), (o2, S2, g2) = both(spec, args, h0, cu_seqlens=cu)
     assert rel(o1, o2) < 1e-5 and rel(S1, S2) < 1e-5
     for k in g2:
@@ -147,7 +168,7 @@ def test_opcheck_and_torch_compile():
     from recdsl.backends.triton.launch import scan_op
     spec = recdsl.load(example("lru"), D=8)
     args = random_args(spec, B=2, T=5, dtype=torch.float32)
-    op = scan_op(spec, 64, 32, 4)
+    op = scan_op(spec, 64, 32, 4).custom_op
     ins = [args["x"].requires_grad_(), args["r"].requires_grad_()]
     torch.library.opcheck(op, (ins, [args["lam"].requires_grad_()], [], torch.randn(2, 8, requires_grad=True),
                                None, True))

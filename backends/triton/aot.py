@@ -47,9 +47,9 @@ def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
 
     from .launch import kernel_key, scan_geometry
     from .scan import generate
-    src = generate(spec.ir, spec.args)
+    plan = _scan_plan(spec, None)   # the blocks and backward form a call at full width uses
+    src = generate(spec.ir, spec.args, plan.scan_backward)
     mod = load_module(kernel_key(src), src)
-    plan = _scan_plan(spec, None)   # the blocks a call at full width uses
     blocks = dict(BT=plan.block_t, BD=plan.block_d, BN=triton.next_power_of_2(scan_geometry(spec)[2]))
     out = []
     for name, flags in SCAN_FLAGS.items():

@@ -1,5 +1,7 @@
 """Host side of the chunkwise kernels of chunk.py: tile configs, varlen tables, launches, and a torch
-custom op (forward, backward, fake) so torch.compile(fullgraph=True) sees one opaque op."""
+custom op (forward, backward, fake) so torch.compile(fullgraph=True) sees one opaque op. Eager calls
+take an autograd.Function over the same launches (the custom op's dispatch costs more host time than
+small shapes' kernels)."""
 from __future__ import annotations
 
 import json
@@ -77,8 +79,7 @@ def _tables(cu_seqlens, B, T, H, BT):
     return cu_seqlens.numel() - 1, chunk_offsets, chunk_indices, NS, NS, H
 
 
-@torch.library.custom_op("recdsl::chunk_fwd", mutates_args=())
-def chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
               sign: Optional[torch.Tensor], scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
               cu_seqlens: Optional[torch.Tensor], BT: int, decay: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, final state or an empty tensor, chunk-start states kept for the backward)."""
@@ -106,6 +107,9 @@ def chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[tor
     return o, ht, h
 
 
+chunk_fwd = torch.library.custom_op("recdsl::chunk_fwd", _chunk_fwd, mutates_args=())
+
+
 @chunk_fwd.register_fake
 def _(q, k, v, g, sign, scale, h0, output_final_state, cu_seqlens, BT, decay):
     B, T, H, K = q.shape
@@ -116,8 +120,7 @@ def _(q, k, v, g, sign, scale, h0, output_final_state, cu_seqlens, BT, decay):
             q.new_empty(NS, H, K, V, dtype=_precision(q.dtype)[0]))
 
 
-@torch.library.custom_op("recdsl::chunk_bwd", mutates_args=())
-def chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+def _chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
               sign: Optional[torch.Tensor], h0: Optional[torch.Tensor], h: torch.Tensor,
               cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dht: Optional[torch.Tensor], scale: float,
               BT: int, decay: str) -> list[torch.Tensor]:
@@ -163,6 +166,9 @@ def chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[tor
     return [dq, dk, dv, dg, dh0]
 
 
+chunk_bwd = torch.library.custom_op("recdsl::chunk_bwd", _chunk_bwd, mutates_args=())
+
+
 @chunk_bwd.register_fake
 def _(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay):
     return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
@@ -176,16 +182,37 @@ def _setup_context(ctx, inputs, output):
     ctx.meta = (scale, BT, decay)
 
 
-def _backward(ctx, do, dht, _dh):
-    q, k, v, g, sign, h0, h, cu_seqlens = ctx.saved_tensors
-    scale, BT, decay = ctx.meta
-    dht = dht if dht is not None and dht.numel() else None
-    dq, dk, dv, dg, dh0 = chunk_bwd(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay)
-    return (dq, dk, dv, dg if g is not None else None, None, None,
-            dh0.to(h0.dtype) if h0 is not None else None, None, None, None, None)
+def _backward_with(bwd):
+    def backward(ctx, do, dht, _dh):
+        q, k, v, g, sign, h0, h, cu_seqlens = ctx.saved_tensors
+        scale, BT, decay = ctx.meta
+        dht = dht if dht is not None and dht.numel() else None
+        if do is None:   # only the final state reaches the loss
+            do = v.new_zeros(v.shape)
+        dq, dk, dv, dg, dh0 = bwd(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay)
+        return (dq, dk, dv, dg if g is not None else None, None, None,
+                dh0.to(h0.dtype) if h0 is not None else None, None, None, None, None)
+    return backward
 
 
-chunk_fwd.register_autograd(_backward, setup_context=_setup_context)
+chunk_fwd.register_autograd(_backward_with(chunk_bwd), setup_context=_setup_context)
+
+
+class _EagerChunk(torch.autograd.Function):
+    """chunk_fwd / chunk_bwd without the custom-op dispatch (used outside torch.compile)."""
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _chunk_fwd(*inputs)
+        _setup_context(ctx, inputs, out)
+        ctx.mark_non_differentiable(out[2])
+        ctx.set_materialize_grads(False)
+        return out
+
+    backward = staticmethod(_backward_with(_chunk_bwd))
+
+
+def _chunk_call(*inputs):
+    return chunk_fwd(*inputs) if torch.compiler.is_compiling() else _EagerChunk.apply(*inputs)
 
 
 def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -234,7 +261,7 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     g = None if g is None else g.contiguous()
     sign = None if sign is None else sign.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
-    o, ht, _ = chunk_fwd(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
+    o, ht, _ = _chunk_call(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
     return o, (ht if output_final_state else None)
 
 

@@ -1,5 +1,7 @@
 """Host side of the generated element-wise scan: layouts, launch grids, and a torch custom op
-(forward, backward, fake) per generated module, so torch.compile(fullgraph=True) sees one opaque op."""
+(forward, backward, fake) per generated module, so torch.compile(fullgraph=True) sees one opaque op.
+Eager calls take an autograd.Function over the same launches: the custom op's dispatch costs more
+host time than the kernels take."""
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +22,12 @@ def kernel_key(src: str) -> str:
     return hashlib.sha256(f"{src}\n{recdsl.__version__}\n{triton.__version__}".encode()).hexdigest()[:24]
 
 
-def scan_op(spec, block_t: int, block_d: int, num_warps: int):
-    """The custom op running this spec's generated scan with these blocks (registered on first use)."""
-    memo_key = ("scan_op", block_t, block_d, num_warps)
+def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive"):
+    """The op running this spec's generated scan with these blocks and backward form (registered on
+    first use): eager calls go through an autograd.Function, torch.compile sees the custom op."""
+    memo_key = ("scan_op", block_t, block_d, num_warps, backward)
     if memo_key not in spec.memo:
-        src = generate(spec.ir, spec.args)
+        src = generate(spec.ir, spec.args, backward)
         geometry = scan_geometry(spec)
         key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{'_'.join(map(str, geometry))}"
         if key not in _OPS:
@@ -60,8 +63,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
-    @torch.library.custom_op(name, mutates_args=())
-    def forward(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
+    def forward_impl(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
                 cu: Optional[torch.Tensor], output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
         h0 = None if h0 is None else h0.contiguous()
@@ -77,6 +79,8 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
             num_warps=warps)
         return out, ht, hc
 
+    forward = torch.library.custom_op(name, forward_impl, mutates_args=())
+
     @forward.register_fake
     def _(ins, ws, options, h0, cu, output_final_state):
         B, T = ins[0].shape[:2]
@@ -86,8 +90,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
                 ins[0].new_empty(Ns if output_final_state else 0, state_size, dtype=torch.float32),
                 ins[0].new_empty(n_chunks, state_size, dtype=torch.float32))
 
-    @torch.library.custom_op(name + "_bwd", mutates_args=())
-    def backward_op(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
+    def backward_impl(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
                     hc: torch.Tensor, cu: Optional[torch.Tensor], d_out: torch.Tensor,
                     dht: Optional[torch.Tensor]) -> list[torch.Tensor]:
         ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
@@ -110,6 +113,8 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
             num_warps=warps)
         d_ins = [g.sum(0).to(x.dtype) if n in mod.PARTIAL_INPUTS else g for n, g, x in zip(mod.INPUTS, d_ins, ins)]
         return d_ins + [g.sum(0).to(w.dtype) for g, w in zip(d_ws, ws)] + [dh0]
+
+    backward_op = torch.library.custom_op(name + "_bwd", backward_impl, mutates_args=())
 
     @backward_op.register_fake
     def _(ins, ws, options, h0, hc, cu, d_out, dht):
@@ -135,13 +140,42 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
                 grads[-1] if ctx.has_h0 else None, None, None)
 
     forward.register_autograd(backward, setup_context=setup_context)
-    return forward
+
+    class EagerScan(torch.autograd.Function):
+        """The same forward and backward without the custom-op dispatch, whose Python cost (about 1 ms
+        per forward+backward on the H100 host) would exceed the kernels' time; used outside torch.compile."""
+        @staticmethod
+        def forward(ctx, options, h0, cu, output_final_state, *tensors):
+            out, ht, hc = forward_impl(list(tensors[:n_in]), list(tensors[n_in:]), options, h0, cu,
+                                       output_final_state)
+            ctx.save_for_backward(*tensors, h0, hc, cu)
+            ctx.options = options
+            ctx.mark_non_differentiable(hc)
+            ctx.set_materialize_grads(False)
+            return out, ht, hc
+
+        @staticmethod
+        def backward(ctx, d_out, d_ht, d_hc):
+            *tensors, h0, hc, cu = ctx.saved_tensors
+            if d_out is None:   # only the final state reaches the loss
+                d_out = tensors[0].new_zeros(tensors[0].shape[:2] + out_tail)
+            grads = backward_impl(list(tensors[:n_in]), list(tensors[n_in:]), ctx.options, h0, hc, cu,
+                                  d_out, d_ht if d_ht is not None and d_ht.numel() else None)
+            return (None, grads[-1] if h0 is not None else None, None, None, *grads[:-1])
+
+    def call(ins, ws, options, h0, cu, output_final_state):
+        if torch.compiler.is_compiling():
+            return forward(ins, ws, options, h0, cu, output_final_state)
+        return EagerScan.apply(options, h0, cu, output_final_state, *ins, *ws)
+
+    call.custom_op = forward
+    return call
 
 
 def run_scan(spec, plan, named: dict, options: dict, h0, cu, output_final_state):
     """named: op-layout tensors by argument name (inputs [B, T, (H,) *shape], weights [(H,) *shape])."""
     heads = (spec.heads,) if spec.heads else ()
-    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps)
+    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps, plan.scan_backward)
     ins = [named[a.name] for a in spec.args if a.kind == "input"]
     B, T = ins[0].shape[:2]
     if len(spec.ir.state[1]) == 1:   # heads folded into channels: [B, T, H * D]

@@ -8,7 +8,8 @@ each on the axes it varies along), a `tl.associative_scan` runs inside the block
 carried across blocks in registers. Signed decays need nothing special here: the scan multiplies.
 The backward is the reverse scan dh_t = dy_t * dreadout/dh + a_{t+1} dh_{t+1}, with the expressions
 differentiated in reverse mode inside the same kernel; h_{t-1} comes from the chunk-start states the
-forward stored (the Plan's store-vs-recompute choice) and an exclusive scan. Gradients of inputs that
+forward stored (the Plan's store-vs-recompute choice), and h_{t-1}, a_{t+1} either from scans that
+carry each row's exclusive prefix or from re-reading the neighbouring rows (a Plan choice). Gradients of inputs that
 do not vary along D (mamba's b and c) are summed over the D blocks on the host.
 """
 from __future__ import annotations
@@ -113,8 +114,15 @@ class Tiles:
         return " & ".join(parts) if parts else "True"
 
 
-def generate(ir: IR, spec_args) -> str:
-    """The Triton module text for this spec's forward and backward kernels."""
+BACKWARDS = ("exclusive", "shifted")
+
+
+def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
+    """The Triton module text for this spec's forward and backward kernels. `backward` (a Plan choice):
+    "exclusive" scans carry each row's exclusive prefix, so every input is read once per row;
+    "shifted" re-reads the rows before and after instead, keeping half the values live per scan."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     kinds = node_kinds(ir)
     assert not isinstance(kinds, str), kinds
     matrix = len(ir.state[1]) == 2
@@ -263,55 +271,86 @@ def generate(ir: IR, spec_args) -> str:
         # a weight's gradient per sequence (and per D block when it does not vary along D)
         row = "i_n" if "D" in k else "i_n * tl.num_programs(0) + i_c"
         w_store.append(f"tl.store(dw_{x} + {tiles.offset(k, row)}, dw_{x}_acc, mask={tiles.mask(k)})")
+    if backward == "exclusive":
+        # one scan per direction that also keeps each row's exclusive prefix: inputs read once per row
+        state_pass = [
+            *["    " + l for l in cur_gate],
+            f"    a = tl.where(m, {v(a_id)}, 1.0)",
+            f"    b = tl.where(m, {v(write)}, 0.0)",
+            "    # h_t and h_{t-1} from one scan",
+            "    A, Bs, P, Q = tl.associative_scan((a, b, one, zero), 0, _combine_excl)",
+            "    hs = Bs + A * h_start",
+            "    h_prev = Q + P * h_start",
+        ]
+        grad_pass = [
+            "    # dh_t = d_t + e_{t+1} with e_t = a_t dh_t = a_t (d_t + e_{t+1}): a reverse scan of g -> a_t (g + d_t)",
+            "    # whose exclusive suffix gives e_{t+1} without reading a_{t+1} (rows past L: a = 1, d = 0)",
+            "    Ar, Br, Pr, Qr = tl.associative_scan((a, a * d, one, zero), 0, _combine_excl, reverse=True)",
+            "    dh_t = d + Qr + Pr * carry",
+        ]
+        carry_out = "    carry = tl.sum(tl.where(rows == 0, Br + Ar * carry, 0.0), axis=0, keep_dims=True)"
+        carry_doc, dh0 = "a_t dL/dh_t", "carry"
+    else:
+        # h_{t-1} and a_{t+1} re-read from the neighbouring rows: fewer live values per scan
+        state_pass = [
+            "    mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
+            f"    m_p = {tiles.mask(state_kind, 'mt_p')}",
+            f"    m_n = {tiles.mask(state_kind, 'mt_n')}",
+            "    # h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
+            *["    " + l for l in prv_gate],
+            "    first = (rows == 0) | (m_p == 0)",
+            f"    a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
+            f"    b_p = tl.where(first, 0.0, {v(write, '_p')})",
+            "    Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
+            "    h_prev = Bp + Ap * h_start",
+            *["    " + l for l in cur_gate],
+            f"    a = tl.where(m, {v(a_id)}, 1.0)",
+            f"    b = tl.where(m, {v(write)}, 0.0)",
+            "    hs = a * h_prev + b",
+        ]
+        grad_pass = [
+            "    # a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
+            *["    " + l for l in nxt_gate],
+            f"    c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
+            "    Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
+            "    dh_t = Br + Cr * carry",
+        ]
+        carry_out = ("    carry = tl.sum(tl.where(rows == 0, dh_t, 0.0), axis=0, keep_dims=True)\n"
+                     "    a_first = tl.sum(tl.where(rows == 0, a, 0.0), axis=0, keep_dims=True)")
+        carry_doc, dh0 = "dL/dh_t", "carry * a_first"
     bwd = head + [
-        f"dh = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)  # dL/dh at the first row of the next block",
-        f"dh_final = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
+        f"# carry: {carry_doc} at the next block's first row; past the sequence's end, the final state's gradient",
+        f"carry = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if USE_DHT:",
-        f"    dh_final = tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)",
+        f"    carry = tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)",
         *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
-        f"a_first = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
+        f"one, zero = tl.full({full}, 1.0, tl.float32), tl.zeros({full}, dtype=tl.float32)",
+        *([f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)  # a_0 (1 for an empty sequence)"]
+          if backward == "shifted" else []),
         "NT = tl.cdiv(L, BT)",
         "for j in range(0, NT):",
         "    i_t = NT - 1 - j",
         f"    h_start = tl.load(hc + {state_at['chunk']}, mask={state_mask}, other=0.0)",
         "    ot = i_t * BT + rows",
-        "    mt, mt_p, mt_n = ot < L, (ot >= 1) & (ot < L), ot + 1 < L",
+        "    mt = ot < L",
         f"    m = {tiles.mask(state_kind)}",
-        f"    m_p = {tiles.mask(state_kind, 'mt_p')}",
-        f"    m_n = {tiles.mask(state_kind, 'mt_n')}",
-        "    # h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
-        *["    " + l for l in prv_gate],
-        "    first = (rows == 0) | (m_p == 0)",
-        f"    a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
-        f"    b_p = tl.where(first, 0.0, {v(write, '_p')})",
-        "    Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
-        "    h_prev = Bp + Ap * h_start",
-        *["    " + l for l in cur_gate],
-        f"    a = tl.where(m, {v(a_id)}, 1.0)",
-        f"    b = tl.where(m, {v(write)}, 0.0)",
-        "    hs = a * h_prev + b",
+        *state_pass,
         *[f"    v{s} = hs" for s in state_ids],
         *["    " + l for l in cur_read],
         f"    dy = tl.load(d_out + {tiles.offset(out_kind, 'bos + ot')}, mask={tiles.mask(out_kind)}, "
         "other=0.0).to(tl.float32)",
         "    # reverse mode through the readout",
         *["    " + l for l in read_bw],
-        f"    d = tl.where(m, {dh_direct} + tl.zeros({full}, dtype=tl.float32), 0.0)",
-        "    d += tl.where(ot == L - 1, dh_final, 0.0)  # the final state's gradient",
-        "    # a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}",
-        *["    " + l for l in nxt_gate],
-        f"    c = tl.where(m_n, {v(a_id, '_n')}, 0.0)",
-        "    Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
-        "    dh_t = Br + Cr * dh",
+        f"    d = tl.where(m, {dh_direct} + zero, 0.0)",
+        *grad_pass,
         "    da = tl.where(m, dh_t * h_prev, 0.0)",
         "    db = tl.where(m, dh_t, 0.0)",
         "    # reverse mode through a_t and b_t",
         *["    " + l for l in gate_bw],
         *["    " + l for l in grad_store],
-        "    dh = tl.sum(tl.where(rows == 0, dh_t, 0.0), axis=0, keep_dims=True)",
-        "    a_first = tl.sum(tl.where(rows == 0, a, 0.0), axis=0, keep_dims=True)",
+        *carry_out.split("\n"),
         "if USE_H0:",
-        f"    tl.store(dh0 + {state_at['seq']}, dh * a_first, mask={state_mask})",
+        f"    tl.store(dh0 + {state_at['seq']}, {dh0}, mask={state_mask})",
         *w_store,
     ]
     d_in = ", ".join(f"d_{x}" for x in inputs)
@@ -336,6 +375,12 @@ def generate(ir: IR, spec_args) -> str:
         "def _combine(a1, b1, a2, b2):",
         "    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2",
         "    return a1 * a2, a2 * b1 + b2",
+        "",
+        "",
+        "@triton.jit",
+        "def _combine_excl(a1, b1, p1, q1, a2, b2, p2, q2):",
+        "    # _combine, carrying (p, q): the segment without its last element",
+        "    return a1 * a2, a2 * b1 + b2, a1 * p2, p2 * b1 + q2",
         "",
         "",
         "@triton.jit",
