@@ -20,7 +20,10 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
     channels = 1
     for d in spec.ir.state[1]:
         channels *= d
-    plan = make_plan(spec, backend, batch_channels=B * channels * (H or 1), on_cuda=ref.is_cuda)
+    needs_grad = torch.is_grad_enabled() and (any(x.requires_grad for x in raw.values()) or (
+        initial_state is not None and initial_state.requires_grad))
+    plan = make_plan(spec, backend, batch_channels=B * channels * (H or 1), on_cuda=ref.is_cuda, tokens=T,
+                     needs_grad=needs_grad)
     if plan.backend == "triton":
         if dtype == torch.float64:
             raise ValueError("the Triton backend computes in fp32 from fp16/bf16/fp32 inputs; use backend='reference' for fp64")
@@ -28,10 +31,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             want = (N,) + state_shape
             if tuple(initial_state.shape) != want:
                 raise ValueError(f"initial_state: expected shape {list(want)}, got {list(initial_state.shape)}")
-        if plan.algorithm == "chunk":
+        if plan.algorithm in ("chunk", "recurrent"):
             from recdsl.backends.triton.matrix import run_matrix
             o, final = run_matrix(spec, spec.memo["matrix_pattern"], raw, options, initial_state, cu_seqlens,
-                                  output_final_state, chunk_size=plan.block_t)
+                                  output_final_state, chunk_size=plan.block_t if plan.algorithm == "chunk" else 64,
+                                  recurrent=plan.algorithm == "recurrent")
             return o, final, None
         from recdsl.backends.triton.launch import run_scan
         o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)

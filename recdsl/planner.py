@@ -23,7 +23,9 @@ class Plan:
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
-        if self.backend == "triton":
+        if self.backend == "triton" and self.algorithm == "recurrent":
+            head += ", one launch over the tokens"
+        elif self.backend == "triton":
             head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
                      f"{'store' if self.store_chunk_states else 'recompute'} chunk states")
             if self.scan_backward:
@@ -31,8 +33,10 @@ class Plan:
         return head + "".join(f"\n  why: {r}" for r in self.reasons)
 
 
-def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda: bool | None = None) -> Plan:
-    """Choose how to run `spec`. `batch_channels` is B * channels of the call, when known."""
+def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda: bool | None = None,
+         tokens: int | None = None, needs_grad: bool = True) -> Plan:
+    """Choose how to run `spec`. `batch_channels` is B * channels of the call and `tokens` its T, when
+    known; `needs_grad` whether the call records a backward."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     ir = spec.ir
@@ -51,6 +55,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         why = [f"Triton: {reason}"] if reason else ["inputs are not on a CUDA device"]
         return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
     if algorithm == "chunk":
+        if tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad:
+            return _recurrent_plan(spec, tokens)
         return _chunk_plan(spec)
     return _scan_plan(spec, batch_channels)
 
@@ -89,8 +95,20 @@ def _chunk_plan(spec) -> Plan:
         "decays in log space" + (", carried as (log|a|, sign) because the analysis allows a_t < 0"
                                  if p.signed else ""),
         "chunk states are stored by the forward for the backward",
+        f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take one fused recurrent launch instead",
     ))
 
+
+
+RECURRENT_MAX_T = 64   # the chunk size: below it a chunk is mostly padding
+
+
+def _recurrent_plan(spec, tokens: int) -> Plan:
+    return Plan("triton", "recurrent", 1, 0, 4, False, (
+        f"{tokens} token(s) and no gradient (decoding, step(), short inference calls): one fused recurrent "
+        "launch walks the tokens with the state in fp32 registers",
+        f"up to {RECURRENT_MAX_T} tokens; longer calls or calls that need a backward take the chunked kernels",
+    ))
 
 
 def prepare(spec) -> None:

@@ -49,6 +49,38 @@ def test_chunked_matches_reference(name, T):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["gla", "mamba2"])
+def test_decoding_takes_the_fused_recurrent_kernel(name, monkeypatch):
+    """Short calls without a gradient (inference, step()) plan one recurrent launch and agree with the
+    reference; a call that records a backward plans the chunked kernels."""
+    spec = recdsl.load(example(name), H=2, K=16, V=8)
+    assert spec.plan("triton", tokens=1, needs_grad=False).algorithm == "recurrent"
+    assert "one launch over the tokens" in spec.plan("triton", tokens=1, needs_grad=False).text()
+    assert spec.plan("triton", tokens=1, needs_grad=True).algorithm == "chunk"
+    assert spec.plan("triton", tokens=65, needs_grad=False).algorithm == "chunk"
+    import recdsl.backends.triton.recurrent as recurrent
+    calls = []
+    real = recurrent.recurrent_forward
+    monkeypatch.setattr(recurrent, "recurrent_forward", lambda *a: calls.append(1) or real(*a))
+    args = random_args(spec, B=2, T=5, dtype=torch.float32, seed=1)
+    h0 = torch.randn(spec.state_shape(2))
+    with torch.no_grad():
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
+    ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(),
+                     output_final_state=True, backend="reference")
+    assert calls and rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+    # decoding token by token with the module's step() reproduces its forward
+    layer = recdsl.compile(example(name), H=2, K=16, V=8, d_model=16, backend="triton")
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        y, _ = layer(x)
+        state, ys = layer.init_state(2), []
+        for t in range(6):
+            yt, state = layer.step(x[:, t], state)
+            ys.append(yt)
+    assert rel(torch.stack(ys, 1), y) < 1e-5
+
+
 def test_chunk_custom_op_opcheck_and_torch_compile():
     """The chunked kernels are one torch custom op: opcheck passes and a compiled module with the
     Triton backend traces in one graph."""

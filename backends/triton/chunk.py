@@ -603,16 +603,21 @@ def _preprocess(text: str, env: dict) -> str:
     return "\n".join(out).lstrip("\n") + "\n"
 
 
-def generate(decay: str, signed: bool) -> str:
-    """The Triton module text for one variant: decay in {"none", "scalar", "perkey"}, signed decays."""
+def render(template: str, decay: str, signed: bool) -> str:
+    """A template's Triton module text for one variant: decay in {"none", "scalar", "perkey"}, signed."""
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     if signed and decay == "none":
         raise ValueError("signed decays need a decay (g)")
     env = dict(none=decay == "none", scalar=decay == "scalar", perkey=decay == "perkey",
                decay=decay != "none", signed=bool(signed))
-    text = _TEMPLATE.replace("@DECAY@", decay).replace("@SIGNED@", str(bool(signed)))
+    text = template.replace("@DECAY@", decay).replace("@SIGNED@", str(bool(signed)))
     return re.sub(r"\n{4,}", "\n\n\n", _preprocess(text, env))
+
+
+def generate(decay: str, signed: bool) -> str:
+    """The chunked kernels' module text for one variant."""
+    return render(_TEMPLATE, decay, signed)
 
 
 def module_key(src: str) -> str:
@@ -622,10 +627,15 @@ def module_key(src: str) -> str:
 _MODULES: dict = {}
 
 
-def load(decay: str, signed: bool):
-    """The imported generated module for this variant (one import per process)."""
-    k = (decay, bool(signed))
+def load_variant(template: str, decay: str, signed: bool):
+    """The imported module of a template's variant (one import per process)."""
+    k = (hash(template), decay, bool(signed))
     if k not in _MODULES:
-        src = generate(decay, signed)
+        src = render(template, decay, signed)
         _MODULES[k] = load_module(module_key(src), src)
     return _MODULES[k]
+
+
+def load(decay: str, signed: bool):
+    """The imported chunked-kernel module for this variant."""
+    return load_variant(_TEMPLATE, decay, signed)

@@ -218,14 +218,16 @@ def _chunk_call(*inputs):
 def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
                             sign: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                             initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-                            cu_seqlens: Optional[torch.Tensor] = None, chunk_size: int = 64):
+                            cu_seqlens: Optional[torch.Tensor] = None, chunk_size: int = 64,
+                            recurrent: bool = False):
     """Chunkwise S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t with a_t = sign_t * exp(g_t).
 
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] (per-key decay) or [B,T,H] (scalar decay) or None, in
     log space (<= 0; fp32 recommended); sign like g (+1/-1) or None; scale defaults to K ** -0.5;
     initial_state [N,H,K,V]; cu_seqlens [N+1] for packed variable-length sequences (B == 1).
     Returns (o [B,T,H,V], final state fp32 [N,H,K,V] or None). Differentiable in q, k, v, g and
-    initial_state.
+    initial_state. `recurrent` runs the fused recurrent forward instead (recurrent.py: decoding and
+    short calls) when nothing needs a gradient and torch.compile is not tracing.
     """
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"expected q, k [B,T,H,K] and v [B,T,H,V], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -261,6 +263,11 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     g = None if g is None else g.contiguous()
     sign = None if sign is None else sign.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
+    tensors = (q, k, v, g, h0)
+    if recurrent and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        from .recurrent import recurrent_forward
+        return recurrent_forward(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, decay)
     o, ht, _ = _chunk_call(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
     return o, (ht if output_final_state else None)
 
@@ -274,17 +281,17 @@ _DATA = {"q", "k", "v", "o", "do", "dq", "dk", "dv"}
 
 def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int = 128, BT: int = 64,
              varlen: bool = False):
-    """[(kernel name, jit function, signature, constexprs, attrs, options)] for one variant, with q/k/v
-    in `data` ("bf16", "fp16", "fp32"), g and sign fp32, chunk states in the storage dtype; attrs mark
-    pointers (and T) 16-divisible as the JIT does for aligned tensors. Compile one with
-    triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-    options=options)."""
+    """[(kernel name, jit function, signature, constexprs, attrs, options)] for one variant (the chunked
+    kernels and the fused recurrent forward), with q/k/v in `data` ("bf16", "fp16", "fp32"), g and sign
+    fp32, chunk states in the storage dtype; attrs mark pointers (and T) 16-divisible as the JIT does
+    for aligned tensors. Compile one with triton.compile(ASTSource(fn, signature, constexprs, attrs),
+    target=GPUTarget("cuda", 90, 32), options=options)."""
+    from .recurrent import blocks as recurrent_blocks, load as load_recurrent
     mod = load(decay, signed)
     state = "bf16" if data == "bf16" else "fp32"
     prec = {"bf16": "ieee", "fp16": "tf32", "fp32": FP32_DOT_PRECISION}[data]
     jobs = []
     for name, (BK, BV, warps, stages) in configs(decay, K, V, BT).items():
-        fn = getattr(mod, name)
         const = dict(H=16, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, PREC=prec)
         if name in ("chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg"):
             const["LOG2BT"] = int(math.log2(BT))
@@ -292,26 +299,34 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
             const.update(USE_H0=True, STORE_HT=True)
         if name == "chunk_bwd_dh":
             const.update(USE_DHT=True, STORE_DH0=True)
-        sig = {}
-        for a in fn.arg_names:
-            if a in const:
-                sig[a] = "constexpr"
-            elif a in ("T",):
-                sig[a] = "i32"
-            elif a == "dg_stride":
-                sig[a] = "i64"
-            elif a == "scale":
-                sig[a] = "fp32"
-            elif a in ("cu_seqlens", "chunk_offsets", "chunk_indices"):
-                sig[a] = "*i32"
-            elif a in _DATA:
-                sig[a] = f"*{data}"
-            elif a in ("h", "dh"):
-                sig[a] = f"*{state}"
-            else:   # g, sgn, h0, ht, dht, dh0, dg
-                sig[a] = "*fp32"
-        # what the JIT would specialise for 16-byte aligned tensors and a T divisible by 16
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-                 if sig[a].startswith("*") or a in ("T", "dg_stride")}
-        jobs.append((name, fn, sig, const, attrs, dict(num_warps=warps, num_stages=stages)))
+        jobs.append(_aot_job(name, getattr(mod, name), const, data, state, dict(num_warps=warps, num_stages=stages)))
+    BK, BV, warps = recurrent_blocks(K, V)
+    const = dict(H=16, K=K, V=V, BK=BK, BV=BV, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
+    fn = load_recurrent(decay, signed).recurrent_fwd
+    jobs.append(_aot_job("recurrent_fwd", fn, const, data, state, dict(num_warps=warps)))
     return jobs
+
+
+def _aot_job(name, fn, const, data, state, options):
+    sig = {}
+    for a in fn.arg_names:
+        if a in const:
+            sig[a] = "constexpr"
+        elif a in ("T",):
+            sig[a] = "i32"
+        elif a == "dg_stride":
+            sig[a] = "i64"
+        elif a == "scale":
+            sig[a] = "fp32"
+        elif a in ("cu_seqlens", "chunk_offsets", "chunk_indices"):
+            sig[a] = "*i32"
+        elif a in _DATA:
+            sig[a] = f"*{data}"
+        elif a in ("h", "dh"):
+            sig[a] = f"*{state}"
+        else:   # g, sgn, h0, ht, dht, dh0, dg
+            sig[a] = "*fp32"
+    # what the JIT would specialise for 16-byte aligned tensors and a T divisible by 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+             if sig[a].startswith("*") or a in ("T", "dg_stride")}
+    return name, fn, sig, const, attrs, options

@@ -88,7 +88,8 @@ def _reads_state(ir: IR, i: int) -> bool:
     return ir.node(i).op == "state" or any(ir.node(a).op == "state" for a in nx.ancestors(ir.graph, i))
 
 
-def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64):
+def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64,
+               recurrent=False):
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
     from .chunk_launch import chunk_linear_recurrence
@@ -132,7 +133,7 @@ def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, o
                                        v.to(kernel_dtype).contiguous(), g=None if g is None else g.contiguous(),
                                        sign=sign, scale=scale, initial_state=h0,
                                        output_final_state=output_final_state, cu_seqlens=cu,
-                                       chunk_size=chunk_size)
+                                       chunk_size=chunk_size, recurrent=recurrent)
     if not ir.heads:
         o = o.squeeze(2)
         final = None if final is None else final.squeeze(1)
