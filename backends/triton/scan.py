@@ -324,9 +324,9 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "if USE_DHT:",
         f"    carry = tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)",
         *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
-        f"one, zero = tl.full({full}, 1.0, tl.float32), tl.zeros({full}, dtype=tl.float32)",
-        *([f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)  # a_0 (1 for an empty sequence)"]
-          if backward == "shifted" else []),
+        f"zero = tl.zeros({full}, dtype=tl.float32)",
+        *([f"one = tl.full({full}, 1.0, tl.float32)"] if backward == "exclusive" else
+          [f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)  # a_0 (1 for an empty sequence)"]),
         "NT = tl.cdiv(L, BT)",
         "for j in range(0, NT):",
         "    i_t = NT - 1 - j",
