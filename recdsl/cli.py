@@ -117,10 +117,15 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("bench", help="side-by-side GPU timings (recdsl bench FILE --help)", add_help=False)
     p.set_defaults(fn=None)
+    p = sub.add_parser("tasks", help="state-tracking tasks: list, train, eval (recdsl tasks --help)", add_help=False)
+    p.set_defaults(fn=None)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["tasks"]:
+        from .tasks.cli import main as tasks_main
+        return tasks_main(argv[1:])
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,83 @@
+"""`recdsl tasks ...`: list the tasks, train a spec on one, evaluate a checkpoint against length."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .data import TASK_NAMES, task
+
+
+def _span(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        span = (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LENGTH or MIN-MAX, got {text!r}") from None
+    if span[0] < 1 or span[1] < span[0]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return span
+
+
+def _params(items) -> tuple:
+    out = []
+    for item in items or ():
+        name, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--param expects NAME=VALUE, got {item!r}")
+        out.append((name, float(value)))
+    return tuple(out)
+
+
+def _eval_lengths(span: tuple[int, int], points: int) -> list[int]:
+    lo, hi = span
+    step = max(1, (hi - lo) // max(1, points - 1))
+    return sorted(set(list(range(lo, hi + 1, step)) + [hi]))
+
+
+def main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="recdsl tasks", description="State-tracking tasks of the seed papers.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the tasks, their vocabularies and metrics")
+    p = sub.add_parser("train", help="train a spec on a task (checkpoints to --out, --resume continues)")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--d-model", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--train-len", type=_span, default=(3, 40))
+    p.add_argument("--test-len", type=_span, default=(40, 256))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("-p", "--param", action="append", help="override a spec parameter: NAME=VALUE")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt, eval.json and eval.png")
+    p.add_argument("--resume", action="store_true")
+    p = sub.add_parser("eval", help="accuracy against length for a checkpoint: eval.json and eval.png")
+    p.add_argument("checkpoint")
+    p.add_argument("--test-len", type=_span, default=None, help="default: the training run's")
+    p.add_argument("--points", type=int, default=8)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--out", default=None, help="default: the checkpoint's folder")
+    args = ap.parse_args(argv)
+    if args.cmd == "list":
+        for name in TASK_NAMES:
+            t = task(name)
+            print(f"{name:24s} vocab {len(t.vocab):3d}  {t.scoring:6s}  {t.about}")
+        return 0
+    from pathlib import Path
+
+    from .train import TrainConfig, evaluate, load_checkpoint, train, write_eval
+    if args.cmd == "train":
+        cfg = TrainConfig(args.spec, args.task, args.layers, args.d_model, args.steps, args.lr, args.batch,
+                          args.train_len, args.test_len, args.seed, args.backend, _params(args.param))
+        metrics = train(cfg, args.out, resume=args.resume)
+        print(json.dumps(metrics))
+        return 0
+    model, cfg = load_checkpoint(args.checkpoint)
+    rows = evaluate(model, cfg, _eval_lengths(args.test_len or cfg.test_len, args.points), args.samples)
+    for r in rows:
+        print(json.dumps({k: v for k, v in r.items() if k != "prefix_accuracy"}))
+    path = write_eval(rows, cfg, args.out or str(Path(args.checkpoint).parent))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
