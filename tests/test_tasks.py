@@ -179,6 +179,7 @@ def test_resume_continues_the_same_run_and_eval_writes_json_and_plot(tmp_path):
 
 
 def test_tasks_cli(tmp_path, capsys):
+    import json
     from recdsl.cli import main
     from conftest import example
     assert main(["tasks", "list"]) == 0
@@ -191,3 +192,12 @@ def test_tasks_cli(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["tasks", "train", "--spec", example("hgrn"), "--task", "sum_5", "--train-len", "9-3", "--out", out])
+    suite = tmp_path / "suite"
+    assert main(["tasks", "suite", "--specs", example("hgrn"), example("lru"), "--tasks", "sum_5", "parity",
+                 "--steps", "2", "--batch", "4", "--train-len", "3-5", "--test-len", "4-6", "--points", "2",
+                 "--samples", "4", "-p", "D=8", "--d-model", "8", "--backend", "reference", "--out", str(suite)]) == 0
+    table = (suite / "suite.md").read_text().splitlines()
+    assert table[2] == "| spec | sum_5 | parity |" and [r.split(" | ")[0] for r in table[4:]] == ["| hgrn", "| lru"]
+    results = json.loads((suite / "suite.json").read_text())["results"]
+    assert set(results) == {"sum_5", "parity"} and [r["length"] for r in results["parity"]["lru"]] == [4, 6]
+    assert (suite / "suite_parity.png").stat().st_size > 0 and (suite / "sum_5" / "hgrn" / "eval.json").exists()

@@ -1,4 +1,5 @@
-"""`recdsl tasks ...`: list the tasks, train a spec on one, evaluate a checkpoint against length."""
+"""`recdsl tasks ...`: list the tasks, train a spec on one, evaluate a checkpoint against length, run a
+suite of specs x tasks."""
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,7 @@ def _eval_lengths(span: tuple[int, int], points: int) -> list[int]:
     return sorted(set(list(range(lo, hi + 1, step)) + [hi]))
 
 
-def main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="recdsl tasks", description="State-tracking tasks of the seed papers.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="the tasks, their vocabularies and metrics")
-    p = sub.add_parser("train", help="train a spec on a task (checkpoints to --out, --resume continues)")
-    p.add_argument("--spec", required=True)
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
+def _train_options(p) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--steps", type=int, default=1000)
@@ -51,7 +46,23 @@ def main(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
     p.add_argument("-p", "--param", action="append", help="override a spec parameter: NAME=VALUE")
-    p.add_argument("--out", required=True, help="folder for checkpoint.pt, eval.json and eval.png")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, eval.json, plots)")
+
+
+def _config(args, spec: str, task_name: str):
+    from .train import TrainConfig
+    return TrainConfig(spec, task_name, args.layers, args.d_model, args.steps, args.lr, args.batch,
+                       args.train_len, args.test_len, args.seed, args.backend, _params(args.param))
+
+
+def main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="recdsl tasks", description="State-tracking tasks of the seed papers.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the tasks, their vocabularies and metrics")
+    p = sub.add_parser("train", help="train a spec on a task (checkpoints to --out, --resume continues)")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    _train_options(p)
     p.add_argument("--resume", action="store_true")
     p = sub.add_parser("eval", help="accuracy against length for a checkpoint: eval.json and eval.png")
     p.add_argument("checkpoint")
@@ -59,6 +70,12 @@ def main(argv) -> int:
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--out", default=None, help="default: the checkpoint's folder")
+    p = sub.add_parser("suite", help="every spec on every task: suite.md, suite.json, one plot per task")
+    p.add_argument("--specs", nargs="+", required=True)
+    p.add_argument("--tasks", nargs="+", required=True, choices=TASK_NAMES)
+    _train_options(p)
+    p.add_argument("--points", type=int, default=8)
+    p.add_argument("--samples", type=int, default=256)
     args = ap.parse_args(argv)
     if args.cmd == "list":
         for name in TASK_NAMES:
@@ -67,12 +84,16 @@ def main(argv) -> int:
         return 0
     from pathlib import Path
 
-    from .train import TrainConfig, evaluate, load_checkpoint, train, write_eval
+    from .train import evaluate, load_checkpoint, train, write_eval
     if args.cmd == "train":
-        cfg = TrainConfig(args.spec, args.task, args.layers, args.d_model, args.steps, args.lr, args.batch,
-                          args.train_len, args.test_len, args.seed, args.backend, _params(args.param))
-        metrics = train(cfg, args.out, resume=args.resume)
+        metrics = train(_config(args, args.spec, args.task), args.out, resume=args.resume)
         print(json.dumps(metrics))
+        return 0
+    if args.cmd == "suite":
+        from .suite import run_suite
+        run_suite(_config(args, args.specs[0], args.tasks[0]), args.specs, args.tasks, args.out,
+                  _eval_lengths(args.test_len, args.points), args.samples)
+        print((Path(args.out) / "suite.md").read_text())
         return 0
     model, cfg = load_checkpoint(args.checkpoint)
     rows = evaluate(model, cfg, _eval_lengths(args.test_len or cfg.test_len, args.points), args.samples)
