@@ -31,7 +31,7 @@ class SolveInfo:
 def step_program(ir: IR) -> list[tuple[str, int]]:
     """The per-token update as a list of ("apply", linmap) / ("delta", householder) / ("write", value)."""
     trans, write = ir.root("transition"), ir.root("write")
-    factors = _factors(ir, trans)
+    factors = ir.factors(trans)
     wn = ir.node(write)
     if wn.op != "delta":
         return [("apply", f) for f in factors] + [("write", write)]
@@ -43,11 +43,6 @@ def step_program(ir: IR) -> list[tuple[str, int]]:
     return prog
 
 
-def _factors(ir: IR, i: int) -> list[int]:
-    if ir.node(i).op == "compose":
-        a, b = ir.operands(i)
-        return _factors(ir, b) + _factors(ir, a)
-    return [i]
 
 
 def leaf_values(ir: IR, inputs: dict, weights: dict, options: dict, T: int):

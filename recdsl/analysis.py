@@ -164,13 +164,6 @@ class Analysis:
         return "\n".join(out)
 
 
-def _factors(ir: IR, i: int) -> list[int]:
-    """Flatten a compose chain into its factors, rightmost (applied first) first."""
-    n = ir.node(i)
-    if n.op == "compose":
-        a, b = ir.operands(i)
-        return _factors(ir, b) + _factors(ir, a)
-    return [i]
 
 
 def _keys_normalised(ir: IR, k: int) -> bool:
@@ -192,9 +185,9 @@ def linmap_range(ir: IR, i: int, notes: list) -> Interval:
         b = value_range(ir, ops[1])
         return _hull(Interval(1.0, 1.0), Interval(1 - b.hi, 1 - b.lo, b.hi_closed, b.lo_closed))
     if n.op == "compose":
-        parts = [linmap_range(ir, f, notes) for f in _factors(ir, i)]
-        scalars = [p for f, p in zip(_factors(ir, i), parts) if _commutes(ir, f)]
-        others = [p for f, p in zip(_factors(ir, i), parts) if not _commutes(ir, f)]
+        parts = [linmap_range(ir, f, notes) for f in ir.factors(i)]
+        scalars = [p for f, p in zip(ir.factors(i), parts) if _commutes(ir, f)]
+        others = [p for f, p in zip(ir.factors(i), parts) if not _commutes(ir, f)]
         r = others[0] if others else Interval(1.0, 1.0)
         for o in others[1:]:  # non-commuting factors: bound by the hull of products of extremes
             r = _hull(_mul(r, o), r)
@@ -236,11 +229,11 @@ def analyse(ir: IR) -> Analysis:
         family, detail = "block_diagonal", f"{bs[0]} blocks of {bs[1]}x{bs[2]}"
     elif "householder" in ops:
         family = "householder_product"
-        gates = [ir.node(ir.operands(f)[0]).shape for f in _factors(ir, trans) if ir.node(f).op == "diag"]
+        gates = [ir.node(ir.operands(f)[0]).shape for f in ir.factors(trans) if ir.node(f).op == "diag"]
         gate = "no gate" if not gates else "scalar gate" if all(g == () for g in gates) else "per-key gate"
         detail = f"n_h = {n_h} reflection{'s' if n_h > 1 else ''} per token, {gate}"
     else:
-        gates = [ir.node(ir.operands(f)[0]).shape for f in _factors(ir, trans) if ir.node(f).op == "diag"]
+        gates = [ir.node(ir.operands(f)[0]).shape for f in ir.factors(trans) if ir.node(f).op == "diag"]
         if all(g == () for g in gates):
             family, detail = "scalar", "alpha_t * I" if gates else "identity (no decay)"
         else:

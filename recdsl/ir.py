@@ -85,6 +85,13 @@ class IR:
     def roots_with(self, prefix: str) -> list[tuple[str, int]]:
         return [(n[len(prefix):], i) for n, i in self.roots if n.startswith(prefix)]
 
+    def factors(self, i: int) -> list[int]:
+        """A compose chain's factors in the order they act on the state (rightmost first)."""
+        if self.node(i).op == "compose":
+            a, b = self.operands(i)
+            return self.factors(b) + self.factors(a)
+        return [i]
+
     def leaves(self, op: str) -> list[Node]:
         """Leaf nodes of one op, in canonical order."""
         return [self.node(i) for i in self.order() if self.node(i).op == op]

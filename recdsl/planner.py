@@ -23,7 +23,7 @@ class Plan:
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
-        if self.backend == "triton" and self.algorithm == "recurrent":
+        if self.backend == "triton" and self.algorithm in ("recurrent", "delta_recurrent"):
             head += ", one launch over the tokens"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
@@ -48,6 +48,10 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             raise ValueError(f"{spec.name}: no Triton kernel for fixed points yet; use backend='reference'")
         return Plan("reference", "fixed_point", reasons=why)
     algorithm, reason = triton_route(spec)
+    if algorithm == "delta_recurrent" and needs_grad:
+        reason = "the kernels for Householder products are forward-only so far and this call records a backward"
+        if backend == "triton":
+            raise ValueError(f"{spec.name}: {reason}; run it under torch.no_grad() or with backend='reference'")
     if backend == "triton" and reason:
         raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
     use_triton = backend == "triton" or (backend == "auto" and not reason and bool(on_cuda))
@@ -58,6 +62,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad:
             return _recurrent_plan(spec, tokens)
         return _chunk_plan(spec)
+    if algorithm == "delta_recurrent":
+        return _delta_plan(spec)
     return _scan_plan(spec, batch_channels)
 
 
@@ -65,6 +71,7 @@ def triton_route(spec) -> tuple[str | None, str | None]:
     """(algorithm, None) when a generated kernel family fits the spec, else (None, the reasons)."""
     if "triton_route" not in spec.memo:
         try:
+            from recdsl.backends.triton.delta import DeltaPattern, match as match_delta
             from recdsl.backends.triton.matrix import MatrixPattern, match
             from recdsl.backends.triton.scan import eligible
         except ImportError:  # triton is an optional dependency
@@ -72,13 +79,18 @@ def triton_route(spec) -> tuple[str | None, str | None]:
             return spec.memo["triton_route"]
         scan_reason = eligible(spec.ir)
         pattern = match(spec.ir, spec.analysis.eig_range.lo)
+        delta = match_delta(spec.ir)
         if scan_reason is None:
             spec.memo["triton_route"] = ("elementwise_scan", None)
         elif isinstance(pattern, MatrixPattern):
             spec.memo["triton_route"] = ("chunk", None)
             spec.memo["matrix_pattern"] = pattern
+        elif isinstance(delta, DeltaPattern):
+            spec.memo["triton_route"] = ("delta_recurrent", None)
+            spec.memo["delta_pattern"] = delta
         else:
-            spec.memo["triton_route"] = (None, f"element-wise scan: {scan_reason}; chunked: {pattern}")
+            spec.memo["triton_route"] = (None, f"element-wise scan: {scan_reason}; chunked: {pattern}; "
+                                               f"Householder product: {delta}")
     return spec.memo["triton_route"]
 
 
@@ -108,6 +120,16 @@ def _recurrent_plan(spec, tokens: int) -> Plan:
         f"{tokens} token(s) and no gradient (decoding, step(), short inference calls): one fused recurrent "
         "launch walks the tokens with the state in fp32 registers",
         f"up to {RECURRENT_MAX_T} tokens; longer calls or calls that need a backward take the chunked kernels",
+    ))
+
+
+def _delta_plan(spec) -> Plan:
+    p = spec.memo["delta_pattern"]
+    gate = {"none": "no gate", "scalar": "a scalar gate", "perkey": "a per-key gate"}[p.gate]
+    return Plan("triton", "delta_recurrent", 1, 0, 4, False, (
+        f"{p.n_h} generalized Householder reflection(s) per token with delta-rule writes and {gate}",
+        "no gradient needed (inference, step()): one fused recurrent launch, the [K, V] state in fp32 registers",
+        "calls that record a backward run the reference until the chunkwise WY kernels exist",
     ))
 
 

@@ -57,7 +57,7 @@ def verify(ir: IR) -> None:
             fail(a, f"the output cannot use {ir.node(a).op}")
     if ir.node(write).op == "delta":
         k, _, beta = ir.operands(write)
-        factors = _compose_factors(ir, trans)
+        factors = ir.factors(trans)
         if not any(ir.node(f).op == "householder" and ir.operands(f) == [k, beta] for f in factors):
             fail(write, "a delta(k, v, beta) write needs householder(k, beta) with the same k and beta as a "
                         "factor of the transition product",
@@ -67,7 +67,3 @@ def verify(ir: IR) -> None:
             fail(i, "delta(...) can only be the whole write")
 
 
-def _compose_factors(ir: IR, i: int) -> list[int]:
-    if ir.node(i).op == "compose":
-        return [f for o in ir.operands(i) for f in _compose_factors(ir, o)]
-    return [i]

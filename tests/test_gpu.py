@@ -97,9 +97,9 @@ def test_chunked_against_reference(name):
         assert rel(args[k].grad, ref_args[k].grad) < 5e-2, k
 
 
-@pytest.mark.parametrize("name", ["gla", "mamba2"])
+@pytest.mark.parametrize("name", ["gla", "mamba2", "gated_deltanet", "deltaproduct"])
 def test_decoding_on_gpu(name):
-    """Inference calls of a few tokens take the fused recurrent kernel; bf16 against the fp32 reference."""
+    """Inference calls of a few tokens take a fused recurrent kernel; bf16 against the fp32 reference."""
     spec = recdsl.load(example(name), H=2, K=64, V=64)
     args = cuda_args(spec, 3, 7, torch.bfloat16)
     h0 = torch.randn(spec.state_shape(3), device="cuda")

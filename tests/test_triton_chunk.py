@@ -218,5 +218,5 @@ def test_aot_compile_sm90(decay, signed, varlen):
         pytest.skip(res["skip"])
     names = [n for n, size, secs in res["ok"]]
     assert sorted(names) == sorted(["chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg",
-                                    "recurrent_fwd"])
+                                    "recurrent_fwd", "delta_recurrent_fwd"])
     assert all(size > 0 for n, size, secs in res["ok"])

@@ -20,7 +20,7 @@ def test_routes():
     routes = {n: triton_route(recdsl.load(example(n)))[0] for n in
               ("gla", "mamba2", "retnet", "linear_attention", "hgrn", "lru", "deltanet", "mamba")}
     assert routes == {"gla": "chunk", "mamba2": "chunk", "retnet": "chunk", "linear_attention": "chunk",
-                      "hgrn": "elementwise_scan", "lru": "elementwise_scan", "deltanet": None,
+                      "hgrn": "elementwise_scan", "lru": "elementwise_scan", "deltanet": "delta_recurrent",
                       "mamba": "elementwise_scan"}
     plan = recdsl.load(example("gla")).plan("auto", on_cuda=True)
     assert plan.algorithm == "chunk" and "per-key decay" in plan.text()

@@ -156,8 +156,12 @@ def test_fp16_inputs():
 
 def test_backend_errors_are_clear():
     with pytest.raises(ValueError, match="cannot run this spec yet: element-wise scan: the transition is not"):
-        spec = recdsl.load(example("deltanet"), H=1, K=4, V=4)
+        spec = recdsl.load(example("rwkv7"), H=1, K=4, V=4)
         spec.op(**random_args(spec, T=3, dtype=torch.float32), backend="triton")
+    with pytest.raises(ValueError, match="forward-only so far and this call records a backward"):
+        spec = recdsl.load(example("deltanet"), H=1, K=4, V=4)
+        args = {k: v.requires_grad_() for k, v in random_args(spec, T=3, dtype=torch.float32).items()}
+        spec.op(**args, backend="triton")
     spec = recdsl.load(example("hgrn"), D=4)
     with pytest.raises(ValueError, match="fp64"):
         spec.op(**random_args(spec, T=3), backend="triton")

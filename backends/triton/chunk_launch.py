@@ -282,7 +282,7 @@ _DATA = {"q", "k", "v", "o", "do", "dq", "dk", "dv"}
 def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int = 128, BT: int = 64,
              varlen: bool = False):
     """[(kernel name, jit function, signature, constexprs, attrs, options)] for one variant (the chunked
-    kernels and the fused recurrent forward), with q/k/v in `data` ("bf16", "fp16", "fp32"), g and sign
+    kernels, the fused recurrent forward and the Householder-product recurrence with the same gate), with q/k/v in `data` ("bf16", "fp16", "fp32"), g and sign
     fp32, chunk states in the storage dtype; attrs mark pointers (and T) 16-divisible as the JIT does
     for aligned tensors. Compile one with triton.compile(ASTSource(fn, signature, constexprs, attrs),
     target=GPUTarget("cuda", 90, 32), options=options)."""
@@ -304,6 +304,10 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
     const = dict(H=16, K=K, V=V, BK=BK, BV=BV, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
     fn = load_recurrent(decay, signed).recurrent_fwd
     jobs.append(_aot_job("recurrent_fwd", fn, const, data, state, dict(num_warps=warps)))
+    # the Householder-product recurrence with this gate (two reflections per token)
+    from .delta import load as load_delta
+    fn = load_delta(decay).delta_recurrent_fwd
+    jobs.append(_aot_job("delta_recurrent_fwd", fn, {**const, "NH": 2}, data, state, dict(num_warps=warps)))
     return jobs
 
 

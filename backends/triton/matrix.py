@@ -47,8 +47,18 @@ def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
     if ir.node(write).op != "outer":
         return "the write is not outer(k, v)"
     k, v = ir.operands(write)
-    out = ir.roots_with("output:")[0][1]
-    scale, node = [], out
+    readout = match_readout(ir)
+    if isinstance(readout, str):
+        return readout
+    q, scale = readout
+    log_gate = ir.operands(gate)[0] if gate is not None and ir.node(gate).op == "exp" else None
+    signed = gate is not None and log_gate is None and eig_lo < 0
+    return MatrixPattern(decay, gate, log_gate, signed, q, k, v, tuple(scale))
+
+
+def match_readout(ir: IR) -> tuple[int, tuple[int, ...]] | str:
+    """(q, scalar factors) of a readout c * (q @ S), or the reason it is not one."""
+    scale, node = [], ir.roots_with("output:")[0][1]
     while ir.node(node).op == "mul":
         a, b = ir.operands(node)
         if ir.node(b).shape == () and not _reads_state(ir, b):
@@ -62,11 +72,9 @@ def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
     if ir.node(node).op != "matmul" or ir.node(ir.operands(node)[1]).op != "state":
         return "the readout is not q @ S"
     q = ir.operands(node)[0]
-    if _reads_state(ir, q) or ir.node(q).shape != S[:1]:
+    if _reads_state(ir, q) or ir.node(q).shape != ir.state[1][:1]:
         return "the readout's query is not a vector over the key axis"
-    log_gate = ir.operands(gate)[0] if gate is not None and ir.node(gate).op == "exp" else None
-    signed = gate is not None and log_gate is None and eig_lo < 0
-    return MatrixPattern(decay, gate, log_gate, signed, q, k, v, tuple(scale))
+    return q, tuple(scale)
 
 
 class _LazyLayout(dict):
@@ -88,30 +96,39 @@ def _reads_state(ir: IR, i: int) -> bool:
     return ir.node(i).op == "state" or any(ir.node(a).op == "state" for a in nx.ancestors(ir.graph, i))
 
 
-def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64,
-               recurrent=False):
+def ir_values(spec, raw: dict, options: dict):
+    """(value, scalar): value(i, shape, keep_dtype) is node i over [B, T, H, *shape] (a plain input passed
+    through in its own dtype when keep_dtype, no copy; anything else evaluated from the IR in fp32 with
+    autograd); scalar(i) is a per-call constant node as a float."""
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
-    from .chunk_launch import chunk_linear_recurrence
     ir = spec.ir
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
-    dtype = ref.dtype
     B, T = ref.shape[:2]
     H = ir.heads or 1
     heads = ir.heads is not None
-    base = leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"), _LazyLayout(spec, raw, torch.float32, "weight"),
-                       options, T)
-    ev = Evaluator(ir, base)
+    ev = Evaluator(ir, leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"),
+                                   _LazyLayout(spec, raw, torch.float32, "weight"), options, T))
 
-    def full(i, shape, keep_dtype=False):
-        """A value over [B, T, H, *shape]. A plain input is passed through in its own dtype (no copy);
-        anything else is evaluated from the IR in fp32, with autograd."""
+    def value(i, shape, keep_dtype=False):
         n = ir.node(i)
         if keep_dtype and n.op == "input" and not any(c[0] == "l2norm" for c in n.args[1]):
             x = raw[n.args[0]]
             return x if heads else x.unsqueeze(2)
         return torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
 
+    def scalar(i):
+        v = ev(i)
+        return float(v) if not isinstance(v, torch.Tensor) else float(v.reshape(-1)[0])
+    return value, scalar
+
+
+def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64,
+               recurrent=False):
+    from .chunk_launch import chunk_linear_recurrence
+    ir = spec.ir
+    dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
+    full, scalar = ir_values(spec, raw, options)
     K, V = ir.state[1]
     q, k, v = (full(pattern.q, (K,), True), full(pattern.k, (K,), True), full(pattern.v, (V,), True))
     g = sign = None
@@ -125,8 +142,7 @@ def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, o
             sign = torch.where(a < 0, -1.0, 1.0).detach() if pattern.signed else None
     scale = 1.0
     for s in pattern.scale:
-        sv = ev(s)
-        scale *= float(sv) if not isinstance(sv, torch.Tensor) else float(sv.reshape(-1)[0])
+        scale *= scalar(s)
     kernel_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
     h0 = None if h0 is None else (h0 if ir.heads else h0.unsqueeze(1)).float()
     o, final = chunk_linear_recurrence(q.to(kernel_dtype).contiguous(), k.to(kernel_dtype).contiguous(),
