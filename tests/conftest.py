@@ -54,3 +54,12 @@ def random_args(spec, B=2, T=6, dtype=torch.float64, seed=0):
 @pytest.fixture(params=[os.path.basename(p)[:-4] for p in EXAMPLES])
 def example_name(request):
     return request.param
+
+
+def step_through(layer, x):
+    """A compiled layer's outputs token by token through step(), stacked to [B, T, d_model]."""
+    state, ys = layer.init_state(x.shape[0]), []
+    for t in range(x.shape[1]):
+        yt, state = layer.step(x[:, t], state)
+        ys.append(yt)
+    return torch.stack(ys, 1)

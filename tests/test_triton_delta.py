@@ -6,7 +6,7 @@ import torch
 import recdsl
 from recdsl.planner import triton_route
 
-from conftest import example, random_args
+from conftest import example, random_args, step_through
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
@@ -72,9 +72,6 @@ def test_decoding_with_step_equals_forward():
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         y, _ = layer(x)
-        state, ys = layer.init_state(2), []
-        for t in range(5):
-            yt, state = layer.step(x[:, t], state)
-            ys.append(yt)
+        y_steps = step_through(layer, x)
         y_ref, _ = ref(x)
-    assert rel(torch.stack(ys, 1), y) < 1e-5 and rel(y, y_ref) < 1e-5
+    assert rel(y_steps, y) < 1e-5 and rel(y, y_ref) < 1e-5

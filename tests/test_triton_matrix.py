@@ -6,7 +6,7 @@ import torch
 import recdsl
 from recdsl.planner import triton_route
 
-from conftest import example, random_args
+from conftest import example, random_args, step_through
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="GPU runs are covered by test_gpu.py")
@@ -74,11 +74,8 @@ def test_decoding_takes_the_fused_recurrent_kernel(name, monkeypatch):
     x = torch.randn(2, 6, 16)
     with torch.no_grad():
         y, _ = layer(x)
-        state, ys = layer.init_state(2), []
-        for t in range(6):
-            yt, state = layer.step(x[:, t], state)
-            ys.append(yt)
-    assert rel(torch.stack(ys, 1), y) < 1e-5
+        y_steps = step_through(layer, x)
+    assert rel(y_steps, y) < 1e-5
 
 
 def test_chunk_custom_op_opcheck_and_torch_compile():
