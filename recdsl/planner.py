@@ -23,7 +23,7 @@ class Plan:
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
-        if self.backend == "triton" and self.algorithm in ("recurrent", "delta_recurrent"):
+        if self.backend == "triton" and self.algorithm.endswith("recurrent"):
             head += ", one launch over the tokens"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
@@ -48,6 +48,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             raise ValueError(f"{spec.name}: no Triton kernel for fixed points yet; use backend='reference'")
         return Plan("reference", "fixed_point", reasons=why)
     algorithm, reason = triton_route(spec)
+    if algorithm == "blockdiag_recurrent" and _compiling():
+        reason = "torch.compile traces the reference loop for block-diagonal states (the kernel is eager-only)"
     if algorithm == "delta_recurrent" and needs_grad:
         reason = "the kernels for Householder products are forward-only so far and this call records a backward"
         if backend == "triton":
@@ -64,13 +66,27 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         return _chunk_plan(spec)
     if algorithm == "delta_recurrent":
         return _delta_plan(spec)
+    if algorithm == "blockdiag_recurrent":
+        NB, b = spec.ir.state[1]
+        return Plan("triton", "blockdiag_recurrent", 1, 0, 4, False, (
+            f"{NB} dense {b} x {b} blocks per token: one fused recurrent launch, the state in fp32 registers, "
+            "one small matrix-vector product per block and token",
+            "the readout is the state, so the forward's output holds every h_t and the backward reads "
+            "h_(t-1) from it (nothing recomputed, nothing extra stored)",
+        ))
     return _scan_plan(spec, batch_channels)
+
+
+def _compiling() -> bool:
+    import torch
+    return torch.compiler.is_compiling()
 
 
 def triton_route(spec) -> tuple[str | None, str | None]:
     """(algorithm, None) when a generated kernel family fits the spec, else (None, the reasons)."""
     if "triton_route" not in spec.memo:
         try:
+            from recdsl.backends.triton.blockdiag import BlockDiagPattern, match as match_blockdiag
             from recdsl.backends.triton.delta import DeltaPattern, match as match_delta
             from recdsl.backends.triton.matrix import MatrixPattern, match
             from recdsl.backends.triton.scan import eligible
@@ -80,6 +96,7 @@ def triton_route(spec) -> tuple[str | None, str | None]:
         scan_reason = eligible(spec.ir)
         pattern = match(spec.ir, spec.analysis.eig_range.lo)
         delta = match_delta(spec.ir)
+        blockdiag = match_blockdiag(spec.ir)
         if scan_reason is None:
             spec.memo["triton_route"] = ("elementwise_scan", None)
         elif isinstance(pattern, MatrixPattern):
@@ -88,9 +105,12 @@ def triton_route(spec) -> tuple[str | None, str | None]:
         elif isinstance(delta, DeltaPattern):
             spec.memo["triton_route"] = ("delta_recurrent", None)
             spec.memo["delta_pattern"] = delta
+        elif isinstance(blockdiag, BlockDiagPattern):
+            spec.memo["triton_route"] = ("blockdiag_recurrent", None)
+            spec.memo["blockdiag_pattern"] = blockdiag
         else:
             spec.memo["triton_route"] = (None, f"element-wise scan: {scan_reason}; chunked: {pattern}; "
-                                               f"Householder product: {delta}")
+                                               f"Householder product: {delta}; block diagonal: {blockdiag}")
     return spec.memo["triton_route"]
 
 

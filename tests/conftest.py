@@ -63,3 +63,44 @@ def step_through(layer, x):
         yt, state = layer.step(x[:, t], state)
         ys.append(yt)
     return torch.stack(ys, 1)
+
+
+_SM90_SCRIPT = r"""
+import importlib, json, sys, time
+import triton
+try:
+    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget
+except ImportError as e:
+    print(json.dumps({"skip": f"AOT API unavailable: {e}"})); sys.exit(0)
+module, function, args, kwargs = json.loads(sys.argv[1])
+out = []
+for name, fn, sig, const, attrs, opts in getattr(importlib.import_module(module), function)(*args, **kwargs):
+    t = time.time()
+    kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
+    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1)])
+print(json.dumps({"ok": out}))
+"""
+
+
+def compile_sm90(module: str, function: str, *args, **kwargs):
+    """Build the (name, fn, signature, constexprs, attrs, options) jobs that module.function(*args)
+    returns into sm_90 cubins, in a subprocess without the interpreter. Returns [[name, cubin bytes,
+    seconds]]; skips the test where this Triton has no ahead-of-time API or no ptxas."""
+    import json
+    import subprocess
+    import sys
+    import pytest
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT, json.dumps([module, function, args, kwargs])], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        if "ptxas" in r.stderr and ("not found" in r.stderr or "No such file" in r.stderr):
+            pytest.skip("no ptxas available for sm_90")
+        raise AssertionError(r.stderr[-4000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    if "skip" in res:
+        pytest.skip(res["skip"])
+    return res["ok"]

@@ -1,10 +1,6 @@
 """Chunkwise matrix-state kernels (backends/triton/chunk.py) under the Triton interpreter, against a
 plain fp64 PyTorch loop S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t; plus an
 ahead-of-time compile of every kernel for Hopper (sm_90) in a subprocess without the interpreter."""
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +12,6 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter t
 from recdsl.backends.triton.chunk import generate  # noqa: E402
 from recdsl.backends.triton.chunk_launch import chunk_linear_recurrence  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
 
 
@@ -182,41 +177,13 @@ def test_generated_source_variants():
 
 # ---------------------------------------------------------------------------------------------------
 
-AOT_SCRIPT = r"""
-import json, sys, time
-import triton
-try:
-    from triton.compiler import ASTSource
-    from triton.backends.compiler import GPUTarget
-except ImportError as e:
-    print(json.dumps({"skip": f"AOT API unavailable: {e}"})); sys.exit(0)
-from recdsl.backends.triton.chunk_launch import aot_jobs
-out = []
-decay, signed, varlen = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
-for name, fn, sig, const, attrs, opts in aot_jobs(decay, signed, "bf16", varlen=varlen):
-    t = time.time()
-    kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
-    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1)])
-print(json.dumps({"ok": out}))
-"""
-
-
 @pytest.mark.parametrize("decay,signed,varlen", [("none", False, False), ("scalar", True, True),
                                                  ("perkey", True, False)])
 def test_aot_compile_sm90(decay, signed, varlen):
     """Every kernel of the variant compiles to a cubin for sm_90 (bf16, K = V = 128)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", AOT_SCRIPT, decay, str(int(signed)), str(int(varlen))], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        if "ptxas" in r.stderr and ("not found" in r.stderr or "No such file" in r.stderr):
-            pytest.skip("no ptxas available for sm_90")
-        raise AssertionError(r.stderr[-4000:])
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    if "skip" in res:
-        pytest.skip(res["skip"])
-    names = [n for n, size, secs in res["ok"]]
+    from conftest import compile_sm90
+    res = compile_sm90("recdsl.backends.triton.chunk_launch", "aot_jobs", decay, signed, "bf16", varlen=varlen)
+    names = [n for n, size, secs in res]
     assert sorted(names) == sorted(["chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg",
                                     "recurrent_fwd", "delta_recurrent_fwd"])
-    assert all(size > 0 for n, size, secs in res["ok"])
+    assert all(size > 0 for n, size, secs in res)

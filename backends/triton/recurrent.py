@@ -17,16 +17,22 @@ from .chunk import load_variant, render
 
 RECURRENT_MAX_T = 64
 
-# The start of every recurrent kernel: its sequence (packed or not), its [BK, BV] block of the state in
-# fp32 registers, loaded from h0. Shared text of the templates here and in delta.py.
-STATE_BLOCK = '''    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
+# Shared text of the recurrent templates (here, delta.py, blockdiag.py): a sequence's coordinates, and
+# the start of a kernel keeping a [BK, BV] block of the state in fp32 registers, loaded from h0.
+SEQUENCE_COORDS = '''@triton.jit
+def _coords(i_n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
+    """First row and length of sequence i_n (packed by cu_seqlens or not)."""
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         L = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
     else:
         bos = i_n.to(tl.int64) * T
         L = T
+    return bos, L'''
+
+STATE_BLOCK = '''    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, L = _coords(i_n, cu_seqlens, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -43,6 +49,9 @@ S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t; see recdsl backend
 """
 import triton
 import triton.language as tl
+
+
+@SEQUENCE_COORDS@
 
 
 @triton.jit
@@ -78,7 +87,7 @@ def recurrent_fwd(q, k, v, g, sgn, h0, o, ht, cu_seqlens, scale, T,
 '''
 
 
-_TEXT = _TEMPLATE.replace("@STATE_BLOCK@", STATE_BLOCK)
+_TEXT = _TEMPLATE.replace("@STATE_BLOCK@", STATE_BLOCK).replace("@SEQUENCE_COORDS@", SEQUENCE_COORDS)
 
 
 def generate(decay: str, signed: bool) -> str:
