@@ -97,6 +97,8 @@ def run(ir: IR, inputs: dict, weights: dict, options: dict, initial_state: torch
 def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Per sequence: max over time of ||new_t - old_t||_inf / ||new_t||_inf (Movahedi et al. 2025)."""
     B, T = new.shape[:2]
+    if T == 0:   # an empty sequence has nothing left to change
+        return new.new_zeros(B)
     d = (new - old).abs().reshape(B, T, -1).amax(-1)
     m = new.abs().reshape(B, T, -1).amax(-1).clamp_min(torch.finfo(new.dtype).tiny)
     return (d / m).amax(-1)

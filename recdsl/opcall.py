@@ -37,6 +37,9 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
                                   output_final_state, chunk_size=plan.block_t if plan.algorithm == "chunk" else 64,
                                   recurrent=plan.algorithm == "recurrent")
             return o, final, None
+        if plan.algorithm == "fixed_point_scan":
+            from recdsl.backends.triton.fixed_point import run_fixed_point
+            return run_fixed_point(spec, raw, options, initial_state, cu_seqlens, output_final_state)
         if plan.algorithm == "blockdiag_recurrent":
             from recdsl.backends.triton.blockdiag import run_blockdiag
             o, final = run_blockdiag(spec, spec.memo["blockdiag_pattern"], raw, options, initial_state, cu_seqlens,

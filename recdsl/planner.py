@@ -25,6 +25,8 @@ class Plan:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
         if self.backend == "triton" and self.algorithm.endswith("recurrent"):
             head += ", one launch over the tokens"
+        elif self.backend == "triton" and self.algorithm == "fixed_point_scan":
+            head += ", one scan launch per iteration"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
                      f"{'store' if self.store_chunk_states else 'recompute'} chunk states")
@@ -42,11 +44,19 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
     ir = spec.ir
     if ir.solve:
         s = dict(ir.solve)
-        why = (f"the spec reads prev(...): the loop repeats until the relative change is below "
+        why = (f"the spec reads prev(...): iterate until the relative change is below "
                f"{s['tol']:g} (at most {int(s['max_iter'])} iterations)",)
-        if backend == "triton":
-            raise ValueError(f"{spec.name}: no Triton kernel for fixed points yet; use backend='reference'")
-        return Plan("reference", "fixed_point", reasons=why)
+        reason = _fixed_point_reason(spec)
+        if backend == "triton" and reason:
+            raise ValueError(f"{spec.name}: no Triton kernel for this fixed point: {reason}; use backend='reference'")
+        if backend == "triton" or (backend == "auto" and not reason and bool(on_cuda)):
+            return Plan("triton", "fixed_point_scan", 0, 0, 4, False, why + (
+                "each iteration: the write from the previous iterate in PyTorch (the mixer), then one generated "
+                "element-wise scan launch (the unfused path)",
+                "gradient: one more iteration at the fixed point, the previous iterate held constant "
+                "(Movahedi et al. 2025)",
+            ))
+        return Plan("reference", "fixed_point", reasons=why + ((f"Triton: {reason}",) if reason else ()))
     algorithm, reason = triton_route(spec)
     if algorithm == "blockdiag_recurrent" and _compiling():
         reason = "torch.compile traces the reference loop for block-diagonal states (the kernel is eager-only)"
@@ -75,6 +85,14 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             "h_(t-1) from it (nothing recomputed, nothing extra stored)",
         ))
     return _scan_plan(spec, batch_channels)
+
+
+def _fixed_point_reason(spec) -> str | None:
+    try:
+        from recdsl.backends.triton.fixed_point import eligible
+    except ImportError:   # triton is an optional dependency
+        return "triton is not installed"
+    return eligible(spec.ir)
 
 
 def _compiling() -> bool:

@@ -124,6 +124,17 @@ def test_block_diagonal_on_gpu():
         assert rel(args[k].grad, ref_args[k].grad) < 1e-3, k
 
 
+def test_fixed_point_on_gpu():
+    spec = recdsl.load(example("fp_rnn"), D=512, r=2)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    o_r, S_r = spec.op(**{k: v.detach().double() for k, v in args.items()}, output_final_state=True,
+                       backend="reference")
+    assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
+    o.square().mean().backward()
+    assert all(torch.isfinite(v.grad).all() for v in args.values())
+
+
 def test_gla_matches_fla():
     F = pytest.importorskip("fla.ops")
     spec = recdsl.load(example("gla"), H=4, K=128, V=128)

@@ -1,0 +1,118 @@
+"""Fixed points of diagonal scans (Fixed-Point RNNs, Movahedi et al. 2025), the unfused path: each
+iteration evaluates the spec's write from the previous iterate with torch (the mixer Q_t and the rest
+of the expression) and runs the generated element-wise scan once,
+
+    h^l = scan(a_t, b_t(h^(l-1))),   h^l_t = a_t * h^l_(t-1) + b_t,   h^0 = 0,
+
+until the relative inf-norm change per sequence is below the spec's tol (or max_iter is spent, with a
+RecNotConverged warning). The gradient is that of one more iteration at the fixed point with the
+previous iterate held constant: the paper's choice, the memory of a single layer. (The reference
+backend instead differentiates through every iteration.)
+"""
+from __future__ import annotations
+
+import warnings
+
+import networkx as nx
+import torch
+
+from recdsl.ir import IR
+
+SCAN_SPEC = """
+recurrence diag_scan(D = 1):
+    state h[D]
+    input a[D], b[D]
+    transition diag(a)
+    write b
+    output y = h
+"""
+
+
+def eligible(ir: IR) -> str | None:
+    """None when this path can run the fixed point, else the reason it cannot."""
+    S = ir.state[1]
+    if len(S) != 1:
+        return f"the state {list(S)} is not a vector"
+    prev = [i for i in ir.graph.nodes if ir.node(i).op == "prev"]
+    if any(ir.node(i).args[0] != ir.state[0] for i in prev):
+        return "prev(...) of something other than the state"
+    trans, write = ir.root("transition"), ir.root("write")
+    if ir.node(trans).op != "diag" or ir.node(ir.operands(trans)[0]).shape != S:
+        return "the transition is not one element-wise diag(...)"
+    if _reads(ir, ir.operands(trans)[0], ("prev", "state")):
+        return "the transition depends on the previous iterate (hidden-state dependence of Lambda)"
+    if ir.node(write).shape != S or _reads(ir, write, ("state",)):
+        return "the write is not one value per state entry free of the current state"
+    if _reads(ir, ir.roots_with("output:")[0][1], ("prev",)):
+        return "the readout reads the previous iterate"
+    return None
+
+
+def _reads(ir: IR, i: int, ops: tuple) -> bool:
+    return ir.node(i).op in ops or any(ir.node(a).op in ops for a in nx.ancestors(ir.graph, i))
+
+
+def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
+    """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo)."""
+    import recdsl
+    from recdsl.backends.reference import RecNotConverged, SolveInfo, _relative_change, leaf_values
+    from recdsl.evaluate import Evaluator
+
+    from .matrix import _LazyLayout
+    ir = spec.ir
+    ref = next(raw[a.name] for a in spec.args if a.kind == "input")
+    B, T = ref.shape[:2]
+    H, D = ir.heads or 1, ir.state[1][0]
+    full = (B, T, H, D)
+    settings = dict(ir.solve)
+    tol, max_iter = settings["tol"], int(settings["max_iter"])
+    if "fixed_point_scan" not in spec.memo:
+        spec.memo["fixed_point_scan"] = recdsl.load(SCAN_SPEC, D=H * D)
+    scan = spec.memo["fixed_point_scan"]
+
+    def leaves():   # the inputs in the reference layout, converted on first use (and then kept)
+        return leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"),
+                           _LazyLayout(spec, raw, torch.float32, "weight"), options, T)
+    base = leaves()
+    a_id, write, out = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.roots_with("output:")[0][1]
+    varying = {i for i in ir.graph.nodes if _reads(ir, i, ("prev", "state"))}
+    shared: dict = {}
+
+    def evaluator(prev, states=None):
+        ev = Evaluator(ir, lambda i, n: prev if n.op == "prev" else states if n.op == "state" else base(i, n))
+        ev.memo.update(shared)        # everything that does not depend on the iterate, evaluated once
+        return ev
+
+    def iterate(prev, h_init, final):
+        ev = evaluator(prev)
+        a, b = (torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device).expand(full) for i in (a_id, write))
+        shared.update({i: v for i, v in ev.memo.items() if i not in varying})
+        y, ht = scan.op(a=a.reshape(B, T, H * D), b=b.reshape(B, T, H * D), initial_state=h_init,
+                        output_final_state=final, cu_seqlens=cu, backend="triton")
+        return y.reshape(full), ht
+
+    h_init = None if h0 is None else h0.reshape(h0.shape[0], H * D).float()
+    prev = torch.zeros(full, dtype=torch.float32, device=ref.device)
+    residual, converged, it = torch.ones(B), False, 0
+    with torch.no_grad():
+        for it in range(1, max_iter + 1):
+            new, _ = iterate(prev, h_init, False)
+            residual = _relative_change(new, prev)
+            prev = new
+            if bool((residual < tol).all()):
+                converged = True
+                break
+    if not converged:
+        warnings.warn(f"{ir.name}: fixed point not reached after {max_iter} iterations: largest relative change "
+                      f"{residual.max().item():.3g} > tol {tol:g}", RecNotConverged, stacklevel=4)
+    # one differentiable iteration at the fixed point, the previous iterate held constant; the inputs are
+    # converted again so that autograd sees them (the loop's copies were made without a graph)
+    shared.clear()
+    base = leaves()
+    states, ht = iterate(prev.detach(), h_init, output_final_state)
+    o = torch.as_tensor(evaluator(prev.detach(), states)(out), dtype=torch.float32, device=ref.device)
+    o = o.expand((B, T, H) + ir.node(out).shape)
+    if not ir.heads:
+        o = o.squeeze(2)
+    final = None if ht is None else ht.reshape((ht.shape[0],) + ((H,) if ir.heads else ()) + (D,))
+    return o.to(ref.dtype), final, SolveInfo(it, residual, converged)

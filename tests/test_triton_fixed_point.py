@@ -1,0 +1,86 @@
+"""Fixed-Point RNNs through iterated element-wise scans (backends/triton/fixed_point.py) under the
+Triton interpreter: the fixed point against the fp64 reference, the one-step gradient against a loop
+written from the paper's equations, convergence reporting."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import recdsl
+from recdsl import RecNotConverged
+
+from conftest import example, random_args
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_fixed_point_matches_reference():
+    spec = recdsl.load(example("fp_rnn"), D=8, r=2)
+    assert spec.plan("triton").algorithm == "fixed_point_scan"
+    cu = torch.tensor([0, 6, 6, 17], dtype=torch.int32)          # packed sequences, one of them empty
+    for B, T, cu_seqlens, N in ((2, 11, None, 2), (1, 17, cu, 3)):
+        args = random_args(spec, B=B, T=T, dtype=torch.float32, seed=T)
+        h0 = torch.randn(N, 8)
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens, backend="triton")
+        ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(),
+                         output_final_state=True, cu_seqlens=cu_seqlens, backend="reference")
+        assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
+
+def _paper_loop(lam, u, alpha, x, c, prev):
+    """One iteration of h^l_t = lam_t h^l_(t-1) + (1 - lam_t) [Q_t (x_t - h^(l-1)_t) + h^(l-1)_t] with
+    Q_t = prod_i (I - 2 alpha_i u_i u_i^T) (reflection 0 applied first); y = c * h."""
+    u = F.normalize(u, dim=-1)
+    h, ys = torch.zeros_like(x[:, 0]), []
+    for t in range(x.shape[1]):
+        m = x[:, t] - prev[:, t]
+        for i in range(u.shape[2]):
+            m = m - 2 * alpha[:, t, i, None] * u[:, t, i] * (u[:, t, i] * m).sum(-1, keepdim=True)
+        h = lam[:, t] * h + (1 - lam[:, t]) * (m + prev[:, t])
+        ys.append(h)
+    hs = torch.stack(ys, 1)
+    return hs, c * hs
+
+
+def test_gradient_is_one_step_at_the_fixed_point():
+    spec = recdsl.load(example("fp_rnn"), D=8, r=2)
+    args = random_args(spec, B=2, T=9, dtype=torch.float64, seed=4)
+    # the fixed point from the paper's loop, then one differentiable step with the iterate held constant
+    prev = torch.zeros_like(args["x"])
+    with torch.no_grad():
+        for _ in range(200):
+            prev = _paper_loop(**args, prev=prev)[0]
+    leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+    _, y = _paper_loop(**leaves, prev=prev)
+    w = torch.randn(y.shape, dtype=torch.float64)
+    (y * w).sum().backward()
+    ours = {k: v.float().requires_grad_() for k, v in args.items()}
+    o, _ = spec.op(**ours, backend="triton")
+    (o.double() * w).sum().backward()
+    assert rel(o, y) < 1e-5
+    for k in args:
+        assert rel(ours[k].grad, leaves[k].grad) < 1e-4, k
+
+
+def test_layer_reports_iterations_and_warns_when_not_converged():
+    torch.manual_seed(3)       # a layer whose fixed point the reference reaches in 30 iterations
+    layer = recdsl.compile(example("fp_rnn"), D=8, d_model=16, backend="triton")
+    y, _ = layer(torch.randn(2, 7, 16))
+    y.square().mean().backward()
+    assert layer.last_solve.converged and layer.last_solve.iterations > 1
+    assert all(p.grad is not None for p in layer.parameters())
+    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 2")
+    spec = recdsl.load(src, D=8)
+    with pytest.warns(RecNotConverged, match="not reached after 2 iterations"):
+        spec.op(**random_args(spec, B=1, T=20, dtype=torch.float32, seed=1), backend="triton")
+
+
+def test_routing():
+    plan = recdsl.load(example("fp_mamba")).plan("auto", on_cuda=True)
+    assert plan.backend == "reference" and "is not a vector" in plan.text()
+    with pytest.raises(ValueError, match="no Triton kernel for this fixed point"):
+        recdsl.load(example("fp_mamba")).plan("triton")
