@@ -4,28 +4,17 @@ Per token: the transition's factors are applied right to left, then the write is
 `delta(k, v, beta)` write belongs to its `householder(k, beta)` factor: step j's write beta_j k_j v_j^T
 passes through the later reflections j+1..n_h of that product and through no other factor, so
 S_t = A_t S_{t-1} + sum_j H_n..H_{j+1} beta_j k_j v_j^T (DeltaProduct; Gated DeltaNet for n_h = 1).
-Specs that read `prev(...)` are solved by fixed-point iteration of the whole loop.
+Specs that read `prev(...)` are solved by fixed-point iteration of the whole loop (recdsl/solve.py).
 
 Internal layout: values [B, T, H, *shape] (H = 1 for specs without heads), state [B, H, *state].
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
 import torch
 
-from recdsl.errors import RecNotConverged
 from recdsl.evaluate import Evaluator, apply_linmap, l2norm
 from recdsl.ir import IR
-
-
-@dataclass(frozen=True)
-class SolveInfo:
-    """What a fixed-point solve did: iterations used and the final residual per sequence."""
-    iterations: int
-    residual: torch.Tensor
-    converged: bool
+from recdsl.solve import fixed_point
 
 
 def step_program(ir: IR) -> list[tuple[str, int]]:
@@ -62,7 +51,7 @@ def leaf_values(ir: IR, inputs: dict, weights: dict, options: dict, T: int):
 
 
 def run(ir: IR, inputs: dict, weights: dict, options: dict, initial_state: torch.Tensor | None,
-        compute_dtype: torch.dtype, warn: bool = True):
+        compute_dtype: torch.dtype):
     """Run the recurrence. Returns (outputs [B, T, H, *out], final state [B, H, *S], SolveInfo | None)."""
     any_input = next(iter(inputs.values()))
     B, T = any_input.shape[:2]
@@ -73,35 +62,19 @@ def run(ir: IR, inputs: dict, weights: dict, options: dict, initial_state: torch
     if not prev_names:
         o, S, _ = _loop(ir, inputs, weights, options, S0, {}, B, T, H)
         return o, S, None
-    settings = dict(ir.solve)
-    tol, max_iter = settings["tol"], int(settings["max_iter"])
     out_name = ir.roots_with("output:")[0][0]
     prev = {}
     for name in prev_names:
         shape = ir.state[1] if name == ir.state[0] else ir.node(ir.root(f"output:{name}")).shape
         prev[name] = torch.zeros((B, T, H) + tuple(shape), dtype=compute_dtype, device=any_input.device)
-    residual = torch.ones(B, dtype=compute_dtype)
-    for it in range(1, max_iter + 1):
+
+    def step(prev):
         o, S, states = _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=ir.state[0] in prev)
-        new = {name: (o if name == out_name else states) for name in prev_names}
-        residual = torch.stack([_relative_change(new[n], prev[n]) for n in prev_names]).amax(0)
-        prev = new
-        if bool((residual < tol).all()):
-            return o, S, SolveInfo(it, residual, True)
-    if warn:
-        warnings.warn(f"{ir.name}: fixed point not reached after {max_iter} iterations: largest relative "
-                      f"change {residual.max().item():.3g} > tol {tol:g}", RecNotConverged, stacklevel=3)
-    return o, S, SolveInfo(max_iter, residual, False)
+        return {name: (o if name == out_name else states) for name in prev_names}, (o, S)
 
-
-def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Per sequence: max over time of ||new_t - old_t||_inf / ||new_t||_inf (Movahedi et al. 2025)."""
-    B, T = new.shape[:2]
-    if T == 0:   # an empty sequence has nothing left to change
-        return new.new_zeros(B)
-    d = (new - old).abs().reshape(B, T, -1).amax(-1)
-    m = new.abs().reshape(B, T, -1).amax(-1).clamp_min(torch.finfo(new.dtype).tiny)
-    return (d / m).amax(-1)
+    (o, S), _, info = fixed_point(step, prev, dict(ir.solve), training=torch.is_grad_enabled(), name=ir.name,
+                                  stacklevel=4)
+    return o, S, info
 
 
 def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):

@@ -21,7 +21,9 @@ VALUE_FUNCS = ELEMENTWISE_UNARY | {"l2norm", "outer", "mix", "prev"}
 LAYER_FUNCS = {"linear", "mlp", "rmsnorm", "layernorm", "colnorm"}
 INIT_FUNCS = {"uniform", "normal"}
 LINMAP_FUNCS = {"diag", "householder", "outer", "blockdiag"}
-SOLVE_DEFAULTS = {"tol": 1e-6, "max_iter": 1000.0}
+# fixed-point settings (recdsl/solve.py): damping is the first step size, quantile the fraction of the
+# batch that must converge in a call that records a backward (every sequence otherwise)
+SOLVE_DEFAULTS = {"tol": 1e-6, "max_iter": 1000.0, "damping": 1.0, "quantile": 1.0}
 _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "@": "matmul"}
 _FOLD = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
          "pow": operator.pow, "neg": operator.neg, "exp": math.exp, "log": math.log, "sqrt": math.sqrt,
@@ -368,6 +370,9 @@ class _Lowerer:
             raise self.err(stmts[0].pos, "solve tol must lie in (0, 1)")
         if not float(got["max_iter"]).is_integer() or not 1 <= got["max_iter"] <= 100000:
             raise self.err(stmts[0].pos, "solve max_iter must be an integer in [1, 100000]")
+        for key in ("damping", "quantile"):
+            if not 0 < got[key] <= 1:
+                raise self.err(stmts[0].pos, f"solve {key} must lie in (0, 1]")
         return tuple(sorted(got.items()))
 
     def consts_check(self, s: Stmt):

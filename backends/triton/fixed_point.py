@@ -4,14 +4,12 @@ of the expression) and runs the generated element-wise scan once,
 
     h^l = scan(a_t, b_t(h^(l-1))),   h^l_t = a_t * h^l_(t-1) + b_t,   h^0 = 0,
 
-until the relative inf-norm change per sequence is below the spec's tol (or max_iter is spent, with a
-RecNotConverged warning). The gradient is that of one more iteration at the fixed point with the
+under the driver every backend shares (recdsl/solve.py: tol, max_iter, damping, the batch quantile
+that must converge in training, a RecNotConverged warning when it does not). The gradient is that of one more iteration at the fixed point with the
 previous iterate held constant: the paper's choice, the memory of a single layer. (The reference
 backend instead differentiates through every iteration.)
 """
 from __future__ import annotations
-
-import warnings
 
 import networkx as nx
 import torch
@@ -55,7 +53,8 @@ def _reads(ir: IR, i: int, ops: tuple) -> bool:
 def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
     """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo)."""
     import recdsl
-    from recdsl.backends.reference import RecNotConverged, SolveInfo, _relative_change, leaf_values
+    from recdsl.backends.reference import leaf_values
+    from recdsl.solve import fixed_point
     from recdsl.evaluate import Evaluator
 
     from .matrix import _LazyLayout
@@ -64,8 +63,6 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
     B, T = ref.shape[:2]
     H, D = ir.heads or 1, ir.state[1][0]
     full = (B, T, H, D)
-    settings = dict(ir.solve)
-    tol, max_iter = settings["tol"], int(settings["max_iter"])
     if "fixed_point_scan" not in spec.memo:
         spec.memo["fixed_point_scan"] = recdsl.load(SCAN_SPEC, D=H * D)
     scan = spec.memo["fixed_point_scan"]
@@ -92,19 +89,12 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
         return y.reshape(full), ht
 
     h_init = None if h0 is None else h0.reshape(h0.shape[0], H * D).float()
-    prev = torch.zeros(full, dtype=torch.float32, device=ref.device)
-    residual, converged, it = torch.ones(B), False, 0
+    start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
+    training = torch.is_grad_enabled()
     with torch.no_grad():
-        for it in range(1, max_iter + 1):
-            new, _ = iterate(prev, h_init, False)
-            residual = _relative_change(new, prev)
-            prev = new
-            if bool((residual < tol).all()):
-                converged = True
-                break
-    if not converged:
-        warnings.warn(f"{ir.name}: fixed point not reached after {max_iter} iterations: largest relative change "
-                      f"{residual.max().item():.3g} > tol {tol:g}", RecNotConverged, stacklevel=4)
+        _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
+                                    dict(ir.solve), training=training, name=ir.name, stacklevel=5)
+    prev = last["h"]
     # one differentiable iteration at the fixed point, the previous iterate held constant; the inputs are
     # converted again so that autograd sees them (the loop's copies were made without a graph)
     shared.clear()
@@ -115,4 +105,4 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
     if not ir.heads:
         o = o.squeeze(2)
     final = None if ht is None else ht.reshape((ht.shape[0],) + ((H,) if ir.heads else ()) + (D,))
-    return o.to(ref.dtype), final, SolveInfo(it, residual, converged)
+    return o.to(ref.dtype), final, info
