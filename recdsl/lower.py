@@ -22,8 +22,9 @@ LAYER_FUNCS = {"linear", "mlp", "rmsnorm", "layernorm", "colnorm"}
 INIT_FUNCS = {"uniform", "normal"}
 LINMAP_FUNCS = {"diag", "householder", "outer", "blockdiag"}
 # fixed-point settings (recdsl/solve.py): damping is the first step size, quantile the fraction of the
-# batch that must converge in a call that records a backward (every sequence otherwise)
-SOLVE_DEFAULTS = {"tol": 1e-6, "max_iter": 1000.0, "damping": 1.0, "quantile": 1.0}
+# batch that must converge in a call that records a backward (every sequence otherwise), backward_steps
+# the differentiable iterations at the fixed point (1: the paper's one-step gradient; k: k Neumann terms)
+SOLVE_DEFAULTS = {"tol": 1e-6, "max_iter": 1000.0, "damping": 1.0, "quantile": 1.0, "backward_steps": 1.0}
 _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "@": "matmul"}
 _FOLD = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
          "pow": operator.pow, "neg": operator.neg, "exp": math.exp, "log": math.log, "sqrt": math.sqrt,
@@ -373,6 +374,8 @@ class _Lowerer:
         for key in ("damping", "quantile"):
             if not 0 < got[key] <= 1:
                 raise self.err(stmts[0].pos, f"solve {key} must lie in (0, 1]")
+        if not float(got["backward_steps"]).is_integer() or not 1 <= got["backward_steps"] <= 1000:
+            raise self.err(stmts[0].pos, "solve backward_steps must be an integer in [1, 1000]")
         return tuple(sorted(got.items()))
 
     def consts_check(self, s: Stmt):

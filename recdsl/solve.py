@@ -50,7 +50,7 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     residual, payload, it = None, None, 0
     for it in range(1, max_iter + 1):
         new, payload = f(prev)
-        residual = torch.stack([relative_change(new[k], prev[k]) for k in new]).amax(0)
+        residual = torch.stack([relative_change(new[k].detach(), prev[k].detach()) for k in new]).amax(0)
         prev = new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}
         if float((residual < tol).double().mean()) >= need:        # that share of sequences has converged
             return payload, prev, SolveInfo(it, residual, True, delta)

@@ -66,6 +66,25 @@ def test_gradient_is_one_step_at_the_fixed_point():
         assert rel(ours[k].grad, leaves[k].grad) < 1e-4, k
 
 
+def test_neumann_steps_approach_the_implicit_gradient():
+    """k backward steps sum k terms of the implicit-function gradient's Neumann series: with many, the
+    gradient matches the reference's, which differentiates through the whole converged iteration."""
+    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 1000, backward_steps = 25")
+    args = random_args(recdsl.load(src, D=8), B=2, T=9, dtype=torch.float64, seed=6)
+    w = torch.randn(2, 9, 8, dtype=torch.float64)
+    grads = {}
+    for label, text, backend in (("k=25", src, "triton"), ("k=1", open(example("fp_rnn")).read(), "triton"),
+                                 ("reference", src, "reference")):
+        spec = recdsl.load(text, D=8)
+        leaves = {k: v.clone().to(torch.float32 if backend == "triton" else torch.float64).requires_grad_()
+                  for k, v in args.items()}
+        o, _ = spec.op(**leaves, backend=backend)
+        (o.double() * w).sum().backward()
+        grads[label] = torch.cat([v.grad.double().flatten() for v in leaves.values()])
+    far, near = rel(grads["k=1"], grads["reference"]), rel(grads["k=25"], grads["reference"])
+    assert near < 1e-4 and far > 10 * near, (far, near)
+
+
 def test_layer_reports_iterations_and_warns_when_not_converged():
     torch.manual_seed(3)       # a layer whose fixed point the reference reaches in 30 iterations
     layer = recdsl.compile(example("fp_rnn"), D=8, d_model=16, backend="triton")

@@ -5,9 +5,10 @@ of the expression) and runs the generated element-wise scan once,
     h^l = scan(a_t, b_t(h^(l-1))),   h^l_t = a_t * h^l_(t-1) + b_t,   h^0 = 0,
 
 under the driver every backend shares (recdsl/solve.py: tol, max_iter, damping, the batch quantile
-that must converge in training, a RecNotConverged warning when it does not). The gradient is that of one more iteration at the fixed point with the
-previous iterate held constant: the paper's choice, the memory of a single layer. (The reference
-backend instead differentiates through every iteration.)
+that must converge in training, a RecNotConverged warning when it does not). The gradient is that of
+`backward_steps` more iterations from the fixed point held constant: one is the paper's choice (the
+memory of a single layer), k give the implicit gradient's Neumann series to k terms. (The reference
+differentiates every iteration.)
 """
 from __future__ import annotations
 
@@ -95,12 +96,15 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
         _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
                                     dict(ir.solve), training=training, name=ir.name, stacklevel=5)
     prev = last["h"]
-    # one differentiable iteration at the fixed point, the previous iterate held constant; the inputs are
-    # converted again so that autograd sees them (the loop's copies were made without a graph)
+    # k differentiable iterations from the fixed point (its value held constant): their gradient is the
+    # implicit-function gradient's Neumann series cut after k terms (k = 1: the paper's one step). The
+    # inputs are converted again so that autograd sees them (the loop's copies were made without a graph)
     shared.clear()
     base = leaves()
-    states, ht = iterate(prev.detach(), h_init, output_final_state)
-    o = torch.as_tensor(evaluator(prev.detach(), states)(out), dtype=torch.float32, device=ref.device)
+    states = prev.detach()
+    for _ in range(int(dict(ir.solve).get("backward_steps", 1))):
+        prev, (states, ht) = states, iterate(states, h_init, output_final_state)
+    o = torch.as_tensor(evaluator(prev, states)(out), dtype=torch.float32, device=ref.device)
     o = o.expand((B, T, H) + ir.node(out).shape)
     if not ir.heads:
         o = o.squeeze(2)
