@@ -31,6 +31,28 @@ def test_fixed_point_matches_reference():
         assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
 
 
+HIDDEN = """
+# Lambda and the write both depend on the previous iterate (hidden-state dependence)
+recurrence fp_hidden(D = 6):
+    state h[D]
+    input lam[D] in (0, 1), x[D]
+    solve tol = 1e-7, max_iter = 500
+    let h_prev = prev(h)
+    transition diag(lam * sigmoid(h_prev))
+    write (1 - lam) * (x + 0.5 * h_prev)
+    output y = h
+"""
+
+
+def test_hidden_state_dependent_decay():
+    spec = recdsl.load(HIDDEN)
+    assert spec.plan("triton").algorithm == "fixed_point_scan"
+    args = random_args(spec, B=2, T=10, dtype=torch.float32, seed=8)
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, output_final_state=True, backend="reference")
+    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
+
 def _paper_loop(lam, u, alpha, x, c, prev):
     """One iteration of h^l_t = lam_t h^l_(t-1) + (1 - lam_t) [Q_t (x_t - h^(l-1)_t) + h^(l-1)_t] with
     Q_t = prod_i (I - 2 alpha_i u_i u_i^T) (reflection 0 applied first); y = c * h."""

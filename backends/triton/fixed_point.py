@@ -1,8 +1,8 @@
 """Fixed points of diagonal scans (Fixed-Point RNNs, Movahedi et al. 2025), the unfused path: each
-iteration evaluates the spec's write from the previous iterate with torch (the mixer Q_t and the rest
-of the expression) and runs the generated element-wise scan once,
+iteration evaluates the spec's decay and write from the previous iterate with torch (the mixer Q_t, and
+Lambda_t too where it depends on the hidden state) and runs the generated element-wise scan once,
 
-    h^l = scan(a_t, b_t(h^(l-1))),   h^l_t = a_t * h^l_(t-1) + b_t,   h^0 = 0,
+    h^l = scan(a_t(h^(l-1)), b_t(h^(l-1))),   h^l_t = a_t * h^l_(t-1) + b_t,   h^0 = 0,
 
 under the driver every backend shares (recdsl/solve.py: tol, max_iter, damping, the batch quantile
 that must converge in training, a RecNotConverged warning when it does not). The gradient is that of
@@ -38,8 +38,8 @@ def eligible(ir: IR) -> str | None:
     trans, write = ir.root("transition"), ir.root("write")
     if ir.node(trans).op != "diag" or ir.node(ir.operands(trans)[0]).shape != S:
         return "the transition is not one element-wise diag(...)"
-    if _reads(ir, ir.operands(trans)[0], ("prev", "state")):
-        return "the transition depends on the previous iterate (hidden-state dependence of Lambda)"
+    if _reads(ir, ir.operands(trans)[0], ("state",)):
+        return "the transition reads the current state"
     if ir.node(write).shape != S or _reads(ir, write, ("state",)):
         return "the write is not one value per state entry free of the current state"
     if _reads(ir, ir.roots_with("output:")[0][1], ("prev",)):
