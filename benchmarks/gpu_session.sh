@@ -4,6 +4,7 @@
 #                mamba), `recdsl bench` on each with its best blocks
 #   part tests:  the GPU test tier, `recdsl bench` on mamba with the planner's blocks
 #   part matrix: `recdsl bench` on gla and mamba2 (against fla's chunk_gla and chunk_simple_gla)
+#   part recurrent: block_diagonal, fp_rnn (17 iterations) and deltaproduct's forward against the loop
 set -u
 export PYTHONUNBUFFERED=1
 pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | grep -v "WARNING: Running pip" | tail -1
@@ -31,6 +32,14 @@ elif [ "$1" = tests ]; then
   timeout 300 python -m pytest -q tests/test_gpu.py 2>&1 | tail -6
   timeout 150 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start --out "$OUT" \
     --tag "${TAG}_mamba"
+elif [ "$1" = recurrent ]; then
+  # issue 5's shapes: block diagonal b=8 at width 512; FP-RNN d_inner=512, r=2, 17 iterations (tol never met)
+  timeout 200 python -m recdsl.cli bench examples/block_diagonal.rec --batch 8 --length 2048 -p NB=64 -p b=8 \
+    --out "$OUT" --tag "${TAG}_block_diagonal"
+  timeout 300 python -m recdsl.cli bench examples/fp_rnn.rec --batch 8 --length 2048 -p D=512 -p r=2 \
+    -p max_iter=17 -p tol=1e-30 --out "$OUT" --tag "${TAG}_fp_rnn"
+  timeout 90 python -m recdsl.cli bench examples/deltaproduct.rec --batch 8 --length 1024 -p H=8 -p K=64 -p V=64 \
+    --out "$OUT" --tag "${TAG}_deltaproduct_fwd"
 else
   for s in gla mamba2; do
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"

@@ -144,8 +144,7 @@ def test_non_contractive_fixed_point_warns():
     args = random_args(spec, T=12, seed=5)
     args["alpha"] = torch.full_like(args["alpha"], 0.97)   # reflections near -1: ||I - Q|| close to 2
     args["lam"] = torch.full_like(args["lam"], 0.02)
-    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 20")
-    spec = recdsl.load(src, D=4, r=2)
+    spec = recdsl.load(example("fp_rnn"), D=4, r=2, max_iter=20)
     with pytest.warns(recdsl.RecNotConverged, match="not reached after 20 iterations"):
         spec.op(**args)
 

@@ -48,7 +48,7 @@ def test_training_needs_only_the_quantile_and_evaluation_needs_every_sequence():
 
 
 def test_spec_settings_reach_both_backends():
-    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 1000, damping = 0.6")
+    src = open(example("fp_rnn")).read().replace("max_iter = max_iter", "max_iter = max_iter, damping = 0.6")
     spec = recdsl.load(src, D=4, r=2)
     assert dict(spec.ir.solve)["damping"] == 0.6
     args = random_args(spec, B=2, T=7, seed=2)

@@ -91,7 +91,7 @@ def test_gradient_is_one_step_at_the_fixed_point():
 def test_neumann_steps_approach_the_implicit_gradient():
     """k backward steps sum k terms of the implicit-function gradient's Neumann series: with many, the
     gradient matches the reference's, which differentiates through the whole converged iteration."""
-    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 1000, backward_steps = 25")
+    src = open(example("fp_rnn")).read().replace("max_iter = max_iter", "max_iter = max_iter, backward_steps = 25")
     args = random_args(recdsl.load(src, D=8), B=2, T=9, dtype=torch.float64, seed=6)
     w = torch.randn(2, 9, 8, dtype=torch.float64)
     grads = {}
@@ -114,8 +114,7 @@ def test_layer_reports_iterations_and_warns_when_not_converged():
     y.square().mean().backward()
     assert layer.last_solve.converged and layer.last_solve.iterations > 1
     assert all(p.grad is not None for p in layer.parameters())
-    src = open(example("fp_rnn")).read().replace("max_iter = 1000", "max_iter = 2")
-    spec = recdsl.load(src, D=8)
+    spec = recdsl.load(example("fp_rnn"), D=8, max_iter=2)
     with pytest.warns(RecNotConverged, match="not reached after 2 iterations"):
         spec.op(**random_args(spec, B=1, T=20, dtype=torch.float32, seed=1), backend="triton")
 

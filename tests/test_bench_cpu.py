@@ -1,0 +1,23 @@
+"""`recdsl bench`'s recurrent and fixed-point case runs end to end on the CPU (timings are not checked:
+the CPU tier only proves the harness the GPU session relies on)."""
+import pytest
+import torch
+
+from recdsl.bench import recurrent_case
+
+from conftest import example
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs the real benchmark")
+
+
+@pytest.mark.parametrize("name,params,modes", [
+    ("block_diagonal", {"NB": 2, "b": 4}, {"fwd", "fwd+bwd"}),
+    ("fp_rnn", {"D": 4, "max_iter": 4}, {"fwd", "fwd+bwd"}),   # a fixed count, as the paper times
+    ("deltaproduct", {"H": 1, "K": 4, "V": 4}, {"fwd"}),
+])
+def test_recurrent_case_rows(name, params, modes):
+    rows = recurrent_case(example(name), 2, 5, params, device="cpu")
+    got = {(r["contestant"], r["mode"]) for r in rows}
+    assert got == {(c, m) for c in ("recdsl", "reference (PyTorch loop)") for m in modes}
+    assert all(r["ms"] > 0 and r["B"] == 2 and r["T"] == 5 for r in rows)
