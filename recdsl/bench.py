@@ -51,6 +51,15 @@ def _peak(fn) -> int | None:
     return int(torch.cuda.max_memory_allocated() - base)
 
 
+def _recorder(rows: list, case: str, shape: dict):
+    """add(contestant, mode, ms, peak, **extra): append one timing row and print it as a JSON line."""
+    def add(contestant, mode, ms, peak=None, **extra):
+        rows.append({"case": case, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
+                     "peak_bytes": peak, **shape, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+    return add
+
+
 def environment() -> dict:
     import triton
     env = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -108,10 +117,7 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
         shape["state"] = list(spec.ir.state[1])
     rows = []
 
-    def add(contestant, mode, ms, peak=None, **extra):
-        rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
-                     "peak_bytes": peak, **shape, **extra})
-        print(json.dumps(rows[-1]), flush=True)
+    add = _recorder(rows, spec.name, shape)
 
     ours = lambda: spec.op(**args, backend="triton")
     with torch.no_grad():
@@ -168,10 +174,7 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
              "algorithm": algorithm}
     rows = []
 
-    def add(contestant, mode, ms, peak=None, **extra):
-        rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
-                     "peak_bytes": peak, **shape, **extra})
-        print(json.dumps(rows[-1]), flush=True)
+    add = _recorder(rows, spec.name, shape)
 
     ours = lambda: spec.op(**args, backend="triton")
     loop = lambda: spec.op(**args, backend="reference")
@@ -204,10 +207,7 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
     shape = {"B": B, "T": T, "H": H, "D": D, "dtype": str(dtype).replace("torch.", "")}
     rows = []
 
-    def add(contestant, mode, ms, peak=None, **extra):
-        rows.append({"case": spec.name, "contestant": contestant, "mode": mode, "ms": round(ms, 5),
-                     "peak_bytes": peak, **shape, **extra})
-        print(json.dumps(rows[-1]), flush=True)
+    add = _recorder(rows, spec.name, shape)
 
     def both(name, run, backward=True):
         with torch.no_grad():
