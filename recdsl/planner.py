@@ -68,7 +68,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
     use_triton = backend == "triton" or (backend == "auto" and not reason and bool(on_cuda))
     if not use_triton:
-        why = [f"Triton: {reason}"] if reason else ["inputs are not on a CUDA device"]
+        why = ([] if on_cuda or backend == "reference" else ["inputs are not on a CUDA device"]) + \
+            ([f"Triton: {reason}"] if reason else [])
         return Plan("reference", "sequential", reasons=tuple(why) + ("the reference loop handles every family",))
     if algorithm == "chunk":
         if tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad:

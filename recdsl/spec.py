@@ -76,8 +76,21 @@ class Spec:
             "== IR ==\n" + self.ir.text() + f"\nstructural hash: {self.ir.hash()}",
             "== analysis ==\n" + self.analysis.text(),
             "== op ==\n" + self.signature(),
-            "== plan ==\n" + self.plan().text(),
+            "== plan ==\n" + self._plans(),
         ])
+
+    def _plans(self) -> str:
+        """The plan for CPU tensors and, where it differs, for CUDA tensors: training calls, and calls
+        without a gradient (inference, step()) where that changes the choice."""
+        cpu = self.plan("auto", on_cuda=False).text()
+        train = self.plan("auto", on_cuda=True).text()
+        infer = self.plan("auto", on_cuda=True, tokens=1, needs_grad=False).text()
+        out = [f"on CPU tensors: {cpu}"]
+        if train != cpu:
+            out.append(f"on CUDA tensors: {train}")
+        if infer != train:
+            out.append(f"on CUDA tensors, decoding (no gradient): {infer}")
+        return "\n".join(out)
 
     def signature(self) -> str:
         lead = "B, T, H, " if self.heads else "B, T, "

@@ -57,6 +57,9 @@ def test_routing_and_reasons():
     assert plan.backend == "reference" and "forward-only" in plan.text()
     with pytest.raises(ValueError, match="torch.no_grad"):
         spec.plan("triton", needs_grad=True)
+    text = spec.explain()
+    assert "on CUDA tensors: backend reference" in text and "forward-only so far" in text
+    assert "on CUDA tensors, decoding (no gradient): backend triton, algorithm delta_recurrent" in text
     after = PERKEY.replace("householder(k, beta) * exp(g)", "exp(g) * householder(k, beta)")
     assert "per-key gate after the reflections" in triton_route(recdsl.load(after))[1]
     assert "not delta(k, v, beta)" in triton_route(recdsl.load(example("rwkv7")))[1]
