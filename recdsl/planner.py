@@ -85,7 +85,7 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             "the readout is the state, so the forward's output holds every h_t and the backward reads "
             "h_(t-1) from it (nothing recomputed, nothing extra stored)",
         ))
-    return _scan_plan(spec, batch_channels)
+    return _scan_plan(spec, batch_channels, tokens)
 
 
 def _fixed_point_reason(spec) -> str | None:
@@ -177,12 +177,15 @@ def prepare(spec) -> None:
     inside torch.compile(fullgraph=True) only read memoised results."""
     if triton_route(spec)[0] == "elementwise_scan":
         from recdsl.backends.triton.launch import scan_op
-        for bc in (None, 0):   # the block sizes a call may pick: many programs, and few
-            p = _scan_plan(spec, bc)
+        for bc, t in ((None, None), (0, None), (None, 1), (0, 1)):   # many programs or few; long or short calls
+            p = _scan_plan(spec, bc, t)
             scan_op(spec, p.block_t, p.block_d, p.num_warps, p.scan_backward)
 
 
-def _scan_plan(spec, batch_channels: int | None) -> Plan:
+SHORT_T = 16   # calls of at most this many tokens (decoding, step()) scan one small block
+
+
+def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> Plan:
     S = spec.ir.state[1]
     if len(S) == 2:
         return _matrix_scan_plan(spec, S)
@@ -194,10 +197,15 @@ def _scan_plan(spec, batch_channels: int | None) -> Plan:
         target = 2 * 132                       # two programs per SM on an H100
         BD = 16 if batch_channels // 16 >= target else 8   # below that, narrower blocks for more programs
         why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
+    why_t = f"BT={BT}: tl.associative_scan inside a block of {BT} tokens, the state carried across blocks"
+    if tokens is not None and tokens <= SHORT_T:
+        BT = SHORT_T
+        why_t = (f"a call of {tokens} token(s) (decoding, step()): one block of BT={BT} rows, a single launch "
+                 "with the state in registers, instead of a mostly masked block of 128")
     BT, BD, warps = _blocks_override((BT, BD, warps))
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
-        f"BT={BT}: tl.associative_scan inside a block of {BT} tokens, the state carried across blocks",
+        why_t,
         why_d,
         "chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
         "backward scans keep each row's exclusive prefix (inputs read once per row): on an H100 at B=4, "

@@ -98,8 +98,8 @@ def test_both_backward_forms(name, backward, monkeypatch):
     import dataclasses
     from recdsl import planner
     plan_of = planner._scan_plan
-    monkeypatch.setattr(planner, "_scan_plan", lambda spec, bc: dataclasses.replace(
-        plan_of(spec, bc), block_t=8, scan_backward=backward))
+    monkeypatch.setattr(planner, "_scan_plan", lambda spec, bc, tokens=None: dataclasses.replace(
+        plan_of(spec, bc, tokens), block_t=8, scan_backward=backward))
     spec = recdsl.load(example(name), D=4, **({"N": 3} if name == "mamba" else {}))
     cu = torch.tensor([0, 9, 9, 24, 40], dtype=torch.int32)
     args = random_args(spec, B=1, T=40, dtype=torch.float32, seed=5)
@@ -134,11 +134,13 @@ def test_varlen_equals_separate_calls():
 
 
 def test_step_by_step_equals_forward():
+    """Token-by-token calls plan one short block (BT=16); the 24-token call the long blocks (BT=128)."""
     spec = recdsl.load(example("hgrn"), D=8)
-    args = random_args(spec, B=2, T=9, dtype=torch.float32)
+    assert spec.plan("triton", tokens=1).block_t == 16 and spec.plan("triton", tokens=24).block_t == 128
+    args = random_args(spec, B=2, T=24, dtype=torch.float32)
     o, S = spec.op(**args, output_final_state=True, backend="triton")
     state, outs = None, []
-    for t in range(9):
+    for t in range(24):
         ot, state = spec.op(**{k: v[:, t:t + 1] for k, v in args.items()}, initial_state=state,
                             output_final_state=True, backend="triton")
         outs.append(ot)
