@@ -92,6 +92,10 @@ class IR:
             return self.factors(b) + self.factors(a)
         return [i]
 
+    def reads(self, i: int, *ops: str) -> bool:
+        """Whether node i is, or depends on, a node of one of these ops."""
+        return self.node(i).op in ops or any(self.node(a).op in ops for a in nx.ancestors(self.graph, i))
+
     def leaves(self, op: str) -> list[Node]:
         """Leaf nodes of one op, in canonical order."""
         return [self.node(i) for i in self.order() if self.node(i).op == op]

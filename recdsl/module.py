@@ -46,7 +46,7 @@ class RecModule(nn.Module):
             for a in spec.args if a.kind == "weight"})
         self.last_solve = None
         # the layer's schedule as plain data, so forward never queries the graph (torch.compile traces it)
-        self._schedule = [(name, i, _reads(ir, i, "core_output")) for name, i in ir.roots_with("layer:")]
+        self._schedule = [(name, i, ir.reads(i, "core_output")) for name, i in ir.roots_with("layer:")]
         self._input_roots = [(a.name, ir.root(f"layer:{a.name}")) for a in spec.args
                              if a.kind == "input" and ir.root(f"layer:{a.name}") is not None]
         self._out_root = ir.root("layer:out")
@@ -128,10 +128,6 @@ class RecModule(nn.Module):
         params = ", ".join(f"{k}={v:g}" for k, v in self.spec.params)
         return f"spec={self.spec.name}({params}), family={a.family} [{a.detail}], eigenvalues in {a.eig_range}"
 
-
-def _reads(ir, i: int, op: str) -> bool:
-    import networkx as nx
-    return ir.node(i).op == op or any(ir.node(a).op == op for a in nx.ancestors(ir.graph, i))
 
 
 def colnorm(M: torch.Tensor, p: float) -> torch.Tensor:

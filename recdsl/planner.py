@@ -133,10 +133,6 @@ def triton_route(spec) -> tuple[str | None, str | None]:
     return spec.memo["triton_route"]
 
 
-def _triton_reason(spec) -> str | None:
-    return triton_route(spec)[1]
-
-
 def _chunk_plan(spec) -> Plan:
     p = spec.memo["matrix_pattern"]
     gate = {"none": "no decay", "scalar": "a scalar decay per head", "perkey": "a per-key decay"}[p.decay]

@@ -31,20 +31,15 @@ the upper and j in the lower half of the same 2s-block use segmented sums of g t
 (F_i over (mid, i], E_j over (j, mid]); once every s-block spans at most SAFE_LOG of log decay the
 remaining within-block pairs take one dot with the reference after the block's first row.
 
-The Triton source is generated per (decay, signed) by `generate` and imported through the kernel cache;
+The Triton source is rendered per (decay, signed) by template.py and imported through the kernel cache;
 chunk_launch.py launches it (tile configs, the torch custom op, varlen tables, ahead-of-time jobs).
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 
-import triton
+from .template import load_variant, render
 
-from .cache import load_module
-
-DECAYS = ("none", "scalar", "perkey")
 KERNELS = ("chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg")
 
 # Dot precision for fp32 inputs ("ieee" is exact; "tf32" is faster on tensor cores).
@@ -52,8 +47,8 @@ FP32_DOT_PRECISION = os.environ.get("RECDSL_FP32_DOT", "ieee")
 
 
 # --------------------------------------------------------------------------------------------------
-# Source template. Lines `#if EXPR`, `#elif EXPR`, `#else`, `#endif` select text by variant; EXPR is a
-# Python expression over the names none, scalar, perkey, decay (= not none) and signed.
+# Source template, rendered per variant by template.py (`#if EXPR` ... `#endif` over the names none,
+# scalar, perkey, decay and signed).
 # --------------------------------------------------------------------------------------------------
 
 _TEMPLATE = r'''
@@ -576,64 +571,9 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
 '''
 
 
-def _preprocess(text: str, env: dict) -> str:
-    """Keep the lines whose enclosing #if/#elif/#else branches hold for `env`; drop the directives."""
-    out, stack = [], []   # stack of [this branch active, some branch already taken, parent active]
-    for line in text.splitlines():
-        s = line.strip()
-        word = s.split(" ", 1)[0]
-        if word in ("#if", "#elif", "#else", "#endif"):
-            if word == "#if":
-                parent = all(f[0] for f in stack)
-                cond = bool(eval(s[3:], {}, env))
-                stack.append([cond, cond, parent])
-            elif word == "#elif":
-                f = stack[-1]
-                cond = (not f[1]) and bool(eval(s[5:], {}, env))
-                f[0], f[1] = cond, f[1] or cond
-            elif word == "#else":
-                f = stack[-1]
-                f[0], f[1] = not f[1], True
-            else:
-                stack.pop()
-            continue
-        if all(f[0] for f in stack):
-            out.append(line)
-    assert not stack, "unbalanced #if in the chunk template"
-    return "\n".join(out).lstrip("\n") + "\n"
-
-
-def render(template: str, decay: str, signed: bool) -> str:
-    """A template's Triton module text for one variant: decay in {"none", "scalar", "perkey"}, signed."""
-    if decay not in DECAYS:
-        raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
-    if signed and decay == "none":
-        raise ValueError("signed decays need a decay (g)")
-    env = dict(none=decay == "none", scalar=decay == "scalar", perkey=decay == "perkey",
-               decay=decay != "none", signed=bool(signed))
-    text = template.replace("@DECAY@", decay).replace("@SIGNED@", str(bool(signed)))
-    return re.sub(r"\n{4,}", "\n\n\n", _preprocess(text, env))
-
-
 def generate(decay: str, signed: bool) -> str:
     """The chunked kernels' module text for one variant."""
     return render(_TEMPLATE, decay, signed)
-
-
-def module_key(src: str) -> str:
-    return hashlib.sha256(f"{src}\n{triton.__version__}".encode()).hexdigest()[:32]
-
-
-_MODULES: dict = {}
-
-
-def load_variant(template: str, decay: str, signed: bool):
-    """The imported module of a template's variant (one import per process)."""
-    k = (hash(template), decay, bool(signed))
-    if k not in _MODULES:
-        src = render(template, decay, signed)
-        _MODULES[k] = load_module(module_key(src), src)
-    return _MODULES[k]
 
 
 def load(decay: str, signed: bool):

@@ -23,8 +23,8 @@ import triton
 
 from recdsl.ir import IR
 
-from .chunk import load_variant, render
-from .matrix import ir_values, match_readout
+from .template import load_variant, render
+from .matrix import ir_values, match_readout, matrix_state_reason
 from .recurrent import SEQUENCE_COORDS, STATE_BLOCK, blocks
 
 _TEMPLATE = r'''
@@ -84,11 +84,10 @@ class DeltaPattern:
 
 def match(ir: IR) -> DeltaPattern | str:
     """The pattern, or the reason this spec does not fit it."""
+    reason = matrix_state_reason(ir)
+    if reason:
+        return reason
     S = ir.state[1]
-    if len(S) != 2:
-        return f"the state {list(S)} is not a matrix"
-    if any(ir.node(i).op == "prev" for i in ir.graph.nodes):
-        return "the spec iterates a fixed point"
     write = ir.root("write")
     if ir.node(write).op != "delta":
         return "the write is not delta(k, v, beta)"

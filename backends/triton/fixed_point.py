@@ -12,7 +12,6 @@ differentiates every iteration.)
 """
 from __future__ import annotations
 
-import networkx as nx
 import torch
 
 from recdsl.ir import IR
@@ -38,17 +37,13 @@ def eligible(ir: IR) -> str | None:
     trans, write = ir.root("transition"), ir.root("write")
     if ir.node(trans).op != "diag" or ir.node(ir.operands(trans)[0]).shape != S:
         return "the transition is not one element-wise diag(...)"
-    if _reads(ir, ir.operands(trans)[0], ("state",)):
+    if ir.reads(ir.operands(trans)[0], "state"):
         return "the transition reads the current state"
-    if ir.node(write).shape != S or _reads(ir, write, ("state",)):
+    if ir.node(write).shape != S or ir.reads(write, "state"):
         return "the write is not one value per state entry free of the current state"
-    if _reads(ir, ir.roots_with("output:")[0][1], ("prev",)):
+    if ir.reads(ir.roots_with("output:")[0][1], "prev"):
         return "the readout reads the previous iterate"
     return None
-
-
-def _reads(ir: IR, i: int, ops: tuple) -> bool:
-    return ir.node(i).op in ops or any(ir.node(a).op in ops for a in nx.ancestors(ir.graph, i))
 
 
 def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
@@ -73,7 +68,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
                            _LazyLayout(spec, raw, torch.float32, "weight"), options, T)
     base = leaves()
     a_id, write, out = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.roots_with("output:")[0][1]
-    varying = {i for i in ir.graph.nodes if _reads(ir, i, ("prev", "state"))}
+    varying = {i for i in ir.graph.nodes if ir.reads(i, "prev", "state")}
     shared: dict = {}
 
     def evaluator(prev, states=None):

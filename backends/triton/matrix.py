@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import torch
 
 from recdsl.ir import IR
@@ -28,13 +27,22 @@ class MatrixPattern:
     scale: tuple[int, ...]  # scalar value nodes multiplying the readout
 
 
-def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
-    """The pattern, or the reason this spec does not fit it."""
-    S = ir.state[1]
-    if len(S) != 2:
-        return f"the state {list(S)} is not a matrix"
+def matrix_state_reason(ir: IR, what: str = "a matrix") -> str | None:
+    """Why a spec is not a plain recurrence over a two-axis state (what every matrix-state kernel
+    family needs first), or None."""
+    if len(ir.state[1]) != 2:
+        return f"the state {list(ir.state[1])} is not {what}"
     if any(ir.node(i).op == "prev" for i in ir.graph.nodes):
         return "the spec iterates a fixed point"
+    return None
+
+
+def match(ir: IR, eig_lo: float) -> MatrixPattern | str:
+    """The pattern, or the reason this spec does not fit it."""
+    reason = matrix_state_reason(ir)
+    if reason:
+        return reason
+    S = ir.state[1]
     trans, write = ir.root("transition"), ir.root("write")
     tn = ir.node(trans)
     if tn.op == "identity":
@@ -61,10 +69,10 @@ def match_readout(ir: IR) -> tuple[int, tuple[int, ...]] | str:
     scale, node = [], ir.roots_with("output:")[0][1]
     while ir.node(node).op == "mul":
         a, b = ir.operands(node)
-        if ir.node(b).shape == () and not _reads_state(ir, b):
+        if ir.node(b).shape == () and not ir.reads(b, "state"):
             scale.append(b)
             node = a
-        elif ir.node(a).shape == () and not _reads_state(ir, a):
+        elif ir.node(a).shape == () and not ir.reads(a, "state"):
             scale.append(a)
             node = b
         else:
@@ -72,7 +80,7 @@ def match_readout(ir: IR) -> tuple[int, tuple[int, ...]] | str:
     if ir.node(node).op != "matmul" or ir.node(ir.operands(node)[1]).op != "state":
         return "the readout is not q @ S"
     q = ir.operands(node)[0]
-    if _reads_state(ir, q) or ir.node(q).shape != ir.state[1][:1]:
+    if ir.reads(q, "state") or ir.node(q).shape != ir.state[1][:1]:
         return "the readout's query is not a vector over the key axis"
     return q, tuple(scale)
 
@@ -91,9 +99,6 @@ class _LazyLayout(dict):
         self[name] = x
         return x
 
-
-def _reads_state(ir: IR, i: int) -> bool:
-    return ir.node(i).op == "state" or any(ir.node(a).op == "state" for a in nx.ancestors(ir.graph, i))
 
 
 def ir_values(spec, raw: dict, options: dict):

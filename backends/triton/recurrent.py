@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import triton
 
-from .chunk import load_variant, render
+from .template import load_variant, render
 
 RECURRENT_MAX_T = 64
 
