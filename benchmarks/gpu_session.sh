@@ -4,7 +4,9 @@
 #                mamba), `recdsl bench` on each with its best blocks
 #   part tests:  the GPU test tier, `recdsl bench` on mamba with the planner's blocks
 #   part matrix: `recdsl bench` on gla and mamba2 (against fla's chunk_gla and chunk_simple_gla)
-#   part recurrent: block_diagonal, fp_rnn (17 iterations) and deltaproduct's forward against the loop
+#   part recurrent: block_diagonal, fp_rnn (17 iterations) against the loop
+#   part delta:  the GPU tests of the chunked delta rule, `recdsl bench` on deltanet, gated_deltanet and
+#                deltaproduct (n_h = 2, 3) against fla
 set -u
 export PYTHONUNBUFFERED=1
 pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | grep -v "WARNING: Running pip" | tail -1
@@ -38,8 +40,16 @@ elif [ "$1" = recurrent ]; then
     --out "$OUT" --tag "${TAG}_block_diagonal"
   timeout 300 python -m recdsl.cli bench examples/fp_rnn.rec --batch 8 --length 2048 -p D=512 -p r=2 \
     -p max_iter=17 -p tol=1e-30 --out "$OUT" --tag "${TAG}_fp_rnn"
-  timeout 90 python -m recdsl.cli bench examples/deltaproduct.rec --batch 8 --length 1024 -p H=8 -p K=64 -p V=64 \
-    --out "$OUT" --tag "${TAG}_deltaproduct_fwd"
+elif [ "$1" = delta ]; then
+  # the chunked WY kernels: GPU tests, then issue 4's shapes against fla (deltanet, gated_deltanet, deltaproduct)
+  timeout 240 python -m pytest -q -x tests/test_gpu.py -k delta 2>&1 | tail -8
+  for s in deltanet gated_deltanet; do
+    timeout 150 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
+  done
+  for n in 2 3; do
+    timeout 200 python -m recdsl.cli bench examples/deltaproduct.rec -p n_h=$n --no-cold-start --out "$OUT" \
+      --tag "${TAG}_deltaproduct_n$n"
+  done
 else
   for s in gla mamba2; do
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"

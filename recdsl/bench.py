@@ -181,7 +181,7 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
     with torch.no_grad():
         add("recdsl", "fwd", _bench(ours), _peak(ours))
         add("reference (PyTorch loop)", "fwd", _once(loop), calls=1)
-    if algorithm != "delta_recurrent":    # the Householder kernels are forward-only so far
+    if algorithm != "delta_recurrent":    # the recurrent Householder kernel (per-key gates) is forward-only
         add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
             note="differentiates every iteration" if algorithm == "fixed_point_scan" else None)
@@ -292,15 +292,16 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     timed = [r for r in rows if "ms" in r]
-    cases = sorted({(r["case"], r["mode"], r.get("T"), r.get("D")) for r in timed})
+    key = lambda r: (r["case"], r["mode"], r.get("T"), r.get("D"), str(r.get("gated", "")))
+    cases = sorted({key(r) for r in timed})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
-    for ax, (case, mode, T, D) in zip(axes[0], cases):
-        rs = [r for r in timed if (r["case"], r["mode"], r.get("T"), r.get("D")) == (case, mode, T, D)]
+    for ax, (case, mode, T, D, gated) in zip(axes[0], cases):
+        rs = [r for r in timed if key(r) == (case, mode, T, D, gated)]
         ax.barh([r["contestant"] for r in rs], [r["ms"] for r in rs],
                 color=["#d62728" if r["contestant"] == "recdsl" else "#7f7f7f" for r in rs])
         for i, r in enumerate(rs):
             ax.text(r["ms"], i, f" {r['ms']:.3f}", va="center", fontsize=8)
-        shape = ", ".join(f"{k}={rs[0][k]}" for k in ("B", "T", "H", "D", "width") if k in rs[0])
+        shape = ", ".join(f"{k}={rs[0][k]}" for k in ("B", "T", "H", "D", "width", "n_h", "gated") if k in rs[0])
         ax.set_title(f"{case} {mode}\n{shape}", fontsize=8)
         ax.set_xlabel("ms (median, lower is better)")
     fig.suptitle(f"{environment()['gpu']}", fontsize=9)
@@ -316,13 +317,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--width", type=int, default=2048, help="element-wise specs: channels")
-    ap.add_argument("--shapes", default="4,4096,16,128;8,1024,8,64", help="matrix-state specs: B,T,H,D;...")
+    ap.add_argument("--shapes", default="4,4096,16,128;8,1024,8,64",
+                    help="matrix-state and Householder specs: B,T,H,D;...")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d"))
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
     ap.add_argument("-p", "--param", action="append", default=[],
-                    help="recurrent and fixed-point specs: a spec parameter NAME=VALUE (e.g. -p D=512)")
+                    help="a spec parameter NAME=VALUE (e.g. -p D=512, -p n_h=3)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("recdsl bench needs a CUDA device", file=sys.stderr)
@@ -340,6 +342,16 @@ def main(argv=None) -> int:
         rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
         if not args.no_cold_start:
             rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
+    elif algorithm == "delta_chunk":
+        from .bench_delta import delta_case
+        params = {k: int(float(v)) for k, _, v in (p.partition("=") for p in args.param)}
+        rows = []
+        for sh in args.shapes.split(";"):
+            B, T, H, D = map(int, sh.split(","))
+            gates = (False, True) if spec.name == "deltaproduct" else (None,)
+            for gated in gates:
+                rows += delta_case(args.file, B, T, H, D, params, gated=gated, with_fla=not args.no_fla)
+                torch.cuda.empty_cache()
     elif algorithm == "chunk":
         rows = []
         for sh in args.shapes.split(";"):

@@ -45,10 +45,10 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             o, final = run_blockdiag(spec, spec.memo["blockdiag_pattern"], raw, options, initial_state, cu_seqlens,
                                      output_final_state)
             return o, final, None
-        if plan.algorithm == "delta_recurrent":
+        if plan.algorithm in ("delta_recurrent", "delta_chunk"):
             from recdsl.backends.triton.delta import run_delta
             o, final = run_delta(spec, spec.memo["delta_pattern"], raw, options, initial_state, cu_seqlens,
-                                 output_final_state)
+                                 output_final_state, chunked=plan.algorithm == "delta_chunk")
             return o, final, None
         from recdsl.backends.triton.launch import run_scan
         o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)

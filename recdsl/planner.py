@@ -13,7 +13,7 @@ BACKENDS = ("auto", "reference", "triton")
 @dataclass(frozen=True)
 class Plan:
     backend: str                       # reference | triton
-    algorithm: str                     # sequential | fixed_point | elementwise_scan
+    algorithm: str                     # sequential | fixed_point | elementwise_scan | chunk | delta_chunk | ...
     block_t: int = 0                   # tokens per block (scan chunk)
     block_d: int = 0                   # channels per program
     num_warps: int = 4
@@ -28,8 +28,8 @@ class Plan:
         elif self.backend == "triton" and self.algorithm == "fixed_point_scan":
             head += ", one scan launch per iteration"
         elif self.backend == "triton":
-            head += (f", BT={self.block_t}, BD={self.block_d}, num_warps={self.num_warps}, "
-                     f"{'store' if self.store_chunk_states else 'recompute'} chunk states")
+            head += (f", BT={self.block_t}" + (f", BD={self.block_d}" if self.block_d else "") +
+                     f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
             if self.scan_backward:
                 head += f", {self.scan_backward} backward scans"
         return head + "".join(f"\n  why: {r}" for r in self.reasons)
@@ -60,8 +60,9 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
     algorithm, reason = triton_route(spec)
     if algorithm == "blockdiag_recurrent" and _compiling():
         reason = "torch.compile traces the reference loop for block-diagonal states (the kernel is eager-only)"
-    if algorithm == "delta_recurrent" and needs_grad:
-        reason = "the kernels for Householder products are forward-only so far and this call records a backward"
+    if algorithm == "delta_recurrent" and needs_grad and _delta_chunk_reason(spec):
+        reason = (f"this call records a backward, the fused recurrent kernel for Householder products is "
+                  f"forward-only, and {_delta_chunk_reason(spec)}")
         if backend == "triton":
             raise ValueError(f"{spec.name}: {reason}; run it under torch.no_grad() or with backend='reference'")
     if backend == "triton" and reason:
@@ -76,7 +77,10 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             return _recurrent_plan(spec, tokens)
         return _chunk_plan(spec)
     if algorithm == "delta_recurrent":
-        return _delta_plan(spec)
+        short = tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad and not _compiling()
+        if short or _delta_chunk_reason(spec):
+            return _delta_plan(spec, tokens)
+        return _delta_chunk_plan(spec)
     if algorithm == "blockdiag_recurrent":
         NB, b = spec.ir.state[1]
         return Plan("triton", "blockdiag_recurrent", 1, 0, 4, False, (
@@ -158,13 +162,43 @@ def _recurrent_plan(spec, tokens: int) -> Plan:
     ))
 
 
-def _delta_plan(spec) -> Plan:
+def _delta_chunk_reason(spec) -> str | None:
+    """Why the chunked WY kernels cannot run a delta-family spec (memoised), or None."""
+    if "delta_chunk_reason" not in spec.memo:
+        from recdsl.backends.triton.delta import chunk_reason
+        spec.memo["delta_chunk_reason"] = chunk_reason(spec.ir, spec.memo["delta_pattern"])
+    return spec.memo["delta_chunk_reason"]
+
+
+def _delta_what(spec) -> str:
     p = spec.memo["delta_pattern"]
     gate = {"none": "no gate", "scalar": "a scalar gate", "perkey": "a per-key gate"}[p.gate]
+    return f"{p.n_h} generalized Householder reflection(s) per token with delta-rule writes and {gate}"
+
+
+def _delta_plan(spec, tokens: int | None) -> Plan:
+    why = _delta_chunk_reason(spec)
     return Plan("triton", "delta_recurrent", 1, 0, 4, False, (
-        f"{p.n_h} generalized Householder reflection(s) per token with delta-rule writes and {gate}",
-        "no gradient needed (inference, step()): one fused recurrent launch, the [K, V] state in fp32 registers",
-        "calls that record a backward run the reference until the chunkwise WY kernels exist",
+        _delta_what(spec),
+        f"no gradient needed and {tokens} token(s) (inference, step()): one fused recurrent launch, the [K, V] "
+        "state in fp32 registers" if not why else
+        f"one fused recurrent launch, the [K, V] state in fp32 registers ({why}; calls that record a backward "
+        "run the reference)",
+    ))
+
+
+def _delta_chunk_plan(spec) -> Plan:
+    p = spec.memo["delta_pattern"]
+    steps = (f"the {p.n_h} reflections of a token run as {p.n_h} consecutive steps of a sequence {p.n_h}x as "
+             "long (the query on the last, the gate on the first)") if p.n_h > 1 else "one step per token"
+    return Plan("triton", "delta_chunk", 64, 0, 4, True, (
+        _delta_what(spec),
+        "the chunkwise WY form with tl.dot: per chunk of 64 steps the strictly lower part of diag(beta) k k^T, "
+        "its unit lower-triangular inverse T by forward substitution, w and u; the state passed chunk to chunk "
+        "forming the new values v' = u - w S",
+        steps,
+        "chunk states, T, w and v' are stored by the forward for the backward",
+        f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take the fused recurrent kernel instead",
     ))
 
 

@@ -51,18 +51,24 @@ def test_recurrent_forward_matches_reference(src, params):
 
 def test_routing_and_reasons():
     spec = recdsl.load(example("deltaproduct"))
-    assert spec.plan("triton", needs_grad=False).algorithm == "delta_recurrent"
-    assert "2 generalized Householder reflection(s)" in spec.plan("triton", needs_grad=False).text()
+    short = spec.plan("triton", needs_grad=False, tokens=1)
+    assert short.algorithm == "delta_recurrent" and "2 generalized Householder reflection(s)" in short.text()
+    assert spec.plan("triton", needs_grad=False, tokens=65).algorithm == "delta_chunk"
     plan = spec.plan("auto", on_cuda=True, needs_grad=True)
-    assert plan.backend == "reference" and "forward-only" in plan.text()
-    with pytest.raises(ValueError, match="torch.no_grad"):
-        spec.plan("triton", needs_grad=True)
+    assert plan.backend == "triton" and plan.algorithm == "delta_chunk" and "interleaved" not in plan.text()
+    assert "2 consecutive steps" in plan.text()
     text = spec.explain()
-    assert "on CUDA tensors: backend reference" in text and "forward-only so far" in text
+    assert "on CUDA tensors: backend triton, algorithm delta_chunk" in text
     assert "on CUDA tensors, decoding (no gradient): backend triton, algorithm delta_recurrent" in text
+    # a per-key gate: the recurrent forward only; training runs the reference, and says why
+    perkey = recdsl.load(PERKEY)
+    plan = perkey.plan("auto", on_cuda=True, needs_grad=True)
+    assert plan.backend == "reference" and "forward-only" in plan.text() and "per key" in plan.text()
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        perkey.plan("triton", needs_grad=True)
+    assert perkey.plan("triton", needs_grad=False).algorithm == "delta_recurrent"
     after = PERKEY.replace("householder(k, beta) * exp(g)", "exp(g) * householder(k, beta)")
     assert "per-key gate after the reflections" in triton_route(recdsl.load(after))[1]
-    assert "not delta(k, v, beta)" in triton_route(recdsl.load(example("rwkv7")))[1]
 
 
 def test_decoding_with_step_equals_forward():

@@ -160,8 +160,10 @@ def test_backend_errors_are_clear():
     with pytest.raises(ValueError, match="cannot run this spec yet: element-wise scan: the transition is not"):
         spec = recdsl.load(example("rwkv7"), H=1, K=4, V=4)
         spec.op(**random_args(spec, T=3, dtype=torch.float32), backend="triton")
-    with pytest.raises(ValueError, match="forward-only so far and this call records a backward"):
-        spec = recdsl.load(example("deltanet"), H=1, K=4, V=4)
+    with pytest.raises(ValueError, match="records a backward, the fused recurrent kernel .* is forward-only"):
+        src = open(example("gated_deltanet")).read().replace("input g log", "input g[K] log")
+        spec = recdsl.load(src.replace("exp(g) * householder(k, beta)", "householder(k, beta) * exp(g)"),
+                           H=1, K=4, V=4)
         args = {k: v.requires_grad_() for k, v in random_args(spec, T=3, dtype=torch.float32).items()}
         spec.op(**args, backend="triton")
     spec = recdsl.load(example("hgrn"), D=4)

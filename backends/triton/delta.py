@@ -1,5 +1,5 @@
 """Products of generalized Householder reflections with delta-rule writes (DeltaNet, Gated DeltaNet,
-DeltaProduct and their beta in (0, 2) variants): a fused recurrent forward.
+DeltaProduct and their beta in (0, 2) variants): the IR matcher and a fused recurrent forward.
 
 Per head, S in R^{K x V}, each token applies an optional gate a_t (a scalar, or one factor per key row)
 and then n_h delta-rule steps j = 1..n_h:
@@ -10,8 +10,10 @@ and then n_h delta-rule steps j = 1..n_h:
 A scalar gate commutes with the reflections, so it may sit on either side of them in the spec; a
 per-key gate must come first. q, k, v, beta and a are evaluated from the IR with torch (l2norm and
 the spec's other expressions included), so the kernel does only the recurrence. One program keeps a
-[K, BV] block of S in fp32 registers for the whole sequence. Forward only: the planner routes calls
-that need no gradient here (inference, step()); calls that record a backward run the reference.
+[K, BV] block of S in fp32 registers for the whole sequence. Forward only: the planner routes short calls
+that need no gradient here (inference, step()); calls that record a backward, and longer ones, take the
+chunked WY kernels (wy.py, delta_chunk.py) when the gate is scalar or absent; with a per-key gate they
+run the reference.
 """
 from __future__ import annotations
 
@@ -116,6 +118,15 @@ def match(ir: IR) -> DeltaPattern | str:
     return DeltaPattern(gate, gate_value, n_h, readout[0], k, v, beta, readout[1])
 
 
+def chunk_reason(ir: IR, pattern: DeltaPattern) -> str | None:
+    """Why the chunked WY kernels cannot run this delta-family spec, or None."""
+    if pattern.gate == "perkey":
+        return "the chunked WY kernels take no gate or a scalar one, and this gate is per key"
+    if pattern.gate == "scalar" and ir.node(pattern.gate_value).op != "exp":
+        return "the chunked WY kernels take a scalar gate written exp(g) (log space), and this one is not"
+    return None
+
+
 _TEXT = _TEMPLATE.replace("@STATE_BLOCK@", STATE_BLOCK).replace("@SEQUENCE_COORDS@", SEQUENCE_COORDS)
 
 
@@ -145,8 +156,9 @@ def delta_recurrent(q, k, v, beta, a: Optional[torch.Tensor], scale: float, h0: 
     return o, (ht if output_final_state else None)
 
 
-def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, output_final_state):
-    """The core op of a delta-family spec through the fused recurrent kernel (op layout in and out)."""
+def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, output_final_state, chunked=False):
+    """The core op of a delta-family spec (op layout in and out): the chunked WY kernels of
+    delta_chunk.py (forward and backward) when `chunked`, else the fused recurrent forward."""
     ir = spec.ir
     dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
     value, scalar = ir_values(spec, raw, options)
@@ -160,11 +172,21 @@ def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, out
     beta = value(pattern.beta, kv).float()
     if not kv:   # one reflection per token: the kernel's n_h axis of length 1
         k, v, beta = k.unsqueeze(3), v.unsqueeze(3), beta.unsqueeze(3)
-    a = None if pattern.gate == "none" else value(pattern.gate_value, () if pattern.gate == "scalar" else (K,))
     scale = 1.0
     for s in pattern.scale:
         scale *= scalar(s)
     h0 = None if h0 is None else (h0 if ir.heads else h0.unsqueeze(1)).float().contiguous()
+    if chunked:
+        from .delta_chunk import chunk_delta_rule
+        # the scalar gate exp(g) goes in as g (log space)
+        g = None if pattern.gate == "none" else value(ir.operands(pattern.gate_value)[0], ()).float()
+        o, final = chunk_delta_rule(q, k if kv else k.squeeze(3), v if kv else v.squeeze(3),
+                                    beta if kv else beta.squeeze(3), g, scale, h0, output_final_state, cu)
+        if not ir.heads:
+            o = o.squeeze(2)
+            final = None if final is None else final.squeeze(1)
+        return o.to(dtype), final
+    a = None if pattern.gate == "none" else value(pattern.gate_value, () if pattern.gate == "scalar" else (K,))
     o, final = delta_recurrent(q, k.contiguous(), v.contiguous(), beta.contiguous(),
                                None if a is None else a.float().contiguous(), scale, h0, output_final_state, cu,
                                pattern.gate)

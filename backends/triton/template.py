@@ -1,6 +1,7 @@
 """Variant templates for generated Triton modules: `#if EXPR` / `#elif EXPR` / `#else` / `#endif` lines
 select text per variant (EXPR is a Python expression over the names none, scalar, perkey, decay and
-signed), `@DECAY@` and `@SIGNED@` name it; rendered modules are imported through the kernel cache.
+signed, and any extra flags a caller passes, such as delta), `@DECAY@` and `@SIGNED@` name it; rendered
+modules are imported through the kernel cache.
 Used by the chunked kernels (chunk.py) and the recurrent ones (recurrent.py, delta.py, blockdiag.py).
 """
 from __future__ import annotations
@@ -42,14 +43,15 @@ def _preprocess(text: str, env: dict) -> str:
     return "\n".join(out).lstrip("\n") + "\n"
 
 
-def render(template: str, decay: str, signed: bool) -> str:
-    """A template's Triton module text for one variant: decay in {"none", "scalar", "perkey"}, signed."""
+def render(template: str, decay: str, signed: bool, **flags: bool) -> str:
+    """A template's Triton module text for one variant: decay in {"none", "scalar", "perkey"}, signed,
+    and extra boolean flags (each a name the template's #if lines may read)."""
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     if signed and decay == "none":
         raise ValueError("signed decays need a decay (g)")
     env = dict(none=decay == "none", scalar=decay == "scalar", perkey=decay == "perkey",
-               decay=decay != "none", signed=bool(signed))
+               decay=decay != "none", signed=bool(signed), **{k: bool(v) for k, v in flags.items()})
     text = template.replace("@DECAY@", decay).replace("@SIGNED@", str(bool(signed)))
     return re.sub(r"\n{4,}", "\n\n\n", _preprocess(text, env))
 
@@ -69,9 +71,9 @@ def load_source(src: str):
     return _MODULES[src]
 
 
-def load_variant(template: str, decay: str, signed: bool):
+def load_variant(template: str, decay: str, signed: bool, **flags: bool):
     """The imported module of a template's variant."""
-    k = (hash(template), decay, bool(signed))
+    k = (hash(template), decay, bool(signed), tuple(sorted(flags.items())))
     if k not in _RENDERED:
-        _RENDERED[k] = render(template, decay, signed)
+        _RENDERED[k] = render(template, decay, signed, **flags)
     return load_source(_RENDERED[k])

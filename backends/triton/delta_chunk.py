@@ -1,0 +1,286 @@
+"""Host side of the chunked delta rule (wy.py's kernels around chunk.py's delta-variant state passes):
+launches, a torch custom op with fake and autograd (torch.compile sees one opaque op), an
+autograd.Function for eager calls, and DeltaProduct's n_h reflections per token as an interleaved
+sequence of T * n_h steps.
+
+Forward: wy_fwd (T, w, u per chunk) -> chunk_fwd_h (delta: v' = u - w S while passing the state) ->
+chunk_fwd_o with v' for v. Backward: chunk_bwd_dv (intra-chunk part of dv') -> chunk_bwd_dh (delta:
+completes dv', state gradients) -> chunk_bwd_dqkg with v' for v (dq, the attention share of dk and dg)
+-> wy_bwd (dk's WY share, dv, dbeta, dg's WY share).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+
+from .chunk import load as load_chunk
+from .chunk_launch import _precision, _tables, configs
+from .wy import load as load_wy
+
+BT = 64   # tokens per chunk (the chunk kernels' tiles assume 64)
+
+
+def _blocks(K: int, V: int) -> tuple[int, int, int]:
+    """(BK, BV, warps) of the sequential delta passes and the WY kernels: every key in one program
+    (v' = u - w S contracts the whole key axis), value blocks small enough to keep S in registers."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 64 else 32)
+    return BK, BV, 4
+
+
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: Optional[torch.Tensor],
+         scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
+         cu_seqlens: Optional[torch.Tensor]
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, final state (or empty), T, w, h (chunk-start states), v')."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    gate = "none" if g is None else "scalar"
+    chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
+    cfg = configs(gate, K, V, BT)
+    cdt, prec = _precision(k.dtype)
+    varlen = cu_seqlens is not None
+    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
+    BK, BV, warps = _blocks(K, V)
+    Tm = torch.empty(B, T, H, BT, dtype=torch.float32, device=k.device)
+    w = k.new_empty(B, T, H, K, dtype=cdt)
+    u = k.new_empty(B, T, H, V, dtype=cdt)
+    vn = torch.empty_like(u)
+    h = k.new_empty(NS, H, K, V, dtype=cdt)
+    ht = k.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
+    o = torch.empty_like(v)
+    if NS > 0:
+        wy.wy_fwd[(NC, BH)](k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T, H=H, K=K, V=V, BT=BT, BK=BK,
+                             BV=BV, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
+    if N > 0:
+        chunk.chunk_fwd_h[(1, triton.cdiv(V, BV), N * H)](
+            k, u, g, None, h0, h, ht, cu_seqlens, chunk_offsets, T, w, vn, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
+    oBK, oBV, ow, ost = cfg["chunk_fwd_o"]
+    if NS > 0:
+        chunk.chunk_fwd_o[(triton.cdiv(V, oBV), NC, BH)](
+            q, k, vn, g, None, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK, BV=oBV,
+            LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=ow, num_stages=ost)
+    return o, ht, Tm, w, h, vn
+
+
+delta_chunk_fwd = torch.library.custom_op("recdsl::delta_chunk_fwd", _fwd, mutates_args=())
+
+
+@delta_chunk_fwd.register_fake
+def _(q, k, v, beta, g, scale, h0, output_final_state, cu_seqlens):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    NS = B * triton.cdiv(T, BT) if cu_seqlens is None else torch.library.get_ctx().new_dynamic_size()
+    cdt = _precision(k.dtype)[0]
+    return (torch.empty_like(v), k.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32),
+            k.new_empty(B, T, H, BT, dtype=torch.float32), k.new_empty(B, T, H, K, dtype=cdt),
+            k.new_empty(NS, H, K, V, dtype=cdt), k.new_empty(B, T, H, V, dtype=cdt))
+
+
+def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: Optional[torch.Tensor],
+         h0: Optional[torch.Tensor], Tm: torch.Tensor, w: torch.Tensor, h: torch.Tensor, vn: torch.Tensor,
+         cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dht: Optional[torch.Tensor],
+         scale: float) -> list[torch.Tensor]:
+    """[dq, dk, dv, dbeta, dg (empty without g), dh0 (empty without h0)]."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    gate = "none" if g is None else "scalar"
+    chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
+    cfg = configs(gate, K, V, BT)
+    cdt, prec = _precision(k.dtype)
+    varlen = cu_seqlens is not None
+    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
+    BK, BV, warps = _blocks(K, V)
+    LOG2BT = int(math.log2(BT))
+    do = do.contiguous()
+    dht = None if dht is None else dht.contiguous()
+    dvl = torch.empty_like(vn)                       # intra-chunk part of dv'
+    dvn = torch.empty_like(vn)                       # full dv'
+    dh = k.new_empty(NS, H, K, V, dtype=cdt)
+    dh0 = k.new_empty((N, H, K, V) if h0 is not None else (0,), dtype=torch.float32)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dk_wy = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    dv = torch.empty_like(v)
+    dbeta = torch.empty(beta.shape, dtype=torch.float32, device=k.device)
+    oBK, oBV, ow, ost = cfg["chunk_bwd_dv"]
+    if NS > 0:
+        chunk.chunk_bwd_dv[(triton.cdiv(V, oBV), NC, BH)](
+            q, k, g, None, do, h, dvl, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK, BV=oBV,
+            LOG2BT=LOG2BT, IS_VARLEN=varlen, PREC=prec, USE_DH=False, num_warps=ow, num_stages=ost)
+    if N > 0:
+        chunk.chunk_bwd_dh[(1, triton.cdiv(V, BV), N * H)](
+            q, g, None, do, dht, dh, dh0 if h0 is not None else None, cu_seqlens, chunk_offsets, scale, T,
+            k, w, dvl, dvn, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None,
+            STORE_DH0=h0 is not None, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
+    qBK, qBV, qw, qst = cfg["chunk_bwd_dqkg"]
+    NK = triton.cdiv(K, qBK)
+    dg = None if g is None else torch.empty((NK,) + tuple(g.shape), dtype=torch.float32, device=k.device)
+    dg_wy = None if g is None else torch.empty(g.shape, dtype=torch.float32, device=k.device)
+    if NS > 0:
+        chunk.chunk_bwd_dqkg[(NK, NC, BH)](
+            q, k, vn, g, None, h, do, dh, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, B * T * H, H=H, K=K,
+            V=V, BT=BT, BK=qBK, BV=qBV, LOG2BT=LOG2BT, IS_VARLEN=varlen, PREC=prec, num_warps=qw, num_stages=qst)
+        wy.wy_bwd[(NC, BH)](k, v, beta, g, Tm, h, dvn, dk_wy, dv, dbeta, dg_wy, cu_seqlens, chunk_indices, T,
+                             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
+    else:
+        dq.zero_(), dk.zero_(), dk_wy.zero_(), dv.zero_(), dbeta.zero_()
+        dg = None if g is None else torch.zeros((1,) + tuple(g.shape), dtype=torch.float32, device=k.device)
+        dg_wy = None if g is None else torch.zeros_like(g, dtype=torch.float32)
+    dk = (dk.float() + dk_wy).to(k.dtype)
+    dg = k.new_empty((0,)) if g is None else (dg.sum(0) + dg_wy).to(g.dtype)
+    return [dq, dk, dv, dbeta.to(beta.dtype), dg, dh0]
+
+
+delta_chunk_bwd = torch.library.custom_op("recdsl::delta_chunk_bwd", _bwd, mutates_args=())
+
+
+@delta_chunk_bwd.register_fake
+def _(q, k, v, beta, g, h0, Tm, w, h, vn, cu_seqlens, do, dht, scale):
+    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta),
+            torch.empty_like(g) if g is not None else k.new_empty((0,)),
+            torch.empty_like(h0, dtype=torch.float32) if h0 is not None else k.new_empty((0,), dtype=torch.float32)]
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, beta, g, scale, h0, _, cu_seqlens = inputs
+    ctx.save_for_backward(q, k, v, beta, g, h0, *output[2:], cu_seqlens)
+    ctx.scale = scale
+
+
+def _backward_with(bwd):
+    def backward(ctx, do, dht, *_):
+        q, k, v, beta, g, h0, Tm, w, h, vn, cu_seqlens = ctx.saved_tensors
+        dht = dht if dht is not None and dht.numel() else None
+        if do is None:   # only the final state reaches the loss
+            do = v.new_zeros(v.shape)
+        dq, dk, dv, dbeta, dg, dh0 = bwd(q, k, v, beta, g, h0, Tm, w, h, vn, cu_seqlens, do, dht, ctx.scale)
+        return (dq, dk, dv, dbeta, dg if g is not None else None, None,
+                dh0.to(h0.dtype) if h0 is not None else None, None, None)
+    return backward
+
+
+delta_chunk_fwd.register_autograd(_backward_with(delta_chunk_bwd), setup_context=_setup_context)
+
+
+class _EagerDeltaChunk(torch.autograd.Function):
+    """delta_chunk_fwd / delta_chunk_bwd without the custom-op dispatch (outside torch.compile)."""
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _fwd(*inputs)
+        _setup_context(ctx, inputs, out)
+        ctx.mark_non_differentiable(*out[2:])
+        ctx.set_materialize_grads(False)
+        return out
+
+    backward = staticmethod(_backward_with(_bwd))
+
+
+def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                     g: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                     initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
+                     cu_seqlens: Optional[torch.Tensor] = None):
+    """Chunked delta rule with n_h reflections per token and an optional scalar log gate:
+
+        S <- exp(g_t) S;  for j = 1..n_h:  S <- S + beta_tj k_tj (v_tj - S^T k_tj)^T;   o_t = scale * S^T q_t
+
+    q [B,T,H,K]; k [B,T,H,K] or [B,T,H,n_h,K]; v [B,T,H,V] or [B,T,H,n_h,V]; beta [B,T,H] or [B,T,H,n_h];
+    g [B,T,H] (log space, fp32) or None; initial_state [N,H,K,V]; cu_seqlens [N+1] (B == 1).
+    Returns (o [B,T,H,V], final state fp32 [N,H,K,V] or None), differentiable in every tensor input.
+    Keys are used as given (normalise them first where the model says so).
+    """
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B,T,H,K], got {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    n_h = 1 if k.dim() == 4 else k.shape[3]
+    kshape = (B, T, H, K) if k.dim() == 4 else (B, T, H, n_h, K)
+    if tuple(k.shape) != kshape:
+        raise ValueError(f"k must be [B,T,H,K] or [B,T,H,n_h,K] = {list(kshape)}, got {tuple(k.shape)}")
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"v must be {list(k.shape[:-1])} + [V], got {tuple(v.shape)}")
+    if tuple(beta.shape) != tuple(k.shape[:-1]):
+        raise ValueError(f"beta must be {list(k.shape[:-1])}, got {tuple(beta.shape)}")
+    if g is not None and tuple(g.shape) != (B, T, H):
+        raise ValueError(f"g must be [B,T,H] = {[B, T, H]}, got {tuple(g.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError("q, k and v must share one dtype")
+    V = v.shape[-1]
+    if cu_seqlens is not None and B != 1:
+        raise ValueError("cu_seqlens needs packed inputs with B == 1")
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if initial_state is not None and tuple(initial_state.shape) != (N, H, K, V):
+        raise ValueError(f"initial_state must be [{N},{H},{K},{V}], got {tuple(initial_state.shape)}")
+    scale = K ** -0.5 if scale is None else float(scale)
+    if n_h > 1 or k.dim() == 5:
+        q, k, v, beta, g, cu_seqlens = _interleave(q, k, v, beta, g, cu_seqlens, n_h)
+    out = (delta_chunk_fwd if torch.compiler.is_compiling() else _EagerDeltaChunk.apply)(
+        q.contiguous(), k.contiguous(), v.contiguous(), beta.float().contiguous(),
+        None if g is None else g.float().contiguous(), scale,
+        None if initial_state is None else initial_state.float().contiguous(), bool(output_final_state), cu_seqlens)
+    o, ht = out[0], out[1]
+    if n_h > 1 or k.dim() == 5:
+        o = o[:, n_h - 1::n_h]
+    return o, (ht if output_final_state else None)
+
+
+def _interleave(q, k, v, beta, g, cu_seqlens, n_h):
+    """n_h reflections per token as T * n_h steps: step (t, j) carries k_tj, v_tj, beta_tj; the gate
+    sits on the first step of each token (a scalar gate commutes with the reflections) and the query
+    on the last, whose output is the token's."""
+    B, T, H, K = q.shape
+    k = k.transpose(2, 3).reshape(B, T * n_h, H, K)
+    v = v.transpose(2, 3).reshape(B, T * n_h, H, v.shape[-1])
+    beta = beta.transpose(2, 3).reshape(B, T * n_h, H)
+    qi = q.new_zeros(B, T, n_h, H, K)
+    qi[:, :, -1] = q
+    q = qi.reshape(B, T * n_h, H, K)
+    if g is not None:
+        gi = g.new_zeros(B, T, n_h, H)
+        gi[:, :, 0] = g
+        g = gi.reshape(B, T * n_h, H)
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens * n_h
+    return q, k, v, beta, g, cu_seqlens
+
+
+# --------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation (no GPU needed): the variant's kernels with the flags the launches use.
+# --------------------------------------------------------------------------------------------------
+
+def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 128, varlen: bool = False):
+    """[(kernel name, jit function, signature, constexprs, attrs, options)] of the chunked delta rule
+    (see chunk_launch.aot_jobs): wy_fwd, wy_bwd, the delta variants of chunk_fwd_h / chunk_bwd_dh, and
+    chunk_fwd_o / chunk_bwd_dv (without dh) / chunk_bwd_dqkg as this path launches them."""
+    from .chunk_launch import FP32_DOT_PRECISION, _aot_job
+    chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
+    state = "bf16" if data == "bf16" else "fp32"
+    prec = {"bf16": "ieee", "fp16": "tf32", "fp32": FP32_DOT_PRECISION}[data]
+    BK, BV, warps = _blocks(K, V)
+    cfg = configs(gate, K, V, BT)
+    base = dict(H=16, K=K, V=V, BT=BT, IS_VARLEN=varlen, PREC=prec)
+    stored = {"w", "u", "vn", "dvn", "dv2", "dv"}   # kept in the storage dtype by these launches
+    launches = [
+        ("wy_fwd", wy.wy_fwd, dict(BK=BK, BV=BV), warps, 1, {"Tm": "fp32", "w": state, "u": state}),
+        ("wy_bwd", wy.wy_bwd, dict(BK=BK, BV=BV), warps, 1, {"Tm": "fp32", "dvn": state, "dk": "fp32"}),
+        ("chunk_fwd_h", chunk.chunk_fwd_h, dict(BK=BK, BV=BV, USE_H0=True, STORE_HT=True), warps, 1,
+         {"v": state, "w": state, "vn": state}),
+        ("chunk_bwd_dh", chunk.chunk_bwd_dh, dict(BK=BK, BV=BV, USE_DHT=True, STORE_DH0=True), warps, 1,
+         {n: state for n in stored}),
+        ("chunk_fwd_o", chunk.chunk_fwd_o, dict(zip(("BK", "BV"), cfg["chunk_fwd_o"][:2]), LOG2BT=6),
+         *cfg["chunk_fwd_o"][2:], {"v": state}),
+        ("chunk_bwd_dv", chunk.chunk_bwd_dv, dict(zip(("BK", "BV"), cfg["chunk_bwd_dv"][:2]), LOG2BT=6, USE_DH=False),
+         *cfg["chunk_bwd_dv"][2:], {"dv": state}),
+        ("chunk_bwd_dqkg", chunk.chunk_bwd_dqkg, dict(zip(("BK", "BV"), cfg["chunk_bwd_dqkg"][:2]), LOG2BT=6),
+         *cfg["chunk_bwd_dqkg"][2:], {"v": state}),
+    ]
+    jobs = []
+    for name, fn, const, w, stages, types in launches:
+        job = _aot_job(name, fn, {**base, **const}, data, state, dict(num_warps=w, num_stages=stages))
+        job[2].update({n: "*" + t for n, t in types.items() if n in job[2]})
+        jobs.append(job)
+    return jobs
