@@ -229,7 +229,7 @@ def test_kernels_compile_for_sm80_and_sm90():
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    names = ["hgrn", "lru", "mamba", "mamba_negeig"]
+    names = ["hgrn", "lru", "mamba", "mamba_negeig", "rwkv7"]   # rwkv7: the DPLR forward and backward
     r = subprocess.run([sys.executable, "-m", "recdsl.backends.triton.aot", *map(example, names)],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
