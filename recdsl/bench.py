@@ -162,13 +162,32 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
     return rows
 
 
-def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32, device: str = "cuda") -> list[dict]:
-    """A spec run by a fused recurrent or fixed-point path (block_diagonal, fp_rnn, the Householder family)
-    against the reference loop on the same device and tensors: forward, and forward+backward where the
-    kernel has a backward. The loop is timed once per mode (it is slow)."""
+def dplr_args(spec, B: int, T: int, dev: str, dtype) -> dict:
+    """RWKV-7's inputs as its layer makes them (a = -kappa, b = kappa * iclr with kappa of unit norm, iclr in
+    (0, 1), log decays in (-0.6065, 0)), so the transition stays contractive over long sequences."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    lead = (B, T) + ((spec.heads,) if spec.heads else ())
+    K, V = spec.ir.state[1]
+    rnd = lambda n: torch.randn(lead + (n,), device=dev, generator=g)
+    kappa = torch.nn.functional.normalize(rnd(K), dim=-1)
+    iclr = torch.sigmoid(rnd(K))
+    args = {"r": rnd(K), "w": -0.6065 * torch.sigmoid(rnd(K)), "k": rnd(K) * (1 - iclr) * K ** -0.5, "v": rnd(V),
+            "a": -kappa, "b": kappa * iclr}
+    return {n: x.to(dtype).requires_grad_(True) for n, x in args.items()}
+
+
+def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32, device: str = "cuda",
+                   with_fla: bool = True) -> list[dict]:
+    """A spec run by a fused recurrent or fixed-point path (block_diagonal, fp_rnn, the Householder family,
+    RWKV-7) against the reference loop on the same device and tensors: forward, and forward+backward where
+    the kernel has a backward. The loop is timed once per mode (it is slow). RWKV-7 also against fla's
+    chunk_rwkv7 and fused_recurrent_rwkv7."""
     spec = recdsl.load(path, **params)
     algorithm = spec.plan("triton", needs_grad=False).algorithm
-    args = elementwise_args(spec, B, T, device, dtype)
+    if algorithm == "dplr_recurrent" and [a.name for a in spec.args] == ["r", "w", "k", "v", "a", "b"]:
+        args = dplr_args(spec, B, T, device, dtype)
+    else:
+        args = elementwise_args(spec, B, T, device, dtype)
     tensors = list(args.values())
     shape = {"B": B, "T": T, **{k: v for k, v in spec.params}, "dtype": str(dtype).replace("torch.", ""),
              "algorithm": algorithm}
@@ -185,7 +204,34 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
         add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
             note="differentiates every iteration" if algorithm == "fixed_point_scan" else None)
+    if with_fla and spec.name == "rwkv7":
+        rows += _fla_rwkv7(spec, args, add)
     return rows
+
+
+def _fla_rwkv7(spec, args: dict, add) -> list[dict]:
+    """fla's RWKV-7 kernels on the same tensors (same layout [B, T, H, K], same DPLR convention
+    S_t = (diag(exp(w)) + b a^T) S_(t-1) + k v^T), and how far our output is from chunk_rwkv7's."""
+    try:
+        from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+    except ImportError:
+        return []
+    tensors, out = list(args.values()), []
+    x = [args[n] for n in ("r", "w", "k", "v", "a", "b")]
+    for name, fn in (("fla chunk_rwkv7", chunk_rwkv7), ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7)):
+        run = (lambda fn=fn: fn(*x, scale=1.0, output_final_state=False))
+        with torch.no_grad():
+            add(name, "fwd", _bench(run), _peak(run))
+        try:
+            fb = _fwd_bwd(run, tensors)
+            add(name, "fwd+bwd", _bench(fb), _peak(fb))
+        except Exception as e:   # a kernel this Triton or this GPU rejects
+            out.append({"case": spec.name, "contestant": name, "mode": "fwd+bwd", "error": str(e)[:200]})
+    with torch.no_grad():
+        o = spec.op(**args, backend="triton")[0]
+        ref = chunk_rwkv7(*x, scale=1.0)[0]
+    return out + [{"case": spec.name, "check": f"recdsl vs fla chunk_rwkv7 ({str(o.dtype).replace('torch.', '')})",
+                   "rel_rmse": float((o.float() - ref.float()).norm() / ref.float().norm())}]
 
 
 def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
@@ -335,9 +381,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
-    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "delta_recurrent"):
+    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "delta_recurrent", "dplr_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
-        rows = recurrent_case(args.file, args.batch, args.length, params)
+        rows = recurrent_case(args.file, args.batch, args.length, params, with_fla=not args.no_fla)
     elif algorithm == "elementwise_scan":
         rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
         if not args.no_cold_start:

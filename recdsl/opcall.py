@@ -50,6 +50,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             o, final = run_delta(spec, spec.memo["delta_pattern"], raw, options, initial_state, cu_seqlens,
                                  output_final_state, chunked=plan.algorithm == "delta_chunk")
             return o, final, None
+        if plan.algorithm == "dplr_recurrent":
+            from recdsl.backends.triton.dplr import run_dplr
+            o, final = run_dplr(spec, spec.memo["dplr_pattern"], raw, options, initial_state, cu_seqlens,
+                                output_final_state)
+            return o, final, None
         from recdsl.backends.triton.launch import run_scan
         o, final = run_scan(spec, plan, raw, options, initial_state, cu_seqlens, output_final_state)
         return o, final, None

@@ -60,6 +60,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
     algorithm, reason = triton_route(spec)
     if algorithm == "blockdiag_recurrent" and _compiling():
         reason = "torch.compile traces the reference loop for block-diagonal states (the kernel is eager-only)"
+    if algorithm == "dplr_recurrent" and _compiling():
+        reason = "torch.compile traces the reference loop for diagonal-plus-low-rank states (the kernel is eager-only)"
     if algorithm == "delta_recurrent" and needs_grad and _delta_chunk_reason(spec):
         reason = (f"this call records a backward, the fused recurrent kernel for Householder products is "
                   f"forward-only, and {_delta_chunk_reason(spec)}")
@@ -81,6 +83,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if short or _delta_chunk_reason(spec):
             return _delta_plan(spec, tokens)
         return _delta_chunk_plan(spec)
+    if algorithm == "dplr_recurrent":
+        return _dplr_plan(spec)
     if algorithm == "blockdiag_recurrent":
         NB, b = spec.ir.state[1]
         return Plan("triton", "blockdiag_recurrent", 1, 0, 4, False, (
@@ -111,6 +115,7 @@ def triton_route(spec) -> tuple[str | None, str | None]:
         try:
             from recdsl.backends.triton.blockdiag import BlockDiagPattern, match as match_blockdiag
             from recdsl.backends.triton.delta import DeltaPattern, match as match_delta
+            from recdsl.backends.triton.dplr import DplrPattern, match as match_dplr
             from recdsl.backends.triton.matrix import MatrixPattern, match
             from recdsl.backends.triton.scan import eligible
         except ImportError:  # triton is an optional dependency
@@ -120,6 +125,7 @@ def triton_route(spec) -> tuple[str | None, str | None]:
         pattern = match(spec.ir, spec.analysis.eig_range.lo)
         delta = match_delta(spec.ir)
         blockdiag = match_blockdiag(spec.ir)
+        dplr = match_dplr(spec.ir)
         if scan_reason is None:
             spec.memo["triton_route"] = ("elementwise_scan", None)
         elif isinstance(pattern, MatrixPattern):
@@ -131,9 +137,13 @@ def triton_route(spec) -> tuple[str | None, str | None]:
         elif isinstance(blockdiag, BlockDiagPattern):
             spec.memo["triton_route"] = ("blockdiag_recurrent", None)
             spec.memo["blockdiag_pattern"] = blockdiag
+        elif isinstance(dplr, DplrPattern):
+            spec.memo["triton_route"] = ("dplr_recurrent", None)
+            spec.memo["dplr_pattern"] = dplr
         else:
             spec.memo["triton_route"] = (None, f"element-wise scan: {scan_reason}; chunked: {pattern}; "
-                                               f"Householder product: {delta}; block diagonal: {blockdiag}")
+                                               f"Householder product: {delta}; block diagonal: {blockdiag}; "
+                                               f"diagonal plus low rank: {dplr}")
     return spec.memo["triton_route"]
 
 
@@ -199,6 +209,21 @@ def _delta_chunk_plan(spec) -> Plan:
         steps,
         "chunk states, T, w and v' are stored by the forward for the backward",
         f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take the fused recurrent kernel instead",
+    ))
+
+
+def _dplr_plan(spec) -> Plan:
+    from recdsl.backends.triton.dplr import CHECKPOINT_T
+    p = spec.memo["dplr_pattern"]
+    diag = {"none": "I", "plain": "diag(d)", "exp": "diag(exp(w))"}[p.decay]
+    return Plan("triton", "dplr_recurrent", 1, 0, 4, True, (
+        f"diagonal plus low rank, S_t = ({diag} + b a^T) S_(t-1) + k v^T: one fused recurrent launch, each "
+        "program a [K, BV] block of the state in fp32 registers (the value columns evolve independently)",
+        f"the forward stores the state every {CHECKPOINT_T} tokens when a backward is recorded; the backward "
+        "recomputes each segment from its checkpoint and walks it in reverse",
+        "gradients over the key axis (dr, dk, da, db, dw) are summed over value blocks",
+        "a chunkwise generalized-WY form (fla's chunk_dplr) is not generated yet: long training calls run "
+        "one token at a time",
     ))
 
 

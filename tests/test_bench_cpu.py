@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs 
     ("block_diagonal", {"NB": 2, "b": 4}, {"fwd", "fwd+bwd"}),
     ("fp_rnn", {"D": 4, "max_iter": 4}, {"fwd", "fwd+bwd"}),   # a fixed count, as the paper times
     ("deltaproduct", {"H": 1, "K": 4, "V": 4}, {"fwd", "fwd+bwd"}),   # the chunked WY kernels
+    ("rwkv7", {"H": 1, "K": 4, "V": 4}, {"fwd", "fwd+bwd"}),   # fla's rows only where fla imports (not here)
 ])
 def test_recurrent_case_rows(name, params, modes):
     rows = recurrent_case(example(name), 2, 5, params, device="cpu")

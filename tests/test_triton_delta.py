@@ -69,6 +69,7 @@ def test_routing_and_reasons():
     assert perkey.plan("triton", needs_grad=False).algorithm == "delta_recurrent"
     after = PERKEY.replace("householder(k, beta) * exp(g)", "exp(g) * householder(k, beta)")
     assert "per-key gate after the reflections" in triton_route(recdsl.load(after))[1]
+    assert triton_route(recdsl.load(example("rwkv7")))[0] == "dplr_recurrent"
 
 
 def test_decoding_with_step_equals_forward():

@@ -63,11 +63,29 @@ def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
     return out
 
 
+def compile_dplr(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float]]:
+    """Compile the fused recurrent DPLR forward and backward at the spec's K and V (bf16 data)."""
+    from .dplr import aot_jobs
+    K, V = spec.ir.state[1]
+    out = []
+    for name, fn, sig, const, attrs, options in aot_jobs(K, V, "bf16"):
+        for cc in capabilities:
+            t = time.perf_counter()
+            k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", cc, 32), options=options)
+            out.append((name, cc, len(k.asm["cubin"]), time.perf_counter() - t))
+    return out
+
+
 def main(argv=None) -> int:
     import recdsl
+    from recdsl.planner import triton_route
     from .scan import eligible
     for path in (argv or sys.argv[1:]):
         spec = recdsl.load(path)
+        if triton_route(spec)[0] == "dplr_recurrent":
+            for name, cc, size, secs in compile_dplr(spec):
+                print(f"ok    {path}: {name} sm_{cc} cubin {size} B in {secs:.1f} s")
+            continue
         reason = eligible(spec.ir)
         if reason:
             print(f"skip  {path}: {reason}")
