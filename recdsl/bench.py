@@ -178,14 +178,38 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
 
     ours = lambda: spec.op(**args, backend="triton")
     loop = lambda: spec.op(**args, backend="reference")
+    # a fused fixed point is timed against its unfused baseline too (the mixer in PyTorch, one scan launch)
+    unfused = _fixed_point_mode("unfused", ours) if algorithm == "fixed_point_fused" else None
     with torch.no_grad():
         add("recdsl", "fwd", _bench(ours), _peak(ours))
+        if unfused:
+            add("recdsl unfused", "fwd", _bench(unfused), _peak(unfused), algorithm="fixed_point_scan")
         add("reference (PyTorch loop)", "fwd", _once(loop), calls=1)
     if algorithm != "delta_recurrent":    # the Householder kernels are forward-only so far
         add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
+        if unfused:
+            add("recdsl unfused", "fwd+bwd", _bench(_fwd_bwd(unfused, tensors)), _peak(_fwd_bwd(unfused, tensors)),
+                algorithm="fixed_point_scan")
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
-            note="differentiates every iteration" if algorithm == "fixed_point_scan" else None)
+            note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
     return rows
+
+
+def _fixed_point_mode(mode: str, run):
+    """run() with RECDSL_FIXED_POINT=mode for the duration of each call (the planner reads it per call)."""
+    from .planner import FIXED_POINT_ENV
+
+    def f():
+        old = os.environ.get(FIXED_POINT_ENV)
+        os.environ[FIXED_POINT_ENV] = mode
+        try:
+            return run()
+        finally:
+            if old is None:
+                del os.environ[FIXED_POINT_ENV]
+            else:
+                os.environ[FIXED_POINT_ENV] = old
+    return f
 
 
 def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
@@ -333,7 +357,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
-    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "delta_recurrent"):
+    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "delta_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
         rows = recurrent_case(args.file, args.batch, args.length, params)
     elif algorithm == "elementwise_scan":

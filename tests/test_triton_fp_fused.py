@@ -29,9 +29,9 @@ def solve(spec, args, monkeypatch, mode, **call):
 CASES = [   # D, r, B, T, blocks ("BT,BD,warps" or None: the default, whole rows at these sizes)
     (8, 1, 2, 11, None),
     (32, 2, 1, 130, None),
-    (32, 3, 2, 37, None),
-    (32, 2, 2, 45, "8,8,2"),     # channel blocks: partial row maxima reduced on the host
-    (24, 3, 1, 70, "16,16,4"),   # D not a power of two, a masked tail block
+    (16, 3, 2, 20, None),
+    (32, 2, 2, 45, "16,8,2"),    # channel blocks: partial row maxima reduced on the host
+    (24, 3, 1, 70, "32,16,4"),   # D not a power of two, a masked tail block
 ]
 
 
@@ -39,7 +39,7 @@ CASES = [   # D, r, B, T, blocks ("BT,BD,warps" or None: the default, whole rows
 def test_fused_matches_unfused_and_reference(D, r, B, T, blocks, monkeypatch):
     if blocks:
         monkeypatch.setenv("RECDSL_FP_BLOCKS", blocks)
-    spec = recdsl.load(example("fp_rnn"), D=D, r=r)
+    spec = recdsl.load(example("fp_rnn"), D=D, r=r, tol=1e-4)   # a loose tol: fewer interpreted iterations
     args = random_args(spec, B=B, T=T, dtype=torch.float32, seed=D + T)
     h0 = torch.randn(B, D)
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_fused_matches_unfused_and_reference(D, r, B, T, blocks, monkeypatch):
         ou, Su, infou = solve(spec, args, monkeypatch, "unfused", initial_state=h0)
     ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(), output_final_state=True,
                      backend="reference")
-    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+    assert rel(o, ro) < 1e-4 and rel(S, rS) < 1e-4
     assert rel(o, ou) < 1e-5 and rel(S, Su) < 1e-5
     assert info.converged and info.iterations == infou.iterations > 1
     assert info.residual.shape == infou.residual.shape == (B,)
@@ -62,20 +62,20 @@ def test_fused_matches_unfused_and_reference(D, r, B, T, blocks, monkeypatch):
     assert torch.allclose(info.residual, infou.residual, rtol=1e-4)
 
 
-@pytest.mark.parametrize("blocks", [None, "8,8,2"])
+@pytest.mark.parametrize("blocks", [None, "16,8,2"])
 def test_varlen_with_an_empty_sequence(blocks, monkeypatch):
     if blocks:
         monkeypatch.setenv("RECDSL_FP_BLOCKS", blocks)
-    spec = recdsl.load(example("fp_rnn"), D=16, r=2)
-    cu = torch.tensor([0, 6, 6, 17, 40], dtype=torch.int32)
-    args = random_args(spec, B=1, T=40, dtype=torch.float32, seed=2)
+    spec = recdsl.load(example("fp_rnn"), D=16, r=2, tol=1e-5)
+    cu = torch.tensor([0, 6, 6, 17, 26], dtype=torch.int32)
+    args = random_args(spec, B=1, T=26, dtype=torch.float32, seed=2)
     h0 = torch.randn(4, 16)
     with torch.no_grad():
         o, S, info = solve(spec, args, monkeypatch, "fused", initial_state=h0, cu_seqlens=cu)
         ou, Su, infou = solve(spec, args, monkeypatch, "unfused", initial_state=h0, cu_seqlens=cu)
     ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(), output_final_state=True,
                      cu_seqlens=cu, backend="reference")
-    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5 and rel(S, Su) < 1e-5
+    assert rel(o, ro) < 1e-4 and rel(S, rS) < 1e-4 and rel(S, Su) < 1e-5
     assert info.iterations == infou.iterations and info.residual.shape == infou.residual.shape == (1,)
 
 

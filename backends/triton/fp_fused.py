@@ -305,26 +305,34 @@ class FusedIteration:
         return {"h": h}, None, res
 
 
+def aot_jobs_for(spec, varlen: bool = False):
+    """Ahead-of-time jobs (as chunk_launch.aot_jobs) for a spec's fused iteration, fp32 data: the blocks
+    of a large batch (whole rows per program) and of a small one (channel blocks)."""
+    from .chunk_launch import _aot_job
+    pattern = match(spec.ir)
+    if isinstance(pattern, str):
+        raise ValueError(f"{spec.name}: no fused fixed-point iteration: {pattern}")
+    D = spec.ir.state[1][0]
+    fn = load(pattern).fp_fused_iter
+    jobs = {}
+    for N in (1024, 8):
+        BT, BD, BK, warps = blocks(D, N)
+        const = dict(D=D, R=pattern.r, RP=max(2, triton.next_power_of_2(pattern.r)), BT=BT, BD=BD, BK=BK,
+                     FULL_ROWS=triton.cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
+        name, fn_, sig, const_, attrs, opts = _aot_job(f"fp_fused_iter BD={BD}", fn, const, "fp32", "fp32",
+                                                       dict(num_warps=warps))
+        # sizes and the step size are scalars (the naming convention of _aot_job knows only T)
+        sig.update(NTOK="i32", delta="fp32")
+        attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in ("NTOK", "delta")}
+        jobs[name] = (name, fn_, sig, const_, attrs, opts)
+    return list(jobs.values())
+
+
 def aot_jobs(D: int = 512, r: int = 2, varlen: bool = False):
-    """Ahead-of-time jobs (as chunk_launch.aot_jobs) for the fp_rnn example's fused iteration: whole rows
-    per program and narrow channel blocks, fp32 data."""
+    """aot_jobs_for the fp_rnn example at width D with r reflections (from a checkout)."""
     import recdsl
     from pathlib import Path
-    from .chunk_launch import _aot_job
     path = Path(__file__).resolve().parents[2] / "examples" / "fp_rnn.rec"
     if not path.exists():    # an installed wheel ships no examples
         raise FileNotFoundError(f"{path}: aot_jobs compiles the fp_rnn example from a checkout")
-    pattern = match(recdsl.load(path, D=D, r=r).ir)
-    assert isinstance(pattern, FusedPattern), pattern
-    fn = load(pattern).fp_fused_iter
-    jobs = []
-    for N in (1024, 8):
-        BT, BD, BK, warps = blocks(D, N)
-        const = dict(D=D, R=r, RP=max(2, triton.next_power_of_2(r)), BT=BT, BD=BD, BK=BK,
-                     FULL_ROWS=triton.cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
-        job = _aot_job(f"fp_fused_iter BD={BD}", fn, const, "fp32", "fp32", dict(num_warps=warps))
-        name, fn_, sig, const_, attrs, opts = job
-        sig.update(NTOK="i32", delta="fp32")
-        attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in ("NTOK", "delta")}
-        jobs.append((name, fn_, sig, const_, attrs, opts))
-    return jobs
+    return aot_jobs_for(recdsl.load(path, D=D, r=r), varlen)
