@@ -197,13 +197,20 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
 
     ours = lambda: spec.op(**args, backend="triton")
     loop = lambda: spec.op(**args, backend="reference")
+    # a fused fixed point is timed against its unfused baseline too (the mixer in PyTorch, one scan launch)
+    unfused = _fixed_point_mode("unfused", ours) if algorithm == "fixed_point_fused" else None
     with torch.no_grad():
         add("recdsl", "fwd", _bench(ours), _peak(ours))
+        if unfused:
+            add("recdsl unfused", "fwd", _bench(unfused), _peak(unfused), algorithm="fixed_point_scan")
         add("reference (PyTorch loop)", "fwd", _once(loop), calls=1)
     if algorithm != "delta_recurrent":    # the recurrent Householder kernel (per-key gates) is forward-only
         add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
+        if unfused:
+            add("recdsl unfused", "fwd+bwd", _bench(_fwd_bwd(unfused, tensors)), _peak(_fwd_bwd(unfused, tensors)),
+                algorithm="fixed_point_scan")
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
-            note="differentiates every iteration" if algorithm == "fixed_point_scan" else None)
+            note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
     if with_fla and spec.name == "rwkv7":
         rows += _fla_rwkv7(spec, args, add)
     return rows
@@ -232,6 +239,23 @@ def _fla_rwkv7(spec, args: dict, add) -> list[dict]:
         ref = chunk_rwkv7(*x, scale=1.0)[0]
     return out + [{"case": spec.name, "check": f"recdsl vs fla chunk_rwkv7 ({str(o.dtype).replace('torch.', '')})",
                    "rel_rmse": float((o.float() - ref.float()).norm() / ref.float().norm())}]
+
+
+def _fixed_point_mode(mode: str, run):
+    """run() with RECDSL_FIXED_POINT=mode for the duration of each call (the planner reads it per call)."""
+    from .planner import FIXED_POINT_ENV
+
+    def f():
+        old = os.environ.get(FIXED_POINT_ENV)
+        os.environ[FIXED_POINT_ENV] = mode
+        try:
+            return run()
+        finally:
+            if old is None:
+                del os.environ[FIXED_POINT_ENV]
+            else:
+                os.environ[FIXED_POINT_ENV] = old
+    return f
 
 
 def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
@@ -381,7 +405,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
-    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "delta_recurrent", "dplr_recurrent"):
+    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "delta_recurrent",
+                     "dplr_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
         rows = recurrent_case(args.file, args.batch, args.length, params, with_fla=not args.no_fla)
     elif algorithm == "elementwise_scan":

@@ -37,9 +37,10 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
                                   output_final_state, chunk_size=plan.block_t if plan.algorithm == "chunk" else 64,
                                   recurrent=plan.algorithm == "recurrent")
             return o, final, None
-        if plan.algorithm == "fixed_point_scan":
+        if plan.algorithm in ("fixed_point_scan", "fixed_point_fused"):
             from recdsl.backends.triton.fixed_point import run_fixed_point
-            return run_fixed_point(spec, raw, options, initial_state, cu_seqlens, output_final_state)
+            fused = spec.memo["fp_fused_pattern"] if plan.algorithm == "fixed_point_fused" else None
+            return run_fixed_point(spec, raw, options, initial_state, cu_seqlens, output_final_state, fused)
         if plan.algorithm == "blockdiag_recurrent":
             from recdsl.backends.triton.blockdiag import run_blockdiag
             o, final = run_blockdiag(spec, spec.memo["blockdiag_pattern"], raw, options, initial_state, cu_seqlens,

@@ -13,7 +13,8 @@ BACKENDS = ("auto", "reference", "triton")
 @dataclass(frozen=True)
 class Plan:
     backend: str                       # reference | triton
-    algorithm: str                     # sequential | fixed_point | elementwise_scan | chunk | delta_chunk | ...
+    algorithm: str                     # sequential | fixed_point | elementwise_scan | chunk | delta_chunk |
+                                       # fixed_point_scan | fixed_point_fused | *_recurrent
     block_t: int = 0                   # tokens per block (scan chunk)
     block_d: int = 0                   # channels per program
     num_warps: int = 4
@@ -27,6 +28,8 @@ class Plan:
             head += ", one launch over the tokens"
         elif self.backend == "triton" and self.algorithm == "fixed_point_scan":
             head += ", one scan launch per iteration"
+        elif self.backend == "triton" and self.algorithm == "fixed_point_fused":
+            head += ", one fused launch per iteration"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}" + (f", BD={self.block_d}" if self.block_d else "") +
                      f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
@@ -50,12 +53,22 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if backend == "triton" and reason:
             raise ValueError(f"{spec.name}: no Triton kernel for this fixed point: {reason}; use backend='reference'")
         if backend == "triton" or (backend == "auto" and not reason and bool(on_cuda)):
+            gradient = ("gradient: one more iteration at the fixed point, the previous iterate held constant "
+                        "(Movahedi et al. 2025)",)
+            fused, why_not = _fixed_point_fused(spec)
+            if fused:
+                return Plan("triton", "fixed_point_fused", 0, 0, 4, False, why + (
+                    "diag(a) transition and write g * (mix(householder products, x - prev(h)) + prev(h)): each "
+                    "iteration is one generated launch that applies the reflections on chip, scans, and writes the "
+                    "damped iterate and the residual (backends/triton/fp_fused.py)",
+                    "the reflections' coefficients (their Gram matrix) are set once per solve",
+                    f"{FIXED_POINT_ENV}=unfused runs the unfused path instead",
+                ) + gradient + ("calls without a gradient close with fused iterations too",))
             return Plan("triton", "fixed_point_scan", 0, 0, 4, False, why + (
                 "each iteration: the write from the previous iterate in PyTorch (the mixer), then one generated "
                 "element-wise scan launch (the unfused path)",
-                "gradient: one more iteration at the fixed point, the previous iterate held constant "
-                "(Movahedi et al. 2025)",
-            ))
+                f"fused iteration: {why_not}",
+            ) + gradient)
         return Plan("reference", "fixed_point", reasons=why + ((f"Triton: {reason}",) if reason else ()))
     algorithm, reason = triton_route(spec)
     if algorithm == "blockdiag_recurrent" and _compiling():
@@ -102,6 +115,30 @@ def _fixed_point_reason(spec) -> str | None:
     except ImportError:   # triton is an optional dependency
         return "triton is not installed"
     return eligible(spec.ir)
+
+
+FIXED_POINT_ENV = "RECDSL_FIXED_POINT"
+FIXED_POINT_MODES = ("auto", "fused", "unfused")
+
+
+def _fixed_point_fused(spec) -> tuple[bool, str]:
+    """(whether the fused iteration runs the fixed point, why not). RECDSL_FIXED_POINT=unfused forces the
+    unfused path (the baseline in benchmarks), =fused makes a spec that does not fit an error."""
+    mode = os.environ.get(FIXED_POINT_ENV, "auto") or "auto"
+    if mode not in FIXED_POINT_MODES:
+        raise ValueError(f"{FIXED_POINT_ENV}={mode!r}: expected one of {FIXED_POINT_MODES}")
+    if "fp_fused_pattern" not in spec.memo:
+        from recdsl.backends.triton.fp_fused import match
+        spec.memo["fp_fused_pattern"] = match(spec.ir)
+    pattern = spec.memo["fp_fused_pattern"]
+    if isinstance(pattern, str):
+        if mode == "fused":
+            raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}=fused, but the spec does not fit the fused "
+                             f"iteration: {pattern}")
+        return False, pattern
+    if mode == "unfused":
+        return False, f"{FIXED_POINT_ENV}=unfused"
+    return True, ""
 
 
 def _compiling() -> bool:

@@ -40,18 +40,24 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return (d / m).amax(-1)
 
 
-def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: str, stacklevel: int = 3):
+def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: str, stacklevel: int = 3,
+                fused: bool = False):
     """f(iterates) -> (new iterates, payload), iterates a dict of [B, T, ...] tensors. Returns (the last
-    payload, the last iterates, SolveInfo)."""
+    payload, the last iterates, SolveInfo). With `fused`, f(iterates, delta) -> (damped iterates, payload,
+    residual): a kernel that applies the step size and measures relative_change itself (fp_fused.py)
+    saves the passes over the iterates that would do it here."""
     tol, max_iter = settings["tol"], int(settings["max_iter"])
     delta = float(settings.get("damping", 1.0))
     need = float(settings.get("quantile", 1.0)) if training else 1.0
     prev, best, stall = start, float("inf"), 0
     residual, payload, it = None, None, 0
     for it in range(1, max_iter + 1):
-        new, payload = f(prev)
-        residual = torch.stack([relative_change(new[k].detach(), prev[k].detach()) for k in new]).amax(0)
-        prev = new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}
+        if fused:
+            prev, payload, residual = f(prev, delta)
+        else:
+            new, payload = f(prev)
+            residual = torch.stack([relative_change(new[k].detach(), prev[k].detach()) for k in new]).amax(0)
+            prev = new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}
         if float((residual < tol).double().mean()) >= need:        # that share of sequences has converged
             return payload, prev, SolveInfo(it, residual, True, delta)
         worst = float(residual.max())

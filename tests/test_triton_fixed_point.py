@@ -18,7 +18,8 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def test_fixed_point_matches_reference():
+def test_fixed_point_matches_reference(monkeypatch):
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "unfused")   # the unfused baseline (the fused path: test_triton_fp_fused.py)
     spec = recdsl.load(example("fp_rnn"), D=8, r=2)
     assert spec.plan("triton").algorithm == "fixed_point_scan"
     cu = torch.tensor([0, 6, 6, 17], dtype=torch.int32)          # packed sequences, one of them empty

@@ -4,6 +4,9 @@ Catches what the interpreter accepts but the compiler rejects. Run it in a proce
 TRITON_INTERPRET is unset (the interpreter replaces @triton.jit functions):
 
     python -m recdsl.backends.triton.aot examples/*.rec
+
+Element-wise scans build their forward and backward; fixed points of the Fixed-Point RNN form their
+fused iteration (fp_fused.py).
 """
 from __future__ import annotations
 
@@ -76,9 +79,22 @@ def compile_dplr(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
     return out
 
 
+def compile_fp_fused(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float]]:
+    """Compile a fixed-point spec's fused iteration (fp_fused.py); as compile_scan."""
+    from .fp_fused import aot_jobs_for
+    out = []
+    for name, fn, sig, const, attrs, opts in aot_jobs_for(spec):
+        for cc in capabilities:
+            t = time.perf_counter()
+            k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", cc, 32), options=opts)
+            out.append((name, cc, len(k.asm["cubin"]), time.perf_counter() - t))
+    return out
+
+
 def main(argv=None) -> int:
     import recdsl
     from recdsl.planner import triton_route
+    from .fp_fused import match
     from .scan import eligible
     for path in (argv or sys.argv[1:]):
         spec = recdsl.load(path)
@@ -87,10 +103,15 @@ def main(argv=None) -> int:
                 print(f"ok    {path}: {name} sm_{cc} cubin {size} B in {secs:.1f} s")
             continue
         reason = eligible(spec.ir)
-        if reason:
-            print(f"skip  {path}: {reason}")
+        if reason and spec.ir.solve and not isinstance(match(spec.ir), str):
+            builds = compile_fp_fused(spec)
+        elif reason:
+            fused = f"; fused fixed point: {match(spec.ir)}" if spec.ir.solve else ""
+            print(f"skip  {path}: {reason}{fused}")
             continue
-        for name, cc, size, secs in compile_scan(spec):
+        else:
+            builds = compile_scan(spec)
+        for name, cc, size, secs in builds:
             print(f"ok    {path}: {name} sm_{cc} cubin {size} B in {secs:.1f} s")
     return 0
 

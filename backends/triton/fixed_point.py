@@ -46,8 +46,9 @@ def eligible(ir: IR) -> str | None:
     return None
 
 
-def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
-    """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo)."""
+def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, fused=None):
+    """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo).
+    `fused` (an fp_fused.FusedPattern) runs the iterations as one fused launch each (fp_fused.py)."""
     import recdsl
     from recdsl.backends.reference import leaf_values
     from recdsl.solve import fixed_point
@@ -87,21 +88,42 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state):
     h_init = None if h0 is None else h0.reshape(h0.shape[0], H * D).float()
     start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
     training = torch.is_grad_enabled()
+    steps = int(dict(ir.solve).get("backward_steps", 1))
     with torch.no_grad():
-        _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
-                                    dict(ir.solve), training=training, name=ir.name, stacklevel=5)
+        if fused is None:
+            _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
+                                        dict(ir.solve), training=training, name=ir.name, stacklevel=5)
+        else:
+            from .fp_fused import FusedIteration
+            ev = evaluator(None)
+            step = FusedIteration.build(fused, ir, lambda i: ev(i), B, T,
+                                        None if h_init is None else h_init.contiguous(), cu)
+            _, last, info = fixed_point(step, start, dict(ir.solve), training=training, name=ir.name,
+                                        stacklevel=5, fused=True)
     prev = last["h"]
+    if fused is not None and not training:
+        # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
+        states = prev
+        for _ in range(steps):
+            prev, (states, _, ht) = states, step.launch(states, 1.0, store_ht=output_final_state)
+        return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
     # k differentiable iterations from the fixed point (its value held constant): their gradient is the
     # implicit-function gradient's Neumann series cut after k terms (k = 1: the paper's one step). The
     # inputs are converted again so that autograd sees them (the loop's copies were made without a graph)
     shared.clear()
     base = leaves()
     states = prev.detach()
-    for _ in range(int(dict(ir.solve).get("backward_steps", 1))):
+    for _ in range(steps):
         prev, (states, ht) = states, iterate(states, h_init, output_final_state)
-    o = torch.as_tensor(evaluator(prev, states)(out), dtype=torch.float32, device=ref.device)
+    return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
+
+
+def _readout(spec, ev, out, ht, B, T, H, D, ref):
+    """(o in the op layout and the inputs' dtype, final state or None) from the last iterate's evaluator."""
+    ir = spec.ir
+    o = torch.as_tensor(ev(out), dtype=torch.float32, device=ref.device)
     o = o.expand((B, T, H) + ir.node(out).shape)
     if not ir.heads:
         o = o.squeeze(2)
     final = None if ht is None else ht.reshape((ht.shape[0],) + ((H,) if ir.heads else ()) + (D,))
-    return o.to(ref.dtype), final, info
+    return o.to(ref.dtype), final
