@@ -197,7 +197,68 @@ def test_tasks_cli(tmp_path, capsys):
                  "--steps", "2", "--batch", "4", "--train-len", "3-5", "--test-len", "4-6", "--points", "2",
                  "--samples", "4", "-p", "D=8", "--d-model", "8", "--backend", "reference", "--out", str(suite)]) == 0
     table = (suite / "suite.md").read_text().splitlines()
-    assert table[2] == "| spec | sum_5 | parity |" and [r.split(" | ")[0] for r in table[4:]] == ["| hgrn", "| lru"]
+    assert table[2] == "| spec | sum_5 | parity |" and [r.split(" | ")[0] for r in table[4:6]] == ["| hgrn", "| lru"]
     results = json.loads((suite / "suite.json").read_text())["results"]
     assert set(results) == {"sum_5", "parity"} and [r["length"] for r in results["parity"]["lru"]] == [4, 6]
     assert (suite / "suite_parity.png").stat().st_size > 0 and (suite / "sum_5" / "hgrn" / "eval.json").exists()
+
+
+def test_time_limit_stops_cleanly_and_the_budget_is_recorded(tmp_path):
+    """A run out of time stops after the step it is in, checkpointed with its budget; resuming goes on
+    to the configured steps. (No assertion on how long anything took.)"""
+    import io
+    from recdsl.tasks.train import load_run, train
+    cfg = _cfg("mamba_negeig", steps=5, checkpoint_every=100)
+    log = io.StringIO()
+    out = train(cfg, str(tmp_path / "r"), log=log, max_seconds=1e-9)
+    assert out["budget"]["steps_done"] == 1 and out["budget"]["stopped_by"] == "time"
+    assert "stopped by the time limit after 1 of 5 steps" in log.getvalue() and "ms/step" in log.getvalue()
+    _, _, budget = load_run(str(tmp_path / "r" / "checkpoint.pt"), device="cpu")
+    assert budget["steps_done"] == 1 and budget["device"].startswith("cpu") and budget["train_seconds"] >= 0
+    out = train(cfg, str(tmp_path / "r"), resume=True, log=io.StringIO())
+    assert out["budget"]["steps_done"] == 5 and out["budget"]["stopped_by"] == "steps"
+
+
+def test_curriculum_and_odd_only_evaluation_lengths():
+    import dataclasses
+    from recdsl.tasks.train import train_lengths
+    cfg = _cfg("mamba", train_len=(16, 128), curriculum=4)
+    assert [train_lengths(cfg, s) for s in range(6)] == [(16, 44), (16, 72), (16, 100), (16, 128), (16, 128),
+                                                        (16, 128)]
+    assert train_lengths(dataclasses.replace(cfg, curriculum=0), 0) == (16, 128)
+
+
+def test_suite_entries_merge_and_show_the_papers_numbers(tmp_path):
+    """Variants of one file side by side (PATH:NAME=VALUE), one call per case into a shared folder, the
+    paper's number beside ours where the run matches the paper's setting."""
+    import io
+    import json
+    from recdsl.tasks.suite import parse_entry, run_suite
+    from conftest import example
+    base = _cfg("mamba", steps=2, batch=4, params=(("D", 4.0), ("N", 2.0)), d_model=8)
+    e = parse_entry(example("mamba_negeig") + ":layers=2,N=3")
+    assert e.label == "mamba_negeig(layers=2,N=3)" and e.folder == "mamba_negeig_layers_2_N_3"
+    assert e.config(base, "parity").layers == 2 and dict(e.config(base, "parity").params)["N"] == 3
+    with pytest.raises(ValueError, match="PATH:NAME=VALUE"):
+        parse_entry(example("mamba") + ":layers=two")
+    run_suite(base, [e], ["parity"], str(tmp_path), [6, 8], samples=4, log=io.StringIO())
+    run_suite(base, [example("mamba")], ["parity"], str(tmp_path), [6, 8], samples=4, log=io.StringIO(),
+              max_seconds=1e-9)
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert list(saved["results"]["parity"]) == ["mamba_negeig(layers=2,N=3)", "mamba"]
+    runs = saved["runs"]["parity"]
+    assert runs["mamba_negeig(layers=2,N=3)"]["paper"]["value"] == 1.0     # Grazzi et al. Table 3, 2 layers
+    assert runs["mamba"]["paper"] is None                                   # 1 layer: not the paper's setting
+    assert runs["mamba"]["budget"]["stopped_by"] == "time"
+    md = (tmp_path / "suite.md").read_text()
+    assert "(paper 1.000)" in md and "Grazzi et al. 2025, Table 3" in md and "(time limit)" in md
+    assert json.loads((tmp_path / "parity" / "mamba" / "eval.json").read_text())["budget"]["steps_done"] == 1
+
+
+def test_mod_arithmetic_evaluates_at_odd_lengths(tmp_path):
+    import io
+    from recdsl.tasks.train import evaluate, load_checkpoint, train
+    cfg = _cfg("mamba", task="mod_arithmetic", steps=1, batch=4, train_len=(3, 7))
+    train(cfg, str(tmp_path), log=io.StringIO())
+    model, cfg = load_checkpoint(str(tmp_path / "checkpoint.pt"), device="cpu")
+    assert [r["length"] for r in evaluate(model, cfg, [6, 9, 10], samples=4)] == [7, 9, 9]

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .data import TASK_NAMES, task
+from .train import PRECISIONS
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -43,16 +44,36 @@ def _train_options(p) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--train-len", type=_span, default=(3, 40))
     p.add_argument("--test-len", type=_span, default=(40, 256))
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
+                   help="grow the longest train length from its lower bound to its upper over STEPS steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 autocasts the layers around the recurrence (which computes in fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
     p.add_argument("-p", "--param", action="append", help="override a spec parameter: NAME=VALUE")
+    p.add_argument("--max-minutes", type=_minutes, default=None,
+                   help="stop training after this long (per run), checkpointed; a suite still evaluates it")
     p.add_argument("--out", required=True, help="output folder (checkpoints, eval.json, plots)")
+
+
+def _minutes(text: str) -> float:
+    try:
+        m = float(text)
+    except ValueError:
+        m = -1.0
+    if not m > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return m
 
 
 def _config(args, spec: str, task_name: str):
     from .train import TrainConfig
     return TrainConfig(spec, task_name, args.layers, args.d_model, args.steps, args.lr, args.batch,
-                       args.train_len, args.test_len, args.seed, args.backend, _params(args.param))
+                       args.train_len, args.test_len, args.seed, args.backend, _params(args.param),
+                       weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
+                       curriculum=args.curriculum)
 
 
 def main(argv) -> int:
@@ -64,18 +85,23 @@ def main(argv) -> int:
     p.add_argument("--task", required=True, choices=TASK_NAMES)
     _train_options(p)
     p.add_argument("--resume", action="store_true")
-    p = sub.add_parser("eval", help="accuracy against length for a checkpoint: eval.json and eval.png")
+    p = ev = sub.add_parser("eval", help="accuracy against length for a checkpoint: eval.json and eval.png")
     p.add_argument("checkpoint")
     p.add_argument("--test-len", type=_span, default=None, help="default: the training run's")
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--out", default=None, help="default: the checkpoint's folder")
     p = sub.add_parser("suite", help="every spec on every task: suite.md, suite.json, one plot per task")
-    p.add_argument("--specs", nargs="+", required=True)
+    p.add_argument("--specs", nargs="+", required=True,
+                   help="PATH or PATH:NAME=VALUE,... (spec parameters, or layers/d_model/lr/steps/batch/warmup/"
+                        "weight_decay for this spec only), e.g. examples/deltaproduct.rec:n_h=1")
     p.add_argument("--tasks", nargs="+", required=True, choices=TASK_NAMES)
     _train_options(p)
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--samples", type=int, default=256)
+    for p in (p, ev):
+        p.add_argument("--eval-param", action="append", metavar="NAME=VALUE",
+                       help="override a spec parameter for evaluation only (e.g. a fixed point's max_iter)")
     args = ap.parse_args(argv)
     if args.cmd == "list":
         for name in TASK_NAMES:
@@ -84,21 +110,27 @@ def main(argv) -> int:
         return 0
     from pathlib import Path
 
-    from .train import evaluate, load_checkpoint, train, write_eval
+    from .train import evaluate, load_run, train, write_eval
+    seconds = args.max_minutes * 60 if getattr(args, "max_minutes", None) else None
     if args.cmd == "train":
-        metrics = train(_config(args, args.spec, args.task), args.out, resume=args.resume)
+        metrics = train(_config(args, args.spec, args.task), args.out, resume=args.resume, max_seconds=seconds)
         print(json.dumps(metrics))
         return 0
     if args.cmd == "suite":
-        from .suite import run_suite
-        run_suite(_config(args, args.specs[0], args.tasks[0]), args.specs, args.tasks, args.out,
-                  _eval_lengths(args.test_len, args.points), args.samples)
+        from .suite import parse_entry, run_suite
+        try:
+            entries = [parse_entry(s) for s in args.specs]
+        except ValueError as e:
+            raise SystemExit(f"recdsl tasks suite: {e}") from None
+        run_suite(_config(args, entries[0].path, args.tasks[0]), entries, args.tasks, args.out,
+                  _eval_lengths(args.test_len, args.points), args.samples, max_seconds=seconds,
+                  eval_params=_params(args.eval_param))
         print((Path(args.out) / "suite.md").read_text())
         return 0
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, cfg, budget = load_run(args.checkpoint, params=_params(args.eval_param))
     rows = evaluate(model, cfg, _eval_lengths(args.test_len or cfg.test_len, args.points), args.samples)
     for r in rows:
         print(json.dumps({k: v for k, v in r.items() if k != "prefix_accuracy"}))
-    path = write_eval(rows, cfg, args.out or str(Path(args.checkpoint).parent))
+    path = write_eval(rows, cfg, args.out or str(Path(args.checkpoint).parent), budget)
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

@@ -1,61 +1,158 @@
 """`recdsl tasks suite`: every spec on every task with one configuration; a comparison table as
-markdown and JSON, and a plot of each task's metric against length with one line per spec."""
+markdown and JSON, and a plot of each task's metric against length with one line per spec.
+
+A spec entry is `PATH` or `PATH:NAME=VALUE,...`: the settings override spec parameters (`n_h=1`) or the
+training settings in TRAIN_KEYS (`layers=2`, `lr=0.003`), so one suite can hold two variants of one file. Results accumulate in
+--out: a later call into the same folder adds or replaces its own (task, spec) entries and keeps the
+others, so each case can run as its own process (under its own `timeout`) and still share one table.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
 from .data import task as get_task
-from .train import TrainConfig, evaluate, load_checkpoint, train, write_eval
+from .papers import reference
+from .train import TrainConfig, evaluate, load_run, train, write_eval
 
 HEADLINE = ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy")
+TRAIN_KEYS = {"layers": int, "d_model": int, "steps": int, "batch": int, "warmup": int, "lr": float,
+              "weight_decay": float}
 
 
 def headline(row: dict) -> str:
     return next(k for k in HEADLINE if k in row)
 
 
-def run_suite(base: TrainConfig, specs: list[str], tasks: list[str], out_dir: str, lengths: list[int],
-              samples: int = 256, log=sys.stderr) -> dict:
-    """Train and evaluate each (spec, task) under out_dir/<task>/<spec>/ (resuming finished runs);
-    returns {task: {spec: eval rows}} and writes suite.json, suite.md and one suite_<task>.png per task."""
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    path: str
+    settings: tuple[tuple[str, float], ...] = ()    # from PATH:NAME=VALUE,...
+
+    @property
+    def label(self) -> str:
+        stem = Path(self.path).stem
+        return stem + (f"({','.join(f'{k}={v:g}' for k, v in self.settings)})" if self.settings else "")
+
+    @property
+    def folder(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label).strip("_")
+
+    def config(self, base: TrainConfig, task_name: str) -> TrainConfig:
+        s = dict(self.settings)
+        train = {k: TRAIN_KEYS[k](s.pop(k)) for k in list(s) if k in TRAIN_KEYS}
+        params = {**dict(base.params), **s}
+        return dataclasses.replace(base, spec=self.path, task=task_name, params=tuple(params.items()), **train)
+
+
+def parse_entry(text: str) -> Entry:
+    path, sep, rest = text.partition(":")
+    if sep and "=" not in rest:       # a colon inside the path itself
+        path, sep, rest = text, "", ""
+    settings = []
+    for item in rest.split(",") if sep else ():
+        name, eq, value = item.partition("=")
+        try:
+            settings.append((name.strip(), float(value)))
+        except ValueError:
+            eq = ""
+        if not eq or not name.strip():
+            raise ValueError(f"spec entry {text!r}: expected PATH or PATH:NAME=VALUE,..., got {item!r}")
+    return Entry(path, tuple(settings))
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    """The settings a paper's entry is matched on: layers and every spec parameter (defaults included)."""
+    import recdsl
+    return {**dict(recdsl.load(cfg.spec).params), **dict(cfg.params), "layers": cfg.layers}
+
+
+def run_suite(base: TrainConfig, specs: list, tasks: list[str], out_dir: str, lengths: list[int],
+              samples: int = 256, log=sys.stderr, max_seconds: float | None = None, eval_params: tuple = ()) -> dict:
+    """Train and evaluate each (spec, task) under out_dir/<task>/<spec>/ (resuming earlier runs);
+    returns {task: {spec: eval rows}} of everything in out_dir and writes suite.json, suite.md and one
+    suite_<task>.png per task. `max_seconds` limits each run's training (then it is evaluated);
+    `eval_params` override spec parameters at evaluation (see load_run)."""
     out = Path(out_dir)
-    results: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [s if isinstance(s, Entry) else parse_entry(s) for s in specs]
     for t in tasks:
         get_task(t)   # an unknown name fails before any training
+    saved = out / "suite.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    results, runs = previous.get("results", {}), previous.get("runs", {})
     for t in tasks:
-        for spec in specs:
-            cfg = dataclasses.replace(base, spec=spec, task=t)
-            run = out / t / Path(spec).stem
-            print(f"== {Path(spec).stem} on {t}", file=log, flush=True)
-            train(cfg, str(run), resume=True, log=log)
-            model, cfg = load_checkpoint(str(run / "checkpoint.pt"))
-            rows = evaluate(model, cfg, lengths, samples)
-            write_eval(rows, cfg, str(run))
-            results.setdefault(t, {})[Path(spec).stem] = rows
-    (out / "suite.json").write_text(json.dumps({"config": dataclasses.asdict(base), "lengths": lengths,
-                                                "results": results}, indent=1))
-    (out / "suite.md").write_text(table(results, lengths))
+        for e in entries:
+            cfg = e.config(base, t)
+            run = out / t / e.folder
+            print(f"== {e.label} on {t}", file=log, flush=True)
+            train(cfg, str(run), resume=True, log=log, max_seconds=max_seconds)
+            model, cfg, budget = load_run(str(run / "checkpoint.pt"), params=eval_params)
+            rows = evaluate(model, cfg, lengths, samples, log=log)
+            write_eval(rows, cfg, str(run), budget)
+            results.setdefault(t, {})[e.label] = rows
+            ref = reference(t, Path(cfg.spec).stem, run_settings(cfg))
+            runs.setdefault(t, {})[e.label] = {
+                "config": dataclasses.asdict(cfg), "eval_params": dict(eval_params), "budget": budget,
+                "mean": _mean(rows),
+                "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
+                                                   "target": ref.target, "passes": ref.passes(_mean(rows))}}
+            (out / "suite.json").write_text(json.dumps({"config": dataclasses.asdict(base), "lengths": lengths,
+                                                        "results": results, "runs": runs}, indent=1))
+            (out / "suite.md").write_text(table(results, runs))
     for t, by_spec in results.items():
         _plot(t, by_spec, str(out / f"suite_{t}.png"))
     return results
 
 
-def table(results: dict, lengths: list[int]) -> str:
-    """Mean of each task's headline metric over the evaluated lengths, one row per spec."""
+def _mean(rows: list[dict]) -> float:
+    return sum(r[headline(r)] for r in rows) / len(rows)
+
+
+def table(results: dict, runs: dict | None = None) -> str:
+    """Mean of each task's headline metric over the evaluated lengths, one row per spec, with the
+    paper's number beside it where one is known; then each run's budget and the paper's source."""
+    runs = runs or {}
     tasks = list(results)
     specs = list(dict.fromkeys(s for by in results.values() for s in by))
-    lines = [f"Mean over lengths {lengths[0]}-{lengths[-1]} of each task's metric "
-             f"({', '.join(f'{t}: {headline(next(iter(results[t].values()))[0])}' for t in tasks)}).", "",
+    def about(t):
+        by = results[t]
+        span = [r["length"] for rows in by.values() for r in rows]
+        return f"{t}: {headline(next(iter(by.values()))[0])} over lengths {min(span)}-{max(span)}"
+    lines = [f"Mean over the evaluated lengths of each task's metric ({'; '.join(about(t) for t in tasks)}).", "",
              "| spec | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     for s in specs:
         cells = []
         for t in tasks:
             rows = results[t].get(s)
-            cells.append(f"{sum(r[headline(r)] for r in rows) / len(rows):.3f}" if rows else "")
+            paper = (runs.get(t, {}).get(s) or {}).get("paper")
+            cell = f"{_mean(rows):.3f}" if rows else ""
+            if rows and paper:
+                cell += f" (paper {paper['value']:.3f})" if paper["value"] is not None else f" (paper: {paper['claim']})"
+            cells.append(cell)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if any(runs.values()):
+        sources: list[str] = []      # each paper once, below the table; the rows cite it by number
+        lines += ["", "| task | spec | steps done | train s | device | target (issue 6) | paper |", "|---" * 7 + "|"]
+        for t in tasks:
+            for s, r in runs.get(t, {}).items():
+                b, p = r.get("budget") or {}, r.get("paper") or {}
+                steps = f"{b.get('steps_done', '?')}/{b.get('steps', '?')}" + (
+                    " (time limit)" if b.get("stopped_by") == "time" else "")
+                target = ""
+                if p.get("target"):
+                    target = f"{p['target'][0]} {p['target'][1]:g}: " + ("met" if p["passes"] else "not met")
+                cite = ""
+                if p.get("source"):
+                    if p["source"] not in sources:
+                        sources.append(p["source"])
+                    cite = f"[{sources.index(p['source']) + 1}]"
+                lines.append(f"| {t} | {s} | {steps} | {b.get('train_seconds', '?')} | {b.get('device', '?')} | "
+                             f"{target} | {cite} |")
+        lines += [""] + [f"[{i + 1}] {src}" for i, src in enumerate(sources)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,16 @@
 """Training and evaluating a spec on a task: embedding, L blocks of (norm, the compiled spec, residual;
 norm, MLP, residual), norm, head. Deterministic given the seed: batch i is drawn from
-default_rng([seed, i]), so a resumed run sees the batches an uninterrupted one would."""
+default_rng([seed, i]), so a resumed run sees the batches an uninterrupted one would.
+
+Runs on CUDA when there is one. A run's budget (steps done, training seconds, the device) is kept in its
+checkpoint and written beside its results, so every number says what it cost; `max_seconds` stops
+training early but cleanly (checkpointed, then evaluated like a finished run)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +44,11 @@ class TrainConfig:
     checkpoint_every: int = 200
     weight_decay: float = 0.0
     warmup: int = field(default=0)                   # linear warm-up steps
+    precision: str = "fp32"                          # fp32 | bf16 (autocast; the recurrences stay in fp32)
+    curriculum: int = 0                              # steps over which the longest train length ramps up
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 class TaskModel(nn.Module):
@@ -60,9 +70,34 @@ class TaskModel(nn.Module):
         return self.head(self.norms[-1](x))
 
 
+def train_lengths(cfg: TrainConfig, step: int) -> tuple[int, int]:
+    """The length range of batch `step`: with a curriculum the upper bound grows linearly from the lower
+    to cfg.train_len's upper over the first `curriculum` steps (short sequences first: easier to learn
+    from, and cheaper where the recurrence runs token by token), then stays there."""
+    lo, hi = cfg.train_len
+    if cfg.curriculum <= 0 or step >= cfg.curriculum:
+        return lo, hi
+    return lo, lo + (hi - lo) * (step + 1) // cfg.curriculum
+
+
 def _batch(task, cfg: TrainConfig, step: int, lengths: tuple[int, int], device):
     b = task.batch(cfg.batch, lengths[0], lengths[1], np.random.default_rng([cfg.seed, step]))
     return b, b.tokens.to(device), b.labels.to(device)
+
+
+def device_name(device) -> str:
+    """What ran a job, for the records: the GPU's name, else the CPU's."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _autocast(cfg: TrainConfig, device):
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    # bf16 only where it pays: these models are small and bound by kernel launches, so fp32 is the default
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def _save(path: Path, state: dict) -> None:
@@ -72,19 +107,21 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | None = None, log=sys.stderr,
-          stop_at: int | None = None) -> dict:
-    """Train; checkpoints (model, optimiser, step, config) to out_dir/checkpoint.pt. Returns the last
-    training metrics. `stop_at` ends the run early at that step, checkpointed (a later resume goes on)."""
+          stop_at: int | None = None, max_seconds: float | None = None) -> dict:
+    """Train; checkpoints (model, optimiser, step, config, budget) to out_dir/checkpoint.pt. Returns the
+    last training metrics and the budget. `stop_at` ends the run early at that step; `max_seconds` once
+    this call has trained that long (checked after every step). Either way the run is checkpointed and
+    a later resume goes on."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = get_task(cfg.task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)          # seeds the CPU and every CUDA device: the same initial weights
     model = TaskModel(cfg, len(task.vocab)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
-    start = 0
+    start, spent = 0, 0.0
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state["config"] != dataclasses.asdict(cfg):
@@ -93,52 +130,101 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
-    metrics, t0 = {}, time.perf_counter()
+        spent = state.get("budget", {}).get("train_seconds", 0.0)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    where = device_name(device)
+    if start < end:
+        limit = f", at most {max_seconds / 60:.3g} min" if max_seconds else ""
+        print(f"[{cfg.task} {Path(cfg.spec).stem}] steps {start}->{end} on {where}{limit}", file=log, flush=True)
+    metrics, t0, stopped, done = {}, time.perf_counter(), "steps", start
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    t_log, step_log = t0, start
+
+    def budget() -> dict:
+        return {"steps_done": done, "steps": cfg.steps, "train_seconds": round(spent + time.perf_counter() - t0, 2),
+                "device": where, "stopped_by": stopped}
+
     for step in range(start, end):
-        b, tokens, labels = _batch(task, cfg, step, cfg.train_len, device)
-        logits = model(tokens)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        b, tokens, labels = _batch(task, cfg, step, train_lengths(cfg, step), device)
+        with _autocast(cfg, device):
+            logits = model(tokens)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         done = step + 1
-        if done % max(1, cfg.steps // 50) == 0 or done == cfg.steps:
+        out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+        if out_of_time and done < end:
+            stopped = "time"
+        if done % max(1, cfg.steps // 50) == 0 or done == end or stopped == "time":
             metrics = {"step": done, "loss": loss.item(), **score(task, logits.argmax(-1).cpu(), b)}
             metrics.pop("prefix_accuracy", None)
-            rate = (done - start) / (time.perf_counter() - t0)
+            sync()   # the time per step includes the GPU's work, not only the launches
+            now = time.perf_counter()
+            ms = 1000 * (now - t_log) / max(1, done - step_log)
+            t_log, step_log = now, done
             shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-            print(f"[{cfg.task} {Path(cfg.spec).stem}] {done}/{cfg.steps} {shown} ({rate:.1f} steps/s)", file=log,
-                  flush=True)
-        if done % cfg.checkpoint_every == 0 or done == end:
+            print(f"[{cfg.task} {Path(cfg.spec).stem}] {done}/{cfg.steps} {shown} ({ms:.1f} ms/step, "
+                  f"{now - t0:.0f} s)", file=log, flush=True)
+        if done % cfg.checkpoint_every == 0 or done == end or stopped == "time":
             _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "step": done, "config": dataclasses.asdict(cfg)})
-    return metrics
+                         "step": done, "config": dataclasses.asdict(cfg), "budget": budget()})
+        if stopped == "time":
+            print(f"[{cfg.task} {Path(cfg.spec).stem}] stopped by the time limit after {done} of {cfg.steps} "
+                  f"steps", file=log, flush=True)
+            break
+    if start >= end and ckpt.exists():    # nothing left to train: report the finished run's budget
+        return {"budget": torch.load(ckpt, map_location="cpu", weights_only=False).get("budget", budget())}
+    return {**metrics, "budget": budget()}
 
 
 def load_checkpoint(path: str, device: str | None = None) -> tuple[TaskModel, TrainConfig]:
+    model, cfg, _ = load_run(path, device)
+    return model, cfg
+
+
+def load_run(path: str, device: str | None = None, params: tuple = ()) -> tuple[TaskModel, TrainConfig, dict]:
+    """The model (in eval mode), its configuration and its budget (empty for older checkpoints).
+    `params` override spec parameters that do not change the weights' shapes, for evaluation only: a
+    fixed point's max_iter, say (Movahedi et al. iterate up to 1000 times at test time); the returned
+    configuration carries them."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     state = torch.load(path, map_location=device, weights_only=False)
     c = state["config"]
     cfg = TrainConfig(**{**c, "train_len": tuple(c["train_len"]), "test_len": tuple(c["test_len"]),
                          "params": tuple(tuple(p) for p in c["params"])})
+    if params:
+        cfg = dataclasses.replace(cfg, params=tuple({**dict(cfg.params), **dict(params)}.items()))
     model = TaskModel(cfg, len(get_task(cfg.task).vocab)).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the evaluation parameters {dict(params)} change the model's weights; only "
+                         f"settings such as max_iter or tol may differ from training ({e})") from None
+    return model.eval(), cfg, state.get("budget", {})
 
 
 @torch.no_grad()
-def evaluate(model: TaskModel, cfg: TrainConfig, lengths: list[int], samples: int = 256) -> list[dict]:
-    """The task's metric at each length (one batch of `samples` sequences of exactly that length)."""
+def evaluate(model: TaskModel, cfg: TrainConfig, lengths: list[int], samples: int = 256, log=None) -> list[dict]:
+    """The task's metric at each length (one batch of `samples` sequences of exactly that length). Tasks
+    of odd lengths only (number op number ...) move an even length to the odd one above it, or below it
+    at the top of the range; each row records the length it used."""
     task = get_task(cfg.task)
     device = next(model.parameters()).device
+    top = max(lengths)
     rows = []
     for n in lengths:
+        if task.odd_only and n % 2 == 0:
+            n = n + 1 if n + 1 <= top else n - 1
         b = task.batch(samples, n, n, np.random.default_rng([cfg.seed, 10**9, n]))
-        pred = model(b.tokens.to(device)).argmax(-1).cpu()
+        with _autocast(cfg, device):
+            pred = model(b.tokens.to(device)).argmax(-1).cpu()
         rows.append({"length": n, **score(task, pred, b)})
+        if log is not None:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if isinstance(v, float))
+            print(f"[{cfg.task} {Path(cfg.spec).stem}] eval length {n}: {shown}", file=log, flush=True)
     return rows
 
 
@@ -158,10 +244,13 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write_eval(rows: list[dict], cfg: TrainConfig, out_dir: str) -> Path:
+def write_eval(rows: list[dict], cfg: TrainConfig, out_dir: str, budget: dict | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "eval.json"
-    path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "results": rows}, indent=1))
+    record = {"config": dataclasses.asdict(cfg), "results": rows}
+    if budget:
+        record["budget"] = budget
+    path.write_text(json.dumps(record, indent=1))
     plot(rows, str(out / "eval.png"), f"{Path(cfg.spec).stem} on {cfg.task}")
     return path
