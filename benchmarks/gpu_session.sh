@@ -42,12 +42,12 @@ elif [ "$1" = recurrent ]; then
     -p max_iter=17 -p tol=1e-30 --out "$OUT" --tag "${TAG}_fp_rnn"
 elif [ "$1" = delta ]; then
   # the chunked WY kernels: GPU tests, then issue 4's shapes against fla (deltanet, gated_deltanet, deltaproduct)
-  timeout 240 python -m pytest -q -x tests/test_gpu.py -k delta 2>&1 | tail -8
+  timeout 150 python -m pytest -q tests/test_gpu.py -k delta 2>&1 | tail -8
   for s in deltanet gated_deltanet; do
-    timeout 150 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
+    timeout 120 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
   done
-  for n in 2 3; do
-    timeout 200 python -m recdsl.cli bench examples/deltaproduct.rec -p n_h=$n --no-cold-start --out "$OUT" \
+  for n in ${NH:-2 3}; do
+    timeout 150 python -m recdsl.cli bench examples/deltaproduct.rec -p n_h=$n --no-cold-start --out "$OUT" \
       --tag "${TAG}_deltaproduct_n$n"
   done
 else

@@ -81,12 +81,9 @@ for part in $PARTS; do
   echo "######## $(date +%T) part $part -> $dir"
   case $part in
     parity)
-      # mamba*: Triton scans (a few ms per step); deltanet*: the PyTorch loop over T (~60-80 ms per step)
-      for s in mamba mamba_negeig; do
-        grazzi "$dir" parity 0.5 "examples/$s.rec" 2000 --d-model "$(S 32 8)" $MAMBA
-      done
-      for s in deltanet deltanet_negeig; do
-        grazzi "$dir" parity 0.75 "examples/$s.rec" 600 --d-model "$(S 32 8)" $DELTA
+      # mamba*: Triton scans; deltanet*: the chunked WY kernels (both a few ms per step on an H100)
+      for s in mamba mamba_negeig deltanet deltanet_negeig; do
+        grazzi "$dir" parity 0.5 "examples/$s.rec" 2000 --d-model "$(S 32 8)" $([ "${s#mamba}" != "$s" ] && echo $MAMBA || echo $DELTA)
       done ;;
     modarith)
       # the paper trains 100k steps; this budget buys ~1000, so the gap between the two is what to read

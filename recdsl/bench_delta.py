@@ -44,7 +44,7 @@ def delta_case(path: str, B: int, T: int, H: int, D: int, params: dict | None = 
     (the spec's g defaults to 0, which is the ungated DeltaProduct)."""
     spec = recdsl.load(path, H=H, K=D, V=D, **(params or {}))
     names = {a.name for a in spec.args}
-    n_h = dict(spec.params).get("n_h", 1) if spec.name == "deltaproduct" else 1
+    n_h = int(dict(spec.params).get("n_h", 1)) if spec.name == "deltaproduct" else 1
     gated = ("g" in names) if gated is None else gated
     dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)

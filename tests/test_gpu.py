@@ -163,7 +163,7 @@ def test_mamba2_matches_fla_forward():
 
 @pytest.mark.parametrize("name,params", [("deltanet", {}), ("gated_deltanet", {}), ("deltaproduct", {"n_h": 2}),
                                          ("deltaproduct", {"n_h": 3})])
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
 def test_delta_chunk_against_reference(name, params, dtype, tol):
     """The chunked WY kernels (training path) against the fp32 reference, forward and every gradient."""
     spec = recdsl.load(example(name), H=2, K=64, V=64, **params)

@@ -183,6 +183,22 @@ def test_aot_compile_sm90():
     """Every kernel of the gated variant builds to an sm_90 cubin (bf16, K = V = 128, varlen)."""
     from conftest import compile_sm90
     res = compile_sm90("recdsl.backends.triton.delta_chunk", "aot_jobs", "scalar", "bf16", varlen=True)
-    assert sorted(n for n, size, secs in res) == sorted(["wy_fwd", "wy_bwd", "chunk_fwd_h", "chunk_bwd_dh",
+    assert sorted(n for n, size, secs in res) == sorted(["wy_diag_inverse", "wy_fwd", "wy_bwd", "chunk_fwd_h",
+                                                          "chunk_bwd_dh",
                                                           "chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg"])
     assert all(size > 0 for n, size, secs in res)
+
+
+def test_l2norm_kernel_matches_torch():
+    from recdsl.backends.triton.l2norm import l2norm
+    x = torch.randn(3, 37, 2, 24, dtype=torch.float64)
+    x[0, 0, 0] = 0.0                                        # a zero row: x / eps, gradient dy / eps
+    xf = x.float().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    y, yr = l2norm(xf), torch.nn.functional.normalize(xr, dim=-1, eps=1e-12)
+    assert rel(y, yr) < 1e-6
+    dy = torch.randn_like(yr)
+    dy[0, 0, 0] = 0.0
+    (ga,), (gb,) = torch.autograd.grad((y * dy.float()).sum(), [xf]), torch.autograd.grad((yr * dy).sum(), [xr])
+    assert rel(ga, gb) < 1e-5
+    assert l2norm(x.half()).dtype == torch.float16

@@ -102,11 +102,13 @@ class _LazyLayout(dict):
 
 
 def ir_values(spec, raw: dict, options: dict):
-    """(value, scalar): value(i, shape, keep_dtype) is node i over [B, T, H, *shape] (a plain input passed
-    through in its own dtype when keep_dtype, no copy; anything else evaluated from the IR in fp32 with
-    autograd); scalar(i) is a per-call constant node as a float."""
+    """(value, scalar): value(i, shape, keep_dtype) is node i over [B, T, H, *shape] (an input passed
+    through in its own dtype when keep_dtype, no copy, or l2-normalised in it where declared; anything
+    else evaluated from the IR in fp32 with autograd); scalar(i) is a per-call constant node as a float."""
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
+
+    from .l2norm import l2norm
     ir = spec.ir
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
     B, T = ref.shape[:2]
@@ -117,9 +119,11 @@ def ir_values(spec, raw: dict, options: dict):
 
     def value(i, shape, keep_dtype=False):
         n = ir.node(i)
-        if keep_dtype and n.op == "input" and not any(c[0] == "l2norm" for c in n.args[1]):
+        if keep_dtype and n.op == "input":
             x = raw[n.args[0]]
-            return x if heads else x.unsqueeze(2)
+            x = x if heads else x.unsqueeze(2)
+            # a declared l2norm runs as one Triton pass in the input's dtype (l2norm.py)
+            return l2norm(x) if any(c[0] == "l2norm" for c in n.args[1]) else x
         return torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
 
     def scalar(i):
