@@ -122,8 +122,9 @@ FIXED_POINT_MODES = ("auto", "fused", "unfused")
 
 
 def _fixed_point_fused(spec) -> tuple[bool, str]:
-    """(whether the fused iteration runs the fixed point, why not). RECDSL_FIXED_POINT=unfused forces the
-    unfused path (the baseline in benchmarks), =fused makes a spec that does not fit an error."""
+    """(whether the fused iteration runs the fixed point, why not). The unfused path is the default (the
+    fused one was measured slower); RECDSL_FIXED_POINT=fused asks for the fused iteration (an error where
+    the spec does not fit it), =unfused forces the unfused path."""
     mode = os.environ.get(FIXED_POINT_ENV, "auto") or "auto"
     if mode not in FIXED_POINT_MODES:
         raise ValueError(f"{FIXED_POINT_ENV}={mode!r}: expected one of {FIXED_POINT_MODES}")
@@ -138,6 +139,9 @@ def _fixed_point_fused(spec) -> tuple[bool, str]:
         return False, pattern
     if mode == "unfused":
         return False, f"{FIXED_POINT_ENV}=unfused"
+    if mode == "auto":
+        return False, (f"it fits, but measured slower on an H100 (B=8, T=2048, D=512, r=2, 17 iterations, fp32: "
+                       f"28.2 ms forward against 19.2 unfused); {FIXED_POINT_ENV}=fused runs it")
     return True, ""
 
 

@@ -105,7 +105,8 @@ def test_gradient_is_the_unfused_step_at_the_fused_fixed_point(monkeypatch):
         assert rel(a, b) < 1e-4, k
 
 
-def test_layer_trains_and_warns_when_not_converged():
+def test_layer_trains_and_warns_when_not_converged(monkeypatch):
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
     torch.manual_seed(3)
     layer = recdsl.compile(example("fp_rnn"), D=8, d_model=16, backend="triton")
     y, _ = layer(torch.randn(2, 7, 16))
@@ -157,7 +158,11 @@ recurrence fp_hidden(D = 6):
 
 def test_routing_and_reasons(monkeypatch):
     plan = recdsl.load(example("fp_rnn"), D=8).plan("auto", on_cuda=True)
+    assert plan.algorithm == "fixed_point_scan" and "measured slower" in plan.text()   # the default
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    plan = recdsl.load(example("fp_rnn"), D=8).plan("auto", on_cuda=True)
     assert plan.algorithm == "fixed_point_fused" and "one fused launch per iteration" in plan.text()
+    monkeypatch.delenv("RECDSL_FIXED_POINT")
     assert recdsl.load(example("fp_rnn"), D=8).plan("auto", on_cuda=False).backend == "reference"
     hidden = recdsl.load(HIDDEN)
     plan = hidden.plan("triton")
