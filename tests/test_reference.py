@@ -133,6 +133,9 @@ def test_edges_gates_and_beta():
 
 
 def test_fixed_point_converges_and_reports():
+    # seeded: a randomly initialised layer is not always contractive (of seeds 0-11, 5 and 7 do not
+    # converge in 1000 iterations), and the global generator's state depends on the tests run before
+    torch.manual_seed(0)
     layer = recdsl.compile(example("fp_rnn"), D=8, d_model=8, dtype=torch.float64)
     layer(torch.randn(2, 6, 8, dtype=torch.float64))
     s = layer.last_solve

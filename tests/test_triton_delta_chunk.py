@@ -153,6 +153,7 @@ def test_spec_forward_backward_matches_reference(name, params):
 
 
 def test_compiled_layer_trains_and_matches_reference():
+    torch.manual_seed(0)
     params = dict(H=2, K=8, V=8, d_model=16)
     layer = recdsl.compile(example("gated_deltanet"), backend="triton", **params)
     ref = recdsl.compile(example("gated_deltanet"), backend="reference", **params)
@@ -172,6 +173,7 @@ def test_opcheck_and_torch_compile():
     ins = make(1, 20, 2, 16, 8, 0, True, True, seed=11)
     q, k, v, beta, g, h0 = (ins[n].float().requires_grad_(True) for n in ("q", "k", "v", "beta", "g", "h0"))
     torch.library.opcheck(delta_chunk_fwd, (q, k, v, beta, g, 0.25, h0, True, None))
+    torch.manual_seed(0)
     layer = recdsl.compile(example("deltanet"), backend="triton", H=2, K=8, V=8, d_model=16)
     x = torch.randn(1, 12, 16)
     y, _ = torch.compile(layer, fullgraph=True)(x)
