@@ -1,6 +1,8 @@
 """Fixed-Point RNNs through iterated element-wise scans (backends/triton/fixed_point.py) under the
 Triton interpreter: the fixed point against the fp64 reference, the one-step gradient against a loop
 written from the paper's equations, convergence reporting."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,3 +127,43 @@ def test_routing():
     assert plan.backend == "reference" and "is not a vector" in plan.text()
     with pytest.raises(ValueError, match="no Triton kernel for this fixed point"):
         recdsl.load(example("fp_mamba")).plan("triton")
+
+
+DPLR_MIXER = """
+# a diagonal-plus-low-rank mixer Q_t = diag(d_t) + a_t b_t^T in place of the Householder product
+recurrence fp_rnn_dplr(D = 6, tol = 1e-9):
+    state h[D]
+    input lam[D] in (0, 1), d[D] in (0, 1), a[D], b[D], x[D], c[D]
+    solve tol = tol, max_iter = 2000
+    let h_prev = prev(h)
+    transition diag(lam)
+    write (1 - lam) * (mix(diag(d) + outer(a, b), x - h_prev) + h_prev)
+    output y = c * h
+"""
+
+
+def test_dplr_mixer_reaches_the_dense_recurrence():
+    """Any linear map the language writes can be the mixer (here diagonal plus rank one): the fixed
+    point, on the Triton path and the reference, is the dense recurrence
+    (I - (I - L)(I - Q)) h_t = L h_(t-1) + (I - L) Q x_t, solved directly per token."""
+    spec = recdsl.load(DPLR_MIXER)
+    args = random_args(spec, B=2, T=9, dtype=torch.float64, seed=4)
+    args["a"], args["b"] = 0.3 * args["a"], 0.3 * args["b"]      # keep the mixer's update contractive
+    B, T, D = args["x"].shape
+    I = torch.eye(D, dtype=torch.float64)
+    h, want = torch.zeros(B, D, dtype=torch.float64), []
+    for t in range(T):
+        L = torch.diag_embed(args["lam"][:, t])
+        Q = torch.diag_embed(args["d"][:, t]) + args["a"][:, t, :, None] * args["b"][:, t, None, :]
+        M = I - (I - L) @ (I - Q)
+        rhs = (L @ h.unsqueeze(-1) + (I - L) @ Q @ args["x"][:, t].unsqueeze(-1)).squeeze(-1)
+        h = torch.linalg.solve(M, rhs)
+        want.append(args["c"][:, t] * h)
+    want = torch.stack(want, 1)
+    ro, _ = spec.op(**args, backend="reference")
+    fp32 = recdsl.load(DPLR_MIXER, tol=1e-6)                       # what fp32 iterates can resolve
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecNotConverged)
+        o, _ = fp32.op(**{k: v.float() for k, v in args.items()}, backend="triton")
+    assert rel(ro, want) < 1e-7 and rel(o, want) < 1e-5
+    assert "lsum" in fp32.plan("triton").text() and fp32.plan("triton").algorithm == "fixed_point_scan"
