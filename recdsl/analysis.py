@@ -148,7 +148,8 @@ def value_range(ir: IR, i: int, memo: dict | None = None) -> Interval:
 
 @dataclass(frozen=True)
 class Analysis:
-    family: str                   # scalar | diagonal | signed_diagonal | householder_product | dplr | block_diagonal | dense_fixed_point
+    family: str                   # scalar | diagonal | signed_diagonal | householder_product | dplr | block_diagonal |
+                                  # kronecker | dense_fixed_point
     detail: str                   # one line: gate kind, n_h, block size, mixer
     eig_range: Interval           # real range bounding every eigenvalue of A_t (its factors' hull for products)
     n_h: int                      # reflections per token (0 when none)
@@ -184,6 +185,8 @@ def linmap_range(ir: IR, i: int, notes: list) -> Interval:
             return UNBOUNDED
         b = value_range(ir, ops[1])
         return _hull(Interval(1.0, 1.0), Interval(1 - b.hi, 1 - b.lo, b.hi_closed, b.lo_closed))
+    if n.op == "kron" and n.args[0]:   # spectral norm 1: every eigenvalue in the unit disc
+        return Interval(-1.0, 1.0)
     if n.op == "compose":
         parts = [linmap_range(ir, f, notes) for f in ir.factors(i)]
         scalars = [p for f, p in zip(ir.factors(i), parts) if _commutes(ir, f)]
@@ -223,6 +226,8 @@ def analyse(ir: IR) -> Analysis:
         detail = "fixed point of a diagonal scan with a per-token mixer: " + ", ".join(m for m in mixers if m != "mix")
     elif "lsum" in ops or ("rank1" in ops and "householder" not in ops):
         family, detail = "dplr", "diagonal plus low rank"
+    elif "kron" in ops:
+        family, detail = "kronecker", "Kronecker-structured factors kron(A, B)"
     elif "blockdiag" in ops:
         bs = ir.node(ir.operands(next(i for i in nx.ancestors(ir.graph, trans) | {trans}
                                        if ir.node(i).op == "blockdiag"))[0]).shape

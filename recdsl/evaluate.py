@@ -107,6 +107,16 @@ def apply_linmap(ir: IR, i: int, S: torch.Tensor, value, steps: slice | None = N
     if n.op == "blockdiag":
         M = value(ops[0])
         return (M @ S.unsqueeze(-1)).squeeze(-1) if rank == 2 else M @ S
+    if n.op == "kron":
+        A, Bm = value(ops[0]), value(ops[1])
+        if n.args[0]:   # normalised by its spectral norm, ||A (x) B||_2 = ||A||_2 ||B||_2
+            A = A / torch.linalg.matrix_norm(A, ord=2).unsqueeze(-1).unsqueeze(-1)
+            Bm = Bm / torch.linalg.matrix_norm(Bm, ord=2).unsqueeze(-1).unsqueeze(-1)
+        n1, n2 = A.shape[-1], Bm.shape[-1]
+        lead, rest = S.shape[:S.dim() - rank], S.shape[S.dim() - rank + 1:]
+        X = S.reshape(*lead, n1, n2, -1)                     # the first state axis as [n1, n2]
+        Y = torch.einsum("...ij,...lm,...jmr->...ilr", A, Bm, X)
+        return Y.reshape(*Y.shape[:-3], n1 * n2, *rest)   # the batch axes broadcast with A's and B's
     if n.op == "compose":
         a, b = ops
         return apply_linmap(ir, a, apply_linmap(ir, b, S, value), value)

@@ -33,7 +33,7 @@ OPS: dict[str, tuple[str, int | None]] = {
     "colnorm": ("value", 1),
     # transition factors
     "identity": ("linmap", 0), "diag": ("linmap", 1), "householder": ("linmap", 2), "rank1": ("linmap", 2),
-    "blockdiag": ("linmap", 1), "compose": ("linmap", 2), "lsum": ("linmap", 2),
+    "blockdiag": ("linmap", 1), "kron": ("linmap", 2), "compose": ("linmap", 2), "lsum": ("linmap", 2),
     # fixed points: prev(x) is the previous iterate of the state or output; mix applies a linmap to a value
     "prev": ("value", 0), "mix": ("value", 2),
 }

@@ -20,7 +20,7 @@ MAX_DIM = 1 << 16
 VALUE_FUNCS = ELEMENTWISE_UNARY | {"l2norm", "outer", "mix", "prev"}
 LAYER_FUNCS = {"linear", "mlp", "rmsnorm", "layernorm", "colnorm"}
 INIT_FUNCS = {"uniform", "normal"}
-LINMAP_FUNCS = {"diag", "householder", "outer", "blockdiag"}
+LINMAP_FUNCS = {"diag", "householder", "outer", "blockdiag", "kron"}
 # fixed-point settings (recdsl/solve.py): damping is the first step size, quantile the fraction of the
 # batch that must converge in a call that records a backward (every sequence otherwise), backward_steps
 # the differentiable iterations at the fixed point (1: the paper's one-step gradient; k: k Neumann terms)
@@ -174,7 +174,7 @@ class _Lowerer:
             (INIT_FUNCS if domain == "init" else set()) | ({"delta"} if domain == "write" else set())
         if fn not in allowed:
             where = {"core": "a value expression", "write": "a write", "layer": "the layer", "init": "a weight initialiser"}
-            hint = "transition factors (diag, householder, blockdiag) belong in `transition`" \
+            hint = "transition factors (diag, householder, blockdiag, kron) belong in `transition`" \
                 if fn in LINMAP_FUNCS else f"functions here: {', '.join(sorted(allowed))}"
             raise self.err(e.pos, f"unknown function {fn!r} in {where.get(domain, domain)}", hint)
         sub = "core" if domain == "write" else domain
@@ -263,6 +263,10 @@ class _Lowerer:
         if isinstance(e, BinOp) and e.op in "*+":
             x, y = self.linmap(e.left, S), self.linmap(e.right, S)
             return self.b.add("compose" if e.op == "*" else "lsum", (x, y), shape=S, pos=e.pos)
+        if isinstance(e, BinOp) and e.op == "-":     # A - B as A + diag(-1) B
+            x, y = self.linmap(e.left, S), self.linmap(e.right, S)
+            minus = self.b.add("diag", (self.b.add("const", args=(-1.0,), pos=e.pos),), shape=S, pos=e.pos)
+            return self.b.add("lsum", (x, self.b.add("compose", (minus, y), shape=S, pos=e.pos)), shape=S, pos=e.pos)
         if isinstance(e, Call) and e.fn in LINMAP_FUNCS:
             return self._linmap_call(e, S)
         # any other value expression is a gate: a scalar or a per-channel vector, i.e. diag(e)
@@ -304,6 +308,20 @@ class _Lowerer:
                 raise self.err(e.pos, f"blockdiag(M) needs M [n, b, b] matching a state [n, b, ...], "
                                       f"got {list(sm)} for state {list(S)}")
             return self.b.add("blockdiag", (m,), shape=S, pos=e.pos)
+        if fn == "kron":
+            self._arity(e, 2, kw, ("normalized",))
+            a, b = (self.value(x) for x in e.args)
+            sa, sb = self.b.node(a).shape, self.b.node(b).shape
+            if len(sa) != 2 or sa[0] != sa[1] or len(sb) != 2 or sb[0] != sb[1] or sa[0] * sb[0] != S[0]:
+                raise self.err(e.pos, f"kron(A, B) needs square A [n1, n1] and B [n2, n2] with n1 * n2 = {S[0]} "
+                                      f"(the state's first axis), got {list(sa)} and {list(sb)}")
+            flag = False
+            if "normalized" in kw:
+                c = self.b.node(self.value(kw["normalized"]))
+                if c.op != "const":
+                    raise self.err(e.pos, "kron(..., normalized = ...) takes a constant (0 or 1)")
+                flag = bool(c.args[0])
+            return self.b.add("kron", (a, b), args=(flag,), shape=S, pos=e.pos)
         raise self.err(e.pos, f"unknown transition factor {fn!r}")
 
     # ---- statements ------------------------------------------------------------------------------

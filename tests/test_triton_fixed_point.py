@@ -129,41 +129,62 @@ def test_routing():
         recdsl.load(example("fp_mamba")).plan("triton")
 
 
-DPLR_MIXER = """
-# a diagonal-plus-low-rank mixer Q_t = diag(d_t) + a_t b_t^T in place of the Householder product
-recurrence fp_rnn_dplr(D = 6, tol = 1e-9):
+MIXER_SPEC = """
+# the mixer Q_t as any linear map the language writes
+recurrence fp_rnn_mixer(D = 6, tol = 1e-9):
     state h[D]
-    input lam[D] in (0, 1), d[D] in (0, 1), a[D], b[D], x[D], c[D]
+    input lam[D] in (0, 1), d[D] in (0, 1), a[D], b[D], K1[2, 2], K2[3, 3], x[D], c[D]
     solve tol = tol, max_iter = 2000
     let h_prev = prev(h)
     transition diag(lam)
-    write (1 - lam) * (mix(diag(d) + outer(a, b), x - h_prev) + h_prev)
+    write (1 - lam) * (mix(MIXER, x - h_prev) + h_prev)
     output y = c * h
 """
 
 
-def test_dplr_mixer_reaches_the_dense_recurrence():
-    """Any linear map the language writes can be the mixer (here diagonal plus rank one): the fixed
-    point, on the Triton path and the reference, is the dense recurrence
+def _dense_mixer(name, args, t):
+    """Q_t as a dense [B, D, D] matrix, written independently of the IR."""
+    if name == "dplr":
+        return torch.diag_embed(args["d"][:, t]) + args["a"][:, t, :, None] * args["b"][:, t, None, :]
+    K1, K2 = args["K1"][:, t], args["K2"][:, t]
+    K1 = K1 / torch.linalg.matrix_norm(K1, ord=2)[:, None, None]
+    K2 = K2 / torch.linalg.matrix_norm(K2, ord=2)[:, None, None]
+    return torch.eye(6, dtype=K1.dtype) - torch.stack([torch.kron(p, q) for p, q in zip(K1, K2)])
+
+
+@pytest.mark.parametrize("name,mixer", [("dplr", "diag(d) + outer(a, b)"),
+                                        ("kron", "I - kron(K1, K2, normalized = 1)")])
+def test_mixers_reach_the_dense_recurrence(name, mixer):
+    """Diagonal plus rank one, and I - K1 (x) K2 normalised by its spectral norm (issue 5's mixers): the
+    fixed point, on the Triton path and the reference, is the dense recurrence
     (I - (I - L)(I - Q)) h_t = L h_(t-1) + (I - L) Q x_t, solved directly per token."""
-    spec = recdsl.load(DPLR_MIXER)
+    src = MIXER_SPEC.replace("MIXER", mixer)
+    spec = recdsl.load(src)
     args = random_args(spec, B=2, T=9, dtype=torch.float64, seed=4)
-    args["a"], args["b"] = 0.3 * args["a"], 0.3 * args["b"]      # keep the mixer's update contractive
+    args["a"], args["b"] = 0.3 * args["a"], 0.3 * args["b"]      # keep the DPLR mixer's update contractive
     B, T, D = args["x"].shape
     I = torch.eye(D, dtype=torch.float64)
     h, want = torch.zeros(B, D, dtype=torch.float64), []
     for t in range(T):
-        L = torch.diag_embed(args["lam"][:, t])
-        Q = torch.diag_embed(args["d"][:, t]) + args["a"][:, t, :, None] * args["b"][:, t, None, :]
+        L, Q = torch.diag_embed(args["lam"][:, t]), _dense_mixer(name, args, t)
         M = I - (I - L) @ (I - Q)
         rhs = (L @ h.unsqueeze(-1) + (I - L) @ Q @ args["x"][:, t].unsqueeze(-1)).squeeze(-1)
         h = torch.linalg.solve(M, rhs)
         want.append(args["c"][:, t] * h)
     want = torch.stack(want, 1)
     ro, _ = spec.op(**args, backend="reference")
-    fp32 = recdsl.load(DPLR_MIXER, tol=1e-6)                       # what fp32 iterates can resolve
+    fp32 = recdsl.load(src, tol=1e-6)                               # what fp32 iterates can resolve
     with warnings.catch_warnings():
         warnings.simplefilter("error", RecNotConverged)
         o, _ = fp32.op(**{k: v.float() for k, v in args.items()}, backend="triton")
     assert rel(ro, want) < 1e-7 and rel(o, want) < 1e-5
-    assert "lsum" in fp32.plan("triton").text() and fp32.plan("triton").algorithm == "fixed_point_scan"
+    assert fp32.plan("triton").algorithm == "fixed_point_scan"
+
+
+def test_kron_errors_name_the_place():
+    bad = MIXER_SPEC.replace("MIXER", "I - kron(K1, K1)")
+    with pytest.raises(recdsl.RecError, match=r"kron\(A, B\) needs square A \[n1, n1\] and B \[n2, n2\] "
+                                              r"with n1 \* n2 = 6"):
+        recdsl.load(bad)
+    with pytest.raises(recdsl.RecError, match="takes a constant"):
+        recdsl.load(MIXER_SPEC.replace("MIXER", "kron(K1, K2, normalized = d)"))
