@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from recdsl.evaluate import Evaluator, apply_linmap, l2norm
+from recdsl.evaluate import Evaluator, apply_linmap, l2norm, shift_tokens
 from recdsl.ir import IR
 from recdsl.solve import fixed_point
 
@@ -82,7 +82,8 @@ def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):
 
     def leaf(i, n):
         if n.op == "prev":
-            return prev[n.args[0]]
+            x = prev[n.args[0]]
+            return shift_tokens(x, S0) if len(n.args) > 1 else x    # prev(h, shift = 1): h^(l-1)_(t-1)
         return base(i, n)
 
     ev = Evaluator(ir, leaf)

@@ -26,6 +26,19 @@ def align(x, rank: int, out_rank: int):
     return x.reshape(x.shape + (1,) * (out_rank - rank))
 
 
+def shift_tokens(x: torch.Tensor, first: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, T, ...] one token later: y_t = x_(t-1), and `first` [N, ...] (zeros when None) at the start of
+    each sequence (one per batch row, or packed by cu_seqlens with B == 1): prev(h, shift = 1)."""
+    if cu_seqlens is None:
+        fill = torch.zeros_like(x[:, :1]) if first is None else first.to(x.dtype).unsqueeze(1)
+        return torch.cat([fill, x[:, :-1]], dim=1)
+    y = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+    cu = cu_seqlens.long()
+    real = cu[1:] > cu[:-1]                           # empty sequences start nowhere
+    fill = x.new_zeros((len(real),) + tuple(x.shape[2:])) if first is None else first.to(x.dtype)
+    return y.index_put((torch.zeros_like(cu[:-1][real]), cu[:-1][real]), fill[real])
+
+
 def l2norm(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=1e-12)
 

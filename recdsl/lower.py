@@ -194,14 +194,25 @@ class _Lowerer:
                 raise self.err(e.pos, f"outer takes two vectors, got shapes {list(sa)} and {list(sb)}")
             return self.b.add("outer", (a, b), shape=sa + sb, pos=e.pos)
         if fn == "prev":
-            if domain not in ("core", "write") or len(args) != 1 or not isinstance(args[0], Name) or kw:
-                raise self.err(e.pos, "prev takes one name: the state or the output, e.g. prev(h)")
+            if domain not in ("core", "write") or len(args) != 1 or not isinstance(args[0], Name) or \
+                    set(kw) - {"shift"}:
+                raise self.err(e.pos, "prev takes one name: the state or the output, e.g. prev(h) "
+                                      "(or prev(h, shift = 1): the previous token's)")
             name = args[0].id
             shapes = {self.state_name: self.state_shape, **self.out_shapes}
             if name not in shapes:
                 raise self.err(args[0].pos, f"prev({name}) needs the state or the output",
                                f"this recurrence iterates one of {sorted(shapes)}")
             self.prev_used = True
+            if "shift" in kw:   # h^(l-1)_(t-1): the previous iterate one token back (the initial state at t = 0)
+                c = self.b.node(self.value(kw["shift"], sub))
+                if c.op != "const" or c.args[0] not in (0, 1):
+                    raise self.err(e.pos, "prev(..., shift = ...) takes 0 or 1")
+                if c.args[0] == 1:
+                    if len(self.state_shape) != 1 or name != self.state_name:
+                        raise self.err(e.pos, "prev(..., shift = 1) reads the previous token's iterate of a "
+                                              "vector state only")
+                    return self.b.add("prev", args=(name, 1), shape=shapes[name], pos=e.pos)
             return self.b.add("prev", args=(name,), shape=shapes[name], pos=e.pos)
         if fn == "mix":
             self._arity(e, 2, kw, ())

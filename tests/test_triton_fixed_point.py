@@ -188,3 +188,56 @@ def test_kron_errors_name_the_place():
         recdsl.load(bad)
     with pytest.raises(recdsl.RecError, match="takes a constant"):
         recdsl.load(MIXER_SPEC.replace("MIXER", "kron(K1, K2, normalized = d)"))
+
+
+SHIFTED = """
+# Lambda and the mixer read the previous token's iterate h^(l-1)_(t-1) (the paper's shifted dependence)
+recurrence fp_shift(D = 6, tol = 1e-10):
+    state h[D]
+    input lam[D] in (0, 1), u[D] l2norm, alpha in (0, 1), x[D], c[D]
+    solve tol = tol, max_iter = 1000
+    let h_prev = prev(h)
+    let h_last = prev(h, shift = 1)
+    transition diag(lam * sigmoid(h_last))
+    write (1 - lam) * (mix(householder(u, 2 * alpha * sigmoid(u @ h_last)), x - h_prev) + h_prev)
+    output y = c * h
+"""
+
+
+def test_shifted_dependence_solves_its_equations():
+    """With prev(h, shift = 1) the fixed point h* satisfies, token by token (h*_(-1) = h0),
+    h*_t = a_t h*_(t-1) + (1 - lam_t) (Q_t (x_t - h*_t) + h*_t) with a_t = lam_t sigmoid(h*_(t-1)) and
+    Q_t = I - 2 alpha_t sigmoid(u_t . h*_(t-1)) u_t u_t^T (written here from the equation); the Triton path
+    agrees with the reference, packed sequences with separate calls."""
+    spec = recdsl.load(SHIFTED)
+    assert "shift = 1" in triton_reason(spec)
+    args = random_args(spec, B=2, T=9, dtype=torch.float64, seed=2)
+    h0 = torch.randn(2, 6, dtype=torch.float64)
+    ro, rS = spec.op(**args, initial_state=h0, output_final_state=True, backend="reference")
+    h = ro / args["c"]
+    u = F.normalize(args["u"], dim=-1)
+    prev_h = torch.cat([h0[:, None], h[:, :-1]], 1)
+    gate = torch.sigmoid(prev_h)
+    beta = 2 * args["alpha"][..., None] * torch.sigmoid((u * prev_h).sum(-1, keepdim=True))
+    Qv = lambda v: v - beta * u * (u * v).sum(-1, keepdim=True)   # noqa: E731
+    rhs = args["lam"] * gate * prev_h + (1 - args["lam"]) * (Qv(args["x"] - h) + h)
+    assert rel(rhs, h) < 1e-8 and rel(rS, h[:, -1]) < 1e-12
+    fp32 = recdsl.load(SHIFTED, tol=1e-6)
+    o, _ = fp32.op(**{k: v.float() for k, v in args.items()}, initial_state=h0.float(), backend="triton")
+    assert rel(o, ro) < 1e-5
+    packed = {k: torch.cat([v[:1], v[1:]], 1).float() for k, v in args.items()}   # the two rows, end to end
+    cu = torch.tensor([0, 9, 18], dtype=torch.int32)
+    op, _ = fp32.op(**packed, initial_state=h0.float(), cu_seqlens=cu, backend="triton")
+    assert rel(op, torch.cat([o[:1], o[1:]], 1)) < 1e-5
+
+
+def triton_reason(spec):
+    from recdsl.backends.triton.fp_fused import match
+    return match(spec.ir)
+
+
+def test_shift_errors_name_the_place():
+    with pytest.raises(recdsl.RecError, match=r"takes 0 or 1"):
+        recdsl.load(SHIFTED.replace("prev(h, shift = 1)", "prev(h, shift = 2)"))
+    with pytest.raises(recdsl.RecError, match=r"prev takes one name"):
+        recdsl.load(SHIFTED.replace("prev(h, shift = 1)", "prev(h, lag = 1)"))

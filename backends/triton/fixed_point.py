@@ -52,7 +52,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     import recdsl
     from recdsl.backends.reference import leaf_values
     from recdsl.solve import fixed_point
-    from recdsl.evaluate import Evaluator
+    from recdsl.evaluate import Evaluator, shift_tokens
 
     from .matrix import _LazyLayout
     ir = spec.ir
@@ -72,8 +72,15 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     varying = {i for i in ir.graph.nodes if ir.reads(i, "prev", "state")}
     shared: dict = {}
 
+    first = None if h0 is None else h0.reshape(h0.shape[0], H, D).float()
+
+    def leaf(i, n, prev, states):
+        if n.op == "prev":   # prev(h, shift = 1): the previous token's iterate, each sequence from its h0
+            return shift_tokens(prev, first, cu) if len(n.args) > 1 else prev
+        return states if n.op == "state" else base(i, n)
+
     def evaluator(prev, states=None):
-        ev = Evaluator(ir, lambda i, n: prev if n.op == "prev" else states if n.op == "state" else base(i, n))
+        ev = Evaluator(ir, lambda i, n: leaf(i, n, prev, states))
         ev.memo.update(shared)        # everything that does not depend on the iterate, evaluated once
         return ev
 

@@ -144,6 +144,8 @@ def match(ir: IR) -> FusedPattern | str:
         return reason
     if ir.heads:
         return "heads: the residual takes one maximum over every head's channels (only head-free specs are fused)"
+    if any(ir.node(i).op == "prev" and len(ir.node(i).args) > 1 for i in ir.graph.nodes):
+        return "the spec reads the previous token's iterate (prev(h, shift = 1)): only the unfused path"
     S = ir.state[1]
     free = lambda i: not ir.reads(i, "prev", "state")   # noqa: E731 (a value the iteration cannot change)
     trans, write = ir.root("transition"), ir.root("write")
