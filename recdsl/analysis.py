@@ -200,6 +200,29 @@ def linmap_range(ir: IR, i: int, notes: list) -> Interval:
     return UNBOUNDED
 
 
+def norm_bound(ir, i: int) -> float:
+    """An upper bound on the spectral norm of linmap node i from the declared constraints (math.inf where
+    none is known). `ir` is an IR or the lowering's Builder (both have node() and operands())."""
+    n, ops = ir.node(i), ir.operands(i)
+    if n.op == "identity":
+        return 1.0
+    if n.op == "diag":
+        r = value_range(ir, ops[0])
+        return max(abs(r.lo), abs(r.hi))
+    if n.op == "householder":   # symmetric, eigenvalues 1 and 1 - beta ||k||^2: in [-1, 1] for beta in [0, 2]
+        b = value_range(ir, ops[1])
+        if _keys_normalised(ir, ops[0]) and b.lo >= 0 and b.hi <= 2:
+            return 1.0
+        return math.inf
+    if n.op == "kron":
+        return 1.0 if n.args[0] else math.inf
+    if n.op == "compose":
+        return norm_bound(ir, ops[0]) * norm_bound(ir, ops[1])
+    if n.op == "lsum":
+        return norm_bound(ir, ops[0]) + norm_bound(ir, ops[1])
+    return math.inf
+
+
 def _commutes(ir: IR, f: int) -> bool:
     """A scalar gate commutes with everything, so its range multiplies the rest exactly."""
     n = ir.node(f)

@@ -83,7 +83,10 @@ class Evaluator:
             else:
                 v = (k * beta.unsqueeze(-1)).unsqueeze(-1) * vv.unsqueeze(-2)
         elif n.op == "mix":
-            v = apply_linmap(ir, ops[0], self(ops[1]), self)
+            x = self(ops[1])
+            v = apply_linmap(ir, ops[0], x, self)
+            if n.args:   # contractive: I - s (I - Q)
+                v = x - n.args[0] * (x - v)
         elif self.layer_op is not None:
             v = self.layer_op(i, n, [self(o) for o in ops])
         else:

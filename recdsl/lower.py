@@ -215,11 +215,24 @@ class _Lowerer:
                     return self.b.add("prev", args=(name, 1), shape=shapes[name], pos=e.pos)
             return self.b.add("prev", args=(name,), shape=shapes[name], pos=e.pos)
         if fn == "mix":
-            self._arity(e, 2, kw, ())
+            self._arity(e, 2, kw, ("contractive",))
             x = self.value(args[1], sub)
             sx = self.b.node(x).shape
             m = self.linmap(args[0], sx)
-            return self.b.add("mix", (m, x), shape=sx, pos=e.pos)
+            if "contractive" not in kw:
+                return self.b.add("mix", (m, x), shape=sx, pos=e.pos)
+            # mix(Q, x, contractive = g) applies Q' = I - s (I - Q) with s = g / (1 + a bound on ||Q||), so that
+            # ||I - Q'|| <= g < 1: the depth iteration of a fixed point contracts (Movahedi et al. 2025, Thm 3.1)
+            c = self.b.node(self.value(kw["contractive"], sub))
+            if c.op != "const" or not 0 < c.args[0] < 1:
+                raise self.err(e.pos, "mix(..., contractive = g) takes a constant g in (0, 1)")
+            from .analysis import norm_bound
+            bound = norm_bound(self.b, m)
+            if not math.isfinite(bound):
+                raise self.err(e.pos, "mix(..., contractive = g) needs a mixer whose norm the constraints bound",
+                               "declare keys l2norm and beta in [0, 2], gates in intervals, "
+                               "or kron(..., normalized = 1)")
+            return self.b.add("mix", (m, x), args=(c.args[0] / (1.0 + bound),), shape=sx, pos=e.pos)
         if fn == "delta":
             self._arity(e, 3, kw, ())
             k, v, beta = (self.value(x, "core") for x in args)

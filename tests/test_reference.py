@@ -189,3 +189,37 @@ def test_kron_transition_against_a_loop_and_the_mixing_oracle():
         want.append(h)
     assert rel(o, torch.stack(want, 1)) < 1e-12
     assert rel(materialize(spec, **args)[1], o) < 1e-12
+
+
+def test_contractive_mixer_converges_where_the_plain_one_does_not():
+    """mix(Q, x, contractive = g) applies I - s (I - Q) with s = g / (1 + a bound on ||Q||) (here 1: a
+    product of reflections with l2norm keys and beta in (0, 2)), so ||I - Q'|| <= g: seeds whose random
+    layer does not converge with the plain mixer converge with it (Movahedi et al. 2025, Thm 3.1)."""
+    import warnings
+    src = open(example("fp_rnn")).read()
+    contractive = src.replace("x - h_prev) + h_prev)", "x - h_prev, contractive = 0.9) + h_prev)")
+    assert contractive != src
+    spec = recdsl.load(contractive, D=8)
+    mixes = [i for i in spec.ir.graph.nodes if spec.ir.node(i).op == "mix"]
+    assert [spec.ir.node(i).args for i in mixes] == [(0.45,)]
+    for seed in (5, 7):      # random layers whose plain fixed point is not reached in 1000 iterations
+        torch.manual_seed(seed)
+        plain = recdsl.compile(src, D=8, d_model=8, dtype=torch.float64)
+        torch.manual_seed(seed)
+        layer = recdsl.compile(contractive, D=8, d_model=8, dtype=torch.float64)
+        x = torch.randn(2, 6, 8, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", recdsl.RecNotConverged)
+            plain(x)
+        layer(x)
+        assert not plain.last_solve.converged and layer.last_solve.converged
+
+
+def test_contractive_mixer_errors():
+    src = open(example("fp_rnn")).read()
+    with pytest.raises(recdsl.RecError, match=r"constant g in \(0, 1\)"):
+        recdsl.load(src.replace("x - h_prev) + h_prev)", "x - h_prev, contractive = 1.5) + h_prev)"))
+    unbounded = src.replace("u[r, D] l2norm", "u[r, D]").replace("x - h_prev) + h_prev)",
+                                                             "x - h_prev, contractive = 0.5) + h_prev)")
+    with pytest.raises(recdsl.RecError, match="needs a mixer whose norm the constraints bound"):
+        recdsl.load(unbounded)

@@ -171,6 +171,8 @@ def match(ir: IR) -> FusedPattern | str:
     p, mix = summed
     if ir.node(mix).op != "mix":
         return "the write is not g * (mix(Q, x - prev(h)) + prev(h))"
+    if ir.node(mix).args:
+        return "mix(..., contractive = g) runs on the unfused path only"
     linmap, v = ir.operands(mix)
     if ir.node(v).op != "sub" or ir.operands(v)[1] != p or not free(ir.operands(v)[0]):
         return "the mixer does not act on x - prev(h) with x free of the previous iterate"
