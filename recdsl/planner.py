@@ -110,11 +110,14 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
 
 
 def _fixed_point_reason(spec) -> str | None:
+    """Why no Triton path runs this fixed point (a vector state's, or a matrix state's iterated readout)."""
     try:
         from recdsl.backends.triton.fixed_point import eligible
+        from recdsl.backends.triton.fixed_point_matrix import eligible as eligible_matrix
     except ImportError:   # triton is an optional dependency
         return "triton is not installed"
-    return eligible(spec.ir)
+    vector, matrix = eligible(spec.ir), eligible_matrix(spec.ir)
+    return None if vector is None or matrix is None else f"{vector}; as a matrix state: {matrix}"
 
 
 FIXED_POINT_ENV = "RECDSL_FIXED_POINT"

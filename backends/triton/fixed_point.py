@@ -49,6 +49,9 @@ def eligible(ir: IR) -> str | None:
 def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, fused=None):
     """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo).
     `fused` (an fp_fused.FusedPattern) runs the iterations as one fused launch each (fp_fused.py)."""
+    if len(spec.ir.state[1]) == 2:   # a matrix state whose readout is iterated (FP-Mamba)
+        from .fixed_point_matrix import run_fixed_point_matrix
+        return run_fixed_point_matrix(spec, raw, options, h0, cu, output_final_state)
     import recdsl
     from recdsl.backends.reference import leaf_values
     from recdsl.solve import fixed_point
