@@ -22,10 +22,15 @@ def cuda_args(spec, B, T, dtype, seed=0):
 @pytest.mark.parametrize("name", ["hgrn", "lru", "mamba", "mamba_negeig"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3), (torch.float32, 1e-5)])
 def test_scan_against_reference(name, dtype, tol):
-    spec = recdsl.load(example(name), D=256)
-    args = cuda_args(spec, 2, 300, dtype)
+    against_reference(recdsl.load(example(name), D=256), dtype, tol)
+
+
+def against_reference(spec, dtype, tol, B=2, T=300):
+    """The Triton backend in `dtype` against the fp32 reference: output and final state to `tol`, every
+    input's gradient to 5 * tol."""
+    args = cuda_args(spec, B, T, dtype)
     ref_args = {k: v.detach().float().requires_grad_(True) for k, v in args.items()}
-    h0 = torch.randn(spec.state_shape(2), device="cuda")
+    h0 = torch.randn(spec.state_shape(B), device="cuda")
     o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
     o_r, S_r = spec.op(**ref_args, initial_state=h0, output_final_state=True, backend="reference")
     assert o.dtype == dtype and S.dtype == torch.float32
@@ -168,17 +173,7 @@ def test_delta_chunk_against_reference(name, params, dtype, tol):
     """The chunked WY kernels (training path) against the fp32 reference, forward and every gradient."""
     spec = recdsl.load(example(name), H=2, K=64, V=64, **params)
     assert spec.plan("auto", on_cuda=True, needs_grad=True).algorithm == "delta_chunk"
-    args = cuda_args(spec, 2, 300, dtype)
-    ref_args = {k: v.detach().float().requires_grad_(True) for k, v in args.items()}
-    h0 = torch.randn(spec.state_shape(2), device="cuda")
-    o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
-    o_r, S_r = spec.op(**ref_args, initial_state=h0, output_final_state=True, backend="reference")
-    assert rel(o, o_r) < tol and rel(S, S_r) < tol
-    do = torch.randn_like(o_r)
-    (o.float() * do).sum().backward()
-    (o_r * do).sum().backward()
-    for k in args:
-        assert rel(args[k].grad, ref_args[k].grad) < 5 * tol, k
+    against_reference(spec, dtype, tol)
 
 
 def test_delta_chunk_matches_fla():

@@ -24,12 +24,7 @@ and stores the state at each chunk start (h); `chunk_fwd_o` is parallel over chu
     dL/dG_m = q_m * dq_m - k_m * dk_m  (+ rowsum(S_c+1 * dS_c+1) at the chunk's last row),
     dg_t    = sum_{m >= t in the chunk} dL/dG_m.
 
-Per-key decays inside a chunk: exp(G_i - G_j) must not be split as exp(G_i) * exp(-G_j) (overflow for
-strong decays). When the chunk's log range is at most 2*SAFE_LOG the split is taken about the chunk's
-midpoint (one tl.dot). Otherwise pairs (i, j) are split hierarchically: at level s the pairs with i in
-the upper and j in the lower half of the same 2s-block use segmented sums of g that are both <= 0
-(F_i over (mid, i], E_j over (j, mid]); once every s-block spans at most SAFE_LOG of log decay the
-remaining within-block pairs take one dot with the reference after the block's first row.
+Per-key decays inside a chunk are split without overflow by the device functions of chunk_parts.py.
 
 The Triton source is rendered per (decay, signed) by template.py and imported through the kernel cache;
 chunk_launch.py launches it (tile configs, the torch custom op, varlen tables, ahead-of-time jobs).
@@ -38,84 +33,13 @@ from __future__ import annotations
 
 import os
 
+from .chunk_parts import CHUNK_HELPERS, PERKEY_INTRA
 from .template import load_variant, render
 
 KERNELS = ("chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg")
 
 # Dot precision for fp32 inputs ("ieee" is exact; "tf32" is faster on tensor cores).
 FP32_DOT_PRECISION = os.environ.get("RECDSL_FP32_DOT", "ieee")
-
-
-# Coordinates of a sequence / a chunk and the within-chunk cumulative log decay: shared with the
-# WY kernels of the delta rule (wy.py).
-CHUNK_HELPERS = r'''@triton.jit
-def _seq_coords(i_n, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """First token, length, and index of the first chunk (row of h) of sequence i_n."""
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        L = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-        s0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        L = T
-        s0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
-    return bos, L, s0
-
-
-@triton.jit
-def _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H: tl.constexpr, BT: tl.constexpr,
-                  IS_VARLEN: tl.constexpr):
-    """For program (chunk i_t, head i_bh): first token of its sequence, sequence length, chunk index
-    within the sequence, global chunk index (row of h), head."""
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + 2 * i_t).to(tl.int64)
-        i_c = tl.load(chunk_indices + 2 * i_t + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        L = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-        i_s = i_t.to(tl.int64)
-        i_h = i_bh
-    else:
-        i_b = i_bh // H
-        i_h = i_bh % H
-        i_c = i_t
-        bos = i_b.to(tl.int64) * T
-        L = T
-        i_s = i_b.to(tl.int64) * tl.cdiv(T, BT) + i_t
-    return bos, L, i_c, i_s, i_h
-
-
-#if decay
-@triton.jit
-def _gate(g, sgn, p_row, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
-    """Load one chunk of the log decay and form its within-chunk cumulative sum G (fp32, inclusive)
-    and G at the chunk's last row (padded rows have g = 0, so that is the last real token's value).
-#if signed
-    Also the cumulative sign P (+1/-1: parity of negative factors so far) and its last row Pl.
-#endif
-    """
-    rows = tl.arange(0, BT)
-#if perkey
-    off = p_row[:, None] * K + o_k[None, :]
-    m = m_t[:, None] & m_k[None, :]
-    last = (rows == BT - 1)[:, None]
-#else
-    off = p_row
-    m = m_t
-    last = rows == BT - 1
-#endif
-    b_g = tl.load(g + off, mask=m, other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_Gl = tl.sum(tl.where(last, b_G, 0.0), axis=0)
-#if signed
-    neg = (tl.load(sgn + off, mask=m, other=1) < 0).to(tl.int32)
-    b_P = 1.0 - 2.0 * (tl.cumsum(neg, axis=0) & 1).to(tl.float32)
-    b_Pl = tl.sum(tl.where(last, b_P, 0.0), axis=0)
-    return b_g, b_G, b_Gl, b_P, b_Pl
-#else
-    return b_g, b_G, b_Gl
-#endif
-#endif
-'''
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,90 +55,10 @@ S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t; see recdsl backend
 import triton
 import triton.language as tl
 
-#if perkey
-# Largest log-magnitude a factor in a split decay exp(G_i - R) * exp(R - G_j) may reach (e^60 ~ 1e26
-# is far inside the fp32/bf16 range, and products of two such factors stay finite).
-SAFE_LOG = tl.constexpr(60.0)
-#endif
-
-
 @CHUNK_HELPERS@
 
 
-#if perkey
-@triton.jit
-def _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """One factorised part of the intra-chunk decay: pairs (i, j) selected by M get
-    exp(G_i - G_j) = Qf_i * Kf_j. MODE 0 adds to A = (q k^T) (*) decay; MODE 1 adds the
-    gradients dq += Qf * ((M * dA) @ (k Kf)), dk += Kf * ((M * dA)^T @ (q Qf))."""
-    qs = (qP * Qf).to(DT)
-    ks = (kP * Kf).to(DT)
-    if MODE == 0:
-        A += tl.where(M, tl.dot(qs, tl.trans(ks), input_precision=PREC), 0.0)
-    else:
-        dAm = tl.where(M, dA, 0.0).to(DT)
-        dq += Qf * tl.dot(dAm, ks, input_precision=PREC)
-        dk += Kf * tl.dot(tl.trans(dAm), qs, input_precision=PREC)
-    return A, dq, dk
-
-
-@triton.jit
-def _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, s: tl.constexpr, MODE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """One level of the strong-decay split (runs only while done == 0): the pairs with i in the upper
-    and j in the lower half of one 2s-block, then, if every s-block spans at most SAFE_LOG of log
-    decay (or s == 1), all remaining pairs inside the s-blocks, which finishes the chunk."""
-    rows = tl.arange(0, BT)
-    ri = rows[:, None]
-    cj = rows[None, :]
-    if done == 0:
-        # both halves are s-segments: segmented sums of g along rows, all <= 0
-        g3 = tl.reshape(b_g, [BT // s, s, BK])
-        F = tl.reshape(tl.cumsum(g3, axis=1), [BT, BK])                     # sum of g over (mid, i]
-        E = tl.reshape(tl.cumsum(g3, axis=1, reverse=True), [BT, BK]) - b_g  # sum of g over (j, mid]
-        up = ((rows // s) % 2) == 1
-        lo = ((rows // s) % 2) == 0
-        Qf = tl.where(up[:, None], tl.exp(F), 0.0)
-        Kf = tl.where(lo[:, None], tl.exp(E), 0.0)
-        M = ((ri // (2 * s)) == (cj // (2 * s))) & up[:, None] & lo[None, :]
-        A, dq, dk = _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE, DT, PREC)
-        if s == 1:
-            # only the diagonal is left: exp(0) = 1
-            one = tl.full([BT, BK], 1.0, tl.float32)
-            A, dq, dk = _piece(qP, kP, one, one, cj == ri, A, dA, dq, dk, MODE, DT, PREC)
-            done = done + 1
-        else:
-            if (s - 1) * gmax <= SAFE_LOG:
-                # pairs inside one s-block: reference just after the block's first row
-                g0 = tl.where(((rows % s) == 0)[:, None], 0.0, b_g)
-                C = tl.reshape(tl.cumsum(tl.reshape(g0, [BT // s, s, BK]), axis=1), [BT, BK])
-                M = ((ri // s) == (cj // s)) & (cj <= ri)
-                A, dq, dk = _piece(qP, kP, tl.exp(C), tl.exp(-C), M, A, dA, dq, dk, MODE, DT, PREC)
-                done = done + 1
-    return A, dq, dk, done
-
-
-@triton.jit
-def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """Intra-chunk part for one key block: all pairs j <= i with the exact per-key decay
-    exp(G_i - G_j), never forming a factor above exp(SAFE_LOG). See _piece for MODE."""
-    rows = tl.arange(0, BT)
-    ri = rows[:, None]
-    cj = rows[None, :]
-    # Whole chunk at once, reference at the chunk's midpoint: factors within exp(+-range/2).
-    rng = tl.max(-b_Gl, axis=0)
-    done = (rng <= 2.0 * SAFE_LOG).to(tl.int32)
-    if done == 1:
-        Gh = 0.5 * b_Gl[None, :]
-        A, dq, dk = _piece(qP, kP, tl.exp(b_G - Gh), tl.exp(Gh - b_G), cj <= ri, A, dA, dq, dk,
-                           MODE, DT, PREC)
-    # Strong decay: split the pairs level by level (block size 2s, s = BT/2, BT/4, ..., 1).
-    gmax = tl.max(tl.max(-b_g, axis=1), axis=0)   # the largest single-step log decay
-    for lv in tl.static_range(LOG2BT):
-        A, dq, dk, done = _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, BT >> (lv + 1), MODE, BT, BK, DT, PREC)
-    return A, dq, dk
-#endif
+@PERKEY_INTRA@
 
 
 @triton.jit
@@ -624,7 +468,8 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
 '''
 
 
-_TEXT = _TEMPLATE.replace("@CHUNK_HELPERS@", CHUNK_HELPERS.rstrip("\n"))
+_TEXT = (_TEMPLATE.replace("@CHUNK_HELPERS@", CHUNK_HELPERS.rstrip("\n"))
+         .replace("@PERKEY_INTRA@", PERKEY_INTRA.rstrip("\n")))
 
 
 def _check(decay: str, signed: bool, delta: bool) -> None:

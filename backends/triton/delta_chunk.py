@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -38,6 +39,37 @@ def _blocks(K: int, V: int) -> tuple[int, int, int, int]:
     return BK, BV, warps, wy_warps
 
 
+@dataclass(frozen=True)
+class _LaunchConfig:
+    """What the forward's and the backward's launches of one call share."""
+    chunk: object            # chunk.py's delta variant (imported module)
+    wy: object               # wy.py's module
+    cfg: dict                # tiles of the reused chunk kernels
+    cdt: torch.dtype         # storage dtype of w, u, v' and the chunk states
+    prec: str                # dot input precision
+    varlen: bool
+    N: int                   # sequences
+    chunk_offsets: Optional[torch.Tensor]
+    chunk_indices: Optional[torch.Tensor]
+    NS: int                  # chunk states
+    NC: int                  # chunks per grid row
+    BH: int                  # grid rows
+    BK: int
+    BV: int
+    warps: int               # of the state passes
+    wy_warps: int            # of the WY kernels
+
+
+def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                   cu_seqlens: Optional[torch.Tensor]) -> _LaunchConfig:
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    gate = "none" if g is None else "scalar"
+    return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT),
+                         *_precision(k.dtype), cu_seqlens is not None, *_tables(cu_seqlens, B, T, H, BT),
+                         *_blocks(K, V))
+
+
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: Optional[torch.Tensor],
          scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
          cu_seqlens: Optional[torch.Tensor]
@@ -45,34 +77,31 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     """(o, final state (or empty), T, w, h (chunk-start states), v')."""
     B, T, H, K = k.shape
     V = v.shape[-1]
-    gate = "none" if g is None else "scalar"
-    chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
-    cfg = configs(gate, K, V, BT)
-    cdt, prec = _precision(k.dtype)
-    varlen = cu_seqlens is not None
-    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
-    BK, BV, warps, wy_warps = _blocks(K, V)
+    lc = _launch_config(k, v, g, cu_seqlens)
     Tm = torch.empty(B, T, H, BT, dtype=torch.float32, device=k.device)
-    w = k.new_empty(B, T, H, K, dtype=cdt)
-    u = k.new_empty(B, T, H, V, dtype=cdt)
+    w = k.new_empty(B, T, H, K, dtype=lc.cdt)
+    u = k.new_empty(B, T, H, V, dtype=lc.cdt)
     vn = torch.empty_like(u)
-    h = k.new_empty(NS, H, K, V, dtype=cdt)
-    ht = k.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
+    h = k.new_empty(lc.NS, H, K, V, dtype=lc.cdt)
+    ht = k.new_empty((lc.N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     o = torch.empty_like(v)
-    if NS > 0:
-        wy.wy_diag_inverse[(4 * NC, BH)](k, beta, g, Tm, cu_seqlens, chunk_indices, T, H=H, K=K, BT=BT, BK=BK,
-                                          IS_VARLEN=varlen, PREC=prec, num_warps=1)
-        wy.wy_fwd[(NC, BH)](k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T, H=H, K=K, V=V, BT=BT, BK=BK,
-                             BV=BV, IS_VARLEN=varlen, PREC=prec, num_warps=wy_warps)
-    if N > 0:
-        chunk.chunk_fwd_h[(1, triton.cdiv(V, BV), N * H)](
-            k, u, g, None, h0, h, ht, cu_seqlens, chunk_offsets, T, w, vn, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
-    oBK, oBV, ow, ost = cfg["chunk_fwd_o"]
-    if NS > 0:
-        chunk.chunk_fwd_o[(triton.cdiv(V, oBV), NC, BH)](
-            q, k, vn, g, None, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK, BV=oBV,
-            LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=ow, num_stages=ost)
+    if lc.NS > 0:
+        lc.wy.wy_diag_inverse[(4 * lc.NC, lc.BH)](
+            k, beta, g, Tm, cu_seqlens, lc.chunk_indices, T, H=H, K=K, BT=BT, BK=lc.BK, IS_VARLEN=lc.varlen,
+            PREC=lc.prec, num_warps=1)
+        lc.wy.wy_fwd[(lc.NC, lc.BH)](
+            k, v, beta, g, Tm, w, u, cu_seqlens, lc.chunk_indices, T, H=H, K=K, V=V, BT=BT, BK=lc.BK, BV=lc.BV,
+            IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=lc.wy_warps)
+    if lc.N > 0:
+        lc.chunk.chunk_fwd_h[(1, triton.cdiv(V, lc.BV), lc.N * H)](
+            k, u, g, None, h0, h, ht, cu_seqlens, lc.chunk_offsets, T, w, vn, H=H, K=K, V=V, BT=BT, BK=lc.BK,
+            BV=lc.BV, USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=lc.varlen, PREC=lc.prec,
+            num_warps=lc.warps)
+    oBK, oBV, ow, ost = lc.cfg["chunk_fwd_o"]
+    if lc.NS > 0:
+        lc.chunk.chunk_fwd_o[(triton.cdiv(V, oBV), lc.NC, lc.BH)](
+            q, k, vn, g, None, h, o, cu_seqlens, lc.chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK, BV=oBV,
+            LOG2BT=int(math.log2(BT)), IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=ow, num_stages=ost)
     return o, ht, Tm, w, h, vn
 
 
@@ -98,46 +127,41 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     """[dq, dk, dv, dbeta, dg (empty without g), dh0 (empty without h0)]."""
     B, T, H, K = k.shape
     V = v.shape[-1]
-    gate = "none" if g is None else "scalar"
-    chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
-    cfg = configs(gate, K, V, BT)
-    cdt, prec = _precision(k.dtype)
-    varlen = cu_seqlens is not None
-    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
-    BK, BV, warps, wy_warps = _blocks(K, V)
+    lc = _launch_config(k, v, g, cu_seqlens)
     LOG2BT = int(math.log2(BT))
     do = do.contiguous()
     dht = None if dht is None else dht.contiguous()
     dvl = torch.empty_like(vn)                       # intra-chunk part of dv'
     dvn = torch.empty_like(vn)                       # full dv'
-    dh = k.new_empty(NS, H, K, V, dtype=cdt)
-    dh0 = k.new_empty((N, H, K, V) if h0 is not None else (0,), dtype=torch.float32)
+    dh = k.new_empty(lc.NS, H, K, V, dtype=lc.cdt)
+    dh0 = k.new_empty((lc.N, H, K, V) if h0 is not None else (0,), dtype=torch.float32)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     dbeta = torch.empty(beta.shape, dtype=torch.float32, device=k.device)
-    oBK, oBV, ow, ost = cfg["chunk_bwd_dv"]
-    if NS > 0:
-        chunk.chunk_bwd_dv[(triton.cdiv(V, oBV), NC, BH)](
-            q, k, g, None, do, h, dvl, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK, BV=oBV,
-            LOG2BT=LOG2BT, IS_VARLEN=varlen, PREC=prec, USE_DH=False, num_warps=ow, num_stages=ost)
-    if N > 0:
-        chunk.chunk_bwd_dh[(1, triton.cdiv(V, BV), N * H)](
-            q, g, None, do, dht, dh, dh0 if h0 is not None else None, cu_seqlens, chunk_offsets, scale, T,
-            k, w, dvl, dvn, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None,
-            STORE_DH0=h0 is not None, IS_VARLEN=varlen, PREC=prec, num_warps=warps)
-    qBK, qBV, qw, qst = cfg["chunk_bwd_dqkg"]
+    oBK, oBV, ow, ost = lc.cfg["chunk_bwd_dv"]
+    if lc.NS > 0:
+        lc.chunk.chunk_bwd_dv[(triton.cdiv(V, oBV), lc.NC, lc.BH)](
+            q, k, g, None, do, h, dvl, cu_seqlens, lc.chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=oBK,
+            BV=oBV, LOG2BT=LOG2BT, IS_VARLEN=lc.varlen, PREC=lc.prec, USE_DH=False, num_warps=ow, num_stages=ost)
+    if lc.N > 0:
+        lc.chunk.chunk_bwd_dh[(1, triton.cdiv(V, lc.BV), lc.N * H)](
+            q, g, None, do, dht, dh, dh0 if h0 is not None else None, cu_seqlens, lc.chunk_offsets, scale, T,
+            k, w, dvl, dvn, H=H, K=K, V=V, BT=BT, BK=lc.BK, BV=lc.BV, USE_DHT=dht is not None,
+            STORE_DH0=h0 is not None, IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=lc.warps)
+    qBK, qBV, qw, qst = lc.cfg["chunk_bwd_dqkg"]
     NK = triton.cdiv(K, qBK)
     dg_part = None if g is None else torch.empty((NK,) + tuple(g.shape), dtype=torch.float32, device=k.device)
     dg = None if g is None else torch.zeros(g.shape, dtype=torch.float32, device=k.device)
-    if NS > 0:
-        chunk.chunk_bwd_dqkg[(NK, NC, BH)](
-            q, k, vn, g, None, h, do, dh, dq, dk, dg_part, cu_seqlens, chunk_indices, scale, T, B * T * H, H=H,
-            K=K, V=V, BT=BT, BK=qBK, BV=qBV, LOG2BT=LOG2BT, IS_VARLEN=varlen, PREC=prec, num_warps=qw,
+    if lc.NS > 0:
+        lc.chunk.chunk_bwd_dqkg[(NK, lc.NC, lc.BH)](
+            q, k, vn, g, None, h, do, dh, dq, dk, dg_part, cu_seqlens, lc.chunk_indices, scale, T, B * T * H, H=H,
+            K=K, V=V, BT=BT, BK=qBK, BV=qBV, LOG2BT=LOG2BT, IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=qw,
             num_stages=qst)
-        wy.wy_bwd[(NC, BH)](k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, chunk_indices, T,
-                             B * T * H, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NKP=NK, IS_VARLEN=varlen, PREC=prec,
-                             num_warps=wy_warps)
+        lc.wy.wy_bwd[(lc.NC, lc.BH)](
+            k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, lc.chunk_indices, T, B * T * H,
+            H=H, K=K, V=V, BT=BT, BK=lc.BK, BV=lc.BV, NKP=NK, IS_VARLEN=lc.varlen, PREC=lc.prec,
+            num_warps=lc.wy_warps)
     else:
         dq.zero_(), dk.zero_(), dv.zero_(), dbeta.zero_()
     dg = k.new_empty((0,)) if g is None else dg.to(g.dtype)

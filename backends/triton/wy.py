@@ -27,7 +27,7 @@ like the chunk states.
 """
 from __future__ import annotations
 
-from .chunk import CHUNK_HELPERS
+from .chunk_parts import CHUNK_HELPERS
 from .template import load_variant, render
 
 KERNELS = ("wy_diag_inverse", "wy_fwd", "wy_bwd")
