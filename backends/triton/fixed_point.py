@@ -113,9 +113,9 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     prev = last["h"]
     if fused is not None and not training:
         # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
-        states = prev
+        states, dots = prev, last.get("dots")
         for _ in range(steps):
-            prev, (states, _, ht) = states, step.launch(states, 1.0, store_ht=output_final_state)
+            prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
         return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
     # k differentiable iterations from the fixed point (its value held constant): their gradient is the
     # implicit-function gradient's Neumann series cut after k terms (k = 1: the paper's one step). The
@@ -123,8 +123,19 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     shared.clear()
     base = leaves()
     states = prev.detach()
+    if fused is not None:     # the write as one token-parallel kernel with its own backward (fp_fused_step.py)
+        from .fp_fused import FusedIteration
+        from .fp_fused_step import mix_write
+        ev = evaluator(None)
+        diff = FusedIteration.build(fused, ir, lambda i: ev(i), B, T, None, cu)
     for _ in range(steps):
-        prev, (states, ht) = states, iterate(states, h_init, output_final_state)
+        if fused is None:
+            prev, (states, ht) = states, iterate(states, h_init, output_final_state)
+            continue
+        b = mix_write(fused, diff.x, diff.g, diff.u, diff.w, states)
+        y, ht = scan.op(a=diff.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
+                        output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
+        prev, states = states, y.reshape(full)
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
 
 

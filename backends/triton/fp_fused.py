@@ -17,13 +17,15 @@ residual (solve.relative_change: per token max_c |h^l - h^(l-1)| / max_c |h^l|, 
 Q v for all r reflections needs only the r dot products d_i = u_i . v over the full row: applying
 reflection 0 first, Q v = v - sum_i c_i u_i with c_i = s_i (d_i - sum_(j<i) (u_i . u_j) c_j), i.e.
 c = W d for a lower-triangular W per token that depends on u and s only, so it is set once per solve
-(coefficients()). A program owns (sequence, BD channels) and walks the tokens in blocks of BT; it
-reads the whole row to form d, then only its channels for the scan. With BD = D (FULL_ROWS) a program
-owns whole rows and reduces the residual itself; with narrower blocks (more programs for small
-batches) each writes per-token partial maxima and the host takes the ratio ([B*T] values, not [B*T*D]).
+(coefficients()). A program owns (sequence, BD channels) and walks the tokens in blocks of BT, reading
+only its channels: the dot products of h^(l-1) come in from the previous launch, which, having just
+written h^(l-1), left each channel block's share of u_i . (x - h^(l-1)); a small second kernel
+(fp_fused_finish) adds the shares up and folds the per-token row maxima of the residual into each
+sequence's value. The first iteration's dot products come from torch. With BD = D (FULL_ROWS) a
+program owns whole rows and needs no second kernel.
 
-Forward only: the solve runs under no_grad; the gradient is the unfused differentiable step at the
-fixed point (fixed_point.py), as before.
+Forward only: the solve runs under no_grad; the gradient is the differentiable step at the fixed point
+(fixed_point.py, with fp_fused_step.py's kernels for the write).
 """
 from __future__ import annotations
 
@@ -60,11 +62,11 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def fp_fused_iter(x, g, a, u, w, hp, h, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK, delta,
-                  D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                  BK: tl.constexpr, FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  IS_VARLEN: tl.constexpr):
+def fp_fused_iter(x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK,
+                  delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                  FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Program (channel block, sequence): x, g, a, hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
+    dots_in [NTOK, RP]: u_i . (x - hp); dots_out [D / BD, NTOK, RP]: each channel block's share of u_i . (x - h);
     h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; all fp32."""
     i_d, i_n = tl.program_id(0), tl.program_id(1)
     bos, L = _coords(i_n, cu_seqlens, T, IS_VARLEN)
@@ -80,24 +82,18 @@ def fp_fused_iter(x, g, a, u, w, hp, h, dmax, hmax, res, h0, ht, cu_seqlens, T, 
         ot = t0 + rows
         m_t = ot < L
         p = bos + ot
-        # IR @V@ = @X@ - @P@ against every reflection vector (IR @U@) over the whole row: d_i = u_i . v
-        dots = tl.zeros([BT, RP], dtype=tl.float32)
-        for k0 in tl.static_range(0, D, BK):
-            o_k = k0 + tl.arange(0, BK)
-            m_tk = m_t[:, None] & (o_k < D)[None, :]
-            off_k = p[:, None] * D + o_k[None, :]
-            v = tl.load(x + off_k, mask=m_tk, other=0.0) - tl.load(hp + off_k, mask=m_tk, other=0.0)
-            for i in tl.static_range(R):
-                u_i = tl.load(u + (p[:, None] * R + i) * D + o_k[None, :], mask=m_tk, other=0.0)
-                dots += tl.where(o_r[None, :] == i, tl.sum(u_i * v, axis=1)[:, None], 0.0)
+        m_tr = m_t[:, None] & (o_r < R)[None, :]
+        # IR @V@ = @X@ - @P@ against every reflection vector (IR @U@): d_i = u_i . v over the whole row, the
+        # sum of the partial dot products the channel blocks left when they wrote the previous iterate
+        dots = tl.load(dots_in + p[:, None] * RP + o_r[None, :], mask=m_tr, other=0.0)
         m_td = m_t[:, None] & m_d[None, :]
         off = p[:, None] * D + o_d[None, :]
         b_hp = tl.load(hp + off, mask=m_td, other=0.0)
+        b_x = tl.load(x + off, mask=m_td, other=0.0)
         # IR @MIX@ = mix(Q, v) on this block's channels: Q v = v - sum_i c_i u_i with c = W d
-        mix = tl.load(x + off, mask=m_td, other=0.0) - b_hp
+        mix = b_x - b_hp
         for i in tl.static_range(R):
-            w_i = tl.load(w + (p[:, None] * R + i) * R + o_r[None, :], mask=m_t[:, None] & (o_r < R)[None, :],
-                          other=0.0)
+            w_i = tl.load(w + (p[:, None] * R + i) * R + o_r[None, :], mask=m_tr, other=0.0)
             c_i = tl.sum(w_i * dots, axis=1)
             u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0)
             mix -= c_i[:, None] * u_i
@@ -107,7 +103,15 @@ def fp_fused_iter(x, g, a, u, w, hp, h, dmax, hmax, res, h0, ht, cu_seqlens, T, 
         # (masked rows: a = 1, b = 0, so the last row holds the state after the sequence's last token)
         A, Bs = tl.associative_scan((tl.load(a + off, mask=m_td, other=1.0), b), 0, _combine)
         hs = Bs + A * carry
-        tl.store(h + off, delta * hs + (1.0 - delta) * b_hp, mask=m_td)
+        h_new = tl.where(m_td, delta * hs + (1.0 - delta) * b_hp, 0.0)
+        tl.store(h + off, h_new, mask=m_td)
+        # the next iteration's d_i, this block's share: u_i . (x - h_new) over its channels
+        v_next = b_x - h_new
+        nxt = tl.zeros([BT, RP], dtype=tl.float32)
+        for i in tl.static_range(R):
+            u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0)
+            nxt += tl.where(o_r[None, :] == i, tl.sum(u_i * v_next, axis=1)[:, None], 0.0)
+        tl.store(dots_out + (i_d * NTOK + p[:, None]) * RP + o_r[None, :], nxt, mask=m_tr)
         # the solve's residual (undamped h against hp), per token over the channels
         d_t = tl.max(tl.where(m_td, tl.abs(hs - b_hp), 0.0), axis=1)
         n_t = tl.max(tl.where(m_td, tl.abs(hs), 0.0), axis=1)
@@ -122,6 +126,26 @@ def fp_fused_iter(x, g, a, u, w, hp, h, dmax, hmax, res, h0, ht, cu_seqlens, T, 
         tl.store(res + i_n, tl.max(worst, axis=0))
     if STORE_HT:
         tl.store(ht + i_n.to(tl.int64) * D + o_d[None, :], carry, mask=m_d[None, :])
+
+
+@triton.jit
+def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.constexpr, RP: tl.constexpr,
+                    NBDP: tl.constexpr, BT: tl.constexpr):
+    """After fp_fused_iter with several channel blocks, per token: the blocks' partial dot products summed
+    (dots [NTOK, RP]) and the residual max_c|h - hp| / max_c|h| folded into its sequence's res (zeroed;
+    seq [NTOK] names each token's sequence) by an atomic maximum: order-free, so deterministic."""
+    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    m_t = p < NTOK
+    o_j = tl.arange(0, NBDP)
+    m_jt = (o_j < NBD)[:, None] & m_t[None, :]
+    part = o_j[:, None] * NTOK + p[None, :]
+    d_t = tl.max(tl.load(dmax + part, mask=m_jt, other=0.0), axis=0)
+    n_t = tl.max(tl.load(hmax + part, mask=m_jt, other=0.0), axis=0)
+    ratio = d_t / tl.maximum(n_t, 1.1754943508222875e-38)
+    tl.atomic_max(res + tl.load(seq + p, mask=m_t, other=0), ratio, mask=m_t)
+    for i in tl.static_range(R):
+        tl.store(dots + p * RP + i, tl.sum(tl.load(dots_part + part * RP + i, mask=m_jt, other=0.0), axis=0),
+                 mask=m_t)
 '''
 
 
@@ -209,14 +233,15 @@ def load(pattern: FusedPattern):
     return load_source(generate(pattern))
 
 
-def blocks(D: int, N: int) -> tuple[int, int, int, int]:
-    """(BT, BD, BK, num_warps). Whole rows per program (no re-reading) when there are enough sequences
-    to fill the GPU; otherwise narrower channel blocks for more programs, each re-reading the rows for
-    its dot products (at most 8 blocks a row). Not tuned on a GPU yet: RECDSL_FP_BLOCKS="BT,BD,warps"
-    overrides it for a sweep."""
+def blocks(D: int, N: int) -> tuple[int, int, int]:
+    """(BT, BD, num_warps): the widest channel block (at most 32, whole rows when D is that narrow) that
+    still gives at least 256 programs, so that the sequential walk over the tokens runs on every SM.
+    RECDSL_FP_BLOCKS="BT,BD,warps" overrides it for a sweep."""
     DP = triton.next_power_of_2(max(D, 1))
-    BD = DP if N >= 132 else max(min(DP, 32), DP // 8)
-    BT, warps = max(4, min(64, 4096 // BD)), 4
+    BD = min(DP, 32)
+    while BD > 8 and N * triton.cdiv(D, BD) < 256:
+        BD //= 2
+    BT, warps = 128, 4
     text = os.environ.get("RECDSL_FP_BLOCKS")
     if text:
         try:
@@ -224,8 +249,7 @@ def blocks(D: int, N: int) -> tuple[int, int, int, int]:
         except ValueError:
             raise ValueError(f"RECDSL_FP_BLOCKS={text!r}: expected three integers 'BT,BD,warps'") from None
         BD = min(BD, DP)
-    BK = min(DP, max(BD, 4096 // BT))
-    return BT, BD, BK, warps
+    return BT, BD, warps
 
 
 def coefficients(u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -254,8 +278,10 @@ class FusedIteration:
     w: torch.Tensor      # [NTOK, R, R]
     h0: Optional[torch.Tensor]
     cu: Optional[torch.Tensor]
+    seq: torch.Tensor    # [NTOK] int32: each token's sequence
     B: int
     T: int
+    module: object       # the generated kernels (loaded once per solve, not per launch)
 
     @staticmethod
     def build(pattern: FusedPattern, ir: IR, value, B: int, T: int, h0, cu) -> "FusedIteration":
@@ -271,47 +297,77 @@ class FusedIteration:
             us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
             ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
         u, s = torch.cat(us, 1).contiguous(), torch.cat(ss, 1)
-        return FusedIteration(pattern, full(pattern.a, (D,)), full(pattern.g, (D,)), full(pattern.x, (D,)),
-                              u, coefficients(u, s).contiguous(), h0, cu, B, T)
+        x = full(pattern.x, (D,))
+        if cu is None:
+            seq = torch.arange(B, dtype=torch.int32, device=x.device).repeat_interleave(T)
+        else:
+            seq = torch.arange(cu.numel() - 1, dtype=torch.int32, device=x.device).repeat_interleave(
+                (cu[1:] - cu[:-1]).long(), output_size=B * T)
+        return FusedIteration(pattern, full(pattern.a, (D,)), full(pattern.g, (D,)), x,
+                              u, coefficients(u, s).contiguous(), h0, cu, seq, B, T, load(pattern))
 
-    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False):
-        """One iteration from prev [B, T, 1, D]: (damped h^l like prev, residual [B] or [1] with cu_seqlens,
-        final state [N, D] or None)."""
+    def dots(self, prev: torch.Tensor) -> torch.Tensor:
+        """[NTOK, RP]: d_i = u_i . (x - prev), the kernel's input for an iterate it did not write itself
+        (the first iteration's)."""
         NTOK, D = self.x.shape
         R = self.u.shape[1]
+        d = prev.new_zeros(NTOK, _padded(R))
+        d[:, :R] = torch.einsum("nrd,nd->nr", self.u, self.x - prev.reshape(NTOK, D))
+        return d
+
+    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None):
+        """One iteration from prev [B, T, 1, D] (and its dot products, when the last launch wrote them):
+        (damped h^l like prev, residual [B] or [1] with cu_seqlens, final state [N, D] or None, h^l's dot
+        products [NTOK, RP]). Two launches: the iteration and, with several channel blocks, fp_fused_finish."""
+        NTOK, D = self.x.shape
+        R, RP = self.u.shape[1], _padded(self.u.shape[1])
         N = self.B if self.cu is None else self.cu.numel() - 1
-        BT, BD, BK, warps = blocks(D, N)
+        BT, BD, warps = blocks(D, N)
         NBD = triton.cdiv(D, BD)
         full_rows = NBD == 1
         hp = prev.reshape(NTOK, D)
+        dots_in = self.dots(prev) if dots is None else dots
+        dots_part = hp.new_empty(NBD, NTOK, RP)
         h = torch.empty_like(hp)
         res = hp.new_zeros(N)
-        part = hp.new_zeros((NBD, NTOK) if not full_rows else (0,))
-        part2 = torch.zeros_like(part)
+        dmax = hp.new_empty((NBD, NTOK) if not full_rows else (0,))
+        hmax = torch.empty_like(dmax)
         ht = hp.new_empty((N, D) if store_ht else (0,))
+        module = self.module
         if N > 0:
-            load(self.pattern).fp_fused_iter[(NBD, N)](
-                self.x, self.g, self.a, self.u, self.w, hp, h, part, part2, res, self.h0, ht, self.cu, self.T, NTOK,
-                float(delta), D=D, R=R, RP=max(2, triton.next_power_of_2(R)), BT=BT, BD=BD, BK=BK,
+            module.fp_fused_iter[(NBD, N)](
+                self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res, self.h0, ht,
+                self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
                 FULL_ROWS=full_rows, USE_H0=self.h0 is not None, STORE_HT=store_ht, IS_VARLEN=self.cu is not None,
                 num_warps=warps)
-        if not full_rows:   # the ratio of the row maxima across channel blocks (solve.relative_change)
-            tiny = torch.finfo(torch.float32).tiny
-            ratio = part.amax(0) / part2.amax(0).clamp_min(tiny)
-            res = ratio.reshape(self.B, self.T).amax(-1) if self.T else ratio.new_zeros(self.B)
-        elif self.cu is not None:   # packed sequences are one batch row to the solve
-            res = res.amax().reshape(1)
-        return h.reshape(prev.shape), res, (ht if store_ht else None)
+        dots = dots_part[0]
+        if not full_rows and NTOK:
+            # the channel blocks' shares added up in a second small launch: a loop over them inside the next
+            # iteration serialised NBD dependent loads per block of tokens (0.8 ms an iteration at B = 8,
+            # D = 512 on an H100); the residual's row maxima likewise
+            dots = hp.new_empty(NTOK, RP)
+            NBDP = triton.next_power_of_2(NBD)
+            BTF = max(16, 4096 // NBDP)
+            module.fp_fused_finish[(triton.cdiv(NTOK, BTF),)](
+                dots_part, dots, dmax, hmax, res, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP, BT=BTF)
+        if self.cu is not None:   # packed sequences are one batch row to the solve
+            res = res.amax().reshape(1) if N else res.new_zeros(1)
+        return h.reshape(prev.shape), res, (ht if store_ht else None), dots
 
     def __call__(self, iterates: dict, delta: float):
-        """The solve's step (solve.fixed_point with fused=True)."""
-        h, res, _ = self.launch(iterates["h"], delta)
-        return {"h": h}, None, res
+        """The solve's step (solve.fixed_point with fused=True); the iterates carry the partial dot
+        products of "h" from one launch to the next."""
+        h, res, _, dots = self.launch(iterates["h"], delta, dots=iterates.get("dots"))
+        return {"h": h, "dots": dots}, None, res
+
+
+def _padded(r: int) -> int:
+    return max(2, triton.next_power_of_2(r))
 
 
 def aot_jobs_for(spec, varlen: bool = False):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for a spec's fused iteration, fp32 data: the blocks
-    of a large batch (whole rows per program) and of a small one (channel blocks)."""
+    of a large batch and of a small one, and the differentiable step's write kernels (fp_fused_step.py)."""
     from .chunk_launch import _aot_job
     pattern = match(spec.ir)
     if isinstance(pattern, str):
@@ -320,14 +376,24 @@ def aot_jobs_for(spec, varlen: bool = False):
     fn = load(pattern).fp_fused_iter
     jobs = {}
     for N in (1024, 8):
-        BT, BD, BK, warps = blocks(D, N)
-        const = dict(D=D, R=pattern.r, RP=max(2, triton.next_power_of_2(pattern.r)), BT=BT, BD=BD, BK=BK,
+        BT, BD, warps = blocks(D, N)
+        const = dict(D=D, R=pattern.r, RP=_padded(pattern.r), BT=BT, BD=BD,
                      FULL_ROWS=triton.cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
         name, fn_, sig, const_, attrs, opts = _aot_job(f"fp_fused_iter BD={BD}", fn, const, "fp32", "fp32",
                                                        dict(num_warps=warps))
         # sizes and the step size are scalars (the naming convention of _aot_job knows only T)
         sig.update(NTOK="i32", delta="fp32")
         attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in ("NTOK", "delta")}
+        jobs[name] = (name, fn_, sig, const_, attrs, opts)
+    from .fp_fused_step import _blocks, generate as generate_step   # the differentiable step's kernels
+    step = load_source(generate_step(pattern))
+    BT, BK = _blocks(D)
+    for kernel, flags in ((step.mix_write_fwd, {}), (step.mix_write_bwd, dict(WANT_DHP=True))):
+        const = dict(D=D, R=pattern.r, RP=_padded(pattern.r), BT=BT, BK=BK, **flags)
+        name, fn_, sig, const_, attrs, opts = _aot_job(kernel.fn.__name__, kernel, const, "fp32", "fp32",
+                                                       dict(num_warps=4))
+        sig.update(NTOK="i32")
+        attrs = {k: v for k, v in attrs.items() if kernel.arg_names[k[0]] != "NTOK"}
         jobs[name] = (name, fn_, sig, const_, attrs, opts)
     return list(jobs.values())
 

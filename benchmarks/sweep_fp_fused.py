@@ -1,0 +1,82 @@
+"""Block sweep of the fused fixed-point iteration (backends/triton/fp_fused.py): the no-grad solve of
+examples/fp_rnn.rec at a fixed iteration count for each RECDSL_FP_BLOCKS="BT,BD,warps", JSON lines;
+then (--profile) the CUDA time per kernel of the solve and of a training call (solve, step, backward)
+with the default blocks, against their wall time: the difference is the host's.
+
+    python benchmarks/sweep_fp_fused.py --blocks "64,16,2;64,8,2;128,16,4" --profile --out sweep.jsonl   # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+import recdsl
+from recdsl import RecNotConverged
+from recdsl.bench import _fixed_point_mode, elementwise_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--T", type=int, default=2048)
+    ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--r", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=17)
+    ap.add_argument("--blocks", default="64,16,2;64,8,2;64,32,4;128,16,4;32,16,2")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import triton.testing
+    warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
+    spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
+    a = elementwise_args(spec, args.B, args.T, "cuda", torch.float32)
+    run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
+    for blocks in [""] + args.blocks.split(";"):     # "": the planner's own choice
+        os.environ["RECDSL_FP_BLOCKS"] = blocks
+        with torch.no_grad():
+            ms = triton.testing.do_bench(run, warmup=5, rep=200)
+        row = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+               "iters": args.iters, "blocks": blocks or "default", "solve_ms": ms}
+        emit(row, args.out)
+    if not args.profile:
+        return
+    from profile_delta import kernel_times     # benchmarks/ is this script's folder
+    os.environ["RECDSL_FP_BLOCKS"] = ""
+    tensors = list(a.values())
+    gout = torch.randn_like(run()[0])
+
+    def train():
+        torch.autograd.grad((run()[0] * gout).sum(), tensors)
+
+    def solve():
+        with torch.no_grad():
+            run()
+    for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
+        times = kernel_times(fn)
+        wall = triton.testing.do_bench(fn, warmup=5, rep=200)
+        emit({"mode": mode, "iters": args.iters, "wall_ms": wall, "kernels_ms": round(sum(times.values()), 4),
+              "kernels": {k[:80]: round(v, 4) for k, v in times.items()}}, args.out)
+    # where the host's time goes in a training call: the operators by their own CPU time
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        train()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+def emit(row: dict, out) -> None:
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
