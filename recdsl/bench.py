@@ -408,8 +408,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
-    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "delta_recurrent",
-                     "dplr_recurrent"):
+    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "fixed_point_one_launch",
+                     "delta_recurrent", "dplr_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
         rows = recurrent_case(args.file, args.batch, args.length, params, with_fla=not args.no_fla)
     elif algorithm == "elementwise_scan":

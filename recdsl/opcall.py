@@ -37,10 +37,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
                                   output_final_state, chunk_size=plan.block_t if plan.algorithm == "chunk" else 64,
                                   recurrent=plan.algorithm == "recurrent")
             return o, final, None
-        if plan.algorithm in ("fixed_point_scan", "fixed_point_fused"):
+        if plan.algorithm.startswith("fixed_point"):
             from recdsl.backends.triton.fixed_point import run_fixed_point
-            fused = spec.memo["fp_fused_pattern"] if plan.algorithm == "fixed_point_fused" else None
-            return run_fixed_point(spec, raw, options, initial_state, cu_seqlens, output_final_state, fused)
+            fused = spec.memo["fp_fused_pattern"] if plan.algorithm != "fixed_point_scan" else None
+            return run_fixed_point(spec, raw, options, initial_state, cu_seqlens, output_final_state, fused,
+                                   one_launch=plan.algorithm == "fixed_point_one_launch")
         if plan.algorithm == "blockdiag_recurrent":
             from recdsl.backends.triton.blockdiag import run_blockdiag
             o, final = run_blockdiag(spec, spec.memo["blockdiag_pattern"], raw, options, initial_state, cu_seqlens,

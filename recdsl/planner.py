@@ -14,7 +14,8 @@ BACKENDS = ("auto", "reference", "triton")
 class Plan:
     backend: str                       # reference | triton
     algorithm: str                     # sequential | fixed_point | elementwise_scan | chunk | delta_chunk |
-                                       # fixed_point_scan | fixed_point_fused | *_recurrent
+                                       # fixed_point_scan | fixed_point_fused | fixed_point_one_launch |
+                                       # *_recurrent
     block_t: int = 0                   # tokens per block (scan chunk)
     block_d: int = 0                   # channels per program
     num_warps: int = 4
@@ -30,6 +31,8 @@ class Plan:
             head += ", one scan launch per iteration"
         elif self.backend == "triton" and self.algorithm == "fixed_point_fused":
             head += ", one fused launch per iteration"
+        elif self.backend == "triton" and self.algorithm == "fixed_point_one_launch":
+            head += ", many iterations per launch"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}" + (f", BD={self.block_d}" if self.block_d else "") +
                      f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
@@ -56,6 +59,13 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             gradient = ("gradient: one more iteration at the fixed point, the previous iterate held constant "
                         "(Movahedi et al. 2025)",)
             fused, why_not = _fixed_point_fused(spec)
+            if fused == "one_launch":
+                return Plan("triton", "fixed_point_one_launch", 0, 0, 4, False, why + (
+                    f"{FIXED_POINT_ENV}=one_launch: one program per sequence runs up to 32 iterations per launch, "
+                    "all of them on each block of tokens before the next (the inputs read once for them, the "
+                    "carries on chip; backends/triton/fp_one_launch.py); not timed on a GPU yet",
+                ) + gradient + ("the step's write is one token-parallel kernel with its own backward "
+                                "(backends/triton/fp_fused_step.py)",))
             if fused:
                 return Plan("triton", "fixed_point_fused", 0, 0, 4, False, why + (
                     "diag(a) transition and write g * (mix(householder products, x - prev(h)) + prev(h)): each "
@@ -124,12 +134,13 @@ def _fixed_point_reason(spec) -> str | None:
 
 
 FIXED_POINT_ENV = "RECDSL_FIXED_POINT"
-FIXED_POINT_MODES = ("auto", "fused", "unfused")
+FIXED_POINT_MODES = ("auto", "fused", "unfused", "one_launch")
 
 
-def _fixed_point_fused(spec) -> tuple[bool, str]:
+def _fixed_point_fused(spec) -> tuple[bool | str, str]:
     """(whether the fused iteration runs the fixed point, why not): wherever the spec fits it, unless
-    RECDSL_FIXED_POINT=unfused; =fused insists (an error where the spec does not fit it)."""
+    RECDSL_FIXED_POINT=unfused; =fused insists (an error where the spec does not fit it); =one_launch
+    asks for many iterations per launch ("one_launch" instead of True)."""
     mode = os.environ.get(FIXED_POINT_ENV, "auto") or "auto"
     if mode not in FIXED_POINT_MODES:
         raise ValueError(f"{FIXED_POINT_ENV}={mode!r}: expected one of {FIXED_POINT_MODES}")
@@ -138,12 +149,18 @@ def _fixed_point_fused(spec) -> tuple[bool, str]:
         spec.memo["fp_fused_pattern"] = match(spec.ir)
     pattern = spec.memo["fp_fused_pattern"]
     if isinstance(pattern, str):
-        if mode == "fused":
-            raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}=fused, but the spec does not fit the fused "
+        if mode in ("fused", "one_launch"):
+            raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}={mode}, but the spec does not fit the fused "
                              f"iteration: {pattern}")
         return False, pattern
     if mode == "unfused":
         return False, f"{FIXED_POINT_ENV}=unfused"
+    if mode == "one_launch":
+        from recdsl.backends.triton.fp_one_launch import fits
+        reason = fits(spec.ir.state[1][0])
+        if reason:
+            raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}=one_launch, but {reason}")
+        return "one_launch", ""
     return True, ""
 
 

@@ -45,55 +45,76 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     """f(iterates) -> (new iterates, payload), iterates a dict of [B, T, ...] tensors. Returns (the last
     payload, the last iterates, SolveInfo). With `fused`, f(iterates, delta) -> (damped iterates, payload,
     residual): a kernel that applies the step size and measures relative_change itself (fp_fused.py)
-    saves the passes over the iterates that would do it here.
+    saves the passes over the iterates that would do it here; a residual [K, B] says that the call ran K
+    iterations (fp_one_launch.py), each tested in turn (the iterate returned is the K-th's).
 
-    On a GPU the next iteration is launched before this one's residual reaches the host, so the host's
-    work (launches, the convergence test) overlaps the device's instead of waiting for it; an iteration
-    launched past convergence, or with a step size that has since shrunk, is dropped (and relaunched with
-    the new one), so the iterates, counts and step sizes are those of the plain loop."""
+    On a GPU the next call is launched before this one's residual reaches the host, so the host's work
+    (launches, the convergence test) overlaps the device's instead of waiting for it; a call launched past
+    convergence, or with a step size that has since shrunk, is dropped (and relaunched with the new one),
+    so the iterates, counts and step sizes are those of the plain loop."""
     tol, max_iter = settings["tol"], int(settings["max_iter"])
     delta = float(settings.get("damping", 1.0))
     need = float(settings.get("quantile", 1.0)) if training else 1.0
 
     def step(prev, delta):
-        """(damped iterates, payload, residual [B]), launched without waiting for the device."""
+        """(damped iterates, payload, residual [K, B]), launched without waiting for the device."""
         if fused:
-            return f(prev, delta)
+            new, payload, residual = f(prev, delta)
+            return new, payload, (residual if residual.dim() == 2 else residual[None])
         new, payload = f(prev)
         residual = torch.stack([relative_change(new[k].detach(), prev[k].detach()) for k in new]).amax(0)
-        return (new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}), payload, residual
+        new = new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}
+        return new, payload, residual[None]
 
-    best, stall, it = float("inf"), 0, 0
-    pending = step(start, delta) if max_iter >= 1 else (start, None, None)
+    best, stall, it, gave_up = float("inf"), 0, 0, False
+    pending = step(start, delta)
     cur, payload, residual = pending
-    for it in range(1, max_iter + 1):
+    while it < max_iter and not gave_up:
         cur, payload, residual = pending
-        ahead = residual.is_cuda and it < max_iter
-        if ahead:     # the residual's copy is queued before the next iteration's launches
-            host = torch.empty(residual.shape, dtype=residual.dtype, pin_memory=True)
-            host.copy_(residual, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
+        ahead = _overlaps(residual) and it + residual.shape[0] < max_iter
+        if ahead:     # the residual's copy is queued before the next call's launches
+            rows = _copy_to_host(residual)
             pending = step(cur, delta)
-            copied.synchronize()
-            values = host.tolist()
+            rows = rows()
         else:
-            values = residual.tolist()
-        if not values or sum(v < tol for v in values) / len(values) >= need:   # that share has converged
-            return payload, cur, SolveInfo(it, residual, True, delta)
-        worst = float("nan") if any(v != v for v in values) else max(values)
-        best, stall = (worst, 0) if worst < best else (best, stall + 1)
-        if stall >= PATIENCE:          # no progress: a smaller step
-            delta, stall = delta * DECAY, 0
-            if delta < MIN_STEP:
-                break
-            if ahead:                  # launched with the old step size: again with the new one
-                pending = step(cur, delta)
+            rows = residual.tolist()
+        first_delta, ran = delta, it + len(rows)
+        for values in rows:        # one row per iteration the call ran
+            it += 1
+            if not values or sum(v < tol for v in values) / len(values) >= need:   # that share has converged
+                return payload, cur, SolveInfo(ran, residual[-1], True, delta)
+            worst = float("nan") if any(v != v for v in values) else max(values)
+            best, stall = (worst, 0) if worst < best else (best, stall + 1)
+            if stall >= PATIENCE:          # no progress: a smaller step
+                delta, stall = delta * DECAY, 0
+                if delta < MIN_STEP:
+                    gave_up = True
+                    break
+        if gave_up:
+            break
+        if ahead and delta != first_delta:     # launched with the old step size: again with the new one
+            pending = step(cur, delta)
         if not ahead and it < max_iter:
             pending = step(cur, delta)
     share = "every sequence" if need >= 1.0 else f"{need:.0%} of the batch"
-    top = float(residual.max()) if residual is not None and residual.numel() else float("nan")
+    last = residual[-1]
+    top = float(last.max()) if last.numel() else float("nan")
     warnings.warn(f"{name}: fixed point not reached after {it} iterations: {share} needs a relative change "
                   f"below tol {tol:g}, the largest is {top:.3g} (step size {delta:.3g})",
                   RecNotConverged, stacklevel=stacklevel)
-    return payload, cur, SolveInfo(it, residual, False, delta)
+    return payload, cur, SolveInfo(it, last, False, delta)
+
+
+def _overlaps(residual: torch.Tensor) -> bool:
+    """Whether the next call may be launched before this residual is read (a device that runs ahead)."""
+    return residual.is_cuda
+
+
+def _copy_to_host(residual: torch.Tensor) -> Callable[[], list]:
+    """Queue the residual's copy to pinned host memory; the returned function waits for it alone (not for
+    work queued after it) and gives its rows as lists."""
+    host = torch.empty(residual.shape, dtype=residual.dtype, pin_memory=True)
+    host.copy_(residual, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return lambda: (copied.synchronize(), host.tolist())[1]

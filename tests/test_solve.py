@@ -57,3 +57,50 @@ def test_spec_settings_reach_both_backends():
     assert (o - o_plain).abs().max() < 1e-5      # the same fixed point, reached with smaller steps
     with pytest.raises(recdsl.RecError, match="solve damping must lie in"):
         recdsl.load(src.replace("damping = 0.6", "damping = 0"), D=4)
+
+
+@pytest.mark.parametrize("a,damping,quantile,training", [
+    ([0.5, 0.2, -0.3], 1.0, 1.0, False),     # converges
+    ([-1.0, -1.0, -1.0], 1.0, 1.0, False),   # stalls: the step size shrinks, speculative calls relaunched
+    ([0.5, 0.9, 0.99], 0.7, 0.6, True),      # damped, a quantile of the batch
+])
+def test_running_one_call_ahead_changes_nothing(a, damping, quantile, training, monkeypatch):
+    """The GPU path (the next call launched before the residual is read) on the CPU: the same iterate,
+    counts, residual and step size as the plain loop, with the calls launched ahead dropped."""
+    import recdsl.solve as solve
+    a = torch.tensor(a, dtype=torch.float64)
+    settings = {**SETTINGS, "damping": damping, "quantile": quantile}
+    calls = []
+
+    def f(it, delta):    # the fused protocol: the damped iterate and the residual from the step
+        calls.append(delta)
+        new = {"h": a[:, None, None] * it["h"] + 2.0}
+        damped = {"h": delta * new["h"] + (1 - delta) * it["h"]}
+        return damped, None, solve.relative_change(new["h"], it["h"])
+
+    _, plain, info = fixed_point(f, start(), settings, training=training, name="t", fused=True)
+    n_plain = len(calls)
+    monkeypatch.setattr(solve, "_overlaps", lambda r: True)
+    monkeypatch.setattr(solve, "_copy_to_host", lambda r: (lambda: r.tolist()))
+    calls.clear()
+    _, ahead, info2 = fixed_point(f, start(), settings, training=training, name="t", fused=True)
+    assert torch.equal(plain["h"], ahead["h"]) and torch.equal(info.residual, info2.residual)
+    assert (info.iterations, info.converged, info.damping) == (info2.iterations, info2.converged, info2.damping)
+    assert n_plain == info.iterations and len(calls) > n_plain      # the calls past the end were dropped
+
+
+def test_a_call_may_run_several_iterations():
+    """A residual [K, B] is K iterations: tested row by row, the count includes all K."""
+    seen = []
+
+    def f(it, delta):
+        k = it.get("k", 0)
+        seen.append(k)
+        res = torch.tensor([[1.0, 1.0], [1e-9, 0.5], [1e-9, 1e-9]])[k:k + 3]   # converges at the 3rd row
+        return {"h": it["h"] + 1, "k": k + 3}, None, torch.cat([res, torch.full((3 - len(res), 2), 1e-9)])
+
+    _, last, info = fixed_point(f, {"h": torch.zeros(2, 1)}, SETTINGS, training=False, name="t", fused=True)
+    assert info.converged and info.iterations == 3 and seen == [0] and torch.equal(last["h"], torch.ones(2, 1))
+    _, _, info = fixed_point(f, {"h": torch.zeros(2, 1)}, {**SETTINGS, "quantile": 0.5}, training=True, name="t",
+                             fused=True)
+    assert info.converged and info.iterations == 3     # the second row converges half the batch: K = 3 all ran

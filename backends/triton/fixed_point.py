@@ -46,9 +46,10 @@ def eligible(ir: IR) -> str | None:
     return None
 
 
-def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, fused=None):
+def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, fused=None, one_launch=False):
     """The core op of a fixed-point spec (op layout in and out). Returns (o, final state, SolveInfo).
-    `fused` (an fp_fused.FusedPattern) runs the iterations as one fused launch each (fp_fused.py)."""
+    `fused` (an fp_fused.FusedPattern) runs the iterations as one fused launch each (fp_fused.py), or,
+    with `one_launch`, many in one launch (fp_one_launch.py)."""
     if len(spec.ir.state[1]) == 2:   # a matrix state whose readout is iterated (FP-Mamba)
         from .fixed_point_matrix import run_fixed_point_matrix
         return run_fixed_point_matrix(spec, raw, options, h0, cu, output_final_state)
@@ -108,7 +109,12 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             ev = evaluator(None)
             step = FusedIteration.build(fused, ir, lambda i: ev(i), B, T,
                                         None if h_init is None else h_init.contiguous(), cu)
-            _, last, info = fixed_point(step, start, dict(ir.solve), training=training, name=ir.name,
+            if one_launch:
+                from .fp_one_launch import Iterations
+                solver = Iterations(step, dict(ir.solve)["max_iter"])
+            else:
+                solver = step
+            _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
                                         stacklevel=5, fused=True)
     prev = last["h"]
     if fused is not None and not training:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from .fp_fused import REFLECTION_FUNCTIONS
 from .template import load_source
 
 _TEMPLATE = r'''
@@ -25,6 +26,9 @@ _TEMPLATE = r'''
 b = g (Q (x - hp) + hp), Q = @REFLECTIONS@. See recdsl backends/triton/fp_fused_step.py."""
 import triton
 import triton.language as tl
+
+
+@REFLECTION_FUNCTIONS@
 
 
 @triton.jit
@@ -42,9 +46,7 @@ def mix_write_fwd(x, g, u, w, hp, b, c, NTOK, D: tl.constexpr, R: tl.constexpr, 
         m_tk = m_t[:, None] & (o_k < D)[None, :]
         off = p[:, None] * D + o_k[None, :]
         v = tl.load(x + off, mask=m_tk, other=0.0) - tl.load(hp + off, mask=m_tk, other=0.0)
-        for i in tl.static_range(R):
-            u_i = tl.load(u + (p[:, None] * R + i) * D + o_k[None, :], mask=m_tk, other=0.0)
-            dots += tl.where(o_r[None, :] == i, tl.sum(u_i * v, axis=1)[:, None], 0.0)
+        dots += _dots(u, p, o_k, m_tk, o_r, v, D, R, RP, BT)
     cs = tl.zeros([BT, RP], dtype=tl.float32)
     for i in tl.static_range(R):
         w_i = tl.load(w + (p[:, None] * R + i) * R + o_r[None, :], mask=m_tr, other=0.0)
@@ -81,10 +83,8 @@ def mix_write_bwd(db, x, g, u, w, hp, c, dx, dg, du, dw, dhp, NTOK, D: tl.conste
         off = p[:, None] * D + o_k[None, :]
         e = tl.load(db + off, mask=m_tk, other=0.0) * tl.load(g + off, mask=m_tk, other=0.0)
         v = tl.load(x + off, mask=m_tk, other=0.0) - tl.load(hp + off, mask=m_tk, other=0.0)
-        for i in tl.static_range(R):
-            u_i = tl.load(u + (p[:, None] * R + i) * D + o_k[None, :], mask=m_tk, other=0.0)
-            dcs -= tl.where(o_r[None, :] == i, tl.sum(e * u_i, axis=1)[:, None], 0.0)
-            dots += tl.where(o_r[None, :] == i, tl.sum(u_i * v, axis=1)[:, None], 0.0)
+        dcs -= _dots(u, p, o_k, m_tk, o_r, e, D, R, RP, BT)
+        dots += _dots(u, p, o_k, m_tk, o_r, v, D, R, RP, BT)
     # c = W d: dW = dc d^T, dd = W^T dc
     dds = tl.zeros([BT, RP], dtype=tl.float32)
     for i in tl.static_range(R):
@@ -118,7 +118,7 @@ def mix_write_bwd(db, x, g, u, w, hp, c, dx, dg, du, dw, dhp, NTOK, D: tl.conste
 
 
 def generate(pattern) -> str:
-    text = _TEMPLATE
+    text = _TEMPLATE.replace("@REFLECTION_FUNCTIONS@", REFLECTION_FUNCTIONS)
     for key, value in pattern.labels:
         text = text.replace(key, value)
     return text.lstrip("\n")
