@@ -7,6 +7,8 @@
 #   part recurrent: block_diagonal, fp_rnn (17 iterations) against the loop
 #   part delta:  the GPU tests of the chunked delta rule, `recdsl bench` on deltanet, gated_deltanet and
 #                deltaproduct (n_h = 2, 3) against fla
+#   part fp:     the fixed-point GPU tests, the authors' FP-RNN side by side (fp_rnn_peer.py; needs .peer/),
+#                the fused paths and blocks with a profile at issue 5's shape, and at the A5 task's shape
 set -u
 export PYTHONUNBUFFERED=1
 pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | grep -v "WARNING: Running pip" | tail -1
@@ -50,6 +52,13 @@ elif [ "$1" = delta ]; then
     timeout 150 python -m recdsl.cli bench examples/deltaproduct.rec -p n_h=$n --no-cold-start --out "$OUT" \
       --tag "${TAG}_deltaproduct_n$n"
   done
+elif [ "$1" = fp ]; then
+  timeout 120 python -m pytest -q tests/test_gpu.py -k "fixed_point or fp_mamba or block_diagonal" 2>&1 | tail -4
+  timeout 150 python benchmarks/fp_rnn_peer.py --budget 4 --out "$OUT/${TAG}_fp_rnn_peer.jsonl" | grep contestant
+  timeout 120 python benchmarks/sweep_fp_fused.py --blocks "64,16,2;128,32,4" --profile \
+    --out "$OUT/${TAG}_fp_fused_sweep.jsonl" | cut -c1-300
+  timeout 90 python benchmarks/sweep_fp_fused.py --B 256 --T 16 --D 64 --iters 24 --blocks "" \
+    --out "$OUT/${TAG}_fp_fused_sweep_a5_shape.jsonl"
 else
   for s in gla mamba2; do
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"

@@ -1,9 +1,11 @@
-"""Block sweep of the fused fixed-point iteration (backends/triton/fp_fused.py): the no-grad solve of
-examples/fp_rnn.rec at a fixed iteration count for each RECDSL_FP_BLOCKS="BT,BD,warps", JSON lines;
+"""The fused fixed point's paths and blocks: the no-grad solve of examples/fp_rnn.rec at a fixed iteration
+count with many iterations per launch (fp_one_launch.py), one fused launch per iteration (fp_fused.py)
+and the unfused path, then the fused launch for each RECDSL_FP_BLOCKS="BT,BD,warps", JSON lines;
 then (--profile) the CUDA time per kernel of the solve and of a training call (solve, step, backward)
 with the default blocks, against their wall time: the difference is the host's.
 
     python benchmarks/sweep_fp_fused.py --blocks "64,16,2;64,8,2;128,16,4" --profile --out sweep.jsonl   # a GPU
+    python benchmarks/sweep_fp_fused.py --B 256 --T 16 --D 64 --iters 24 --blocks ""    # the A5 task's shape
 """
 from __future__ import annotations
 
@@ -38,17 +40,27 @@ def main() -> None:
     spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
     a = elementwise_args(spec, args.B, args.T, "cuda", torch.float32)
     run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
-    for blocks in [""] + args.blocks.split(";"):     # "": the planner's own choice
+    # many iterations per launch (fp_one_launch.py) against one launch per iteration, planner's blocks
+    os.environ["RECDSL_FP_BLOCKS"] = ""
+    for mode in ("one_launch", "fused", "unfused"):
+        if mode == "one_launch" and args.D > 512:
+            continue
+        with torch.no_grad():
+            ms = triton.testing.do_bench(_fixed_point_mode(mode, lambda: spec.op(**a, backend="triton")), warmup=5,
+                                         rep=200)
+        emit({"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+              "iters": args.iters, "mode": mode, "solve_ms": ms}, args.out)
+    for blocks in [""] + [b for b in args.blocks.split(";") if b]:     # "": the planner's own choice
         os.environ["RECDSL_FP_BLOCKS"] = blocks
         with torch.no_grad():
             ms = triton.testing.do_bench(run, warmup=5, rep=200)
         row = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
                "iters": args.iters, "blocks": blocks or "default", "solve_ms": ms}
         emit(row, args.out)
+    os.environ["RECDSL_FP_BLOCKS"] = ""
     if not args.profile:
         return
     from profile_delta import kernel_times     # benchmarks/ is this script's folder
-    os.environ["RECDSL_FP_BLOCKS"] = ""
     tensors = list(a.values())
     gout = torch.randn_like(run()[0])
 
