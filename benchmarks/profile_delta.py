@@ -7,26 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 
 import torch
 
-
-def kernel_times(fn, reps: int = 5) -> dict[str, float]:
-    """Mean CUDA milliseconds per call of each kernel launched by fn()."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    out = defaultdict(float)
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if t > 0 and not e.key.startswith("cuda"):
-            out[e.key] += t / 1000 / reps
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+from overhead import kernel_times     # benchmarks/ is this script's folder
 
 
 def main() -> None:
@@ -57,7 +41,7 @@ def main() -> None:
 
     rows = []
     for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        times = kernel_times(fn)
+        times = kernel_times(fn, iters=5)
         row = {"shape": [B, T, H, D], "gated": a.gated, "n_h": a.n_h, "mode": mode,
                "total_ms": round(sum(times.values()), 4), "kernels": {k: round(v, 4) for k, v in times.items()}}
         rows.append(row)

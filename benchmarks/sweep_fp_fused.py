@@ -60,7 +60,7 @@ def main() -> None:
     os.environ["RECDSL_FP_BLOCKS"] = ""
     if not args.profile:
         return
-    from profile_delta import kernel_times     # benchmarks/ is this script's folder
+    from overhead import kernel_times     # benchmarks/ is this script's folder
     tensors = list(a.values())
     gout = torch.randn_like(run()[0])
 
@@ -71,7 +71,7 @@ def main() -> None:
         with torch.no_grad():
             run()
     for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
-        times = kernel_times(fn)
+        times = kernel_times(fn, iters=5)
         wall = triton.testing.do_bench(fn, warmup=5, rep=200)
         emit({"mode": mode, "iters": args.iters, "wall_ms": wall, "kernels_ms": round(sum(times.values()), 4),
               "kernels": {k[:80]: round(v, 4) for k, v in times.items()}}, args.out)

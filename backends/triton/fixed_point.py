@@ -100,20 +100,22 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
     training = torch.is_grad_enabled()
     steps = int(dict(ir.solve).get("backward_steps", 1))
+    if fused is not None:
+        # the fused kernels' operands, evaluated once: the solve reads them detached, the differentiable
+        # step below (when training) through autograd
+        from .fp_fused import FusedIteration
+        ev = evaluator(None)
+        step = FusedIteration.build(fused, ir, lambda i: ev(i), B, T,
+                                    None if h_init is None else h_init.contiguous(), cu)
     with torch.no_grad():
         if fused is None:
             _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
                                         dict(ir.solve), training=training, name=ir.name, stacklevel=5)
         else:
-            from .fp_fused import FusedIteration
-            ev = evaluator(None)
-            step = FusedIteration.build(fused, ir, lambda i: ev(i), B, T,
-                                        None if h_init is None else h_init.contiguous(), cu)
+            solver = step.detached()
             if one_launch:
                 from .fp_one_launch import Iterations
-                solver = Iterations(step, dict(ir.solve)["max_iter"])
-            else:
-                solver = step
+                solver = Iterations(solver, dict(ir.solve)["max_iter"])
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
                                         stacklevel=5, fused=True)
     prev = last["h"]
@@ -129,17 +131,14 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     shared.clear()
     base = leaves()
     states = prev.detach()
-    if fused is not None:     # the write as one token-parallel kernel with its own backward (fp_fused_step.py)
-        from .fp_fused import FusedIteration
-        from .fp_fused_step import mix_write
-        ev = evaluator(None)
-        diff = FusedIteration.build(fused, ir, lambda i: ev(i), B, T, None, cu)
     for _ in range(steps):
         if fused is None:
             prev, (states, ht) = states, iterate(states, h_init, output_final_state)
             continue
-        b = mix_write(fused, diff.x, diff.g, diff.u, diff.w, states)
-        y, ht = scan.op(a=diff.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
+        # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
+        from .fp_fused_step import mix_write
+        b = mix_write(fused, step.x, step.g, step.u, step.w, states)
+        y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
                         output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
         prev, states = states, y.reshape(full)
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)

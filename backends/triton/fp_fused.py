@@ -29,6 +29,7 @@ Forward only: the solve runs under no_grad; the gradient is the differentiable s
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -324,6 +325,12 @@ class FusedIteration:
                 (cu[1:] - cu[:-1]).long(), output_size=B * T)
         return FusedIteration(pattern, full(pattern.a, (D,)), full(pattern.g, (D,)), x,
                               u, coefficients(u, s).contiguous(), h0, cu, seq, B, T, load(pattern))
+
+    def detached(self) -> "FusedIteration":
+        """The same operands outside autograd (for the no-grad solve)."""
+        return dataclasses.replace(self, a=self.a.detach(), g=self.g.detach(), x=self.x.detach(),
+                                   u=self.u.detach(), w=self.w.detach(),
+                                   h0=None if self.h0 is None else self.h0.detach())
 
     def dots(self, prev: torch.Tensor) -> torch.Tensor:
         """[NTOK, RP]: d_i = u_i . (x - prev), the kernel's input for an iterate it did not write itself

@@ -86,6 +86,21 @@ def _mm(a, b):
 
 
 @triton.jit
+def _lower_times(b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32, b_T33, b_x0, b_x1, b_x2, b_x3,
+                 PREC: tl.constexpr):
+    """T x for T unit lower triangular in 4 x 4 blocks of 16 rows: the four 16-row blocks of the product."""
+    b_o0 = tl.dot(b_T00, b_x0, input_precision=PREC)
+    b_o1 = tl.dot(b_T11, b_x1, tl.dot(b_T10, b_x0, input_precision=PREC), input_precision=PREC)
+    b_o2 = tl.dot(b_T22, b_x2, tl.dot(b_T21, b_x1, tl.dot(b_T20, b_x0, input_precision=PREC),
+                                     input_precision=PREC), input_precision=PREC)
+    b_o3 = tl.dot(b_T30, b_x0, input_precision=PREC)
+    b_o3 = tl.dot(b_T31, b_x1, b_o3, input_precision=PREC)
+    b_o3 = tl.dot(b_T32, b_x2, b_o3, input_precision=PREC)
+    b_o3 = tl.dot(b_T33, b_x3, b_o3, input_precision=PREC)
+    return b_o0, b_o1, b_o2, b_o3
+
+
+@triton.jit
 def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
                     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
@@ -198,18 +213,12 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     b_x2 = (b_k2.to(tl.float32) * (b_b2 * tl.exp(b_G2))[:, None]).to(DT)
     b_x3 = (b_k3.to(tl.float32) * (b_b3 * tl.exp(b_G3))[:, None]).to(DT)
     m_k = m_k[None, :]
-    tl.store(w + p0[:, None] * K + o_k[None, :], tl.dot(b_T00, b_x0, input_precision=PREC).to(DT),
-             mask=m0[:, None] & m_k)
-    b_o = tl.dot(b_T11, b_x1, tl.dot(b_T10, b_x0, input_precision=PREC), input_precision=PREC)
-    tl.store(w + p1[:, None] * K + o_k[None, :], b_o.to(DT), mask=m1[:, None] & m_k)
-    b_o = tl.dot(b_T22, b_x2, tl.dot(b_T21, b_x1, tl.dot(b_T20, b_x0, input_precision=PREC),
-                                     input_precision=PREC), input_precision=PREC)
-    tl.store(w + p2[:, None] * K + o_k[None, :], b_o.to(DT), mask=m2[:, None] & m_k)
-    b_o = tl.dot(b_T30, b_x0, input_precision=PREC)
-    b_o = tl.dot(b_T31, b_x1, b_o, input_precision=PREC)
-    b_o = tl.dot(b_T32, b_x2, b_o, input_precision=PREC)
-    b_o = tl.dot(b_T33, b_x3, b_o, input_precision=PREC)
-    tl.store(w + p3[:, None] * K + o_k[None, :], b_o.to(DT), mask=m3[:, None] & m_k)
+    b_o0, b_o1, b_o2, b_o3 = _lower_times(b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32, b_T33,
+                                          b_x0, b_x1, b_x2, b_x3, PREC)
+    tl.store(w + p0[:, None] * K + o_k[None, :], b_o0.to(DT), mask=m0[:, None] & m_k)
+    tl.store(w + p1[:, None] * K + o_k[None, :], b_o1.to(DT), mask=m1[:, None] & m_k)
+    tl.store(w + p2[:, None] * K + o_k[None, :], b_o2.to(DT), mask=m2[:, None] & m_k)
+    tl.store(w + p3[:, None] * K + o_k[None, :], b_o3.to(DT), mask=m3[:, None] & m_k)
     # IR delta(k, v, beta): u = T diag(beta) v
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -222,18 +231,12 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
                 * b_b2[:, None]).to(DT)
         b_y3 = (tl.load(v + p3[:, None] * V + o_v[None, :], mask=m3[:, None] & m_v, other=0.0).to(tl.float32)
                 * b_b3[:, None]).to(DT)
-        tl.store(u + p0[:, None] * V + o_v[None, :], tl.dot(b_T00, b_y0, input_precision=PREC).to(DT),
-                 mask=m0[:, None] & m_v)
-        b_uo = tl.dot(b_T11, b_y1, tl.dot(b_T10, b_y0, input_precision=PREC), input_precision=PREC)
-        tl.store(u + p1[:, None] * V + o_v[None, :], b_uo.to(DT), mask=m1[:, None] & m_v)
-        b_uo = tl.dot(b_T22, b_y2, tl.dot(b_T21, b_y1, tl.dot(b_T20, b_y0, input_precision=PREC),
-                                         input_precision=PREC), input_precision=PREC)
-        tl.store(u + p2[:, None] * V + o_v[None, :], b_uo.to(DT), mask=m2[:, None] & m_v)
-        b_uo = tl.dot(b_T30, b_y0, input_precision=PREC)
-        b_uo = tl.dot(b_T31, b_y1, b_uo, input_precision=PREC)
-        b_uo = tl.dot(b_T32, b_y2, b_uo, input_precision=PREC)
-        b_uo = tl.dot(b_T33, b_y3, b_uo, input_precision=PREC)
-        tl.store(u + p3[:, None] * V + o_v[None, :], b_uo.to(DT), mask=m3[:, None] & m_v)
+        b_u0, b_u1, b_u2, b_u3 = _lower_times(b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32,
+                                              b_T33, b_y0, b_y1, b_y2, b_y3, PREC)
+        tl.store(u + p0[:, None] * V + o_v[None, :], b_u0.to(DT), mask=m0[:, None] & m_v)
+        tl.store(u + p1[:, None] * V + o_v[None, :], b_u1.to(DT), mask=m1[:, None] & m_v)
+        tl.store(u + p2[:, None] * V + o_v[None, :], b_u2.to(DT), mask=m2[:, None] & m_v)
+        tl.store(u + p3[:, None] * V + o_v[None, :], b_u3.to(DT), mask=m3[:, None] & m_v)
 
 
 @triton.jit
