@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One device session: install the carried wheels, run the GPU test tier and the benchmarks, results to $OUT.
-#   part scan:   where hgrn's time goes (kernels vs host), block sweeps of the element-wise scans (hgrn,
-#                mamba), `recdsl bench` on each with its best blocks
+#   part scan:   the scans' GPU tests (the look-back against the walk), hgrn's block sweep for the look-back
+#                schedule and the walk's best blocks, `recdsl bench` on hgrn with the best blocks
+#   part mamba:  the matrix-state scan's block sweep, `recdsl bench` on mamba with its best blocks
 #   part tests:  the GPU test tier, `recdsl bench` on mamba with the planner's blocks
 #   part matrix: `recdsl bench` on gla and mamba2 (against fla's chunk_gla and chunk_simple_gla)
 #   part recurrent: block_diagonal, fp_rnn (17 iterations) against the loop
 #   part delta:  the GPU tests of the chunked delta rule, `recdsl bench` on deltanet, gated_deltanet and
 #                deltaproduct (n_h = 2, 3) against fla
-#   part fp:     the fixed-point GPU tests, the authors' FP-RNN side by side (fp_rnn_peer.py; needs .peer/),
-#                the fused paths and blocks with a profile at issue 5's shape, and at the A5 task's shape
+#   part fp:     the fixed-point GPU tests, the fused paths and iterations per call with a profile at issue 5's
+#                shape and at the A5 task's, the authors' FP-RNN side by side (fp_rnn_peer.py; needs .peer/)
 set -u
 export PYTHONUNBUFFERED=1
 pip install -q --no-deps --target /tmp/pydeps .whl/*.whl 2>&1 | grep -v "WARNING: Running pip" | tail -1
@@ -22,13 +23,20 @@ best() {  # the sweep's fastest forward+backward blocks as "BT,BD,warps"
 }
 
 if [ "${1:-scan}" = scan ]; then
-  timeout 90 python benchmarks/overhead.py --spec examples/hgrn.rec | tee "$OUT/${TAG}_overhead_hgrn.jsonl"
-  timeout 150 python benchmarks/sweep_scan.py --spec examples/hgrn.rec --bt 64,128,256 --bd 8,16,32 \
-    --warps 2,4 --out "$OUT/${TAG}_sweep_hgrn.jsonl" | tail -3
-  b=$(best "$OUT/${TAG}_sweep_hgrn.jsonl"); echo "hgrn blocks: $b"
-  RECDSL_SCAN_BLOCKS=$b timeout 120 python -m recdsl.cli bench examples/hgrn.rec --out "$OUT" --tag "${TAG}_hgrn"
-  timeout 120 python benchmarks/sweep_scan.py --spec examples/mamba.rec --bt 16,32 --bd 8,16 --warps 4 \
-    --out "$OUT/${TAG}_sweep_mamba.jsonl" | tail -3
+  timeout 240 python -m pytest -q tests/test_gpu.py -k "look_back or scan_against_reference or varlen" 2>&1 | tail -4
+  # both schedules' blocks, each against a device copy in the same process
+  timeout 200 python benchmarks/sweep_scan.py --spec examples/hgrn.rec --schedules look_back --bt 32,64,128 \
+    --bd 16,32,64 --warps 2,4 --out "$OUT/${TAG}_sweep_hgrn_look_back.jsonl" | tail -3
+  timeout 90 python benchmarks/sweep_scan.py --spec examples/hgrn.rec --schedules walk --bt 128 --bd 16 \
+    --warps 2 --out "$OUT/${TAG}_sweep_hgrn_walk.jsonl" | tail -2
+  b=$(best "$OUT/${TAG}_sweep_hgrn_look_back.jsonl"); echo "hgrn blocks: $b"
+  RECDSL_SCAN_BLOCKS=$b timeout 150 python -m recdsl.cli bench examples/hgrn.rec --out "$OUT" --tag "${TAG}_hgrn"
+  # few sequences and channels, a long sequence: where walking programs are too few to stream
+  RECDSL_SCAN_BLOCKS=$b timeout 90 python benchmarks/sweep_scan.py --spec examples/hgrn.rec --batch 1 --length 65536 \
+    --width 256 --schedules walk,look_back --bt 64,128 --bd 16,32 --warps 2 --out "$OUT/${TAG}_sweep_hgrn_long.jsonl" | tail -1
+elif [ "$1" = mamba ]; then
+  timeout 120 python benchmarks/sweep_scan.py --spec examples/mamba.rec --schedules walk --bt 16,32 --bd 8,16 \
+    --warps 4 --out "$OUT/${TAG}_sweep_mamba.jsonl" | tail -3
   b=$(best "$OUT/${TAG}_sweep_mamba.jsonl"); echo "mamba blocks: $b"
   RECDSL_SCAN_BLOCKS=$b timeout 120 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start \
     --out "$OUT" --tag "${TAG}_mamba"
@@ -53,12 +61,12 @@ elif [ "$1" = delta ]; then
       --tag "${TAG}_deltaproduct_n$n"
   done
 elif [ "$1" = fp ]; then
-  timeout 120 python -m pytest -q tests/test_gpu.py -k "fixed_point or fp_mamba or block_diagonal" 2>&1 | tail -4
-  timeout 150 python benchmarks/fp_rnn_peer.py --budget 4 --out "$OUT/${TAG}_fp_rnn_peer.jsonl" | grep contestant
-  timeout 120 python benchmarks/sweep_fp_fused.py --blocks "64,16,2;128,32,4" --profile \
-    --out "$OUT/${TAG}_fp_fused_sweep.jsonl" | cut -c1-300
-  timeout 90 python benchmarks/sweep_fp_fused.py --B 256 --T 16 --D 64 --iters 24 --blocks "" \
+  timeout 150 python -m pytest -q tests/test_gpu.py -k "fixed_point or fp_mamba" 2>&1 | tail -3
+  timeout 100 python benchmarks/sweep_fp_fused.py --blocks "" --profile --out "$OUT/${TAG}_fp_fused_sweep.jsonl" \
+    | cut -c1-200
+  timeout 60 python benchmarks/sweep_fp_fused.py --B 256 --T 16 --D 64 --iters 24 --blocks "" --per-call 1,4 \
     --out "$OUT/${TAG}_fp_fused_sweep_a5_shape.jsonl"
+  timeout 170 python benchmarks/fp_rnn_peer.py --budget 4 --out "$OUT/${TAG}_fp_rnn_peer.jsonl" | grep contestant
 else
   for s in gla mamba2; do
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"

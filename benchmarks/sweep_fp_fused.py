@@ -1,6 +1,7 @@
 """The fused fixed point's paths and blocks: the no-grad solve of examples/fp_rnn.rec at a fixed iteration
 count with many iterations per launch (fp_one_launch.py), one fused launch per iteration (fp_fused.py)
-and the unfused path, then the fused launch for each RECDSL_FP_BLOCKS="BT,BD,warps", JSON lines;
+and the unfused path, the fused path with K iterations per driver call (RECDSL_FP_PER_CALL), then the
+fused launch for each RECDSL_FP_BLOCKS="BT,BD,warps", JSON lines;
 then (--profile) the CUDA time per kernel of the solve and of a training call (solve, step, backward)
 with the default blocks, against their wall time: the difference is the host's.
 
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--iters", type=int, default=17)
     ap.add_argument("--blocks", default="64,16,2;64,8,2;64,32,4;128,16,4;32,16,2")
+    ap.add_argument("--per-call", default="1,2,4,8", help="fused iterations per driver call to time")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -50,6 +52,13 @@ def main() -> None:
                                          rep=200)
         emit({"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
               "iters": args.iters, "mode": mode, "solve_ms": ms}, args.out)
+    for k in [x for x in args.per_call.split(",") if x]:   # fused iterations per driver call
+        os.environ["RECDSL_FP_PER_CALL"] = k
+        with torch.no_grad():
+            ms = triton.testing.do_bench(run, warmup=5, rep=200)
+        emit({"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+              "iters": args.iters, "mode": "fused", "per_call": int(k), "solve_ms": ms}, args.out)
+    os.environ.pop("RECDSL_FP_PER_CALL", None)
     for blocks in [""] + [b for b in args.blocks.split(";") if b]:     # "": the planner's own choice
         os.environ["RECDSL_FP_BLOCKS"] = blocks
         with torch.no_grad():

@@ -2,8 +2,10 @@
 
     python benchmarks/sweep_scan.py --spec examples/hgrn.rec --batch 4 --length 4096 --width 2048
     python benchmarks/sweep_scan.py --spec examples/mamba.rec --width 2048 --bt 16,32 --bd 4,8,16 --warps 4,8
+    python benchmarks/sweep_scan.py --schedules walk,look_back   # both schedules side by side
 """
 import argparse
+import itertools
 import json
 
 import torch
@@ -29,6 +31,8 @@ def main():
     ap.add_argument("--warps", type=ints, default=[2, 4, 8])
     ap.add_argument("--backward", default=None, choices=["exclusive", "shifted"],
                     help="the backward scans' form (default: the planner's choice)")
+    ap.add_argument("--schedules", default="look_back",
+                    help="comma-separated: walk (a program per sequence walks the tokens), look_back (a program per tile)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     spec = recdsl.load(a.spec, D=a.width)
@@ -47,27 +51,33 @@ def main():
         ins.append(t.bfloat16())
     if len(spec.ir.state[1]) == 1:
         ins = [x.flatten(2) for x in ins]
+    # a device copy moving as many bytes as the forward reads and writes (the memory roofline)
+    moved = sum(x.numel() * x.element_size() for x in ins) + ins[0].numel() * ins[0].element_size()
+    src = torch.empty(moved // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
+    print(f"device copy of {moved / 1e6:.0f} MB: {copy_ms:.4f} ms")
     rows = []
-    for BT in a.bt:
-        for BD in a.bd:
-            for warps in a.warps:
-                op = scan_op(spec, BT, BD, warps, backward)
-                fwd = lambda: op(ins, ws, [], None, None, False)
-                try:
-                    fwd()
-                    ms_f = do_bench(fwd, warmup=25, rep=100, return_mode="median")
-                    xs = [x.detach().requires_grad_(True) for x in ins]
+    for schedule, BT, BD, warps in itertools.product(a.schedules.split(","), a.bt, a.bd, a.warps):
+        op = scan_op(spec, BT, BD, warps, backward, schedule)
+        fwd = lambda: op(ins, ws, [], None, None, False)
+        try:
+            fwd()
+            ms_f = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+            xs = [x.detach().requires_grad_(True) for x in ins]
 
-                    def fb():
-                        out, _, _ = op(xs, ws, [], None, None, False)
-                        out.backward(torch.ones_like(out))
-                    fb()
-                    ms_b = do_bench(fb, warmup=25, rep=100, return_mode="median")
-                except Exception as e:  # a config the compiler rejects is reported, not fatal
-                    print(f"BT={BT} BD={BD} warps={warps}: {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                rows.append({"BT": BT, "BD": BD, "warps": warps, "backward": backward, "fwd_ms": ms_f, "fwdbwd_ms": ms_b})
-                print(f"BT={BT:4d} BD={BD:3d} warps={warps}: fwd {ms_f:.4f} ms  fwd+bwd {ms_b:.4f} ms", flush=True)
+            def fb():
+                out, _, _ = op(xs, ws, [], None, None, False)
+                out.backward(torch.ones_like(out))
+            fb()
+            ms_b = do_bench(fb, warmup=25, rep=100, return_mode="median")
+        except Exception as e:  # a config the compiler rejects is reported, not fatal
+            print(f"{schedule} BT={BT} BD={BD} warps={warps}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        rows.append({"schedule": schedule, "BT": BT, "BD": BD, "warps": warps, "backward": backward,
+                     "fwd_ms": ms_f, "fwdbwd_ms": ms_b, "copy_ms": copy_ms})
+        print(f"{schedule:9s} BT={BT:4d} BD={BD:3d} warps={warps}: fwd {ms_f:.4f} ms ({ms_f / copy_ms:.2f}x copy)  "
+              f"fwd+bwd {ms_b:.4f} ms", flush=True)
     best_f = min(rows, key=lambda r: r["fwd_ms"])
     best_b = min(rows, key=lambda r: r["fwdbwd_ms"])
     print("best fwd", best_f, "\nbest fwd+bwd", best_b)

@@ -22,6 +22,8 @@ class Plan:
     store_chunk_states: bool = True    # forward keeps chunk-start states for the backward (vs recompute)
     reasons: tuple[str, ...] = ()
     scan_backward: str = ""            # element-wise scan: "exclusive" or "shifted" (backends/triton/scan.py)
+    scan_schedule: str = ""            # element-wise scan: "walk" (a program per sequence walks the tokens)
+                                       # or "look_back" (a program per tile, chained by a decoupled look-back)
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
@@ -38,6 +40,8 @@ class Plan:
                      f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
             if self.scan_backward:
                 head += f", {self.scan_backward} backward scans"
+            if self.scan_schedule:
+                head += f", {self.scan_schedule.replace('_', '-')} schedule"
         return head + "".join(f"\n  why: {r}" for r in self.reasons)
 
 
@@ -58,12 +62,21 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if backend == "triton" or (backend == "auto" and not reason and bool(on_cuda)):
             gradient = ("gradient: one more iteration at the fixed point, the previous iterate held constant "
                         "(Movahedi et al. 2025)",)
-            fused, why_not = _fixed_point_fused(spec)
+            size = 1
+            for d in ir.state[1]:
+                size *= d
+            sequences = None if batch_channels is None else batch_channels // (size * (spec.heads or 1))
+            fused, why_not = _fixed_point_fused(spec, sequences)
             if fused == "one_launch":
                 return Plan("triton", "fixed_point_one_launch", 0, 0, 4, False, why + (
-                    f"{FIXED_POINT_ENV}=one_launch: one program per sequence runs up to 32 iterations per launch, "
-                    "all of them on each block of tokens before the next (the inputs read once for them, the "
-                    "carries on chip; backends/triton/fp_one_launch.py); not timed on a GPU yet",
+                    ("" if sequences is None or sequences < ONE_LAUNCH_MIN_SEQUENCES else
+                     f"{sequences} sequences, at least one per SM: ") +
+                    "one program per sequence runs up to 32 iterations per launch, all of them on each block of "
+                    "tokens before the next (the inputs read once for them, the carries on chip; "
+                    "backends/triton/fp_one_launch.py)",
+                    "on an H100 at the A5 task's shape (B=256, T=16, D=64, r=2, 24 iterations) the solve took "
+                    "1.89 ms against 4.55 ms with one fused launch per iteration; with 8 sequences (B=8, T=2048, "
+                    "D=512) 20.2 ms against 3.5 ms, so fewer sequences take the per-iteration launches",
                 ) + gradient + ("the step's write is one token-parallel kernel with its own backward "
                                 "(backends/triton/fp_fused_step.py)",))
             if fused:
@@ -72,8 +85,10 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
                     "iteration is one generated launch that applies the reflections on chip, scans, and writes the "
                     "damped iterate, the residual and the next iteration's dot products (backends/triton/fp_fused.py)",
                     "the reflections' coefficients (their Gram matrix) are set once per solve",
+                    "the driver reads the residuals once per 4 launches (RECDSL_FP_PER_CALL): 3.6 ms against "
+                    "4.3 ms one by one for the solve below",
                     "measured faster than the unfused path on an H100 (B=8, T=2048, D=512, r=2, 17 iterations, "
-                    f"fp32, one process: 4.8 ms against 18.9 ms); {FIXED_POINT_ENV}=unfused runs that instead",
+                    f"fp32, one process: 3.6 ms against 11.4 ms); {FIXED_POINT_ENV}=unfused runs that instead",
                 ) + gradient + ("the step's write is one token-parallel kernel with its own backward "
                                 "(backends/triton/fp_fused_step.py)",
                                 "calls without a gradient close with fused iterations too",))
@@ -137,10 +152,14 @@ FIXED_POINT_ENV = "RECDSL_FIXED_POINT"
 FIXED_POINT_MODES = ("auto", "fused", "unfused", "one_launch")
 
 
-def _fixed_point_fused(spec) -> tuple[bool | str, str]:
+ONE_LAUNCH_MIN_SEQUENCES = 132   # one program per sequence: at least one per SM of an H100
+
+
+def _fixed_point_fused(spec, sequences: int | None = None) -> tuple[bool | str, str]:
     """(whether the fused iteration runs the fixed point, why not): wherever the spec fits it, unless
     RECDSL_FIXED_POINT=unfused; =fused insists (an error where the spec does not fit it); =one_launch
-    asks for many iterations per launch ("one_launch" instead of True)."""
+    asks for many iterations per launch ("one_launch" instead of True), which auto takes for calls of at
+    least ONE_LAUNCH_MIN_SEQUENCES sequences whose state fits it."""
     mode = os.environ.get(FIXED_POINT_ENV, "auto") or "auto"
     if mode not in FIXED_POINT_MODES:
         raise ValueError(f"{FIXED_POINT_ENV}={mode!r}: expected one of {FIXED_POINT_MODES}")
@@ -161,6 +180,10 @@ def _fixed_point_fused(spec) -> tuple[bool | str, str]:
         if reason:
             raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}=one_launch, but {reason}")
         return "one_launch", ""
+    if mode == "auto" and sequences is not None and sequences >= ONE_LAUNCH_MIN_SEQUENCES:
+        from recdsl.backends.triton.fp_one_launch import fits
+        if fits(spec.ir.state[1][0]) is None:
+            return "one_launch", ""
     return True, ""
 
 
@@ -294,7 +317,7 @@ def prepare(spec) -> None:
         from recdsl.backends.triton.launch import scan_op
         for bc, t in ((None, None), (0, None), (None, 1), (0, 1)):   # many programs or few; long or short calls
             p = _scan_plan(spec, bc, t)
-            scan_op(spec, p.block_t, p.block_d, p.num_warps, p.scan_backward)
+            scan_op(spec, p.block_t, p.block_d, p.num_warps, p.scan_backward, p.scan_schedule)
 
 
 SHORT_T = 16   # calls of at most this many tokens (decoding, step()) scan one small block
@@ -304,28 +327,49 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     S = spec.ir.state[1]
     if len(S) == 2:
         return _matrix_scan_plan(spec, S)
-    # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
-    # measured on an H100 (benchmarks/results/*sweep_scan*): BT=128, BD=16, 2 warps was fastest at width 2048
-    BT, warps = 128, 2
-    BD, why_d = 16, "BD=16 keeps rows of 32 B per token (one sector in bf16) while leaving many programs"
-    if batch_channels is not None:
-        target = 2 * 132                       # two programs per SM on an H100
-        BD = 16 if batch_channels // 16 >= target else 8   # below that, narrower blocks for more programs
-        why_d = f"BD={BD} gives {max(1, batch_channels // BD)} programs for B*C={batch_channels} (aim: >= {target})"
-    why_t = f"BT={BT}: tl.associative_scan inside a block of {BT} tokens, the state carried across blocks"
-    if tokens is not None and tokens <= SHORT_T:
-        BT = SHORT_T
-        why_t = (f"a call of {tokens} token(s) (decoding, step()): one block of BT={BT} rows, a single launch "
-                 "with the state in registers, instead of a mostly masked block of 128")
-    BT, BD, warps = _blocks_override((BT, BD, warps))
+    short = tokens is not None and tokens <= SHORT_T
+    target = 2 * 132                           # two walking programs per SM on an H100
+    few = batch_channels is not None and batch_channels // 16 < target
+    schedule = _schedule_override() or ("look_back" if few and not short else "walk")
+    if schedule == "look_back":
+        BT, BD, warps = _blocks_override((64, 32, 2))
+        how = (f"tiles of BT={BT} tokens x BD={BD} channels, each its own program, chained along the tokens by a "
+               "decoupled look-back (backends/triton/look_back.py): inputs are read once and the tiles stream in "
+               "parallel however few sequences and channels the call has",
+               (f"B*C={batch_channels} gives only {batch_channels // 16} walking programs of 16 channels "
+                f"(aim: >= {target}); " if few else "") +
+               "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
+               "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)")
+    else:
+        # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
+        BT, BD, warps = 128, 16, 2
+        why_t = (f"one program per sequence and BD={BD} channels walks the tokens: tl.associative_scan inside a "
+                 f"block of BT={BT} tokens, the state carried across blocks in registers")
+        why_d = ("the fastest blocks on an H100 at B=4, T=4096, C=2048 (benchmarks/results/*sweep_hgrn*): 0.139 ms "
+                 "forward, 1.9x a device copy of the same bytes; the look-back's best took 0.143 ms there")
+        if batch_channels is not None and not few:
+            why_d = f"B*C={batch_channels} gives {batch_channels // BD} walking programs (>= {target}); " + why_d
+        if short:
+            BT = SHORT_T
+            why_t = (f"a call of {tokens} token(s) (decoding, step()): one block of BT={BT} rows, a single launch "
+                     "with the state in registers and no look-back workspace")
+        BT, BD, warps = _blocks_override((BT, BD, warps))
+        how = (why_t, why_d)
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
-        why_t,
-        why_d,
+        *how,
         "chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
         "backward scans keep each row's exclusive prefix (inputs read once per row): on an H100 at B=4, "
         "T=4096, C=2048 its kernel took 0.44 ms against 0.49 ms re-reading the neighbouring rows",
-    ), scan_backward="exclusive")
+    ), scan_backward="exclusive", scan_schedule=schedule)
+
+
+def _schedule_override() -> str | None:
+    """RECDSL_SCAN_SCHEDULE=walk|look_back replaces the vector scan's schedule (for sweeps and tests)."""
+    text = os.environ.get("RECDSL_SCAN_SCHEDULE")
+    if text and text not in ("walk", "look_back"):
+        raise ValueError(f"RECDSL_SCAN_SCHEDULE={text!r}: expected 'walk' or 'look_back'")
+    return text or None
 
 
 def _blocks_override(blocks: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -360,4 +404,4 @@ def _matrix_scan_plan(spec, S) -> Plan:
         "the backward re-reads the neighbouring rows for h_(t-1) and a_(t+1): on an H100 (mamba, B=4, T=4096, "
         "D=2048, N=16) forward+backward took 9.3 ms this way against 12.4 ms with exclusive-prefix scans, "
         "whose [BT, BD, BN] tuples of four spill registers",
-    ), scan_backward="shifted")
+    ), scan_backward="shifted", scan_schedule="walk")

@@ -105,6 +105,23 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     return payload, cur, SolveInfo(it, last, False, delta)
 
 
+class Batched:
+    """A fused step (fixed_point with fused=True) that runs up to `per_call` iterations a call, as many as
+    `max_iter` still allows (the iterates carry the count done): `run(iterates, delta, K)` returns (the
+    iterates after K iterations, residuals [K, B]). The driver then reads the residuals once per call, not
+    once per iteration; a call that converges on its j-th row still returns its K-th iterate (closer to the
+    fixed point) and counts K iterations."""
+
+    def __init__(self, run: Callable, max_iter: int, per_call: int):
+        self.run, self.max_iter, self.per_call = run, int(max_iter), max(1, int(per_call))
+
+    def __call__(self, iterates: dict, delta: float):
+        done = iterates.get("done", 0)
+        K = max(1, min(self.per_call, self.max_iter - done))
+        new, residual = self.run(iterates, delta, K)
+        return {**new, "done": done + K}, None, residual
+
+
 def _overlaps(residual: torch.Tensor) -> bool:
     """Whether the next call may be launched before this residual is read (a device that runs ahead)."""
     return residual.is_cuda

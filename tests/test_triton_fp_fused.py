@@ -18,9 +18,11 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def solve(spec, args, monkeypatch, mode, **call):
-    """(o, final state, SolveInfo) on the Triton backend with RECDSL_FIXED_POINT=mode."""
+def solve(spec, args, monkeypatch, mode, per_call=1, **call):
+    """(o, final state, SolveInfo) on the Triton backend with RECDSL_FIXED_POINT=mode; the fused path runs
+    `per_call` iterations per driver call (1: the unfused path's iteration counts exactly)."""
     monkeypatch.setenv("RECDSL_FIXED_POINT", mode)
+    monkeypatch.setenv("RECDSL_FP_PER_CALL", str(per_call))
     want = "fixed_point_fused" if mode == "fused" else "fixed_point_scan"
     assert spec.plan("triton").algorithm == want
     return call_op(spec, (), dict(args), call.get("initial_state"), True, call.get("cu_seqlens"), "triton")
@@ -89,6 +91,25 @@ def test_damping_takes_the_same_steps(monkeypatch):
     ro, _ = spec.op(**{k: v.double() for k, v in args.items()}, backend="reference")
     assert info.iterations == infou.iterations and info.damping == infou.damping == 0.6
     assert rel(o, ro) < 1e-5 and rel(o, ou) < 1e-5
+
+
+def test_several_iterations_per_call(monkeypatch):
+    """K fused launches per driver call: at a fixed iteration count (tol never met, max_iter not a multiple
+    of K) the very same iterate; converging, the count rounds up to a call's end and the result stays
+    within the tolerance of the one-per-call solve."""
+    spec = recdsl.load(example("fp_rnn"), D=16, r=2, max_iter=7, tol=1e-30)
+    args = random_args(spec, B=2, T=30, dtype=torch.float32, seed=4)
+    with torch.no_grad(), pytest.warns(RecNotConverged):
+        o1, S1, info1 = solve(spec, args, monkeypatch, "fused", per_call=1)
+    with torch.no_grad(), pytest.warns(RecNotConverged):
+        o4, S4, info4 = solve(spec, args, monkeypatch, "fused", per_call=4)    # calls of 4 and 3
+    assert info1.iterations == info4.iterations == 7 and torch.equal(o1, o4) and torch.equal(S1, S4)
+    spec = recdsl.load(example("fp_rnn"), D=16, r=2, tol=1e-5)
+    with torch.no_grad():
+        o1, _, info1 = solve(spec, args, monkeypatch, "fused", per_call=1)
+        o3, _, info3 = solve(spec, args, monkeypatch, "fused", per_call=3)
+    assert info1.converged and info3.converged and info3.iterations % 3 == 0
+    assert info1.iterations <= info3.iterations < info1.iterations + 3 and rel(o3, o1) < 1e-4
 
 
 @pytest.mark.parametrize("D,r,T,steps", [(8, 3, 13, 1), (24, 2, 40, 3), (160, 1, 9, 2)])

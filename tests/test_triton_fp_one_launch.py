@@ -84,6 +84,18 @@ def test_routing_and_errors(monkeypatch):
         recdsl.load(src, D=8).plan("triton")
 
 
+def test_auto_takes_it_for_many_sequences(monkeypatch):
+    """Without RECDSL_FIXED_POINT: at least one sequence per SM and a state that fits run many iterations
+    per launch; fewer sequences, or a wider state, one fused launch per iteration."""
+    monkeypatch.delenv("RECDSL_FIXED_POINT", raising=False)
+    spec = recdsl.load(example("fp_rnn"), D=64)
+    assert spec.plan("auto", batch_channels=256 * 64, on_cuda=True).algorithm == "fixed_point_one_launch"
+    assert spec.plan("auto", batch_channels=8 * 64, on_cuda=True).algorithm == "fixed_point_fused"
+    assert spec.plan("auto", on_cuda=True).algorithm == "fixed_point_fused"            # the call's size unknown
+    wide = recdsl.load(example("fp_rnn"), D=1024)
+    assert wide.plan("auto", batch_channels=256 * 1024, on_cuda=True).algorithm == "fixed_point_fused"
+
+
 def test_kernel_builds_for_sm90():
     res = compile_sm90("recdsl.backends.triton.fp_one_launch", "aot_jobs", 512, 2)
     assert [n for n, size, secs in res] == ["fp_iterations DP=512"] and all(size > 0 for n, size, secs in res)

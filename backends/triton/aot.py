@@ -20,21 +20,23 @@ from triton.compiler import ASTSource
 SCAN_FLAGS = {
     "scan_fwd": dict(IS_VARLEN=False, USE_H0=True, STORE_HT=True, STORE_HC=True),
     "scan_bwd": dict(IS_VARLEN=False, USE_H0=True, USE_DHT=True),
+    "scan_fwd_tiles": dict(IS_VARLEN=False, USE_H0=True, STORE_HT=True, STORE_HC=True),
+    "scan_bwd_tiles": dict(IS_VARLEN=False, USE_H0=True, USE_DHT=True),
 }
 
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets int32, sizes int32, opt_* fp32 scalars, every other pointer fp32."""
+    chunk_offsets, chunk_seq and flags int32, sizes int32, opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
         if n in constexprs:
             sig[n] = "constexpr"
-        elif n in ("T", "NTOK", "H", "D", "N"):
+        elif n in ("T", "NTOK", "H", "D", "N", "NC"):
             sig[n] = "i32"
         elif n.startswith("opt_"):
             sig[n] = "fp32"
-        elif n in ("cu_seqlens", "chunk_offsets"):
+        elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq", "flags"):
             sig[n] = "*i32"
         elif n.startswith(("in_", "d_")) or n == "out":
             sig[n] = f"*{data}"

@@ -112,10 +112,14 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
                                         dict(ir.solve), training=training, name=ir.name, stacklevel=5)
         else:
-            solver = step.detached()
+            from recdsl.solve import Batched
+            from .fp_fused import per_call
+            solver, max_iter = step.detached(), dict(ir.solve)["max_iter"]
             if one_launch:
-                from .fp_one_launch import Iterations
-                solver = Iterations(solver, dict(ir.solve)["max_iter"])
+                from .fp_one_launch import iterations
+                solver = iterations(solver, max_iter)
+            else:
+                solver = Batched(solver.iterations, max_iter, per_call())
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
                                         stacklevel=5, fused=True)
     prev = last["h"]

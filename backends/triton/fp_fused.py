@@ -276,13 +276,14 @@ def coefficients(u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """W [..., r, r] with Q v = v - sum_i (W d)_i u_i, d = U v, for Q = H_(r-1) ... H_0, H_i = I - s_i u_i u_i^T
     (reflection 0 acts first): c_i = s_i (d_i - sum_(j<i) (u_i . u_j) c_j)."""
     r = u.shape[-2]
-    gram = u @ u.transpose(-1, -2)
     eye = torch.eye(r, dtype=u.dtype, device=u.device)
     rows = []
     for i in range(r):
-        row = eye[i].expand_as(gram[..., 0, :])
+        row = eye[i].expand(u.shape[:-2] + (r,))
         for j in range(i):
-            row = row - gram[..., i, j, None] * rows[j]
+            # only the Gram matrix's strict lower triangle, pair by pair: a batched [r, D] @ [D, r] product
+            # (cuBLAS) and its backward took 0.72 ms of a 5 ms training call on an H100 at B*T = 16384, r = 2
+            row = row - torch.linalg.vecdot(u[..., i, :], u[..., j, :])[..., None] * rows[j]
         rows.append(s[..., i, None] * row)
     return torch.stack(rows, -2)
 
@@ -385,6 +386,27 @@ class FusedIteration:
         products of "h" from one launch to the next."""
         h, res, _, dots = self.launch(iterates["h"], delta, dots=iterates.get("dots"))
         return {"h": h, "dots": dots}, None, res
+
+    def iterations(self, iterates: dict, delta: float, K: int):
+        """K iterations launched back to back (solve.Batched's run): (iterates, residuals [K, B])."""
+        h, dots, rows = iterates["h"], iterates.get("dots"), []
+        for _ in range(K):
+            h, res, _, dots = self.launch(h, delta, dots=dots)
+            rows.append(res)
+        return {"h": h, "dots": dots}, torch.stack(rows)
+
+
+PER_CALL = 4   # fused iterations per driver call: the host reads residuals once per PER_CALL launches
+
+
+def per_call() -> int:
+    """Fused iterations per driver call; RECDSL_FP_PER_CALL=K overrides it for a sweep."""
+    text = os.environ.get("RECDSL_FP_PER_CALL")
+    if not text:
+        return PER_CALL
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"RECDSL_FP_PER_CALL={text!r}: expected a positive integer")
+    return int(text)
 
 
 def _padded(r: int) -> int:

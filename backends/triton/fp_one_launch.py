@@ -129,18 +129,15 @@ def launch_iterations(it, prev: torch.Tensor, delta: float, K: int, store_ht: bo
     return h.reshape(prev.shape), res, (ht if store_ht else None)
 
 
-class Iterations:
+def iterations(it, max_iter: int):
     """The solve's step (solve.fixed_point with fused=True): up to MAX_PER_LAUNCH iterations a launch, as
-    many as the solve still allows (the iterates carry the count done)."""
+    many as the solve still allows."""
+    from recdsl.solve import Batched
 
-    def __init__(self, it, max_iter: int):
-        self.it, self.max_iter = it, int(max_iter)
-
-    def __call__(self, iterates: dict, delta: float):
-        done = iterates.get("done", 0)
-        K = max(1, min(MAX_PER_LAUNCH, self.max_iter - done))
-        h, res, _ = launch_iterations(self.it, iterates["h"], delta, K)
-        return {"h": h, "done": done + K}, None, res
+    def run(iterates, delta, K):
+        h, res, _ = launch_iterations(it, iterates["h"], delta, K)
+        return {"h": h}, res
+    return Batched(run, max_iter, MAX_PER_LAUNCH)
 
 
 def aot_jobs(D: int = 512, r: int = 2, varlen: bool = False):

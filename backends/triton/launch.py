@@ -22,17 +22,24 @@ def kernel_key(src: str) -> str:
     return hashlib.sha256(f"{src}\n{recdsl.__version__}\n{triton.__version__}".encode()).hexdigest()[:24]
 
 
-def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive"):
-    """The op running this spec's generated scan with these blocks and backward form (registered on
-    first use): eager calls go through an autograd.Function, torch.compile sees the custom op."""
-    memo_key = ("scan_op", block_t, block_d, num_warps, backward)
+SCHEDULES = ("walk", "look_back")
+
+
+def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive", schedule: str = "walk"):
+    """The op running this spec's generated scan with these blocks, backward form and schedule ("walk":
+    one program per sequence and channel block walks the tokens; "look_back": every tile of BT tokens is
+    a program, chained by a decoupled look-back), registered on first use: eager calls go through an
+    autograd.Function, torch.compile sees the custom op."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    memo_key = ("scan_op", block_t, block_d, num_warps, backward, schedule)
     if memo_key not in spec.memo:
         src = generate(spec.ir, spec.args, backward)
         geometry = scan_geometry(spec)
-        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{'_'.join(map(str, geometry))}"
+        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{schedule}_{'_'.join(map(str, geometry))}"
         if key not in _OPS:
             _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps,
-                                  geometry)
+                                  geometry, schedule)
         spec.memo[memo_key] = _OPS[key]
     return spec.memo[memo_key]
 
@@ -47,7 +54,7 @@ def scan_geometry(spec) -> tuple[int, int, int]:
     return spec.heads or 1, S[0], S[1]
 
 
-def _register(mod, key, spec_name, BT, BD, warps, geometry):
+def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
     name = f"recdsl::{spec_name}_scan_{key}"
     n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
     H, D, N = geometry
@@ -55,11 +62,26 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
     state_size = H * D * N
 
     def chunk_offsets_of(cu, B, T):
+        """Each sequence's first chunk (an empty sequence has one, so every sequence has a tile to pass
+        its state through), the total, and each chunk's sequence (for the look-back's tiles)."""
         if cu is None:
-            return None, B * triton.cdiv(T, BT)
-        nck = (cu[1:] - cu[:-1] + BT - 1) // BT
+            return None, B * triton.cdiv(T, BT), None
+        nck = ((cu[1:] - cu[:-1] + BT - 1) // BT).clamp_min(1)
         co = torch.cat([nck.new_zeros(1), nck.cumsum(0)]).to(torch.int32)
-        return co, int(co[-1])
+        n_chunks = int(co[-1])
+        seq = torch.repeat_interleave(torch.arange(nck.numel(), device=cu.device, dtype=torch.int32), nck,
+                                      output_size=n_chunks) if schedule == "look_back" else None
+        return co, n_chunks, seq
+
+    def launch(kernel, walk_grid, n_chunks, args, seq, device, **flags):
+        if schedule == "walk":
+            return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=warps)
+        # the look-back's workspace: per-element status flags (the last one counts tiles as they start)
+        # and the published aggregates and carries
+        flags_ws = torch.zeros(n_chunks * state_size + 1, dtype=torch.int32, device=device)
+        chain = torch.empty(3, n_chunks * state_size, dtype=torch.float32, device=flags_ws.device)
+        getattr(mod, kernel + "_tiles")[(n_chunks * H * triton.cdiv(D, BD),)](
+            *args, seq, flags_ws, chain[0], chain[1], chain[2], n_chunks, **flags, num_warps=warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
@@ -69,14 +91,13 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
         h0 = None if h0 is None else h0.contiguous()
         B, T = ins[0].shape[:2]
         Ns = B if cu is None else cu.numel() - 1
-        co, n_chunks = chunk_offsets_of(cu, B, T)
+        co, n_chunks, seq = chunk_offsets_of(cu, B, T)
         out = ins[0].new_empty((B, T) + out_tail)
         ht = torch.empty(Ns if output_final_state else 0, state_size, dtype=torch.float32, device=out.device)
         hc = torch.empty(max(n_chunks, 1), state_size, dtype=torch.float32, device=out.device)
-        mod.scan_fwd[(triton.cdiv(D, BD), Ns * H)](
-            *ins, *ws, *options, h0, out, ht, hc, cu, co, T, B * T, H, D, N, BT=BT, BD=BD, BN=BN,
-            IS_VARLEN=cu is not None, USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True,
-            num_warps=warps)
+        launch("scan_fwd", (triton.cdiv(D, BD), Ns * H), n_chunks, (*ins, *ws, *options, h0, out, ht, hc, cu, co),
+               seq, out.device, T=T, NTOK=B * T, H=H, D=D, N=N, BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None,
+               USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True)
         return out, ht, hc
 
     forward = torch.library.custom_op(name, forward_impl, mutates_args=())
@@ -98,19 +119,20 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
         dht = None if dht is None else dht.contiguous()
         B, T = ins[0].shape[:2]
         Ns = B if cu is None else cu.numel() - 1
-        co, _ = chunk_offsets_of(cu, B, T)
+        co, n_chunks, seq = chunk_offsets_of(cu, B, T)
         n_blocks = triton.cdiv(D, BD)
+        rows = Ns if schedule == "walk" else n_chunks   # weight gradients: per sequence, or per tile
         # inputs along D get their gradient directly; inputs along N one partial sum per D block
         d_ins = [x.new_empty(x.shape) if "D" in mod.KINDS.get(n, ()) else
                  x.new_zeros((n_blocks,) + x.shape, dtype=torch.float32) if n in mod.KINDS else x.new_zeros(x.shape)
                  for n, x in zip(mod.INPUTS, ins)]
-        d_ws = [w.new_empty((Ns,) + w.shape, dtype=torch.float32) if "D" in mod.KINDS.get(n, ()) else
-                w.new_zeros((Ns * n_blocks,) + w.shape, dtype=torch.float32) for n, w in zip(mod.WEIGHTS, ws)]
+        d_ws = [w.new_empty((rows,) + w.shape, dtype=torch.float32) if "D" in mod.KINDS.get(n, ()) else
+                w.new_zeros((rows * n_blocks,) + w.shape, dtype=torch.float32) for n, w in zip(mod.WEIGHTS, ws)]
         dh0 = torch.empty(Ns if h0 is not None else 0, state_size, dtype=torch.float32, device=d_out.device)
-        mod.scan_bwd[(n_blocks, Ns * H)](
-            *ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *d_ws, dh0, cu, co, T, B * T, H, D, N,
-            BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None, USE_H0=h0 is not None, USE_DHT=dht is not None,
-            num_warps=warps)
+        launch("scan_bwd", (n_blocks, Ns * H), n_chunks,
+               (*ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *d_ws, dh0, cu, co), seq,
+               d_out.device, T=T, NTOK=B * T, H=H, D=D, N=N, BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None,
+               USE_H0=h0 is not None, USE_DHT=dht is not None)
         d_ins = [g.sum(0).to(x.dtype) if n in mod.PARTIAL_INPUTS else g for n, g, x in zip(mod.INPUTS, d_ins, ins)]
         return d_ins + [g.sum(0).to(w.dtype) for g, w in zip(d_ws, ws)] + [dh0]
 
@@ -175,7 +197,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry):
 def run_scan(spec, plan, named: dict, options: dict, h0, cu, output_final_state):
     """named: op-layout tensors by argument name (inputs [B, T, (H,) *shape], weights [(H,) *shape])."""
     heads = (spec.heads,) if spec.heads else ()
-    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps, plan.scan_backward)
+    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps, plan.scan_backward, plan.scan_schedule)
     ins = [named[a.name] for a in spec.args if a.kind == "input"]
     B, T = ins[0].shape[:2]
     if len(spec.ir.state[1]) == 1:   # heads folded into channels: [B, T, H * D]

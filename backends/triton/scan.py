@@ -19,6 +19,7 @@ import networkx as nx
 from recdsl.ir import IR
 
 from .exprs import SUPPORTED, Emitter
+from .look_back import LOOK_BACK
 
 
 def eligible(ir: IR) -> str | None:
@@ -109,12 +110,30 @@ class Tiles:
                 off = f"({off}) * {a} + o{a.lower()}"
         return off
 
+    def address(self, ptr: str, kind: tuple, row0: str, rows: str = "rows") -> str:
+        """Pointers to a tile of this kind over token rows row0 + rows: the tile's first row as one 64-bit
+        scalar added to the base pointer, the offsets within the tile in 32 bits (per-element 64-bit index
+        arithmetic otherwise costs more instructions than the scan itself)."""
+        first = f"(({row0}) * H + i_h)"
+        within = []
+        for a in ("D", "N"):
+            if a in kind:
+                first = f"{first} * {a}"
+        step = "H" + "".join(f" * {a}" for a in ("D", "N") if a in kind)
+        within.append(f"({rows}) * ({step})")
+        if "D" in kind:
+            within.append("od * N" if "N" in kind else "od")
+        if "N" in kind:
+            within.append("on")
+        return f"({ptr} + {first}) + ({' + '.join(within)})"
+
     def mask(self, kind: tuple, time_mask: str = "mt") -> str:
         parts = [time_mask if a == "T" else f"m{a.lower()}" for a in self.axes if a in kind]
         return " & ".join(parts) if parts else "True"
 
 
 BACKWARDS = ("exclusive", "shifted")
+TILE_ROW0 = "bos + i_t * BT"   # the first token row of the block a kernel is on (its rows: ot = i_t * BT + rows)
 
 
 def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
@@ -142,9 +161,9 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     full = tiles.shape(state_kind)
     no_time = tuple(a for a in state_kind if a != "T")
 
-    def load_input(i, row, tmask):
+    def load_input(i, row, tmask):   # row: (the first row, the rows within the tile)
         n = ir.node(i)
-        return (f"tl.load(in_{n.args[0]} + {tiles.offset(kinds[i], row)}, "
+        return (f"tl.load({tiles.address(f'in_{n.args[0]}', kinds[i], *row)}, "
                 f"mask={tiles.mask(kinds[i], tmask)}, other=0.0)")
 
     def loads(nodes, suffix, row, tmask, prefetched=False):
@@ -184,7 +203,13 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     w_tiles = [f"w_{x}_tile = tl.load(w_{x} + {tiles.offset(kind_of_arg[x], None)}, "
                f"mask={tiles.mask(kind_of_arg[x])}, other=0.0).to(tl.float32)  # {list(kind_of_arg[x])}"
                for x in weights if x in kind_of_arg]
-    head = [
+    coords = [
+        "o_d = i_c * BD + tl.arange(0, BD)",
+        f"od, md = o_d{tiles.expand('D')}, (o_d < D){tiles.expand('D')}",
+        *([f"on = tl.arange(0, BN){tiles.expand('N')}", "mn = on < N"] if matrix else []),
+        f"rows = tl.arange(0, BT){tiles.expand('T')}",
+    ] + w_tiles
+    walk_head = [
         "i_c, i_nh = tl.program_id(0), tl.program_id(1)",
         "i_n, i_h = i_nh // H, i_nh % H",
         "if IS_VARLEN:",
@@ -195,56 +220,111 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "    bos = i_n.to(tl.int64) * T",
         "    L = T",
         "    c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)",
-        "o_d = i_c * BD + tl.arange(0, BD)",
-        f"od, md = o_d{tiles.expand('D')}, (o_d < D){tiles.expand('D')}",
-        *([f"on = tl.arange(0, BN){tiles.expand('N')}", "mn = on < N"] if matrix else []),
-        f"rows = tl.arange(0, BT){tiles.expand('T')}",
-    ] + w_tiles
+    ] + coords
+
+    def tile_head(reverse: bool) -> list[str]:
+        # tiles in the order they start: chunk after chunk (with equal lengths, every sequence's i-th chunk
+        # together), heads and channel blocks within a chunk; the backward's chains start at the last chunk
+        return [
+            "NCB = tl.cdiv(D, BD)",
+            "tile = _tile_index(flags, NC * H * D * N)",
+            "i_c, r = tile % NCB, tile // NCB",
+            "i_h, r = r % H, r // H",
+            "if IS_VARLEN:",
+            f"    g = {'NC - 1 - r' if reverse else 'r'}",
+            "    i_n = tl.load(chunk_seq + g)",
+            "    bos = tl.load(cu_seqlens + i_n).to(tl.int64)",
+            "    L = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos",
+            "    c0i = tl.load(chunk_offsets + i_n)",
+            "    NTS = tl.load(chunk_offsets + i_n + 1) - c0i   # tiles in this sequence (an empty one has one)",
+            "    i_t = g - c0i",
+            "    c0 = c0i.to(tl.int64)",
+            "else:",
+            "    NTS = tl.cdiv(T, BT)",
+            "    i_n = r % (NC // NTS)",
+            f"    i_t = {'NTS - 1 - r // (NC // NTS)' if reverse else 'r // (NC // NTS)'}",
+            "    bos = i_n.to(tl.int64) * T",
+            "    L = T",
+            "    c0 = i_n.to(tl.int64) * NTS",
+        ] + coords + [
+            f"slot = {state_at['chunk']}  # this tile's chunk-state slot",
+            f"sm = {state_mask}",
+        ]
+
+    def indent(lines):
+        return ["    " + l for l in lines]
+
+    def first_row(x):
+        return f"tl.sum(tl.where(rows == 0, {x}, 0.0), axis=0, keep_dims=True)"
 
     # ---- forward ------------------------------------------------------------------------------
-    fwd_gate, _ = expr_block(gate_nodes, "", "bos + ot", "mt", prefetched=True)
+    fwd_gate, _ = expr_block(gate_nodes, "", (TILE_ROW0, "rows"), "mt", prefetched=True)
     read_only = [i for i in read_nodes if i not in gate_nodes or ir.node(i).op == "state"]
-    fwd_read_loads = loads([i for i in read_only if ir.node(i).op == "input"], "", "", "", prefetched=True)
-    fwd_read = [l for l in expr_block(read_only, "", "bos + ot", "mt", prefetched=True)[0] if l not in fwd_read_loads]
+    read_inputs = [i for i in read_only if ir.node(i).op == "input"]
+    fwd_read_loads = loads(read_inputs, "", "", "", prefetched=True)
+    fwd_read = [l for l in expr_block(read_only, "", (TILE_ROW0, "rows"), "mt", prefetched=True)[0] if l not in fwd_read_loads]
     fwd_inputs = [i for i in dict.fromkeys(gate_nodes + read_nodes) if ir.node(i).op == "input"]
+    cur_gate, em_gate = expr_block(gate_nodes, "", (TILE_ROW0, "rows"), "mt")
 
     def prefetch(row0: str) -> list[str]:
         # the next block's inputs are requested before this block is scanned, so the loads overlap the scan
-        return [f"nx{i} = {load_input(i, f'bos + {row0} + rows', f'(({row0} + rows) < L)')}" for i in fwd_inputs]
-    fwd = head + [
+        return [f"nx{i} = {load_input(i, (f'bos + {row0}', 'rows'), f'(({row0} + rows) < L)')}" for i in fwd_inputs]
+
+    def scan_block(input_lines):
+        return [
+            "ot = i_t * BT + rows",
+            "mt = ot < L",
+            f"m = {tiles.mask(state_kind)}",
+            f"# a_t (IR %{a_id}, the diag of the transition) and b_t (IR %{write}, the write)",
+            *input_lines,
+            f"a = tl.where(m, {v(a_id)}, 1.0)",
+            f"b = tl.where(m, {v(write)}, 0.0)",
+            "A, Bs = tl.associative_scan((a, b), 0, _combine)",
+        ]
+    fwd_finish = [
+        "hs = Bs + A * h",
+        f"# readout (IR %{out_id})",
+        *[f"v{s} = hs" for s in state_ids],
+        *fwd_read,
+        f"tl.store({tiles.address('out', out_kind, TILE_ROW0)}, ({v(out_id)} + tl.zeros({tiles.shape(out_kind)}, "
+        f"dtype=tl.float32)).to(out.dtype.element_ty), mask={tiles.mask(out_kind)})",
+    ]
+    h0_load = f"tl.load(h0 + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)"
+    fwd = walk_head + [
         f"h = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if USE_H0:",
-        f"    h = tl.load(h0 + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)",
+        f"    h = {h0_load}",
         *prefetch("0"),
         "for i_t in range(0, tl.cdiv(L, BT)):",
         "    if STORE_HC:",
         f"        tl.store(hc + {state_at['chunk']}, h, mask={state_mask})",
-        "    ot = i_t * BT + rows",
-        "    mt = ot < L",
-        f"    m = {tiles.mask(state_kind)}",
-        f"    # a_t (IR %{a_id}, the diag of the transition) and b_t (IR %{write}, the write)",
-        *["    " + l for l in fwd_gate],
-        *["    " + l for l in fwd_read_loads],
-        *["    " + l for l in prefetch("(i_t + 1) * BT")],
-        f"    a = tl.where(m, {v(a_id)}, 1.0)",
-        f"    b = tl.where(m, {v(write)}, 0.0)",
-        "    A, Bs = tl.associative_scan((a, b), 0, _combine)",
-        "    hs = Bs + A * h",
-        f"    # readout (IR %{out_id})",
-        *[f"    v{s} = hs" for s in state_ids],
-        *["    " + l for l in fwd_read],
-        f"    tl.store(out + {tiles.offset(out_kind, 'bos + ot')}, ({v(out_id)} + tl.zeros({tiles.shape(out_kind)}, "
-        f"dtype=tl.float32)).to(out.dtype.element_ty), mask={tiles.mask(out_kind)})",
+        *indent(scan_block(fwd_gate + fwd_read_loads + prefetch("(i_t + 1) * BT"))),
+        *indent(fwd_finish),
         f"    h = {last_row('hs')}",
         "if STORE_HT:",
         f"    tl.store(ht + {state_at['seq']}, h, mask={state_mask})",
     ]
+    fwd_tiles = tile_head(False) + [
+        *scan_block(cur_gate + loads(read_inputs, "", (TILE_ROW0, "rows"), "mt")),
+        f"agg_a, agg_b = {last_row('A')}, {last_row('Bs')}   # this tile as the map h -> agg_a * h + agg_b",
+        f"h = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
+        "if i_t > 0:   # the carry from the chunks before: decoupled look-back",
+        "    h = _chain_link(flags, chain_a, chain_b, chain_h, slot, agg_a, agg_b, H * D * N, i_t, sm)",
+        "elif USE_H0:",
+        f"    h = {h0_load}",
+        "_chain_close(flags, chain_h, slot, agg_b + agg_a * h, sm)",
+        "if STORE_HC:",
+        "    tl.store(hc + slot, h, mask=sm)",
+        *fwd_finish,
+        "if STORE_HT:",
+        "    if i_t == NTS - 1:",
+        f"        tl.store(ht + {state_at['seq']}, agg_b + agg_a * h, mask={state_mask})",
+    ]
 
     # ---- backward ---------------------------------------------------------------------------------
-    cur_gate, em_gate = expr_block(gate_nodes, "", "bos + ot", "mt")
-    prv_gate, _ = expr_block(gate_nodes, "_p", "bos + ot - 1", "mt_p")
-    nxt_gate, _ = expr_block(_topo(ir, [a_id]), "_n", "bos + ot + 1", "mt_n")
-    cur_read, em_read = expr_block(read_only, "", "bos + ot", "mt")
+    prv_gate, _ = expr_block(gate_nodes, "_p", (TILE_ROW0, "rows - 1"), "mt_p")
+    nxt_gate, _ = expr_block(_topo(ir, [a_id]), "_n", (TILE_ROW0, "rows + 1"), "mt_n")
+    cur_read, em_read = expr_block(read_only, "", (TILE_ROW0, "rows"), "mt")
     read_bw, read_leaves = em_read.backward(read_nodes, {out_id: "dy"})
     gate_bw, gate_leaves = em_gate.backward(gate_nodes, {a_id: "da", write: "db"})
     # separate gradient names per pass: readout grads get an "r" prefix
@@ -257,109 +337,142 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         total = " + ".join(d[i] for d in (read_leaves, gate_leaves) if i in d)
         value = f"({total} + tl.zeros({tiles.shape(k)}, dtype=tl.float32))"
         if n.op == "input" and "D" in k:
-            grad_store.append(f"tl.store(d_{n.args[0]} + {tiles.offset(k, 'bos + ot')}, "
+            grad_store.append(f"tl.store({tiles.address(f'd_{n.args[0]}', k, TILE_ROW0)}, "
                               f"{value}.to(d_{n.args[0]}.dtype.element_ty), mask={tiles.mask(k)})")
         elif n.op == "input":   # one partial sum per D block, added up on the host
             partial_inputs.append(n.args[0])
-            grad_store.append(f"tl.store(d_{n.args[0]} + i_c.to(tl.int64) * NTOK * H * N + "
-                              f"{tiles.offset(k, 'bos + ot')}, {value}, mask={tiles.mask(k)})")
+            block_ptr = f"d_{n.args[0]} + i_c.to(tl.int64) * NTOK * H * N"
+            grad_store.append(f"tl.store({tiles.address(block_ptr, k, TILE_ROW0)}, {value}, mask={tiles.mask(k)})")
         elif n.op == "weight":
             grad_store.append(f"dw_{n.args[0]}_acc += {total}")
-    w_store = []
-    for x in (w for w in weights if w in kind_of_arg):
-        k = kind_of_arg[x]
-        # a weight's gradient per sequence (and per D block when it does not vary along D)
-        row = "i_n" if "D" in k else "i_n * tl.num_programs(0) + i_c"
-        w_store.append(f"tl.store(dw_{x} + {tiles.offset(k, row)}, dw_{x}_acc, mask={tiles.mask(k)})")
+
+    def w_store(row: str) -> list[str]:
+        # a weight's gradient per `row` (and per D block when it does not vary along D), summed on the host
+        out = []
+        for x in (w for w in weights if w in kind_of_arg):
+            k = kind_of_arg[x]
+            r = row if "D" in k else f"({row}) * tl.cdiv(D, BD) + i_c"
+            out.append(f"tl.store(dw_{x} + {tiles.offset(k, r)}, dw_{x}_acc, mask={tiles.mask(k)})")
+        return out
+
     if backward == "exclusive":
         # one scan per direction that also keeps each row's exclusive prefix: inputs read once per row
         state_pass = [
-            *["    " + l for l in cur_gate],
-            f"    a = tl.where(m, {v(a_id)}, 1.0)",
-            f"    b = tl.where(m, {v(write)}, 0.0)",
-            "    # h_t and h_{t-1} from one scan",
-            "    A, Bs, P, Q = tl.associative_scan((a, b, one, zero), 0, _combine_excl)",
-            "    hs = Bs + A * h_start",
-            "    h_prev = Q + P * h_start",
+            *cur_gate,
+            f"a = tl.where(m, {v(a_id)}, 1.0)",
+            f"b = tl.where(m, {v(write)}, 0.0)",
+            "# h_t and h_{t-1} from one scan",
+            "A, Bs, P, Q = tl.associative_scan((a, b, one, zero), 0, _combine_excl)",
+            "hs = Bs + A * h_start",
+            "h_prev = Q + P * h_start",
         ]
-        grad_pass = [
-            "    # dh_t = d_t + e_{t+1} with e_t = a_t dh_t = a_t (d_t + e_{t+1}): a reverse scan of g -> a_t (g + d_t)",
-            "    # whose exclusive suffix gives e_{t+1} without reading a_{t+1} (rows past L: a = 1, d = 0)",
-            "    Ar, Br, Pr, Qr = tl.associative_scan((a, a * d, one, zero), 0, _combine_excl, reverse=True)",
-            "    dh_t = d + Qr + Pr * carry",
+        grad_scan = [
+            "# dh_t = d_t + e_{t+1} with e_t = a_t dh_t = a_t (d_t + e_{t+1}): a reverse scan of g -> a_t (g + d_t)",
+            "# whose exclusive suffix gives e_{t+1} without reading a_{t+1} (rows past L: a = 1, d = 0)",
+            "Ar, Br, Pr, Qr = tl.associative_scan((a, a * d, one, zero), 0, _combine_excl, reverse=True)",
         ]
-        carry_out = "    carry = tl.sum(tl.where(rows == 0, Br + Ar * carry, 0.0), axis=0, keep_dims=True)"
-        carry_doc, dh0 = "a_t dL/dh_t", "carry"
+        dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
+        carry_doc, dh0 = "a_t dL/dh_t", "{}"
     else:
         # h_{t-1} and a_{t+1} re-read from the neighbouring rows: fewer live values per scan
         state_pass = [
-            "    mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
-            f"    m_p = {tiles.mask(state_kind, 'mt_p')}",
-            f"    m_n = {tiles.mask(state_kind, 'mt_n')}",
-            "    # h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
-            *["    " + l for l in prv_gate],
-            "    first = (rows == 0) | (m_p == 0)",
-            f"    a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
-            f"    b_p = tl.where(first, 0.0, {v(write, '_p')})",
-            "    Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
-            "    h_prev = Bp + Ap * h_start",
-            *["    " + l for l in cur_gate],
-            f"    a = tl.where(m, {v(a_id)}, 1.0)",
-            f"    b = tl.where(m, {v(write)}, 0.0)",
-            "    hs = a * h_prev + b",
+            "mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
+            f"m_p = {tiles.mask(state_kind, 'mt_p')}",
+            f"m_n = {tiles.mask(state_kind, 'mt_n')}",
+            "# h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
+            *prv_gate,
+            "first = (rows == 0) | (m_p == 0)",
+            f"a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
+            f"b_p = tl.where(first, 0.0, {v(write, '_p')})",
+            "Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
+            "h_prev = Bp + Ap * h_start",
+            *cur_gate,
+            f"a = tl.where(m, {v(a_id)}, 1.0)",
+            f"b = tl.where(m, {v(write)}, 0.0)",
+            "hs = a * h_prev + b",
         ]
-        grad_pass = [
-            "    # a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
-            *["    " + l for l in nxt_gate],
-            f"    c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
-            "    Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
-            "    dh_t = Br + Cr * carry",
+        grad_scan = [
+            "# a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
+            *nxt_gate,
+            f"c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
+            "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
         ]
-        carry_out = ("    carry = tl.sum(tl.where(rows == 0, dh_t, 0.0), axis=0, keep_dims=True)\n"
-                     "    a_first = tl.sum(tl.where(rows == 0, a, 0.0), axis=0, keep_dims=True)")
-        carry_doc, dh0 = "dL/dh_t", "carry * a_first"
-    bwd = head + [
+        dh_line, agg = "dh_t = Br + Cr * carry", ("Cr", "Br")
+        carry_doc, dh0 = "dL/dh_t", f"{{}} * {first_row('a')}"
+    bwd_block = [
+        "ot = i_t * BT + rows",
+        "mt = ot < L",
+        f"m = {tiles.mask(state_kind)}",
+        *state_pass,
+        *[f"v{s} = hs" for s in state_ids],
+        *cur_read,
+        f"dy = tl.load({tiles.address('d_out', out_kind, TILE_ROW0)}, mask={tiles.mask(out_kind)}, "
+        "other=0.0).to(tl.float32)",
+        "# reverse mode through the readout",
+        *read_bw,
+        f"d = tl.where(m, {dh_direct} + zero, 0.0)",
+        *grad_scan,
+        f"agg_a, agg_b = {first_row(agg[0])}, {first_row(agg[1])}   # this tile as the map carry -> agg_a * carry + agg_b",
+    ]
+    bwd_finish = [
+        dh_line,
+        "da = tl.where(m, dh_t * h_prev, 0.0)",
+        "db = tl.where(m, dh_t, 0.0)",
+        "# reverse mode through a_t and b_t",
+        *gate_bw,
+        *grad_store,
+    ]
+    dht_load = f"tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)"
+    bwd_init = [
+        *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
+        f"zero = tl.zeros({full}, dtype=tl.float32)",
+        *([f"one = tl.full({full}, 1.0, tl.float32)"] if backward == "exclusive" else []),
+    ]
+    bwd = walk_head + bwd_init + [
         f"# carry: {carry_doc} at the next block's first row; past the sequence's end, the final state's gradient",
         f"carry = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if USE_DHT:",
-        f"    carry = tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)",
-        *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
-        f"zero = tl.zeros({full}, dtype=tl.float32)",
-        *([f"one = tl.full({full}, 1.0, tl.float32)"] if backward == "exclusive" else
-          [f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)  # a_0 (1 for an empty sequence)"]),
+        f"    carry = {dht_load}",
         "NT = tl.cdiv(L, BT)",
         "for j in range(0, NT):",
         "    i_t = NT - 1 - j",
         f"    h_start = tl.load(hc + {state_at['chunk']}, mask={state_mask}, other=0.0)",
-        "    ot = i_t * BT + rows",
-        "    mt = ot < L",
-        f"    m = {tiles.mask(state_kind)}",
-        *state_pass,
-        *[f"    v{s} = hs" for s in state_ids],
-        *["    " + l for l in cur_read],
-        f"    dy = tl.load(d_out + {tiles.offset(out_kind, 'bos + ot')}, mask={tiles.mask(out_kind)}, "
-        "other=0.0).to(tl.float32)",
-        "    # reverse mode through the readout",
-        *["    " + l for l in read_bw],
-        f"    d = tl.where(m, {dh_direct} + zero, 0.0)",
-        *grad_pass,
-        "    da = tl.where(m, dh_t * h_prev, 0.0)",
-        "    db = tl.where(m, dh_t, 0.0)",
-        "    # reverse mode through a_t and b_t",
-        *["    " + l for l in gate_bw],
-        *["    " + l for l in grad_store],
-        *carry_out.split("\n"),
+        *indent(bwd_block),
+        *indent(bwd_finish),
+        "    carry = agg_b + agg_a * carry",
+        *(["    a_first = " + first_row("a")] if backward != "exclusive" else []),
         "if USE_H0:",
-        f"    tl.store(dh0 + {state_at['seq']}, {dh0}, mask={state_mask})",
-        *w_store,
+        f"    tl.store(dh0 + {state_at['seq']}, {dh0.format('carry') if backward == 'exclusive' else 'carry * a_first'}, "
+        f"mask={state_mask})",
+        *w_store("i_n"),
+    ]
+    if backward != "exclusive":   # a_0 (1 for an empty sequence)
+        bwd.insert(len(walk_head) + len(bwd_init), f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)")
+    bwd_tiles = tile_head(True) + bwd_init + [
+        f"h_start = tl.load(hc + slot, mask=sm, other=0.0)",
+        *bwd_block,
+        f"# carry: {carry_doc} at the next chunk's first row, from the chunks after it (decoupled look-back)",
+        f"carry = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
+        "if i_t < NTS - 1:",
+        "    carry = _chain_link(flags, chain_a, chain_b, chain_h, slot, agg_a, agg_b, -(H * D * N), NTS - 1 - i_t, sm)",
+        "elif USE_DHT:",
+        f"    carry = {dht_load}",
+        "_chain_close(flags, chain_h, slot, agg_b + agg_a * carry, sm)",
+        *bwd_finish,
+        "if USE_H0:",
+        "    if i_t == 0:",
+        f"        tl.store(dh0 + {state_at['seq']}, {dh0.format('(agg_b + agg_a * carry)')}, mask={state_mask})",
+        *w_store("c0 + i_t"),
     ]
     d_in = ", ".join(f"d_{x}" for x in inputs)
     d_w = ", ".join(f"dw_{x}" for x in weights)
     bwd_sig = ", ".join(p for p in (common, "h0, hc, d_out, dht", d_in, d_w, "dh0") if p)
     consts = "T, NTOK, H, D, N, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, IS_VARLEN: tl.constexpr"
+    chain = "chunk_seq, flags, chain_a, chain_b, chain_h, NC"
     src = [
         f'"""Generated by recdsl for `{ir.name}` (IR hash {ir.hash()}): element-wise diagonal scan over a '
-        f'{"matrix" if matrix else "vector"} state."""',
+        f'{"matrix" if matrix else "vector"} state. scan_fwd/scan_bwd walk each sequence; the *_tiles kernels '
+        'scan tiles in parallel, chained by a decoupled look-back."""',
         "import triton",
         "import triton.language as tl",
         "",
@@ -382,17 +495,30 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "    # _combine, carrying (p, q): the segment without its last element",
         "    return a1 * a2, a2 * b1 + b2, a1 * p2, p2 * b1 + q2",
         "",
+        LOOK_BACK,
         "",
         "@triton.jit",
         f"def scan_fwd({common}, h0, out, ht, hc, cu_seqlens, chunk_offsets, {consts},",
         "             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_HC: tl.constexpr):",
-        *["    " + l for l in fwd],
+        *indent(fwd),
         "",
         "",
         "@triton.jit",
         f"def scan_bwd({bwd_sig}, cu_seqlens, chunk_offsets, {consts},",
         "             USE_H0: tl.constexpr, USE_DHT: tl.constexpr):",
-        *["    " + l for l in bwd],
+        *indent(bwd),
+        "",
+        "",
+        "@triton.jit",
+        f"def scan_fwd_tiles({common}, h0, out, ht, hc, cu_seqlens, chunk_offsets, {chain}, {consts},",
+        "                   USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_HC: tl.constexpr):",
+        *indent(fwd_tiles),
+        "",
+        "",
+        "@triton.jit",
+        f"def scan_bwd_tiles({bwd_sig}, cu_seqlens, chunk_offsets, {chain}, {consts},",
+        "                   USE_H0: tl.constexpr, USE_DHT: tl.constexpr):",
+        *indent(bwd_tiles),
         "",
     ]
     return "\n".join(src)
