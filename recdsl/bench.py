@@ -294,7 +294,7 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
 
     both("recdsl", lambda: spec.op(**args, backend="triton"))
     if gate is not None:   # the same recurrence with signed decays, carried as (log|a|, sign)
-        sign = torch.where(rnd(*args["g"].shape) < 0, -1.0, 1.0)
+        sign = torch.where(rnd(*args["g"].shape) < 0, -1, 1).to(torch.int8)   # the form the kernels read
         both("recdsl signed decay", lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign))
     if with_fla:
         try:

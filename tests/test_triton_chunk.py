@@ -103,6 +103,18 @@ def test_signed(decay):
     check(decay, signed=True, T=65, BT=32)
 
 
+def test_sign_as_int8_is_read_as_is():
+    """The kernels read signs as int8; an fp32 sign is converted to it, so both give the same bits."""
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 40, 2, 16), torch.randn(1, 40, 2, 16) * 0.5, torch.randn(1, 40, 2, 8)
+    g = -torch.rand(1, 40, 2, 16) * 0.9
+    sign = torch.where(torch.rand(g.shape) < 0.4, -1.0, 1.0)
+    o32, h32 = chunk_linear_recurrence(q, k, v, g, sign, output_final_state=True, chunk_size=16)
+    o8, h8 = chunk_linear_recurrence(q, k, v, g, sign.to(torch.int8), output_final_state=True, chunk_size=16)
+    ref, _ = chunk_linear_recurrence(q, k, v, g, None, output_final_state=True, chunk_size=16)
+    assert torch.equal(o32, o8) and torch.equal(h32, h8) and not torch.allclose(o8, ref)
+
+
 @pytest.mark.parametrize("decay", ["scalar", "perkey"])
 def test_gate_exactly_one(decay):
     # g = 0: a = 1 (signed: a = +-1), no decay at all inside or across chunks

@@ -223,7 +223,8 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     """Chunkwise S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t with a_t = sign_t * exp(g_t).
 
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] (per-key decay) or [B,T,H] (scalar decay) or None, in
-    log space (<= 0; fp32 recommended); sign like g (+1/-1) or None; scale defaults to K ** -0.5;
+    log space (<= 0; fp32 recommended); sign like g (+1/-1) or None, read and saved for the backward as
+    int8 (another dtype is converted first, one pass); scale defaults to K ** -0.5;
     initial_state [N,H,K,V]; cu_seqlens [N+1] for packed variable-length sequences (B == 1).
     Returns (o [B,T,H,V], final state fp32 [N,H,K,V] or None). Differentiable in q, k, v, g and
     initial_state. `recurrent` runs the fused recurrent forward instead (recurrent.py: decoding and
@@ -261,7 +262,8 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     scale = K ** -0.5 if scale is None else float(scale)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = None if g is None else g.contiguous()
-    sign = None if sign is None else sign.contiguous()
+    sign = None if sign is None else (sign if sign.dtype == torch.int8 else
+                                      torch.where(sign < 0, -1, 1).to(torch.int8)).contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
     tensors = (q, k, v, g, h0)
     if recurrent and not torch.compiler.is_compiling() and not (
@@ -328,7 +330,9 @@ def _aot_job(name, fn, const, data, state, options):
             sig[a] = f"*{data}"
         elif a in ("h", "dh"):
             sig[a] = f"*{state}"
-        else:   # g, sgn, h0, ht, dht, dh0, dg
+        elif a == "sgn":
+            sig[a] = "*i8"
+        else:   # g, h0, ht, dht, dh0, dg
             sig[a] = "*fp32"
     # what the JIT would specialise for 16-byte aligned tensors and a T divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)

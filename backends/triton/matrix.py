@@ -148,7 +148,7 @@ def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, o
         else:
             a = full(pattern.gate, gshape)
             g = torch.log(a.abs().clamp_min(1e-30))
-            sign = torch.where(a < 0, -1.0, 1.0).detach() if pattern.signed else None
+            sign = torch.where(a.detach() < 0, -1, 1).to(torch.int8) if pattern.signed else None
     scale = 1.0
     for s in pattern.scale:
         scale *= scalar(s)
