@@ -4,6 +4,7 @@ A Plan is frozen and hashable; `recdsl explain` prints it with the reason for ea
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -62,14 +63,12 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         if backend == "triton" or (backend == "auto" and not reason and bool(on_cuda)):
             gradient = ("gradient: one more iteration at the fixed point, the previous iterate held constant "
                         "(Movahedi et al. 2025)",)
-            size = 1
-            for d in ir.state[1]:
-                size *= d
-            sequences = None if batch_channels is None else batch_channels // (size * (spec.heads or 1))
+            size = math.prod(ir.state[1]) * (spec.heads or 1)
+            sequences = None if batch_channels is None else batch_channels // size
             fused, why_not = _fixed_point_fused(spec, sequences)
             if fused == "one_launch":
                 return Plan("triton", "fixed_point_one_launch", 0, 0, 4, False, why + (
-                    ("" if sequences is None or sequences < ONE_LAUNCH_MIN_SEQUENCES else
+                    (f"{FIXED_POINT_ENV}=one_launch: " if os.environ.get(FIXED_POINT_ENV) == "one_launch" else
                      f"{sequences} sequences, at least one per SM: ") +
                     "one program per sequence runs up to 32 iterations per launch, all of them on each block of "
                     "tokens before the next (the inputs read once for them, the carries on chip; "

@@ -176,11 +176,12 @@ def test_backend_errors_are_clear():
 
 
 @pytest.mark.slow
-def test_opcheck_and_torch_compile():
+@pytest.mark.parametrize("schedule", ["walk", "look_back"])
+def test_opcheck_and_torch_compile(schedule):
     from recdsl.backends.triton.launch import scan_op
     spec = recdsl.load(example("lru"), D=8)
     args = random_args(spec, B=2, T=5, dtype=torch.float32)
-    op = scan_op(spec, 64, 32, 4).custom_op
+    op = scan_op(spec, 64, 32, 4, "exclusive", schedule).custom_op
     ins = [args["x"].requires_grad_(), args["r"].requires_grad_()]
     torch.library.opcheck(op, (ins, [args["lam"].requires_grad_()], [], torch.randn(2, 8, requires_grad=True),
                                None, True))
