@@ -46,7 +46,7 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     payload, the last iterates, SolveInfo). With `fused`, f(iterates, delta) -> (damped iterates, payload,
     residual): a kernel that applies the step size and measures relative_change itself (fp_fused.py)
     saves the passes over the iterates that would do it here; a residual [K, B] says that the call ran K
-    iterations (fp_one_launch.py), each tested in turn (the iterate returned is the K-th's).
+    iterations (Batched below), each tested in turn (the iterate returned is the K-th's).
 
     On a GPU the next call is launched before this one's residual reaches the host, so the host's work
     (launches, the convergence test) overlaps the device's instead of waiting for it; a call launched past

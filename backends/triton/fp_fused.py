@@ -382,14 +382,9 @@ class FusedIteration:
             res = res.amax().reshape(1) if N else res.new_zeros(1)
         return h.reshape(prev.shape), res, (ht if store_ht else None), dots
 
-    def __call__(self, iterates: dict, delta: float):
-        """The solve's step (solve.fixed_point with fused=True); the iterates carry the partial dot
-        products of "h" from one launch to the next."""
-        h, res, _, dots = self.launch(iterates["h"], delta, dots=iterates.get("dots"))
-        return {"h": h, "dots": dots}, None, res
-
     def iterations(self, iterates: dict, delta: float, K: int):
-        """K iterations launched back to back (solve.Batched's run): (iterates, residuals [K, B])."""
+        """K iterations launched back to back (solve.Batched's run, the solve's step): (iterates, residuals
+        [K, B]); the iterates carry the partial dot products of "h" from one launch to the next."""
         h, dots, rows = iterates["h"], iterates.get("dots"), []
         for _ in range(K):
             h, res, _, dots = self.launch(h, delta, dots=dots)

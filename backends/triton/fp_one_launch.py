@@ -9,8 +9,9 @@ and the K carries live in a [KP, D] register tile. The iterates are exactly thos
 launches; the program also measures each iteration's residual (solve.relative_change).
 
 It pays where there are enough sequences to fill the GPU (one program each) and the width is modest;
-with a few long sequences the per-iteration launch has more parallelism (channel blocks). Not timed on
-a GPU yet, so the planner takes it only when asked: RECDSL_FIXED_POINT=one_launch.
+with a few long sequences the per-iteration launch has more parallelism (channel blocks). On an H100 it
+took 1.89 ms against 4.55 ms at B=256, T=16, D=64 and 20.2 ms against 3.5 ms at B=8, T=2048, D=512, so
+the planner takes it for calls of at least 132 sequences (RECDSL_FIXED_POINT=one_launch forces it).
 """
 from __future__ import annotations
 
