@@ -112,19 +112,20 @@ def test_autocast_bf16():
 
 
 @pytest.mark.parametrize("name", ["gla", "mamba2", "retnet", "linear_attention"])
-def test_chunked_against_reference(name):
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
+def test_chunked_against_reference(name, dtype, tol):
     spec = recdsl.load(example(name), H=2, K=64, V=64)
-    args = cuda_args(spec, 2, 200, torch.bfloat16)
+    args = cuda_args(spec, 2, 200, dtype)
     ref_args = {k: v.detach().float().requires_grad_(True) for k, v in args.items()}
     h0 = torch.randn(spec.state_shape(2), device="cuda")
     o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
     o_r, S_r = spec.op(**ref_args, initial_state=h0, output_final_state=True, backend="reference")
-    assert rel(o, o_r) < 2e-2 and rel(S, S_r) < 2e-2
+    assert rel(o, o_r) < tol and rel(S, S_r) < tol
     do = torch.randn_like(o_r)
     (o.float() * do).sum().backward()
     (o_r * do).sum().backward()
     for k in args:
-        assert rel(args[k].grad, ref_args[k].grad) < 5e-2, k
+        assert rel(args[k].grad, ref_args[k].grad) < 2.5 * tol, k
 
 
 @pytest.mark.parametrize("name", ["gla", "mamba2", "gated_deltanet", "deltaproduct"])
@@ -215,7 +216,7 @@ def test_mamba2_matches_fla_forward():
 
 @pytest.mark.parametrize("name,params", [("deltanet", {}), ("gated_deltanet", {}), ("deltaproduct", {"n_h": 2}),
                                          ("deltaproduct", {"n_h": 3})])
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3), (torch.float32, 1e-4)])
 def test_delta_chunk_against_reference(name, params, dtype, tol):
     """The chunked WY kernels (training path) against the fp32 reference, forward and every gradient."""
     spec = recdsl.load(example(name), H=2, K=64, V=64, **params)
@@ -311,3 +312,37 @@ def test_rwkv7_against_reference_and_fla():
     theirs = torch.autograd.grad((o_f.float() * do).sum(), x)
     for name, a, b in zip("rwkvab", ours, theirs):
         assert rel(a, b) < 5e-2, name
+
+
+@pytest.mark.parametrize("spec,params", [("mamba_negeig", (("D", 16.0), ("N", 4.0))),
+                                         ("deltanet_negeig", (("H", 2.0), ("K", 8.0), ("V", 8.0)))])
+def test_graphed_training_matches_eager(tmp_path, spec, params):
+    """The same run with every step replayed as a CUDA graph and eagerly: the same weights after warm-up,
+    capture and replays (up to the padding's and the lengths' rounding), and a graphed checkpoint resumes
+    eagerly and the other way round."""
+    import io
+    from recdsl.tasks.train import TaskModel, TrainConfig, load_run, train
+    cfg = TrainConfig(example(spec), "parity", layers=2, d_model=16, steps=12, lr=3e-3, batch=32,
+                      train_len=(3, 20), seed=0, params=params, warmup=4, lr_decay="cosine", checkpoint_every=100)
+    log = io.StringIO()
+    train(cfg, str(tmp_path / "graph"), log=log, cuda_graph="on")
+    assert "CUDA graph (batches padded to 21)" in log.getvalue()
+    train(cfg, str(tmp_path / "eager"), log=io.StringIO(), cuda_graph="off")
+    train(cfg, str(tmp_path / "mixed"), log=io.StringIO(), cuda_graph="on", stop_at=6)
+    train(cfg, str(tmp_path / "mixed"), resume=True, log=io.StringIO(), cuda_graph="off", stop_at=9)
+    train(cfg, str(tmp_path / "mixed"), resume=True, log=io.StringIO(), cuda_graph="on")
+    runs = [load_run(str(tmp_path / r / "checkpoint.pt"))[0].state_dict() for r in ("graph", "eager", "mixed")]
+    for k in runs[0]:
+        for other in runs[1:]:
+            torch.testing.assert_close(runs[0][k], other[k], rtol=2e-3, atol=2e-4, msg=k)
+    torch.manual_seed(cfg.seed)                  # the initial weights: training moved them, replays included
+    start = TaskModel(cfg, 3).cuda().state_dict()
+    assert (runs[0]["head.weight"] - start["head.weight"]).abs().max() > 1e-3
+
+
+def test_fixed_point_training_stays_eager():
+    from recdsl.tasks.graphed import graphable
+    from recdsl.tasks.train import TaskModel, TrainConfig
+    cfg = TrainConfig(example("fp_rnn"), "word_A5", d_model=16, params=(("D", 16.0),))
+    ok, why = graphable(TaskModel(cfg, 61).cuda(), "cuda")
+    assert not ok and "fixed point" in why

@@ -110,6 +110,37 @@ def test_batches_are_deterministic_padded_and_in_vocab(name):
         assert (b1.lengths % 2 == 1).all()
 
 
+@pytest.mark.parametrize("name", ["word_S3", "word_A5"])
+def test_word_batches_hold_each_rows_prefix_products(name):
+    """The batch-at-once sampler against the definition: row b's labels are the prefix products of its
+    own word, its padding is unsupervised."""
+    t = task(name)
+    g = group(name.removeprefix("word_"))
+    b = t.batch(32, 1, 20, np.random.default_rng(3))
+    assert b.tokens.dtype == torch.long and b.tokens.shape[1] == int(b.lengths.max())
+    for tokens, labels, n in zip(b.tokens.numpy(), b.labels.numpy(), b.lengths.tolist()):
+        word = tokens[None, :n] - 1
+        assert (word >= 0).all() and (tokens[n:] == 0).all() and (labels[n:] == IGNORE).all()
+        assert (labels[:n] == g.prefix_products(word)[0] + 1).all()
+
+
+def test_parity_and_mod_arithmetic_batches_match_their_definitions():
+    """The batch-at-once samplers, row by row: parity of the bits; the expression's value under Python's
+    precedence mod 5; the answer after "=" at the padding position, the only label."""
+    b = task("parity").batch(64, 1, 30, np.random.default_rng(5))
+    for tokens, labels, n in zip(b.tokens.tolist(), b.labels.tolist(), b.lengths.tolist()):
+        assert all(t in (1, 2) for t in tokens[:n]) and all(t == 0 for t in tokens[n:])
+        assert labels[n] == 1 + sum(t - 1 for t in tokens[:n]) % 2
+        assert [y for i, y in enumerate(labels) if i != n] == [IGNORE] * (len(labels) - 1)
+    t = task("mod_arithmetic")
+    b = t.batch(64, 1, 31, np.random.default_rng(6))
+    for tokens, labels, n in zip(b.tokens.tolist(), b.labels.tolist(), b.lengths.tolist()):
+        text = "".join(t.vocab[i] for i in tokens[:n])
+        assert t.vocab[tokens[n]] == "=" and all(x == 0 for x in tokens[n + 1:])
+        assert t.vocab[labels[n + 1]] == str(_eval_mod5(text)), text
+        assert sum(y != IGNORE for y in labels) == 1
+
+
 def test_metrics():
     assert scaled_accuracy(1.0, 2) == 1.0 and scaled_accuracy(0.5, 2) == 0.0 and scaled_accuracy(0.2, 5) == 0.0
     labels = torch.tensor([[5, 6, 7, IGNORE], [5, 6, IGNORE, IGNORE], [1, 2, 3, 4]])
@@ -262,3 +293,82 @@ def test_mod_arithmetic_evaluates_at_odd_lengths(tmp_path):
     train(cfg, str(tmp_path), log=io.StringIO())
     model, cfg = load_checkpoint(str(tmp_path / "checkpoint.pt"), device="cpu")
     assert [r["length"] for r in evaluate(model, cfg, [6, 9, 10], samples=4)] == [7, 9, 9]
+
+
+# ---- what the CUDA-graph training step relies on (the capture itself is in test_gpu.py) ---------------
+
+def test_lr_schedule_warms_up_then_decays():
+    from recdsl.tasks.train import lr_factor
+    cfg = _cfg("mamba", steps=110, warmup=10, lr_decay="cosine")
+    f = [lr_factor(cfg, s) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[60] == pytest.approx(0.5, abs=1e-3)
+    assert lr_factor(cfg, 110) == pytest.approx(1e-3)
+    assert lr_factor(_cfg("mamba", steps=110, warmup=10), 100) == 1.0
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        lr_factor(_cfg("mamba", lr_decay="linear"), 0)
+
+
+@pytest.mark.parametrize("name", ["parity", "mod_arithmetic", "word_S3", "copy"])
+def test_padded_width_holds_every_training_batch(name):
+    from recdsl.tasks.train import padded_width
+    cfg = _cfg("mamba", task=name, train_len=(3, 21))
+    width = padded_width(task(name), cfg)
+    widths = {task(name).batch(8, 3, 21, np.random.default_rng(i)).tokens.shape[1] for i in range(40)}
+    assert max(widths) == width
+
+
+@pytest.mark.parametrize("spec", ["mamba_negeig", "deltanet_negeig"])
+def test_right_padding_leaves_loss_and_gradients_unchanged(spec):
+    """The graphed step pads every batch to one width; the models are causal and padding unsupervised,
+    so the loss and every gradient equal the unpadded batch's."""
+    import torch.nn.functional as F
+    from recdsl.tasks.train import TaskModel
+    cfg = _cfg(spec, params=(("D", 8.0), ("N", 2.0)) if spec.startswith("mamba") else (("H", 2.0), ("K", 4.0), ("V", 4.0)),
+               d_model=8, layers=2)
+    torch.manual_seed(0)
+    model = TaskModel(cfg, 3).double()
+    b = task("parity").batch(6, 3, 9, np.random.default_rng(1))
+    grads = []
+    for pad in (0, 7):
+        tokens = torch.nn.functional.pad(b.tokens, (0, pad))
+        labels = torch.nn.functional.pad(b.labels, (0, pad), value=IGNORE)
+        model.zero_grad()
+        loss = F.cross_entropy(model(tokens).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    for a, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-12)
+
+
+def test_optimizer_switches_between_eager_and_capturable_state():
+    from recdsl.tasks.graphed import set_capturable
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    p.grad = torch.ones(3)
+    opt.step()
+    set_capturable(opt, True, "cpu")
+    g = opt.param_groups[0]
+    assert g["capturable"] and isinstance(g["lr"], torch.Tensor) and float(g["lr"]) == pytest.approx(0.005)
+    lr = g["lr"]
+    sched.step()                                   # a tensor lr is updated in place: a graph sees it
+    assert g["lr"] is lr and float(lr) == pytest.approx(0.005)
+    set_capturable(opt, False, "cpu")
+    assert g["capturable"] is False and g["lr"] == pytest.approx(0.005) and isinstance(g["lr"], float)
+    opt.step()                                     # eager again: steps on
+
+
+def test_suites_sharing_a_folder_keep_each_others_runs(tmp_path):
+    """reproduce_tasks.sh runs a part's cases as parallel processes into one folder: each adds its run."""
+    import io
+    import json
+    from recdsl.tasks.suite import run_suite
+    base = _cfg("hgrn", task="sum_5", steps=2, batch=4, train_len=(3, 5), d_model=8, params=(("D", 8.0),))
+    from conftest import example
+    for spec in ("hgrn", "lru"):       # one after the other, as two processes finishing would
+        run_suite(base, [example(spec)], ["sum_5"], str(tmp_path), [4, 6], samples=4, log=io.StringIO())
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert set(saved["results"]["sum_5"]) == {"hgrn", "lru"} and set(saved["runs"]["sum_5"]) == {"hgrn", "lru"}
+    rows = [r.split(" | ")[0] for r in (tmp_path / "suite.md").read_text().splitlines() if r.startswith("| ")]
+    assert "| hgrn" in rows and "| lru" in rows

@@ -38,8 +38,11 @@ from .template import load_variant, render
 
 KERNELS = ("chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg")
 
-# Dot precision for fp32 inputs ("ieee" is exact; "tf32" is faster on tensor cores).
-FP32_DOT_PRECISION = os.environ.get("RECDSL_FP32_DOT", "ieee")
+# Dot precision for fp32 inputs. "tf32x3" (three tf32 products, fp32-level error) runs on tensor cores;
+# "ieee" is exact but lowers to FMA loops: sm_90 builds of the WY backward at K = V = 32 then keep their
+# tiles on a 13.7 KB stack (cuobjdump -res-usage), the bulk of a small model's training step. "tf32" is
+# the fastest and least exact.
+FP32_DOT_PRECISION = os.environ.get("RECDSL_FP32_DOT", "tf32x3")
 
 
 # --------------------------------------------------------------------------------------------------

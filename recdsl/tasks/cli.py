@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .data import TASK_NAMES, task
-from .train import PRECISIONS
+from .train import CUDA_GRAPH, LR_DECAYS, PRECISIONS
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -48,6 +48,10 @@ def _train_options(p) -> None:
     p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                    help="grow the longest train length from its lower bound to its upper over STEPS steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",
+                   help="after the warm-up: constant, or a cosine decay to 1e-3 of --lr at the last step")
+    p.add_argument("--cuda-graph", choices=CUDA_GRAPH, default="auto",
+                   help="replay each training step as one CUDA graph (auto: where the spec allows it)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocasts the layers around the recurrence (which computes in fp32)")
     p.add_argument("--seed", type=int, default=0)
@@ -73,7 +77,7 @@ def _config(args, spec: str, task_name: str):
     return TrainConfig(spec, task_name, args.layers, args.d_model, args.steps, args.lr, args.batch,
                        args.train_len, args.test_len, args.seed, args.backend, _params(args.param),
                        weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
-                       curriculum=args.curriculum)
+                       curriculum=args.curriculum, lr_decay=args.lr_decay)
 
 
 def main(argv) -> int:
@@ -113,7 +117,8 @@ def main(argv) -> int:
     from .train import evaluate, load_run, train, write_eval
     seconds = args.max_minutes * 60 if getattr(args, "max_minutes", None) else None
     if args.cmd == "train":
-        metrics = train(_config(args, args.spec, args.task), args.out, resume=args.resume, max_seconds=seconds)
+        metrics = train(_config(args, args.spec, args.task), args.out, resume=args.resume, max_seconds=seconds,
+                        cuda_graph=args.cuda_graph)
         print(json.dumps(metrics))
         return 0
     if args.cmd == "suite":
@@ -124,7 +129,7 @@ def main(argv) -> int:
             raise SystemExit(f"recdsl tasks suite: {e}") from None
         run_suite(_config(args, entries[0].path, args.tasks[0]), entries, args.tasks, args.out,
                   _eval_lengths(args.test_len, args.points), args.samples, max_seconds=seconds,
-                  eval_params=_params(args.eval_param))
+                  eval_params=_params(args.eval_param), cuda_graph=args.cuda_graph)
         print((Path(args.out) / "suite.md").read_text())
         return 0
     model, cfg, budget = load_run(args.checkpoint, params=_params(args.eval_param))

@@ -33,6 +33,8 @@ class Task:
     min_length: int = 1
     odd_only: bool = False           # alternating number/op sequences have odd lengths
     about: str = ""
+    sample_batch: Callable | None = None   # (rng, lengths) -> (tokens, labels) [B, L] arrays: `sample`
+                                           # vectorised over the batch, where a per-example loop is slow
 
     def batch(self, batch_size: int, min_len: int, max_len: int, rng: np.random.Generator) -> "Batch":
         """Lengths uniform in [min_len, max_len], right-padded."""
@@ -45,14 +47,17 @@ class Task:
                 raise ValueError(f"{self.name}: lengths are odd; [{lo}, {max_len}] holds none")
             lengths = lengths | 1
             lengths = np.where(lengths > max_len, lengths - 2, lengths)
-        examples = [self.sample(rng, int(n)) for n in lengths]
-        L = max(len(t) for t, _ in examples)
-        tokens = torch.zeros(batch_size, L, dtype=torch.long)
-        labels = torch.full((batch_size, L), IGNORE, dtype=torch.long)
-        for b, (t, y) in enumerate(examples):
-            tokens[b, :len(t)] = torch.tensor(t)
-            labels[b, :len(y)] = torch.tensor(y)
-        return Batch(tokens, labels, torch.as_tensor(lengths))
+        if self.sample_batch is not None:
+            tokens, labels = self.sample_batch(rng, lengths)
+        else:   # filled through numpy: a torch.tensor per example cost more than drawing the examples
+            examples = [self.sample(rng, int(n)) for n in lengths]
+            L = max(len(t) for t, _ in examples)
+            tokens = np.zeros((batch_size, L), dtype=np.int64)
+            labels = np.full((batch_size, L), IGNORE, dtype=np.int64)
+            for b, (t, y) in enumerate(examples):
+                tokens[b, :len(t)] = t
+                labels[b, :len(y)] = y
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(labels), torch.as_tensor(lengths))
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,21 @@ def _final(tokens: list[int], answer: int) -> tuple[list[int], list[int]]:
 def _parity(rng, n):
     bits = rng.integers(0, 2, size=n)
     return _final(list(bits + 1), 1 + int(bits.sum() % 2))
+
+
+def _final_batch(symbols: np.ndarray, lengths: np.ndarray, answers: np.ndarray):
+    """_final for a batch: symbols [B, L] (token ids, row b valid below lengths[b]), answers [B]."""
+    B, L = symbols.shape
+    pos = np.arange(L + 1)[None, :]
+    tokens = np.where(pos < lengths[:, None], np.pad(symbols, ((0, 0), (0, 1))), 0)
+    labels = np.where(pos == lengths[:, None], answers[:, None], IGNORE)
+    return tokens, labels
+
+
+def _parity_batch(rng, lengths):
+    bits = rng.integers(0, 2, size=(len(lengths), int(lengths.max())))
+    inside = np.arange(bits.shape[1])[None, :] < lengths[:, None]
+    return _final_batch(bits + 1, lengths, 1 + (bits * inside).sum(1) % 2)
 
 
 def _even_pairs(rng, n):
@@ -108,6 +128,27 @@ def _expression_without_brackets(rng, n):
         if i < len(ops):
             tokens.append(1 + MOD + int(ops[i]))
     return tokens, values
+
+
+def _mod_arithmetic_batch(rng, lengths):
+    """_mod_arithmetic for a batch (odd lengths): the same left-to-right evaluation with precedence, one
+    position at a time over all rows; a row stops changing past its own length."""
+    B = len(lengths)
+    count = (lengths + 1) // 2                                # numbers per row
+    nums = rng.integers(0, MOD, size=(B, int(count.max())))
+    ops = rng.integers(0, 3, size=(B, max(1, int(count.max()) - 1)))
+    total, term, sign = np.zeros(B, np.int64), nums[:, 0].copy(), np.ones(B, np.int64)
+    for i in range(1, nums.shape[1]):
+        live, op, x = i < count, ops[:, i - 1], nums[:, i]
+        mul = op == 2
+        total = np.where(live & ~mul, (total + sign * term) % MOD, total)
+        sign = np.where(live & ~mul, np.where(op == 0, 1, -1), sign)
+        term = np.where(live, np.where(mul, term * x % MOD, x), term)
+    symbols = np.zeros((B, 2 * nums.shape[1]), np.int64)      # number op number ... "="
+    symbols[:, 0::2] = 1 + nums
+    symbols[:, 1:-1:2] = 1 + MOD + ops[:, :nums.shape[1] - 1]
+    symbols[np.arange(B), lengths] = 1 + MOD + 3
+    return _final_batch(symbols, lengths + 1, 1 + (total + sign * term) % MOD)
 
 
 def _mod_arithmetic(rng, n):
@@ -166,6 +207,17 @@ def _word_problem(g):
     return sample
 
 
+def _word_problem_batch(g):
+    """The same distribution as _word_problem's, drawn for the whole batch at once: one table lookup per
+    position over all rows instead of one per position and row."""
+    def sample_batch(rng, lengths):
+        L = int(lengths.max())
+        words = rng.integers(0, g.order, size=(len(lengths), L))
+        inside = np.arange(L)[None, :] < lengths[:, None]
+        return np.where(inside, words + 1, 0), np.where(inside, g.prefix_products(words) + 1, IGNORE)
+    return sample_batch
+
+
 LETTERS = tuple(chr(ord("a") + i) for i in range(26))
 
 
@@ -179,18 +231,20 @@ def _copy(rng, n):
 def _word_task(name: str) -> Task:
     g = group(name)
     return Task(f"word_{name}", ("<pad>",) + tuple(f"g{i}" for i in range(g.order)), g.order, "prefix",
-                _word_problem(g), about=f"prefix products over {name} (order {g.order})")
+                _word_problem(g), about=f"prefix products over {name} (order {g.order})",
+                sample_batch=_word_problem_batch(g))
 
 
 _TASKS = {
     "parity": lambda: Task("parity", ("<pad>", "0", "1"), 2, "final", _parity,
-                           about="parity of a bit string (xLSTM format, vocab 3)"),
+                           about="parity of a bit string (xLSTM format, vocab 3)", sample_batch=_parity_batch),
     "even_pairs": lambda: Task("even_pairs", ("<pad>", "a", "b", "no", "yes"), 2, "final", _even_pairs,
                                about="first symbol equals the last"),
     "cycle_navigation": lambda: Task("cycle_navigation", ("<pad>", "stay", "+1", "-1") + tuple(f"p{i}" for i in range(5)),
                                      5, "final", _cycle_navigation, about="position on a 5-cycle"),
     "mod_arithmetic": lambda: Task("mod_arithmetic", ("<pad>",) + DIGITS + OPS + ("=",), MOD, "final", _mod_arithmetic,
-                                   odd_only=True, about="+ - * mod 5 with precedence, no brackets (vocab 10)"),
+                                   odd_only=True, about="+ - * mod 5 with precedence, no brackets (vocab 10)",
+                                   sample_batch=_mod_arithmetic_batch),
     "mod_arithmetic_brackets": lambda: Task("mod_arithmetic_brackets", BRACKET_VOCAB, MOD, "final",
                                             _mod_arithmetic_brackets, about="bracketed + - * mod 5 (vocab 12)"),
     "sum_5": lambda: Task("sum_5", ("<pad>",) + DIGITS, MOD, "last", _sum_m, about="running sum mod 5 (Fan et al.)"),

@@ -20,7 +20,7 @@ from .train import TrainConfig, evaluate, load_run, train, write_eval
 
 HEADLINE = ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy")
 TRAIN_KEYS = {"layers": int, "d_model": int, "steps": int, "batch": int, "warmup": int, "lr": float,
-              "weight_decay": float}
+              "weight_decay": float, "seed": int}
 
 
 def headline(row: dict) -> str:
@@ -71,41 +71,62 @@ def run_settings(cfg: TrainConfig) -> dict:
 
 
 def run_suite(base: TrainConfig, specs: list, tasks: list[str], out_dir: str, lengths: list[int],
-              samples: int = 256, log=sys.stderr, max_seconds: float | None = None, eval_params: tuple = ()) -> dict:
+              samples: int = 256, log=sys.stderr, max_seconds: float | None = None, eval_params: tuple = (),
+              cuda_graph: str = "auto") -> dict:
     """Train and evaluate each (spec, task) under out_dir/<task>/<spec>/ (resuming earlier runs);
     returns {task: {spec: eval rows}} of everything in out_dir and writes suite.json, suite.md and one
     suite_<task>.png per task. `max_seconds` limits each run's training (then it is evaluated);
-    `eval_params` override spec parameters at evaluation (see load_run)."""
+    `eval_params` override spec parameters at evaluation (see load_run); `cuda_graph` as in train. Several
+    suites may write into one out_dir at once."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = [s if isinstance(s, Entry) else parse_entry(s) for s in specs]
     for t in tasks:
         get_task(t)   # an unknown name fails before any training
-    saved = out / "suite.json"
-    previous = json.loads(saved.read_text()) if saved.exists() else {}
-    results, runs = previous.get("results", {}), previous.get("runs", {})
+    results = {}
     for t in tasks:
         for e in entries:
             cfg = e.config(base, t)
             run = out / t / e.folder
             print(f"== {e.label} on {t}", file=log, flush=True)
-            train(cfg, str(run), resume=True, log=log, max_seconds=max_seconds)
+            train(cfg, str(run), resume=True, log=log, max_seconds=max_seconds, cuda_graph=cuda_graph)
             model, cfg, budget = load_run(str(run / "checkpoint.pt"), params=eval_params)
             rows = evaluate(model, cfg, lengths, samples, log=log)
             write_eval(rows, cfg, str(run), budget)
-            results.setdefault(t, {})[e.label] = rows
             ref = reference(t, Path(cfg.spec).stem, run_settings(cfg))
-            runs.setdefault(t, {})[e.label] = {
+            record = {
                 "config": dataclasses.asdict(cfg), "eval_params": dict(eval_params), "budget": budget,
                 "mean": _mean(rows),
                 "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
                                                    "target": ref.target, "passes": ref.passes(_mean(rows))}}
-            (out / "suite.json").write_text(json.dumps({"config": dataclasses.asdict(base), "lengths": lengths,
-                                                        "results": results, "runs": runs}, indent=1))
-            (out / "suite.md").write_text(table(results, runs))
-    for t, by_spec in results.items():
-        _plot(t, by_spec, str(out / f"suite_{t}.png"))
+            results = _merge(out, base, lengths, t, e.label, rows, record)
     return results
+
+
+def _merge(out: Path, base: TrainConfig, lengths: list[int], task_name: str, label: str, rows: list[dict],
+           record: dict) -> dict:
+    """Add one run to suite.json, suite.md and the task's plot, under a lock: suites running in parallel
+    may share an output folder, each adding its own runs to what the others wrote."""
+    import fcntl
+    with open(out / ".suite.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = out / "suite.json"
+        previous = json.loads(saved.read_text()) if saved.exists() else {}
+        results, runs = previous.get("results", {}), previous.get("runs", {})
+        results.setdefault(task_name, {})[label] = rows
+        runs.setdefault(task_name, {})[label] = record
+        _write(saved, json.dumps({"config": previous.get("config", dataclasses.asdict(base)),
+                                  "lengths": previous.get("lengths", lengths), "results": results, "runs": runs},
+                                 indent=1))
+        _write(out / "suite.md", table(results, runs))
+        _plot(task_name, results[task_name], str(out / f"suite_{task_name}.png"))
+    return results
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _mean(rows: list[dict]) -> float:
@@ -117,7 +138,7 @@ def table(results: dict, runs: dict | None = None) -> str:
     paper's number beside it where one is known; then each run's budget and the paper's source."""
     runs = runs or {}
     tasks = list(results)
-    specs = list(dict.fromkeys(s for by in results.values() for s in by))
+    specs = sorted(dict.fromkeys(s for by in results.values() for s in by))
     def about(t):
         by = results[t]
         span = [r["length"] for rows in by.values() for r in rows]
@@ -153,23 +174,69 @@ def table(results: dict, runs: dict | None = None) -> str:
                 lines.append(f"| {t} | {s} | {steps} | {b.get('train_seconds', '?')} | {b.get('device', '?')} | "
                              f"{target} | {cite} |")
         lines += [""] + [f"[{i + 1}] {src}" for i, src in enumerate(sources)]
+    lines += _best_of_seeds(results, runs)
     return "\n".join(lines) + "\n"
 
 
+def _best_of_seeds(results: dict, runs: dict) -> list[str]:
+    """Where a spec ran with several seeds: the best run's mean (the papers report the best of three)
+    beside every seed's, and issue 6's target on the best."""
+    lines = []
+    for t, by in results.items():
+        groups: dict[str, list[str]] = {}
+        for label in sorted(by):
+            groups.setdefault(_without_seed(label)[0], []).append(label)
+        groups = {g: labels for g, labels in groups.items() if len(labels) > 1}
+        if not groups:
+            continue
+        if not lines:
+            lines = ["", "Best of the seeds (the papers' convention: best of three):", "",
+                     "| task | spec | best | every seed | target (issue 6) |", "|---" * 5 + "|"]
+        for g, labels in groups.items():
+            means = {label: _mean(by[label]) for label in labels}
+            best = max(means, key=means.get)
+            paper = (runs.get(t, {}).get(best) or {}).get("paper") or {}
+            target = ""
+            if paper.get("target"):
+                op, bar = paper["target"]
+                met = means[best] >= bar if op == ">=" else means[best] <= bar
+                target = f"{op} {bar:g}: " + ("met" if met else "not met")
+            every = ", ".join(f"{_without_seed(label)[1]}: {m:.3f}" for label, m in means.items())
+            lines.append(f"| {t} | {g} | {means[best]:.3f} | {every} | {target} |")
+    return lines
+
+
 def _plot(task_name: str, by_spec: dict, path: str) -> None:
+    """One line per run: a colour per spec (its label without the seed), a line style per seed, the
+    legend outside the axes (a suite may hold a dozen runs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    styles = ("-", (0, (5, 2)), ":", "-.")
+    colours, seeds = {}, {}
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     key = None
-    for spec, rows in by_spec.items():
+    for label, rows in sorted(by_spec.items()):
         key = headline(rows[0])
-        ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o", label=spec)
+        spec, seed = _without_seed(label)
+        colour = colours.setdefault(spec, f"C{len(colours) % 10}")
+        style = styles[seeds.setdefault(seed, len(seeds)) % len(styles)]
+        ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o", markersize=3, color=colour,
+                linestyle=style, label=label)
     ax.set_xlabel("sequence length")
     ax.set_ylabel(key.replace("_", " "))
     ax.set_title(task_name, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), handlelength=3.5)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _without_seed(label: str) -> tuple[str, str]:
+    """'deltanet(seed=1,n_h=2)' -> ('deltanet(n_h=2)', '1')."""
+    seed = re.search(r"seed=([^,)]+)", label)
+    if not seed:
+        return label, ""
+    rest = re.sub(r"seed=[^,)]+,?", "", label).replace(",)", ")").replace("()", "")
+    return rest, seed.group(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 import recdsl
 
 from .data import IGNORE, task as get_task
+from .graphed import GraphedStep, graphable, set_capturable
 from .metrics import score
 
 
@@ -46,9 +48,24 @@ class TrainConfig:
     warmup: int = field(default=0)                   # linear warm-up steps
     precision: str = "fp32"                          # fp32 | bf16 (autocast; the recurrences stay in fp32)
     curriculum: int = 0                              # steps over which the longest train length ramps up
+    lr_decay: str = "none"                           # none | cosine (after the warm-up, down to 1e-3 lr)
 
 
 PRECISIONS = ("fp32", "bf16")
+LR_DECAYS = ("none", "cosine")
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of `step` over cfg.lr: a linear warm-up, then constant or a cosine decay that
+    reaches 1e-3 at the last step (the xLSTM / Grazzi et al. recipe)."""
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {cfg.lr_decay!r}")
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.lr_decay == "none":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class TaskModel(nn.Module):
@@ -93,11 +110,22 @@ def device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _autocast(cfg: TrainConfig, device):
+def _autocast(cfg: TrainConfig, device, cache: bool = True):
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     # bf16 only where it pays: these models are small and bound by kernel launches, so fp32 is the default
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16",
+                          cache_enabled=cache)
+
+
+def padded_width(task, cfg: TrainConfig) -> int:
+    """The widest batch the training lengths can draw (its examples at the longest length)."""
+    lo, hi = cfg.train_len
+    rng = np.random.default_rng(0)
+    return max(len(task.sample(rng, n)[0]) for n in range(max(lo, task.min_length, hi - 1), hi + 1))
+
+
+CUDA_GRAPH = ("auto", "on", "off")
 
 
 def _save(path: Path, state: dict) -> None:
@@ -107,11 +135,12 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | None = None, log=sys.stderr,
-          stop_at: int | None = None, max_seconds: float | None = None) -> dict:
+          stop_at: int | None = None, max_seconds: float | None = None, cuda_graph: str = "auto") -> dict:
     """Train; checkpoints (model, optimiser, step, config, budget) to out_dir/checkpoint.pt. Returns the
     last training metrics and the budget. `stop_at` ends the run early at that step; `max_seconds` once
     this call has trained that long (checked after every step). Either way the run is checkpointed and
-    a later resume goes on."""
+    a later resume goes on. `cuda_graph`: "auto" replays each step as a CUDA graph (graphed.py) where the
+    model allows it, "on" insists, "off" runs eagerly; it changes speed, not what is computed."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = get_task(cfg.task)
     out = Path(out_dir)
@@ -120,7 +149,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     torch.manual_seed(cfg.seed)          # seeds the CPU and every CUDA device: the same initial weights
     model = TaskModel(cfg, len(task.vocab)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     start, spent = 0, 0.0
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
@@ -129,13 +158,25 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        set_capturable(opt, False, device)     # as eager; a checkpoint may come from a graphed run
         start = state["step"]
         spent = state.get("budget", {}).get("train_seconds", 0.0)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     where = device_name(device)
+    if cuda_graph not in CUDA_GRAPH:
+        raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH}, got {cuda_graph!r}")
+    can_graph, why_not = graphable(model, device)
+    if cuda_graph == "on" and not can_graph:
+        raise ValueError(f"cuda_graph='on': {why_not}")
+    graphed = None
+    if cuda_graph != "off" and can_graph:
+        set_capturable(opt, True, device)
+        graphed = GraphedStep(model, opt, cfg.batch, padded_width(task, cfg), device,
+                              lambda: _autocast(cfg, device, cache=False))
     if start < end:
         limit = f", at most {max_seconds / 60:.3g} min" if max_seconds else ""
-        print(f"[{cfg.task} {Path(cfg.spec).stem}] steps {start}->{end} on {where}{limit}", file=log, flush=True)
+        mode = f", CUDA graph (batches padded to {graphed.width})" if graphed else ""
+        print(f"[{cfg.task} {Path(cfg.spec).stem}] steps {start}->{end} on {where}{limit}{mode}", file=log, flush=True)
     metrics, t0, stopped, done = {}, time.perf_counter(), "steps", start
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     t_log, step_log = t0, start
@@ -145,14 +186,19 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
                 "device": where, "stopped_by": stopped}
 
     for step in range(start, end):
-        b, tokens, labels = _batch(task, cfg, step, train_lengths(cfg, step), device)
-        with _autocast(cfg, device):
-            logits = model(tokens)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if graphed:
+            b = task.batch(cfg.batch, *train_lengths(cfg, step), np.random.default_rng([cfg.seed, step]))
+            loss, logits = graphed(b.tokens, b.labels)
+            logits = logits[:, :b.tokens.shape[1]]
+        else:
+            b, tokens, labels = _batch(task, cfg, step, train_lengths(cfg, step), device)
+            with _autocast(cfg, device):
+                logits = model(tokens)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
         sched.step()
         done = step + 1
         out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
