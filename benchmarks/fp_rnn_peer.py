@@ -130,6 +130,21 @@ def peer_rows(FPRNN, args, dtype, dev, out, shape):
               **timed(train, args.budget)})
 
 
+def _with_env(name: str, value: str, run):
+    """run() with the environment variable set for each call (fp_graph.py reads RECDSL_FP_GRAPH per solve)."""
+    def f():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return run()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return f
+
+
 def recdsl_rows(args, dtype, dev, out, shape):
     import recdsl
     from recdsl.bench import _fixed_point_mode, elementwise_args
@@ -141,9 +156,10 @@ def recdsl_rows(args, dtype, dev, out, shape):
     from recdsl import RecNotConverged
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count, as the paper times
     gout = None
-    for mode in ("fused", "unfused"):
-        run = _fixed_point_mode(mode, lambda: spec.op(**a, backend=backend))
-        name = f"recdsl {mode}" if backend == "triton" else "recdsl reference (no Triton here)"
+    for mode, graphs in (("fused", "1"), ("fused", "0"), ("unfused", "1")):
+        run = _fixed_point_mode(mode, _with_env("RECDSL_FP_GRAPH", graphs, lambda: spec.op(**a, backend=backend)))
+        name = f"recdsl {mode}" + (", no CUDA graphs" if graphs == "0" else "")
+        name = name if backend == "triton" else "recdsl reference (no Triton here)"
         with torch.no_grad():
             log(out, {**shape, "contestant": name, "mode": f"solve ({args.iters} it, no grad)",
                       "note": "plus the closing step", **timed(run, args.budget)})

@@ -175,6 +175,31 @@ def test_fixed_point_on_gpu(mode, monkeypatch):
         assert rel(a, b) < 1e-4, k
 
 
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_fixed_point_graphs_replay_the_eager_calls(monkeypatch):
+    """The fused solve's driver calls replayed as CUDA graphs (fp_graph.py) give the eager calls' outputs
+    bit for bit, over solves that run each kind of call eagerly, capture both of its graphs and replay
+    them (9 iterations: calls of 4, 4, 1), with and without a gradient."""
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(example("fp_rnn"), D=512, r=2, max_iter=9, tol=1e-30)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    do = torch.randn(2, 256, 512, device="cuda")
+    runs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+        spec.memo.pop("fp_graphs", None)
+        outs = []
+        for _ in range(4):
+            with torch.no_grad():
+                outs.append(spec.op(**args, backend="triton")[0])
+        o, _ = spec.op(**args, backend="triton")
+        runs[mode] = outs + [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
+    graphs = next(iter(spec.memo["fp_graphs"].values())).graphs
+    assert graphs and all(g is not None for pair in graphs.values() for g in pair)
+    for a, b in zip(runs["0"], runs["1"]):
+        assert torch.equal(a, b)
+
+
 def test_fp_mamba_on_gpu():
     """The matrix-state fixed point (fixed_point_matrix.py) against the fp64 reference, with varlen."""
     spec = recdsl.load(example("fp_mamba"), D=128, N=16, r=2)

@@ -114,14 +114,22 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
         else:
             from recdsl.solve import Batched
             from .fp_fused import per_call
-            solver, max_iter = step.detached(), dict(ir.solve)["max_iter"]
+            solver, max_iter, graphs = step.detached(), dict(ir.solve)["max_iter"], None
             if one_launch:
                 from .fp_one_launch import iterations
                 solver = iterations(solver, max_iter)
             else:
-                solver = Batched(solver.iterations, max_iter, per_call())
+                from . import fp_graph
+                run = solver.iterations
+                if fp_graph.usable(solver):     # the calls replayed as CUDA graphs (fp_graph.py)
+                    graphs = _graphs(spec, solver)
+                    run = graphs.bind(solver)
+                solver = Batched(run, max_iter, per_call())
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
                                         stacklevel=5, fused=True)
+            if graphs is not None:     # the graphs' memory is written again by the next solve
+                last = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in last.items()}
+                info.residual = info.residual.clone()
     prev = last["h"]
     if fused is not None and not training:
         # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
@@ -146,6 +154,18 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
                         output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
         prev, states = states, y.reshape(full)
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
+
+
+def _graphs(spec, step, shapes: int = 4):
+    """The spec's fp_graph.SolveGraphs for this call shape (the last `shapes` shapes are kept)."""
+    from .fp_graph import SolveGraphs
+    cache = spec.memo.setdefault("fp_graphs", {})
+    key = SolveGraphs.key(step)
+    if key not in cache:
+        if len(cache) >= shapes:
+            cache.pop(next(iter(cache)))
+        cache[key] = SolveGraphs(step)
+    return cache[key]
 
 
 def _readout(spec, ev, out, ht, B, T, H, D, ref):
