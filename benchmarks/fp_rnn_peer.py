@@ -130,24 +130,9 @@ def peer_rows(FPRNN, args, dtype, dev, out, shape):
               **timed(train, args.budget)})
 
 
-def _with_env(name: str, value: str, run):
-    """run() with the environment variable set for each call (fp_graph.py reads RECDSL_FP_GRAPH per solve)."""
-    def f():
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return run()
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
-    return f
-
-
 def recdsl_rows(args, dtype, dev, out, shape):
     import recdsl
-    from recdsl.bench import _fixed_point_mode, elementwise_args
+    from recdsl.bench import _fixed_point_mode, _with_env, elementwise_args
     path = ROOT / "examples" / "fp_rnn.rec"
     spec = recdsl.load(path, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
     a = elementwise_args(spec, args.B, args.T, dev, dtype)

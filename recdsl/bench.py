@@ -247,17 +247,21 @@ def _fla_rwkv7(spec, args: dict, add) -> list[dict]:
 def _fixed_point_mode(mode: str, run):
     """run() with RECDSL_FIXED_POINT=mode for the duration of each call (the planner reads it per call)."""
     from .planner import FIXED_POINT_ENV
+    return _with_env(FIXED_POINT_ENV, mode, run)
 
+
+def _with_env(name: str, value: str, run):
+    """run() with the environment variable `name` set to `value` for the duration of each call."""
     def f():
-        old = os.environ.get(FIXED_POINT_ENV)
-        os.environ[FIXED_POINT_ENV] = mode
+        old = os.environ.get(name)
+        os.environ[name] = value
         try:
             return run()
         finally:
             if old is None:
-                del os.environ[FIXED_POINT_ENV]
+                del os.environ[name]
             else:
-                os.environ[FIXED_POINT_ENV] = old
+                os.environ[name] = old
     return f
 
 
