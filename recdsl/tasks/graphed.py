@@ -11,8 +11,13 @@ microseconds each, so its time is the host's. A graph replays them with one laun
   scheduler updates in place;
 - kernels compiled and optimizer state created before capture: the first WARM_STEPS steps run eagerly,
   on a side stream, on the same padded buffers (they are real training steps, counted as such).
+
+A capture that fails (an op that cannot be captured) warns and leaves the run eager, unless the graph
+was insisted on (`--cuda-graph on`).
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +55,12 @@ def set_capturable(opt: torch.optim.Optimizer, on: bool, device) -> None:
 
 class GraphedStep:
     """Call with a batch's (tokens, labels) on the host; returns the device tensors (loss, logits) of that
-    step, logits padded to `width`. The first WARM_STEPS calls run eagerly, the next captures and replays."""
+    step, logits padded to `width`. The first WARM_STEPS calls run eagerly, the next captures and replays.
+    A capture that fails raises when `strict`, else warns and leaves every later step eager."""
 
-    def __init__(self, model, opt, batch: int, width: int, device, autocast):
-        self.model, self.opt, self.width, self.autocast = model, opt, width, autocast
+    def __init__(self, model, opt, batch: int, width: int, device, autocast, strict: bool = False):
+        self.model, self.opt, self.width, self.autocast, self.strict = model, opt, width, autocast, strict
+        self.eager = False       # set when the capture failed (and not strict): every step runs eagerly
         self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)
         self.labels = torch.full((batch, width), IGNORE, dtype=torch.long, device=device)
         self.host_tokens = torch.zeros(batch, width, dtype=torch.long).pin_memory()
@@ -87,23 +94,35 @@ class GraphedStep:
     def __call__(self, tokens: torch.Tensor, labels: torch.Tensor):
         self._load(tokens, labels)
         self.calls += 1
-        if self.calls <= WARM_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.opt.zero_grad(set_to_none=True)
-                loss, logits = self._step()
-                # detached: a live autograd graph would keep this step's gradient accumulators (and
-                # their stream) for the capture
-                self.loss, self.logits = loss.detach(), logits.detach()
-            torch.cuda.current_stream().wait_stream(side)
-            self.done.record()
-            return self.loss, self.logits
+        if self.eager or self.calls <= WARM_STEPS:
+            return self._eager()
         if self.graph is None:
             self.opt.zero_grad(set_to_none=True)     # backward allocates the gradients in the graph's pool
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss, self.logits = self._step()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.loss, self.logits = self._step()
+            except RuntimeError as e:                # an op that cannot be captured: nothing ran yet
+                if self.strict:
+                    raise
+                self.graph, self.eager = None, True
+                warnings.warn(f"the training step could not be captured as a CUDA graph ({e}); it runs "
+                              f"eagerly from here on", RuntimeWarning, stacklevel=2)
+                return self._eager()
         self.graph.replay()
+        self.done.record()
+        return self.loss, self.logits
+
+    def _eager(self):
+        """One step outside the graph, on a side stream (as capture requires of the steps before it)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.opt.zero_grad(set_to_none=True)
+            loss, logits = self._step()
+            # detached: a live autograd graph would keep this step's gradient accumulators (and their
+            # stream) for the capture
+            self.loss, self.logits = loss.detach(), logits.detach()
+        torch.cuda.current_stream().wait_stream(side)
         self.done.record()
         return self.loss, self.logits

@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     if cuda_graph != "off" and can_graph:
         set_capturable(opt, True, device)
         graphed = GraphedStep(model, opt, cfg.batch, padded_width(task, cfg), device,
-                              lambda: _autocast(cfg, device, cache=False))
+                              lambda: _autocast(cfg, device, cache=False), strict=cuda_graph == "on")
     if start < end:
         limit = f", at most {max_seconds / 60:.3g} min" if max_seconds else ""
         mode = f", CUDA graph (batches padded to {graphed.width})" if graphed else ""
