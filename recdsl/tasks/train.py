@@ -97,9 +97,9 @@ def train_lengths(cfg: TrainConfig, step: int) -> tuple[int, int]:
     return lo, lo + (hi - lo) * (step + 1) // cfg.curriculum
 
 
-def _batch(task, cfg: TrainConfig, step: int, lengths: tuple[int, int], device):
-    b = task.batch(cfg.batch, lengths[0], lengths[1], np.random.default_rng([cfg.seed, step]))
-    return b, b.tokens.to(device), b.labels.to(device)
+def _batch(task, cfg: TrainConfig, step: int):
+    """Batch `step` of the run, on the host: the same whether a run was resumed or not."""
+    return task.batch(cfg.batch, *train_lengths(cfg, step), np.random.default_rng([cfg.seed, step]))
 
 
 def device_name(device) -> str:
@@ -186,15 +186,15 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
                 "device": where, "stopped_by": stopped}
 
     for step in range(start, end):
+        b = _batch(task, cfg, step)
         if graphed:
-            b = task.batch(cfg.batch, *train_lengths(cfg, step), np.random.default_rng([cfg.seed, step]))
             loss, logits = graphed(b.tokens, b.labels)
             logits = logits[:, :b.tokens.shape[1]]
         else:
-            b, tokens, labels = _batch(task, cfg, step, train_lengths(cfg, step), device)
             with _autocast(cfg, device):
-                logits = model(tokens)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+                logits = model(b.tokens.to(device))
+                loss = F.cross_entropy(logits.float().flatten(0, 1), b.labels.to(device).flatten(),
+                                       ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
