@@ -37,9 +37,10 @@ class SolveGraphs:
     operands in and returns the run for solve.Batched: run(iterates, delta, K) -> (iterates, residuals)."""
 
     def __init__(self, step):
-        copy = {f: getattr(step, f).detach().clone() for f in ("a", "g", "x", "u", "w", "seq")}
-        copy["h0"] = None if step.h0 is None else step.h0.detach().clone()
-        self.step = dataclasses.replace(step, **copy)
+        # the buffers; bind() fills them for each solve
+        buffers = {f: torch.empty_like(getattr(step, f)) for f in ("a", "g", "x", "u", "w", "seq")}
+        buffers["h0"] = None if step.h0 is None else torch.empty_like(step.h0)
+        self.step = dataclasses.replace(step, **buffers)
         self.graphs: dict = {}       # (K, delta, dots in) -> [graph, graph]; a graph: (CUDAGraph, inputs, outputs)
         self.seen: set = set()       # kinds of call run once eagerly (their kernels compiled)
         self.turn = 0
@@ -77,10 +78,8 @@ class SolveGraphs:
         return {"h": outputs[0], "dots": outputs[1]}, outputs[2]
 
     def _capture(self, h, dots, delta, K):
+        # the graph's own inputs: run() copies each call's iterate into them before a replay
         inputs = {"h": torch.empty_like(h), "dots": None if dots is None else torch.empty_like(dots)}
-        inputs["h"].copy_(h)      # capture reads nothing, but keep the inputs defined
-        if dots is not None:
-            inputs["dots"].copy_(dots)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out, res = self.step.iterations(inputs, delta, K)

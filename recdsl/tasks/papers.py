@@ -29,10 +29,13 @@ class Reference:
         return f"{self.value:.3f}" if self.value is not None else self.claim
 
     def passes(self, ours: float) -> bool | None:
-        if self.target is None:
-            return None
-        op, bar = self.target
-        return ours >= bar if op == ">=" else ours <= bar
+        return None if self.target is None else meets(self.target, ours)
+
+
+def meets(target, ours: float) -> bool:
+    """Whether `ours` meets a target (">=" or "<=", bar)."""
+    op, bar = target
+    return ours >= bar if op == ">=" else ours <= bar
 
 
 def _grazzi(task: str, spec: str, value: float, target=None) -> Reference:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .data import task as get_task
-from .papers import reference
+from .papers import meets, reference
 from .train import TrainConfig, evaluate, load_run, train, write_eval
 
 HEADLINE = ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy")
@@ -163,9 +163,7 @@ def table(results: dict, runs: dict | None = None) -> str:
                 b, p = r.get("budget") or {}, r.get("paper") or {}
                 steps = f"{b.get('steps_done', '?')}/{b.get('steps', '?')}" + (
                     " (time limit)" if b.get("stopped_by") == "time" else "")
-                target = ""
-                if p.get("target"):
-                    target = f"{p['target'][0]} {p['target'][1]:g}: " + ("met" if p["passes"] else "not met")
+                target = _target_text(p["target"], p["passes"]) if p.get("target") else ""
                 cite = ""
                 if p.get("source"):
                     if p["source"] not in sources:
@@ -176,6 +174,10 @@ def table(results: dict, runs: dict | None = None) -> str:
         lines += [""] + [f"[{i + 1}] {src}" for i, src in enumerate(sources)]
     lines += _best_of_seeds(results, runs)
     return "\n".join(lines) + "\n"
+
+
+def _target_text(target, met: bool) -> str:
+    return f"{target[0]} {target[1]:g}: " + ("met" if met else "not met")
 
 
 def _best_of_seeds(results: dict, runs: dict) -> list[str]:
@@ -196,11 +198,8 @@ def _best_of_seeds(results: dict, runs: dict) -> list[str]:
             means = {label: _mean(by[label]) for label in labels}
             best = max(means, key=means.get)
             paper = (runs.get(t, {}).get(best) or {}).get("paper") or {}
-            target = ""
-            if paper.get("target"):
-                op, bar = paper["target"]
-                met = means[best] >= bar if op == ">=" else means[best] <= bar
-                target = f"{op} {bar:g}: " + ("met" if met else "not met")
+            target = (_target_text(paper["target"], meets(paper["target"], means[best]))
+                      if paper.get("target") else "")
             every = ", ".join(f"{_without_seed(label)[1]}: {m:.3f}" for label, m in means.items())
             lines.append(f"| {t} | {g} | {means[best]:.3f} | {every} | {target} |")
     return lines
