@@ -146,7 +146,8 @@ def test_no_initial_state_no_final():
 
 @pytest.mark.parametrize("decay", ["scalar", "perkey"])
 def test_varlen(decay):
-    check(decay, signed=decay == "scalar", B=1, T=100, cu_seqlens=[0, 1, 17, 50, 50, 100], BT=16)
+    # signed: each sequence's chunks start their cumulative sign afresh (a 1-token and an empty sequence too)
+    check(decay, signed=True, B=1, T=100, cu_seqlens=[0, 1, 17, 50, 50, 100], BT=16)
 
 
 @pytest.mark.parametrize("decay,signed", [("none", False), ("scalar", False), ("scalar", True), ("perkey", False),
@@ -183,7 +184,8 @@ def test_generated_source_variants():
                 continue
             src = generate(decay, signed)
             compile(src, f"<chunk {decay} {signed}>", "exec")
-            assert src.count("@triton.jit\ndef chunk_") == 5
+            # the five passes, and for signed decays the per-call cumulative sign
+            assert src.count("@triton.jit\ndef chunk_") == 5 + signed
             assert "#if" not in src and "#endif" not in src
 
 
@@ -197,5 +199,5 @@ def test_aot_compile_sm90(decay, signed, varlen):
     res = compile_sm90("recdsl.backends.triton.chunk_launch", "aot_jobs", decay, signed, "bf16", varlen=varlen)
     names = [n for n, size, secs in res]
     assert sorted(names) == sorted(["chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg",
-                                    "recurrent_fwd", "delta_recurrent_fwd"])
+                                    "recurrent_fwd", "delta_recurrent_fwd"] + ["chunk_sign_parity"] * signed)
     assert all(size > 0 for n, size, secs in res)

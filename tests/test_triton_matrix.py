@@ -87,6 +87,9 @@ def test_chunk_custom_op_opcheck_and_torch_compile():
     g = (-torch.rand(1, 20, 2, 16, generator=gen)).requires_grad_(True)
     h0 = torch.randn(1, 2, 16, 16, generator=gen, requires_grad=True)
     torch.library.opcheck(chunk_fwd, (q, k, v, g, None, 0.25, h0, True, None, 16, "perkey"))
+    # signed: the chunks' cumulative signs are a fourth (int8) output, saved for the backward
+    sign = torch.where(torch.rand(g.shape, generator=gen) < 0.4, -1, 1).to(torch.int8)
+    torch.library.opcheck(chunk_fwd, (q, k, v, g, sign, 0.25, h0, True, None, 16, "perkey"))
     layer = recdsl.compile(example("gla"), H=2, K=16, V=16, d_model=16, backend="triton")
     ref = recdsl.compile(example("gla"), H=2, K=16, V=16, d_model=16)
     ref.load_state_dict(layer.state_dict())

@@ -8,7 +8,8 @@ where a_t = sign_t * exp(g_t) is given in log space: g [B,T,H,K] ("perkey", like
 ("scalar", like Mamba-2 / simple GLA) or no g at all ("none", linear attention); `sign` (same shape
 as g, values +1/-1) makes the decays signed. Cumulative decays are carried as a pair (log-magnitude,
 sign): the log-magnitude is a cumulative sum of g, the sign is the parity of the number of negative
-factors, so the chunk form stays exact for a_t in (-1, 1).
+factors, so the chunk form stays exact for a_t in (-1, 1). `chunk_sign_parity` forms the signs' running
+product within each chunk once per call (int8, kept for the backward); the other kernels read it.
 
 The sequence is cut into chunks of BT tokens. Inside chunk c, with G_i the inclusive cumulative sum
 of g (fp32) and P_i the cumulative sign, Lam_i = P_i exp(G_i) (Lam_l at the chunk's last row):
@@ -468,6 +469,35 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
 #endif
     tl.store(dq + p_row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+#if signed
+
+
+@triton.jit
+def _cumulative_sign(sgn, par, off, m):
+    """P = prod of the signs down the rows (axis 0) of one tile, as int8 +1/-1."""
+    neg = (tl.load(sgn + off, mask=m, other=1) < 0).to(tl.int32)
+    tl.store(par + off, (1 - 2 * (tl.cumsum(neg, axis=0) & 1)).to(tl.int8), mask=m)
+
+
+@triton.jit
+def chunk_sign_parity(sgn, par, cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr,
+                      BT: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Program (chunk, batch*head): the cumulative sign within the chunk, P_i = prod_{j <= i} sign_j,
+    once per call. Every other kernel of this variant reads P from par instead of scanning the signs
+    itself: in the sequential passes that scan sat on each chunk's critical path."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
+    o_t = i_c * BT + tl.arange(0, BT)
+    m_t = o_t < L
+    p_row = (bos + o_t) * H + i_h
+#if perkey
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        _cumulative_sign(sgn, par, p_row[:, None] * K + o_k[None, :], m_t[:, None] & (o_k < K)[None, :])
+#else
+    _cumulative_sign(sgn, par, p_row, m_t)
+#endif
+#endif
 '''
 
 

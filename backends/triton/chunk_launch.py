@@ -81,8 +81,10 @@ def _tables(cu_seqlens, B, T, H, BT):
 
 def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
               sign: Optional[torch.Tensor], scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
-              cu_seqlens: Optional[torch.Tensor], BT: int, decay: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(o, final state or an empty tensor, chunk-start states kept for the backward)."""
+              cu_seqlens: Optional[torch.Tensor], BT: int, decay: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, final state or an empty tensor, chunk-start states and the chunks' cumulative signs (empty
+    when unsigned), both kept for the backward)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     mod = load(decay, sign is not None)
@@ -90,6 +92,14 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     cdt, prec = _precision(q.dtype)
     varlen = cu_seqlens is not None
     N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
+    parity = q.new_empty((0,), dtype=torch.int8)
+    if sign is not None:
+        # the signs' running product within each chunk, read by every kernel below and by the backward
+        parity = torch.empty_like(sign)
+        if NS > 0:
+            mod.chunk_sign_parity[(NC, BH)](sign, parity, cu_seqlens, chunk_indices, T, H=H, K=K, BT=BT,
+                                            BK=min(_p2(K), 64), IS_VARLEN=varlen)
+        sign = parity
     h = q.new_empty(NS, H, K, V, dtype=cdt)
     ht = q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     o = torch.empty_like(v)
@@ -104,7 +114,7 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
         mod.chunk_fwd_o[(triton.cdiv(V, BV), NC, BH)](
             q, k, v, g, sign, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=BK,
             BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=w, num_stages=st)
-    return o, ht, h
+    return o, ht, h, parity
 
 
 chunk_fwd = torch.library.custom_op("recdsl::chunk_fwd", _chunk_fwd, mutates_args=())
@@ -117,16 +127,18 @@ def _(q, k, v, g, sign, scale, h0, output_final_state, cu_seqlens, BT, decay):
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     NS = B * triton.cdiv(T, BT) if cu_seqlens is None else torch.library.get_ctx().new_dynamic_size()
     return (torch.empty_like(v), q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32),
-            q.new_empty(NS, H, K, V, dtype=_precision(q.dtype)[0]))
+            q.new_empty(NS, H, K, V, dtype=_precision(q.dtype)[0]),
+            torch.empty_like(sign) if sign is not None else q.new_empty((0,), dtype=torch.int8))
 
 
 def _chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-              sign: Optional[torch.Tensor], h0: Optional[torch.Tensor], h: torch.Tensor,
+              parity: Optional[torch.Tensor], h0: Optional[torch.Tensor], h: torch.Tensor,
               cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dht: Optional[torch.Tensor], scale: float,
               BT: int, decay: str) -> list[torch.Tensor]:
-    """[dq, dk, dv, dg (empty without g), dh0 (empty without h0)]."""
+    """[dq, dk, dv, dg (empty without g), dh0 (empty without h0)]; parity: the forward's cumulative signs."""
     B, T, H, K = q.shape
     V = v.shape[-1]
+    sign = parity
     mod = load(decay, sign is not None)
     cfg = configs(decay, K, V, BT)
     cdt, prec = _precision(q.dtype)
@@ -170,7 +182,7 @@ chunk_bwd = torch.library.custom_op("recdsl::chunk_bwd", _chunk_bwd, mutates_arg
 
 
 @chunk_bwd.register_fake
-def _(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay):
+def _(q, k, v, g, parity, h0, h, cu_seqlens, do, dht, scale, BT, decay):
     return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             torch.empty_like(g) if g is not None else q.new_empty((0,)),
             torch.empty_like(h0, dtype=torch.float32) if h0 is not None else q.new_empty((0,), dtype=torch.float32)]
@@ -178,18 +190,19 @@ def _(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, g, sign, scale, h0, _, cu_seqlens, BT, decay = inputs
-    ctx.save_for_backward(q, k, v, g, sign, h0, output[2], cu_seqlens)
+    parity = output[3] if sign is not None else None
+    ctx.save_for_backward(q, k, v, g, parity, h0, output[2], cu_seqlens)
     ctx.meta = (scale, BT, decay)
 
 
 def _backward_with(bwd):
-    def backward(ctx, do, dht, _dh):
-        q, k, v, g, sign, h0, h, cu_seqlens = ctx.saved_tensors
+    def backward(ctx, do, dht, _dh, _parity):
+        q, k, v, g, parity, h0, h, cu_seqlens = ctx.saved_tensors
         scale, BT, decay = ctx.meta
         dht = dht if dht is not None and dht.numel() else None
         if do is None:   # only the final state reaches the loss
             do = v.new_zeros(v.shape)
-        dq, dk, dv, dg, dh0 = bwd(q, k, v, g, sign, h0, h, cu_seqlens, do, dht, scale, BT, decay)
+        dq, dk, dv, dg, dh0 = bwd(q, k, v, g, parity, h0, h, cu_seqlens, do, dht, scale, BT, decay)
         return (dq, dk, dv, dg if g is not None else None, None, None,
                 dh0.to(h0.dtype) if h0 is not None else None, None, None, None, None)
     return backward
@@ -204,7 +217,7 @@ class _EagerChunk(torch.autograd.Function):
     def forward(ctx, *inputs):
         out = _chunk_fwd(*inputs)
         _setup_context(ctx, inputs, out)
-        ctx.mark_non_differentiable(out[2])
+        ctx.mark_non_differentiable(out[2], out[3])
         ctx.set_materialize_grads(False)
         return out
 
@@ -270,7 +283,7 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         from .recurrent import recurrent_forward
         return recurrent_forward(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, decay)
-    o, ht, _ = _chunk_call(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
+    o, ht, _, _ = _chunk_call(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
     return o, (ht if output_final_state else None)
 
 
@@ -302,6 +315,9 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
         if name == "chunk_bwd_dh":
             const.update(USE_DHT=True, STORE_DH0=True)
         jobs.append(_aot_job(name, getattr(mod, name), const, data, state, dict(num_warps=warps, num_stages=stages)))
+    if signed:
+        const = dict(H=16, K=K, BT=BT, BK=min(_p2(K), 64), IS_VARLEN=varlen)
+        jobs.append(_aot_job("chunk_sign_parity", mod.chunk_sign_parity, const, data, state, dict(num_warps=4)))
     BK, BV, warps = recurrent_blocks(K, V)
     const = dict(H=16, K=K, V=V, BK=BK, BV=BV, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
     fn = load_recurrent(decay, signed).recurrent_fwd
@@ -330,7 +346,7 @@ def _aot_job(name, fn, const, data, state, options):
             sig[a] = f"*{data}"
         elif a in ("h", "dh"):
             sig[a] = f"*{state}"
-        elif a == "sgn":
+        elif a in ("sgn", "par"):
             sig[a] = "*i8"
         else:   # g, h0, ht, dht, dh0, dg
             sig[a] = "*fp32"

@@ -55,7 +55,8 @@ def _gate(g, sgn, p_row, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
     """Load one chunk of the log decay and form its within-chunk cumulative sum G (fp32, inclusive)
     and G at the chunk's last row (padded rows have g = 0, so that is the last real token's value).
 #if signed
-    Also the cumulative sign P (+1/-1: parity of negative factors so far) and its last row Pl.
+    Also the cumulative sign P (+1/-1: the parity of negative factors so far in the chunk), which
+    `chunk_sign_parity` computed once per call into sgn, and its value Pl at the last real row.
 #endif
     """
     rows = tl.arange(0, BT)
@@ -72,9 +73,13 @@ def _gate(g, sgn, p_row, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
     b_G = tl.cumsum(b_g, axis=0)
     b_Gl = tl.sum(tl.where(last, b_G, 0.0), axis=0)
 #if signed
-    neg = (tl.load(sgn + off, mask=m, other=1) < 0).to(tl.int32)
-    b_P = 1.0 - 2.0 * (tl.cumsum(neg, axis=0) & 1).to(tl.float32)
-    b_Pl = tl.sum(tl.where(last, b_P, 0.0), axis=0)
+    b_P = tl.load(sgn + off, mask=m, other=1).to(tl.float32)
+    n_real = tl.sum(m_t.to(tl.int32), axis=0)
+#if perkey
+    b_Pl = tl.sum(tl.where((rows == n_real - 1)[:, None], b_P, 0.0), axis=0)
+#else
+    b_Pl = tl.sum(tl.where(rows == n_real - 1, b_P, 0.0), axis=0)
+#endif
     return b_g, b_G, b_Gl, b_P, b_Pl
 #else
     return b_g, b_G, b_Gl

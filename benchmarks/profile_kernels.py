@@ -1,0 +1,91 @@
+"""Every CUDA kernel of one call, ours beside fla's on the same tensors (torch.profiler), for the cases whose
+targets are close: DeltaProduct through the spec (l2norm, interleaving and slicing included) against
+chunk_gated_delta_product, and the chunked per-key recurrence with and without signed decays.
+
+    python benchmarks/profile_kernels.py --case deltaproduct --shape 4,4096,16,128 --n-h 2 --out FILE.jsonl
+    python benchmarks/profile_kernels.py --case signed --shape 4,4096,16,128 --out FILE.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from overhead import kernel_times     # benchmarks/ is this script's folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def deltaproduct_calls(B, T, H, D, n_h):
+    import recdsl
+    from recdsl.bench_delta import _fla_op
+    spec = recdsl.load(str(ROOT / "examples" / "deltaproduct.rec"), H=H, K=D, V=D, n_h=n_h)
+    r = lambda *s: torch.randn(*s, device="cuda")
+    q = r(B, T, H, D).bfloat16().requires_grad_(True)
+    k = r(B, T, H, n_h, D).bfloat16().requires_grad_(True)
+    v = r(B, T, H, n_h, D).bfloat16().requires_grad_(True)
+    beta = (2 * torch.sigmoid(r(B, T, H, n_h))).bfloat16().requires_grad_(True)
+    ins = [q, k, v, beta]
+    calls = {"recdsl": lambda: spec.op(q=q, k=k, v=v, beta=beta, backend="triton")}
+    name, fla = _fla_op("deltaproduct", n_h, False)
+    if fla is not None:
+        calls[name] = lambda: fla(q, k, v, beta, None)
+    return calls, ins
+
+
+def signed_calls(B, T, H, D):
+    from recdsl.backends.triton.chunk_launch import chunk_linear_recurrence
+    r = lambda *s: torch.randn(*s, device="cuda")
+    q, k, v = (r(B, T, H, D).bfloat16().requires_grad_(True) for _ in range(3))
+    g = torch.nn.functional.logsigmoid(r(B, T, H, D) + 3).requires_grad_(True)
+    sign = torch.where(torch.rand(B, T, H, D, device="cuda") < 0.5, -1, 1).to(torch.int8)
+    ins = [q, k, v, g]
+    return {"unsigned": lambda: chunk_linear_recurrence(q, k, v, g),
+            "signed": lambda: chunk_linear_recurrence(q, k, v, g, sign)}, ins
+
+
+def _short(times: dict) -> dict:
+    """Kernel names cut to 90 characters; torch's templated names that then coincide are summed."""
+    out: dict = {}
+    for name, ms in times.items():
+        out[name[:90]] = round(out.get(name[:90], 0.0) + ms, 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=("deltaproduct", "signed"), required=True)
+    ap.add_argument("--shape", default="4,4096,16,128")
+    ap.add_argument("--n-h", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    B, T, H, D = map(int, a.shape.split(","))
+    calls, ins = deltaproduct_calls(B, T, H, D, a.n_h) if a.case == "deltaproduct" else signed_calls(B, T, H, D)
+    rows = []
+    for who, call in calls.items():
+        def fwd():
+            with torch.no_grad():
+                call()
+
+        def fwd_bwd():
+            o = call()[0]
+            torch.autograd.grad(o.float().sum(), ins)
+        for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            try:
+                times = kernel_times(fn, iters=5)
+            except Exception as e:   # fla refuses some backward passes on Hopper
+                print(json.dumps({"case": a.case, "who": who, "mode": mode, "error": str(e)[:200]}), flush=True)
+                continue
+            rows.append({"case": a.case, "who": who, "shape": [B, T, H, D], "n_h": a.n_h, "mode": mode,
+                         "gpu": torch.cuda.get_device_name(), "total_ms": round(sum(times.values()), 4),
+                         "kernels": _short(times)})
+            print(json.dumps(rows[-1]), flush=True)
+            if a.out:   # each row as it is measured: a time limit loses nothing measured
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
