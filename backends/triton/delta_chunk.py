@@ -25,18 +25,19 @@ from .wy import load as load_wy
 BT = 64   # tokens per chunk (the chunk kernels' tiles assume 64)
 
 
-def _blocks(K: int, V: int) -> tuple[int, int, int, int]:
-    """(BK, BV, warps of the state passes, warps of the WY kernels): every key in one program (v' = u - w S
-    contracts the whole key axis), value blocks small enough to keep S in registers. On an H100 at
-    (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26 vs 0.38 ms, wy_bwd 0.25 vs 0.40).
-    RECDSL_DELTA_BLOCKS="BV,warps,wy_warps" overrides (sweeps)."""
+def _blocks(K: int, V: int) -> tuple[int, int, int, int, int]:
+    """(BK, BV, warps of the state passes, warps of the WY kernels, pipeline stages of the state passes):
+    every key in one program (v' = u - w S contracts the whole key axis), value blocks small enough to
+    keep S in registers. On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26
+    vs 0.38 ms, wy_bwd 0.25 vs 0.40). RECDSL_DELTA_BLOCKS="BV,warps,wy_warps[,stages]" overrides (sweeps)."""
     BK = max(16, triton.next_power_of_2(K))
     BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 64 else 32)
-    warps, wy_warps = 4, 4
+    warps, wy_warps, stages = 4, 4, 3
     text = os.environ.get("RECDSL_DELTA_BLOCKS")
     if text:
-        BV, warps, wy_warps = map(int, text.split(","))
-    return BK, BV, warps, wy_warps
+        BV, warps, wy_warps, *rest = map(int, text.split(","))
+        stages = rest[0] if rest else stages
+    return BK, BV, warps, wy_warps, stages
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class _LaunchConfig:
     BV: int
     warps: int               # of the state passes
     wy_warps: int            # of the WY kernels
+    stages: int              # software-pipeline stages of the state passes
 
 
 def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
@@ -96,7 +98,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
         lc.chunk.chunk_fwd_h[(1, triton.cdiv(V, lc.BV), lc.N * H)](
             k, u, g, None, h0, h, ht, cu_seqlens, lc.chunk_offsets, T, w, vn, H=H, K=K, V=V, BT=BT, BK=lc.BK,
             BV=lc.BV, USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=lc.varlen, PREC=lc.prec,
-            num_warps=lc.warps)
+            num_warps=lc.warps, num_stages=lc.stages)
     oBK, oBV, ow, ost = lc.cfg["chunk_fwd_o"]
     if lc.NS > 0:
         lc.chunk.chunk_fwd_o[(triton.cdiv(V, oBV), lc.NC, lc.BH)](
@@ -148,7 +150,8 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
         lc.chunk.chunk_bwd_dh[(1, triton.cdiv(V, lc.BV), lc.N * H)](
             q, g, None, do, dht, dh, dh0 if h0 is not None else None, cu_seqlens, lc.chunk_offsets, scale, T,
             k, w, dvl, dvn, H=H, K=K, V=V, BT=BT, BK=lc.BK, BV=lc.BV, USE_DHT=dht is not None,
-            STORE_DH0=h0 is not None, IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=lc.warps)
+            STORE_DH0=h0 is not None, IS_VARLEN=lc.varlen, PREC=lc.prec, num_warps=lc.warps,
+            num_stages=lc.stages)
     qBK, qBV, qw, qst = lc.cfg["chunk_bwd_dqkg"]
     NK = triton.cdiv(K, qBK)
     dg_part = None if g is None else torch.empty((NK,) + tuple(g.shape), dtype=torch.float32, device=k.device)
@@ -291,7 +294,7 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
     chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
     state = "bf16" if data == "bf16" else "fp32"
     prec = {"bf16": "ieee", "fp16": "tf32", "fp32": FP32_DOT_PRECISION}[data]
-    BK, BV, warps, wy_warps = _blocks(K, V)
+    BK, BV, warps, wy_warps, stages = _blocks(K, V)
     cfg = configs(gate, K, V, BT)
     base = dict(H=16, K=K, V=V, BT=BT, IS_VARLEN=varlen, PREC=prec)
     stored = {"w", "u", "vn", "dvn", "dv2", "dv"}   # kept in the storage dtype by these launches
@@ -300,9 +303,9 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
         ("wy_fwd", wy.wy_fwd, dict(BK=BK, BV=BV), wy_warps, 1, {"Tm": "fp32", "w": state, "u": state}),
         ("wy_bwd", wy.wy_bwd, dict(BK=BK, BV=BV, NKP=triton.cdiv(K, cfg["chunk_bwd_dqkg"][0])), wy_warps, 1,
          {"Tm": "fp32", "dvn": state, "dg_part": "fp32"}),
-        ("chunk_fwd_h", chunk.chunk_fwd_h, dict(BK=BK, BV=BV, USE_H0=True, STORE_HT=True), warps, 1,
+        ("chunk_fwd_h", chunk.chunk_fwd_h, dict(BK=BK, BV=BV, USE_H0=True, STORE_HT=True), warps, stages,
          {"v": state, "w": state, "vn": state}),
-        ("chunk_bwd_dh", chunk.chunk_bwd_dh, dict(BK=BK, BV=BV, USE_DHT=True, STORE_DH0=True), warps, 1,
+        ("chunk_bwd_dh", chunk.chunk_bwd_dh, dict(BK=BK, BV=BV, USE_DHT=True, STORE_DH0=True), warps, stages,
          {n: state for n in stored}),
         ("chunk_fwd_o", chunk.chunk_fwd_o, dict(zip(("BK", "BV"), cfg["chunk_fwd_o"][:2]), LOG2BT=6),
          *cfg["chunk_fwd_o"][2:], {"v": state}),
