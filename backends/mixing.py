@@ -25,7 +25,7 @@ def materialize(spec, *args, **kwargs):
     if ir.solve:
         raise ValueError(f"{spec.name}: the write reads prev(...), so the mixing operator depends on the "
                          "fixed point itself; materialise the dense A_t instead")
-    raw, options, ref = prepare(spec, args, dict(kwargs))
+    raw, options, ref, _ = prepare(spec, args, dict(kwargs))
     inputs, weights = internal(spec, raw, torch.float64)
     B, T = ref.shape[:2]
     H = ir.heads or 1

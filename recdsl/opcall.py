@@ -11,7 +11,7 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
 
     from recdsl.planner import plan as make_plan
 
-    raw, options, ref = prepare(spec, args, dict(kwargs))
+    raw, options, ref, omitted = prepare(spec, args, dict(kwargs))
     B, T = ref.shape[:2]
     H, dtype = spec.heads, ref.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -50,7 +50,7 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
         if plan.algorithm in ("delta_recurrent", "delta_chunk"):
             from recdsl.backends.triton.delta import run_delta
             o, final = run_delta(spec, spec.memo["delta_pattern"], raw, options, initial_state, cu_seqlens,
-                                 output_final_state, chunked=plan.algorithm == "delta_chunk")
+                                 output_final_state, chunked=plan.algorithm == "delta_chunk", omitted=omitted)
             return o, final, None
         if plan.algorithm == "dplr_recurrent":
             from recdsl.backends.triton.dplr import run_dplr
@@ -84,7 +84,8 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
 
 def prepare(spec, args, kwargs):
     """Bind and check the op's arguments against the spec. Returns the tensors by name in the op's
-    layout (defaults filled in), the options, and a reference input tensor. Nothing is copied."""
+    layout (defaults filled in), the options, a reference input tensor, and the names of the inputs
+    left to their defaults (a backend may specialise on those constants). Nothing is copied."""
     named = _bind(spec, args, kwargs)
     options = {}
     for name, default in spec.options:
@@ -102,7 +103,7 @@ def prepare(spec, args, kwargs):
     B, T = ref.shape[:2]
     H = spec.heads
     lead = (B, T) + ((H,) if H else ())
-    raw = {}
+    raw, omitted = {}, set()
     for a in spec.args:
         x = named.get(a.name)
         if a.kind == "weight":
@@ -115,9 +116,10 @@ def prepare(spec, args, kwargs):
                 if a.default is None:
                     raise ValueError(f"input {a.name!r} is required: expected shape {_show(spec, a, want)}")
                 x = torch.full(want, a.default, dtype=ref.dtype, device=ref.device)
+                omitted.add(a.name)
         _check_tensor(spec, a, x, want, ref, weight=a.kind == "weight")
         raw[a.name] = x
-    return raw, options, ref
+    return raw, options, ref, frozenset(omitted)
 
 
 def internal(spec, raw: dict, compute: torch.dtype):

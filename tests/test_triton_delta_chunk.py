@@ -152,6 +152,26 @@ def test_spec_forward_backward_matches_reference(name, params):
         assert rel(a, b) < 1e-4, (name, n, rel(a, b))
 
 
+def test_omitted_zero_gate_runs_the_ungated_kernels(monkeypatch):
+    """DeltaProduct called without g (its default, 0) runs the ungated WY kernels, and agrees with an
+    explicit g = 0 (which runs the gated ones) and with the reference."""
+    import recdsl.backends.triton.delta_chunk as dc
+    seen = []
+    real = dc.chunk_delta_rule
+    monkeypatch.setattr(dc, "chunk_delta_rule", lambda *a, **k: seen.append(a[4] is None) or real(*a, **k))
+    spec = recdsl.load(example("deltaproduct"), H=2, K=16, V=8, n_h=2)
+    args = random_args(spec, B=2, T=70, dtype=torch.float32, seed=2)
+    args.pop("g")
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    assert seen == [True]
+    zero = torch.zeros(2, 70, 2)
+    o0, S0 = spec.op(**args, g=zero, output_final_state=True, backend="triton")
+    assert seen == [True, False]
+    ro, rS = spec.op(**{n: x.double() for n, x in args.items()}, output_final_state=True, backend="reference")
+    assert rel(o, o0) < 1e-5 and rel(S, S0) < 1e-5
+    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
+
 def test_compiled_layer_trains_and_matches_reference():
     torch.manual_seed(0)
     params = dict(H=2, K=8, V=8, d_model=16)

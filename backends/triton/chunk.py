@@ -100,6 +100,7 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
         o_t = i_t * BT + rows
         m_t = o_t < L
         p_row = (bos + o_t) * H + i_h
+        p_last = _last_row(bos, L, i_t, i_h, H, BT)
         b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_v = tl.load(v + p_row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
 #if delta
@@ -110,9 +111,9 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
 #endif
 #if decay
 #if signed
-        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
 #else
-        b_g, b_G, b_Gl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
 #endif
 #if perkey
         b_w = tl.exp(b_Gl[None, :] - b_G)      # decay from each token to the chunk end (<= 1)
@@ -155,6 +156,7 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
     o_t = i_c * BT + rows
     m_t = o_t < L
     p_row = (bos + o_t) * H + i_h
+    p_last = _last_row(bos, L, i_c, i_h, H, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     p_h = h + (i_s * H + i_h) * K * V
@@ -162,9 +164,9 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
 #if scalar
 #if signed
-    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
 #else
-    b_g, b_G, b_Gl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
 #endif
 #endif
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -176,11 +178,11 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
 #if perkey
 #if signed
-        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
         b_qP = b_q.to(tl.float32) * b_P
         b_kP = b_k.to(tl.float32) * b_P
 #else
-        b_g, b_G, b_Gl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
         b_qP = b_q.to(tl.float32)
         b_kP = b_k.to(tl.float32)
 #endif
@@ -246,13 +248,14 @@ def chunk_bwd_dh(q, g, sgn, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale, 
         o_t = i_t * BT + rows
         m_t = o_t < L
         p_row = (bos + o_t) * H + i_h
+        p_last = _last_row(bos, L, i_t, i_h, H, BT)
         b_q = tl.load(q + p_row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_do = tl.load(do + p_row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
 #if decay
 #if signed
-        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
 #else
-        b_g, b_G, b_Gl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
 #endif
         b_lam = tl.exp(b_G)
         b_d = tl.exp(b_Gl)
@@ -311,6 +314,7 @@ def chunk_bwd_dv(q, k, g, sgn, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
     o_t = i_c * BT + rows
     m_t = o_t < L
     p_row = (bos + o_t) * H + i_h
+    p_last = _last_row(bos, L, i_c, i_h, H, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     p_dh = dh + (i_s * H + i_h) * K * V
@@ -318,9 +322,9 @@ def chunk_bwd_dv(q, k, g, sgn, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
 #if scalar
 #if signed
-    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
 #else
-    b_g, b_G, b_Gl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
 #endif
 #endif
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -331,12 +335,12 @@ def chunk_bwd_dv(q, k, g, sgn, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
         b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
 #if perkey
 #if signed
-        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
         b_qP = b_q.to(tl.float32) * b_P
         b_kP = b_k.to(tl.float32) * b_P
         b_kw = b_kP * (tl.exp(b_Gl[None, :] - b_G) * b_Pl[None, :])
 #else
-        b_g, b_G, b_Gl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+        b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
         b_qP = b_q.to(tl.float32)
         b_kP = b_k.to(tl.float32)
         b_kw = b_kP * tl.exp(b_Gl[None, :] - b_G)
@@ -384,6 +388,7 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
     o_t = i_c * BT + rows
     m_t = o_t < L
     p_row = (bos + o_t) * H + i_h
+    p_last = _last_row(bos, L, i_c, i_h, H, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -416,13 +421,13 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
 #if perkey
     # Below, q and k carry the cumulative sign (q P, k P) and dq, dk lack it until the end.
 #if signed
-    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
     b_q = b_q * b_P
     b_k = b_k * b_P
     b_dl = tl.exp(b_Gl) * b_Pl
     b_dk = b_dk * (tl.exp(b_Gl[None, :] - b_G) * b_Pl[None, :])
 #else
-    b_g, b_G, b_Gl = _gate(g, sgn, p_row, o_k, m_t, m_k, K, BT)
+    b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
     b_dl = tl.exp(b_Gl)
     b_dk = b_dk * tl.exp(b_Gl[None, :] - b_G)
 #endif
@@ -439,13 +444,13 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
     tl.store(dg + p_row[:, None] * K + o_k[None, :], b_dg.to(dg.dtype.element_ty), mask=m_tk)
 #elif scalar
 #if signed
-    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
     b_lam = tl.exp(b_G) * b_P
     b_w = tl.exp(b_Gl - b_G) * (b_P * b_Pl)
     b_dl = tl.exp(b_Gl) * b_Pl
     b_D = tl.exp(tl.where(cj <= ri, b_G[:, None] - b_G[None, :], float("-inf"))) * (b_P[:, None] * b_P[None, :])
 #else
-    b_g, b_G, b_Gl = _gate(g, sgn, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
     b_lam = tl.exp(b_G)
     b_w = tl.exp(b_Gl - b_G)
     b_dl = tl.exp(b_Gl)

@@ -49,9 +49,15 @@ def _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H: tl.constexpr, BT: 
     return bos, L, i_c, i_s, i_h
 
 
+@triton.jit
+def _last_row(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """Row offset (into [.., H, ..] tensors) of chunk i_c's last real token."""
+    return (bos + tl.minimum(L, (i_c + 1) * BT) - 1) * H + i_h
+
+
 #if decay
 @triton.jit
-def _gate(g, sgn, p_row, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
+def _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
     """Load one chunk of the log decay and form its within-chunk cumulative sum G (fp32, inclusive)
     and G at the chunk's last row (padded rows have g = 0, so that is the last real token's value).
 #if signed
@@ -74,11 +80,12 @@ def _gate(g, sgn, p_row, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
     b_Gl = tl.sum(tl.where(last, b_G, 0.0), axis=0)
 #if signed
     b_P = tl.load(sgn + off, mask=m, other=1).to(tl.float32)
-    n_real = tl.sum(m_t.to(tl.int32), axis=0)
+    # Pl by a load of the last real row, not a reduction over the tile: in the sequential passes a
+    # reduction's barrier sits on every chunk's critical path
 #if perkey
-    b_Pl = tl.sum(tl.where((rows == n_real - 1)[:, None], b_P, 0.0), axis=0)
+    b_Pl = tl.load(sgn + p_last * K + o_k, mask=m_k, other=1).to(tl.float32)
 #else
-    b_Pl = tl.sum(tl.where(rows == n_real - 1, b_P, 0.0), axis=0)
+    b_Pl = tl.load(sgn + p_last).to(tl.float32)
 #endif
     return b_g, b_G, b_Gl, b_P, b_Pl
 #else

@@ -17,7 +17,7 @@ run the reference.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -156,10 +156,23 @@ def delta_recurrent(q, k, v, beta, a: Optional[torch.Tensor], scale: float, h0: 
     return o, (ht if output_final_state else None)
 
 
-def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, output_final_state, chunked=False):
+def _omitted_zero(spec, node: int, omitted: frozenset) -> bool:
+    """Whether IR node `node` is an input the caller left to its default, and that default is 0."""
+    n = spec.ir.node(node)
+    if n.op != "input" or n.args[0] not in omitted:
+        return False
+    return next(a.default for a in spec.args if a.name == n.args[0]) == 0
+
+
+def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, output_final_state, chunked=False,
+              omitted: frozenset = frozenset()):
     """The core op of a delta-family spec (op layout in and out): the chunked WY kernels of
-    delta_chunk.py (forward and backward) when `chunked`, else the fused recurrent forward."""
+    delta_chunk.py (forward and backward) when `chunked`, else the fused recurrent forward. A scalar
+    gate exp(g) whose g is an input the caller `omitted`, defaulting to 0, is no gate: the ungated
+    kernels run (DeltaProduct without g)."""
     ir = spec.ir
+    if pattern.gate == "scalar" and _omitted_zero(spec, ir.operands(pattern.gate_value)[0], omitted):
+        pattern = replace(pattern, gate="none", gate_value=None)
     dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
     value, scalar = ir_values(spec, raw, options)
     K, V = ir.state[1]

@@ -283,7 +283,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     b_dw = -b_dw
     b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
 #if scalar
-    b_g, b_G, b_Gl = _gate(g, g, p_row, rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, g, p_row, p_row, rows, m_t, m_t, K, BT)   # unsigned: no last-row load
     b_e = tl.exp(b_G)
     b_Gam = tl.exp(tl.where(ri > cj, b_G[:, None] - b_G[None, :], float("-inf")))
 #else
