@@ -29,13 +29,14 @@ def _blocks(K: int, V: int) -> tuple[int, int, int, int, int]:
     """(BK, BV, warps of the state passes, warps of the WY kernels, pipeline stages of the state passes):
     every key in one program (v' = u - w S contracts the whole key axis), value blocks small enough to
     keep S in registers. On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26
-    vs 0.38 ms, wy_bwd 0.25 vs 0.40). With 64 keys or fewer, value blocks of 32 and 4 stages: on an H200
-    at DeltaProduct n_h = 2, (8, 1024, 8, 64), chunk_fwd_h 0.027 ms and chunk_bwd_dh 0.084 ms against
-    0.034 / 0.093 with blocks of 64 and 3 stages (benchmarks/results/2026-11-26h_h200_sweep_delta_state_small.jsonl).
-    RECDSL_DELTA_BLOCKS="BV,warps,wy_warps[,stages]" overrides (sweeps)."""
+    vs 0.38 ms, wy_bwd 0.25 vs 0.40). An H200 sweep at DeltaProduct n_h = 2, (8, 1024, 8, 64)
+    (benchmarks/results/2026-11-26h_h200_sweep_delta_state_small.jsonl) found value blocks of 32 with 4
+    stages 0.016 ms faster per forward+backward than these defaults, but the fp32 GPU test of deltanet
+    then failed at 1e-4 (and at K = 128, 2 warps with 2-4 stages ran 20-50x slower and one of them hit an
+    illegal address), so the defaults stay. RECDSL_DELTA_BLOCKS="BV,warps,wy_warps[,stages]" overrides."""
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(16, triton.next_power_of_2(V)), 32)
-    warps, wy_warps, stages = 4, 4, 4 if BK <= 64 else 3
+    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 64 else 32)
+    warps, wy_warps, stages = 4, 4, 3
     text = os.environ.get("RECDSL_DELTA_BLOCKS")
     if text:
         BV, warps, wy_warps, *rest = map(int, text.split(","))
