@@ -140,6 +140,11 @@ def test_perkey_range_just_over_fast_path():
     check("perkey", T=64, BT=64, B=1, gate=lambda s: -torch.rand(s) * 4.0, K=16, V=16)
 
 
+def test_strong_scalar_gate_with_a_partial_chunk():
+    """Scalar log gates of -4 to -12 per token over a partial last chunk (see the delta rule's twin test)."""
+    check("scalar", T=45, BT=32, gate=lambda s: -torch.rand(s) * 8.0 - 4.0)
+
+
 def test_no_initial_state_no_final():
     check("perkey", signed=True, T=33, BT=16, h0=False, final=False)
 
@@ -184,8 +189,8 @@ def test_generated_source_variants():
                 continue
             src = generate(decay, signed)
             compile(src, f"<chunk {decay} {signed}>", "exec")
-            # the five passes, and for signed decays the per-call cumulative sign
-            assert src.count("@triton.jit\ndef chunk_") == 5 + signed
+            # the five passes, and once per call the cumulative sign (signed) or scalar gate
+            assert src.count("@triton.jit\ndef chunk_") == 5 + signed + (decay == "scalar")
             assert "#if" not in src and "#endif" not in src
 
 
@@ -199,5 +204,6 @@ def test_aot_compile_sm90(decay, signed, varlen):
     res = compile_sm90("recdsl.backends.triton.chunk_launch", "aot_jobs", decay, signed, "bf16", varlen=varlen)
     names = [n for n, size, secs in res]
     assert sorted(names) == sorted(["chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg",
-                                    "recurrent_fwd", "delta_recurrent_fwd"] + ["chunk_sign_parity"] * signed)
+                                    "recurrent_fwd", "delta_recurrent_fwd"] + ["chunk_sign_parity"] * signed
+                                   + ["chunk_gate_cumsum"] * (decay == "scalar"))
     assert all(size > 0 for n, size, secs in res)

@@ -93,6 +93,14 @@ def test_chunk_edges(T):
     check(make(1, T, 1, 16, 8, 0, True, True, seed=T))
 
 
+def test_strong_gate_with_a_partial_chunk_stays_finite():
+    """Log gates of -4 to -12 per token: a partial last chunk's cumulative gate falls far below -88, where
+    exp(-G) overflows, so rows past the sequence's end must pair with their chunk's last G, not with 0."""
+    ins = make(1, 90, 2, 16, 8, 0, True, True, seed=4)
+    ins["g"] = ins["g"] * 8 - 4
+    check(ins, tol=1e-4)
+
+
 @pytest.mark.parametrize("beta", [0.0, 1.0, 2.0])
 def test_beta_edges(beta):
     """beta = 0 (no write, identity), 1 (a projection: singular) and 2 (a reflection) stay exact."""
@@ -207,7 +215,8 @@ def test_aot_compile_sm90():
     res = compile_sm90("recdsl.backends.triton.delta_chunk", "aot_jobs", "scalar", "bf16", varlen=True)
     assert sorted(n for n, size, secs in res) == sorted(["wy_diag_inverse", "wy_fwd", "wy_bwd", "chunk_fwd_h",
                                                           "chunk_bwd_dh",
-                                                          "chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg"])
+                                                          "chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg",
+                                                          "chunk_gate_cumsum"])
     assert all(size > 0 for n, size, secs in res)
 
 

@@ -474,6 +474,21 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
 #endif
     tl.store(dq + p_row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+#if scalar
+
+
+@triton.jit
+def chunk_gate_cumsum(g, G, cu_seqlens, chunk_indices, T, H: tl.constexpr, BT: tl.constexpr,
+                      IS_VARLEN: tl.constexpr):
+    """Program (chunk, batch*head): the scalar log decay's inclusive cumulative sum within the chunk
+    (fp32), once per call; the other kernels of this variant (and the WY kernels) read it as G."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
+    o_t = i_c * BT + tl.arange(0, BT)
+    m_t = o_t < L
+    p_row = (bos + o_t) * H + i_h
+    tl.store(G + p_row, tl.cumsum(tl.load(g + p_row, mask=m_t, other=0.0).to(tl.float32), axis=0), mask=m_t)
+#endif
 #if signed
 
 

@@ -71,6 +71,17 @@ def _varlen_tables(cu_seqlens: torch.Tensor, BT: int):
     return chunk_offsets, chunk_indices, offs[-1]
 
 
+def chunk_cumulative_gate(mod, g: torch.Tensor, cu_seqlens, chunk_indices, NC: int, BH: int, BT: int,
+                          varlen: bool) -> torch.Tensor:
+    """A scalar log gate g [B,T,H] as its inclusive cumulative sum within each chunk (fp32), which the
+    scalar variants' kernels read in place of g (mod: a chunk.py module of a scalar variant)."""
+    G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+    if G.numel():
+        mod.chunk_gate_cumsum[(NC, BH)](g, G, cu_seqlens, chunk_indices, g.shape[1], H=g.shape[2], BT=BT,
+                                        IS_VARLEN=varlen)
+    return G
+
+
 def _tables(cu_seqlens, B, T, H, BT):
     """(N sequences, chunk_offsets, chunk_indices, chunk states NS, chunks per grid row NC, grid rows BH)."""
     if cu_seqlens is None:
@@ -100,6 +111,8 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
             mod.chunk_sign_parity[(NC, BH)](sign, parity, cu_seqlens, chunk_indices, T, H=H, K=K, BT=BT,
                                             BK=min(_p2(K), 64), IS_VARLEN=varlen)
         sign = parity
+    if decay == "scalar":
+        g = chunk_cumulative_gate(mod, g, cu_seqlens, chunk_indices, NC, BH, BT, varlen)
     h = q.new_empty(NS, H, K, V, dtype=cdt)
     ht = q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     o = torch.empty_like(v)
@@ -144,6 +157,9 @@ def _chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     cdt, prec = _precision(q.dtype)
     varlen = cu_seqlens is not None
     N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
+    gate = g   # the gradient is g's; a scalar gate reaches the kernels as its chunk-wise cumulative sum
+    if decay == "scalar":
+        g = chunk_cumulative_gate(mod, g, cu_seqlens, chunk_indices, NC, BH, BT, varlen)
     do = do.contiguous()
     dht = None if dht is None else dht.contiguous()
     dh = q.new_empty(NS, H, K, V, dtype=cdt)
@@ -173,8 +189,8 @@ def _chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
             PREC=prec, num_warps=w, num_stages=st)
     if decay == "scalar":
         dg = dg.sum(0)
-    if g is not None:
-        dg = dg.to(g.dtype)
+    if gate is not None:
+        dg = dg.to(gate.dtype)
     return [dq, dk, dv, dg, dh0]
 
 
@@ -318,6 +334,9 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
     if signed:
         const = dict(H=16, K=K, BT=BT, BK=min(_p2(K), 64), IS_VARLEN=varlen)
         jobs.append(_aot_job("chunk_sign_parity", mod.chunk_sign_parity, const, data, state, dict(num_warps=4)))
+    if decay == "scalar":
+        const = dict(H=16, BT=BT, IS_VARLEN=varlen)
+        jobs.append(_aot_job("chunk_gate_cumsum", mod.chunk_gate_cumsum, const, data, state, dict(num_warps=4)))
     BK, BV, warps = recurrent_blocks(K, V)
     const = dict(H=16, K=K, V=V, BK=BK, BV=BV, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
     fn = load_recurrent(decay, signed).recurrent_fwd

@@ -55,11 +55,26 @@ def _last_row(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
     return (bos + tl.minimum(L, (i_c + 1) * BT) - 1) * H + i_h
 
 
+#if scalar
+@triton.jit
+def _chunk_cumulative(G, p_row, p_last, m_t):
+    """Rows p_row of the within-chunk cumulative log decay that `chunk_gate_cumsum` formed once per call,
+    and its value at the chunk's last real row p_last, which rows past the sequence's end also take (as a
+    running sum over their g = 0 would): exp(G_i - G_j) then never pairs a padded 0 with a large -G_j."""
+    b_Gl = tl.load(G + p_last)
+    return tl.where(m_t, tl.load(G + p_row, mask=m_t, other=0.0), b_Gl), b_Gl
+
+
+#endif
 #if decay
 @triton.jit
 def _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexpr):
-    """Load one chunk of the log decay and form its within-chunk cumulative sum G (fp32, inclusive)
-    and G at the chunk's last row (padded rows have g = 0, so that is the last real token's value).
+    """One chunk of the log decay g: its within-chunk cumulative sum G (fp32, inclusive) and G at the
+    chunk's last row (padded rows have g = 0, so that is the last real token's value).
+#if scalar
+    A scalar decay's G was formed once per call (chunk_gate_cumsum) and g points at it: the sequential
+    passes then neither scan nor reduce on their critical path. b_g is returned as G (unused there).
+#endif
 #if signed
     Also the cumulative sign P (+1/-1: the parity of negative factors so far in the chunk), which
     `chunk_sign_parity` computed once per call into sgn, and its value Pl at the last real row.
@@ -75,9 +90,14 @@ def _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K: tl.constexpr, BT: tl.constexp
     m = m_t
     last = rows == BT - 1
 #endif
+#if scalar
+    b_G, b_Gl = _chunk_cumulative(g, p_row, p_last, m_t)
+    b_g = b_G
+#else
     b_g = tl.load(g + off, mask=m, other=0.0).to(tl.float32)
     b_G = tl.cumsum(b_g, axis=0)
     b_Gl = tl.sum(tl.where(last, b_G, 0.0), axis=0)
+#endif
 #if signed
     b_P = tl.load(sgn + off, mask=m, other=1).to(tl.float32)
     # Pl by a load of the last real row, not a reduction over the tile: in the sequential passes a

@@ -19,7 +19,7 @@ import torch
 import triton
 
 from .chunk import load as load_chunk
-from .chunk_launch import _precision, _tables, configs
+from .chunk_launch import _precision, _tables, chunk_cumulative_gate, configs
 from .wy import load as load_wy
 
 BT = 64   # tokens per chunk (the chunk kernels' tiles assume 64)
@@ -84,6 +84,8 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     B, T, H, K = k.shape
     V = v.shape[-1]
     lc = _launch_config(k, v, g, cu_seqlens)
+    if g is not None:   # every kernel reads the gate as its within-chunk cumulative sum
+        g = chunk_cumulative_gate(lc.chunk, g, cu_seqlens, lc.chunk_indices, lc.NC, lc.BH, BT, lc.varlen)
     Tm = torch.empty(B, T, H, BT, dtype=torch.float32, device=k.device)
     w = k.new_empty(B, T, H, K, dtype=lc.cdt)
     u = k.new_empty(B, T, H, V, dtype=lc.cdt)
@@ -134,6 +136,9 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     B, T, H, K = k.shape
     V = v.shape[-1]
     lc = _launch_config(k, v, g, cu_seqlens)
+    gate = g   # the gradient is g's; the kernels read its within-chunk cumulative sum
+    if g is not None:
+        g = chunk_cumulative_gate(lc.chunk, g, cu_seqlens, lc.chunk_indices, lc.NC, lc.BH, BT, lc.varlen)
     LOG2BT = int(math.log2(BT))
     do = do.contiguous()
     dht = None if dht is None else dht.contiguous()
@@ -171,7 +176,7 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
             num_warps=lc.wy_warps)
     else:
         dq.zero_(), dk.zero_(), dv.zero_(), dbeta.zero_()
-    dg = k.new_empty((0,)) if g is None else dg.to(g.dtype)
+    dg = k.new_empty((0,)) if gate is None else dg.to(gate.dtype)
     return [dq, dk, dv, dbeta.to(beta.dtype), dg, dh0]
 
 
@@ -318,6 +323,8 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
         ("chunk_bwd_dqkg", chunk.chunk_bwd_dqkg, dict(zip(("BK", "BV"), cfg["chunk_bwd_dqkg"][:2]), LOG2BT=6),
          *cfg["chunk_bwd_dqkg"][2:], {"v": state}),
     ]
+    if gate == "scalar":
+        launches.append(("chunk_gate_cumsum", chunk.chunk_gate_cumsum, {}, 4, 1, {}))
     jobs = []
     for name, fn, const, w, stages, types in launches:
         const = {n: c for n, c in {**base, **const}.items() if n in fn.arg_names}

@@ -119,7 +119,7 @@ def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
     b_k = tl.load(k + p[:, None] * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)
     b_b = tl.load(beta + p, mask=m_t, other=0.0).to(tl.float32)
 #if scalar
-    b_G = tl.cumsum(tl.load(g + p, mask=m_t, other=0.0).to(tl.float32), axis=0)   # only differences matter
+    b_G, _ = _chunk_cumulative(g, p, _last_row(bos, L, i_c, i_h, H, BT), m_t)   # g holds G (chunk_gate_cumsum)
 #else
     b_G = tl.zeros([BC], dtype=tl.float32)
 #endif
@@ -133,7 +133,7 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,K],
-    v [B,T,H,V], beta and g [B,T,H] (fp32). Holds every key (BK >= K). The chunk is cut into four
+    v [B,T,H,V], beta and G [B,T,H] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum). Holds every key (BK >= K). The chunk is cut into four
     sub-blocks of BC = BT / 4 rows: T's diagonal blocks by forward substitution, the others from
     T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's approach; every product a small tl.dot)."""
     BC: tl.constexpr = BT // 4
@@ -156,15 +156,12 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     b_b2 = tl.load(beta + p2, mask=m2, other=0.0).to(tl.float32)
     b_b3 = tl.load(beta + p3, mask=m3, other=0.0).to(tl.float32)
 #if scalar
-    # within-chunk cumulative log gate G, sub-block by sub-block
-    b_g0 = tl.load(g + p0, mask=m0, other=0.0).to(tl.float32)
-    b_g1 = tl.load(g + p1, mask=m1, other=0.0).to(tl.float32)
-    b_g2 = tl.load(g + p2, mask=m2, other=0.0).to(tl.float32)
-    b_g3 = tl.load(g + p3, mask=m3, other=0.0).to(tl.float32)
-    b_G0 = tl.cumsum(b_g0, axis=0)
-    b_G1 = tl.cumsum(b_g1, axis=0) + tl.sum(b_g0, axis=0)
-    b_G2 = tl.cumsum(b_g2, axis=0) + tl.sum(b_g0, axis=0) + tl.sum(b_g1, axis=0)
-    b_G3 = tl.cumsum(b_g3, axis=0) + tl.sum(b_g0, axis=0) + tl.sum(b_g1, axis=0) + tl.sum(b_g2, axis=0)
+    # within-chunk cumulative log gate G (g holds it: chunk_gate_cumsum), sub-block by sub-block
+    p_last = _last_row(bos, L, i_c, i_h, H, BT)
+    b_G0, _ = _chunk_cumulative(g, p0, p_last, m0)
+    b_G1, _ = _chunk_cumulative(g, p1, p_last, m1)
+    b_G2, _ = _chunk_cumulative(g, p2, p_last, m2)
+    b_G3, _ = _chunk_cumulative(g, p3, p_last, m3)
 #else
     b_G0 = tl.zeros([BC], dtype=tl.float32)
     b_G1 = b_G0
@@ -283,7 +280,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     b_dw = -b_dw
     b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
 #if scalar
-    b_g, b_G, b_Gl = _gate(g, g, p_row, p_row, rows, m_t, m_t, K, BT)   # unsigned: no last-row load
+    b_g, b_G, b_Gl = _gate(g, g, p_row, _last_row(bos, L, i_c, i_h, H, BT), rows, m_t, m_t, K, BT)
     b_e = tl.exp(b_G)
     b_Gam = tl.exp(tl.where(ri > cj, b_G[:, None] - b_G[None, :], float("-inf")))
 #else
