@@ -78,15 +78,16 @@ out = []
 for name, fn, sig, const, attrs, opts in getattr(importlib.import_module(module), function)(*args, **kwargs):
     t = time.time()
     kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
-    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1)])
+    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1), kern.metadata.shared])
 print(json.dumps({"ok": out}))
 """
 
 
-def compile_sm90(module: str, function: str, *args, **kwargs):
+def compile_sm90(module: str, function: str, *args, with_shared: bool = False, **kwargs):
     """Build the (name, fn, signature, constexprs, attrs, options) jobs that module.function(*args)
     returns into sm_90 cubins, in a subprocess without the interpreter. Returns [[name, cubin bytes,
-    seconds]]; skips the test where this Triton has no ahead-of-time API or no ptxas."""
+    seconds]] (with_shared: and the kernel's shared memory in bytes); skips the test where this Triton
+    has no ahead-of-time API or no ptxas."""
     import json
     import subprocess
     import sys
@@ -103,4 +104,4 @@ def compile_sm90(module: str, function: str, *args, **kwargs):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     if "skip" in res:
         pytest.skip(res["skip"])
-    return res["ok"]
+    return res["ok"] if with_shared else [row[:3] for row in res["ok"]]

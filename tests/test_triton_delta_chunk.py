@@ -220,6 +220,29 @@ def test_aot_compile_sm90():
     assert all(size > 0 for n, size, secs in res)
 
 
+SM90_SHARED = 232448   # bytes of shared memory a block may use on sm_90
+
+
+@pytest.mark.parametrize("data,K", [("fp32", 128), ("fp32", 256), ("fp16", 256), ("bf16", 256)])
+def test_state_passes_fit_shared_memory(data, K):
+    """The sequential state passes buffer [64, K] tiles per pipeline stage; with fp32 states 3 stages
+    exceeded sm_90's shared memory at K = 128 (an OutOfResources at the first call). Their builds at the
+    planned stages fit, here and at K = 256."""
+    from conftest import compile_sm90
+    res = compile_sm90("recdsl.backends.triton.delta_chunk", "aot_jobs", "scalar", data, K=K, V=K,
+                       kernels=("chunk_fwd_h", "chunk_bwd_dh"), with_shared=True)
+    assert [n for n, *_ in res] == ["chunk_fwd_h", "chunk_bwd_dh"]
+    for name, size, secs, shared in res:
+        assert 0 < shared <= SM90_SHARED, (name, shared)
+
+
+def test_wide_fp32_keys_refuse_training_clearly():
+    q, k, v = (torch.randn(1, 8, 1, 256, requires_grad=True) for _ in range(3))
+    beta = torch.rand(1, 8, 1)
+    with pytest.raises(ValueError, match="bf16 inputs or K <= 128"):
+        chunk_delta_rule(q, k, v, beta)
+
+
 def test_l2norm_kernel_matches_torch():
     from recdsl.backends.triton.l2norm import l2norm
     x = torch.randn(3, 37, 2, 24, dtype=torch.float64)

@@ -25,10 +25,13 @@ from .wy import load as load_wy
 BT = 64   # tokens per chunk (the chunk kernels' tiles assume 64)
 
 
-def _blocks(K: int, V: int) -> tuple[int, int, int, int, int]:
-    """(BK, BV, warps of the state passes, warps of the WY kernels, pipeline stages of the state passes):
+def _blocks(K: int, V: int, state_bytes: int = 2) -> tuple[int, int, int, int, int]:
+    """(BK, BV, warps of the state passes, warps of the WY kernels, pipeline stages of the state passes)
+    for chunk states of `state_bytes` per element (2: bf16, 4: fp32 for fp16/fp32 inputs):
     every key in one program (v' = u - w S contracts the whole key axis), value blocks small enough to
-    keep S in registers. On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26
+    keep S in registers. Each pipeline stage buffers [64, K] tiles in shared memory: with fp32 states
+    3 stages need 311-328 KB at K = 128 and 2 need 287-410 KB at K = 256 (sm_90 builds, limit 227 KB), so
+    the stages drop to 2 and 1 there (tests/test_triton_delta_chunk.py checks the builds' footprints). On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26
     vs 0.38 ms, wy_bwd 0.25 vs 0.40). An H200 sweep at DeltaProduct n_h = 2, (8, 1024, 8, 64)
     (benchmarks/results/2026-11-26h_h200_sweep_delta_state_small.jsonl) found value blocks of 32 with 4
     stages 0.016 ms faster per forward+backward than these defaults, but the fp32 GPU test of deltanet
@@ -36,7 +39,8 @@ def _blocks(K: int, V: int) -> tuple[int, int, int, int, int]:
     illegal address), so the defaults stay. RECDSL_DELTA_BLOCKS="BV,warps,wy_warps[,stages]" overrides."""
     BK = max(16, triton.next_power_of_2(K))
     BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 64 else 32)
-    warps, wy_warps, stages = 4, 4, 3
+    warps, wy_warps = 4, 4
+    stages = 3 if BK * state_bytes <= 256 else 2 if BK * state_bytes <= 512 else 1
     text = os.environ.get("RECDSL_DELTA_BLOCKS")
     if text:
         BV, warps, wy_warps, *rest = map(int, text.split(","))
@@ -71,9 +75,10 @@ def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
     B, T, H, K = k.shape
     V = v.shape[-1]
     gate = "none" if g is None else "scalar"
-    return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT),
-                         *_precision(k.dtype), cu_seqlens is not None, *_tables(cu_seqlens, B, T, H, BT),
-                         *_blocks(K, V))
+    cdt, prec = _precision(k.dtype)
+    return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT), cdt, prec,
+                         cu_seqlens is not None, *_tables(cu_seqlens, B, T, H, BT),
+                         *_blocks(K, V, cdt.itemsize))
 
 
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: Optional[torch.Tensor],
@@ -259,6 +264,10 @@ def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     if initial_state is not None and tuple(initial_state.shape) != (N, H, K, V):
         raise ValueError(f"initial_state must be [{N},{H},{K},{V}], got {tuple(initial_state.shape)}")
     scale = K ** -0.5 if scale is None else float(scale)
+    if K > 128 and q.dtype != torch.bfloat16 and torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state)):
+        raise ValueError(f"the chunked delta rule's backward keeps [64, K] fp32 tiles of keys in shared memory, "
+                         f"more than sm_90 has at K = {K} for {q.dtype} inputs: train with bf16 inputs or K <= 128")
     if n_h > 1 or k.dim() == 5:
         q, k, v, beta, g, cu_seqlens = _interleave(q, k, v, beta, g, cu_seqlens, n_h)
     out = (delta_chunk_fwd if torch.compiler.is_compiling() else _EagerDeltaChunk.apply)(
@@ -295,7 +304,8 @@ def _interleave(q, k, v, beta, g, cu_seqlens, n_h):
 # Ahead-of-time compilation (no GPU needed): the variant's kernels with the flags the launches use.
 # --------------------------------------------------------------------------------------------------
 
-def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 128, varlen: bool = False):
+def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 128, varlen: bool = False,
+             kernels: Optional[tuple] = None):
     """[(kernel name, jit function, signature, constexprs, attrs, options)] of the chunked delta rule
     (see chunk_launch.aot_jobs): wy_fwd, wy_bwd, the delta variants of chunk_fwd_h / chunk_bwd_dh, and
     chunk_fwd_o / chunk_bwd_dv (without dh) / chunk_bwd_dqkg as this path launches them."""
@@ -303,7 +313,7 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
     chunk, wy = load_chunk(gate, False, delta=True), load_wy(gate)
     state = "bf16" if data == "bf16" else "fp32"
     prec = {"bf16": "ieee", "fp16": "tf32", "fp32": FP32_DOT_PRECISION}[data]
-    BK, BV, warps, wy_warps, stages = _blocks(K, V)
+    BK, BV, warps, wy_warps, stages = _blocks(K, V, 2 if data == "bf16" else 4)
     cfg = configs(gate, K, V, BT)
     base = dict(H=16, K=K, V=V, BT=BT, IS_VARLEN=varlen, PREC=prec)
     stored = {"w", "u", "vn", "dvn", "dv2", "dv"}   # kept in the storage dtype by these launches
@@ -325,6 +335,8 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
     ]
     if gate == "scalar":
         launches.append(("chunk_gate_cumsum", chunk.chunk_gate_cumsum, {}, 4, 1, {}))
+    if kernels is not None:
+        launches = [x for x in launches if x[0] in kernels]
     jobs = []
     for name, fn, const, w, stages, types in launches:
         const = {n: c for n, c in {**base, **const}.items() if n in fn.arg_names}
