@@ -9,7 +9,8 @@ where a_t = sign_t * exp(g_t) is given in log space: g [B,T,H,K] ("perkey", like
 as g, values +1/-1) makes the decays signed. Cumulative decays are carried as a pair (log-magnitude,
 sign): the log-magnitude is a cumulative sum of g, the sign is the parity of the number of negative
 factors, so the chunk form stays exact for a_t in (-1, 1). `chunk_sign_parity` forms the signs' running
-product within each chunk once per call (int8, kept for the backward); the other kernels read it.
+product within each chunk once per call (int8, kept for the backward), and `chunk_gate_cumsum` a scalar
+decay's G (fp32); the other kernels read those instead of scanning inside every chunk.
 
 The sequence is cut into chunks of BT tokens. Inside chunk c, with G_i the inclusive cumulative sum
 of g (fp32) and P_i the cumulative sign, Lam_i = P_i exp(G_i) (Lam_l at the chunk's last row):

@@ -313,8 +313,9 @@ _DATA = {"q", "k", "v", "o", "do", "dq", "dk", "dv"}
 def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int = 128, BT: int = 64,
              varlen: bool = False):
     """[(kernel name, jit function, signature, constexprs, attrs, options)] for one variant (the chunked
-    kernels, the fused recurrent forward and the Householder-product recurrence with the same gate), with q/k/v in `data` ("bf16", "fp16", "fp32"), g and sign
-    fp32, chunk states in the storage dtype; attrs mark pointers (and T) 16-divisible as the JIT does
+    kernels, the per-call sign and gate passes, the fused recurrent forward and the Householder-product
+    recurrence with the same gate), with q/k/v in `data` ("bf16", "fp16", "fp32"), g fp32, signs int8,
+    chunk states in the storage dtype; attrs mark pointers (and T) 16-divisible as the JIT does
     for aligned tensors. Compile one with triton.compile(ASTSource(fn, signature, constexprs, attrs),
     target=GPUTarget("cuda", 90, 32), options=options)."""
     from .recurrent import blocks as recurrent_blocks, load as load_recurrent

@@ -31,8 +31,9 @@ def _blocks(K: int, V: int, state_bytes: int = 2) -> tuple[int, int, int, int, i
     every key in one program (v' = u - w S contracts the whole key axis), value blocks small enough to
     keep S in registers. Each pipeline stage buffers [64, K] tiles in shared memory: with fp32 states
     3 stages need 311-328 KB at K = 128 and 2 need 287-410 KB at K = 256 (sm_90 builds, limit 227 KB), so
-    the stages drop to 2 and 1 there (tests/test_triton_delta_chunk.py checks the builds' footprints). On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26
-    vs 0.38 ms, wy_bwd 0.25 vs 0.40). An H200 sweep at DeltaProduct n_h = 2, (8, 1024, 8, 64)
+    the stages drop to 2 and 1 there (tests/test_triton_delta_chunk.py checks the builds' footprints).
+    On an H100 at (4, 4096, 16, 128) 4 warps for the WY kernels beat 8 (wy_fwd 0.26 vs 0.38 ms, wy_bwd
+    0.25 vs 0.40). An H200 sweep at DeltaProduct n_h = 2, (8, 1024, 8, 64)
     (benchmarks/results/2026-11-26h_h200_sweep_delta_state_small.jsonl) found value blocks of 32 with 4
     stages 0.016 ms faster per forward+backward than these defaults, but the fp32 GPU test of deltanet
     then failed at 1e-4 (and at K = 128, 2 warps with 2-4 stages ran 20-50x slower and one of them hit an

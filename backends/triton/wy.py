@@ -21,7 +21,8 @@ for v, then `wy_bwd` takes the gradient through w and u back to k, v, beta and g
     dw = -dv' S_c^T,   dT = dv' (beta v)^T + dw (beta k exp(G))^T,   dA = -T^T dT T^T (strictly lower),
     d(beta v) = T^T dv',   d(beta k exp(G)) = T^T dw,   and A's own dependence on k, beta and G.
 
-T is built from four [BT/4, BT/4] diagonal blocks inverted by forward substitution and products for
+The gate reaches these kernels as its within-chunk cumulative sum G, formed once per call by chunk.py's
+`chunk_gate_cumsum`. T is built from four [BT/4, BT/4] diagonal blocks inverted by forward substitution and products for
 the blocks below them, and stored (fp32) for the backward; w, u and v' are stored in the input dtype,
 like the chunk states.
 """
@@ -133,9 +134,10 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,K],
-    v [B,T,H,V], beta and G [B,T,H] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum). Holds every key (BK >= K). The chunk is cut into four
-    sub-blocks of BC = BT / 4 rows: T's diagonal blocks by forward substitution, the others from
-    T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's approach; every product a small tl.dot)."""
+    v [B,T,H,V], beta and G [B,T,H] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum).
+    Holds every key (BK >= K). The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal
+    blocks by forward substitution, the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's
+    approach; every product a small tl.dot)."""
     BC: tl.constexpr = BT // 4
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
