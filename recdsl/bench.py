@@ -387,6 +387,20 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dplr_shapes(shapes: str, overrides: list[str]) -> list[tuple[int, int, dict]]:
+    """(B, T, spec parameters) per "B,T,H,D" of --shapes: H heads with K = V = D, then any -p NAME=VALUE."""
+    out = []
+    for sh in shapes.split(";"):
+        B, T, H, D = map(int, sh.split(","))
+        params = {"H": H, "K": D, "V": D}
+        params.update({k: float(v) for k, _, v in (p.partition("=") for p in overrides)})
+        out.append((B, T, params))
+    return out
+
+
 def main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="recdsl bench")
@@ -399,6 +413,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d"))
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                    help="input dtype (default: bf16; fp32 for the recurrent and fixed-point paths other than DPLR)")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold-start timing")
     ap.add_argument("-p", "--param", action="append", default=[],
                     help="a spec parameter NAME=VALUE (e.g. -p D=512, -p n_h=3)")
@@ -412,12 +428,21 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
-    if algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "fixed_point_one_launch",
-                     "delta_recurrent", "dplr_recurrent"):
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    if algorithm == "dplr_recurrent":
+        # issue 4's shapes, as for the other matrix states: H heads of K = V = D, bf16 unless asked
+        rows = []
+        for B, T, params in dplr_shapes(args.shapes, args.param):
+            rows += recurrent_case(args.file, B, T, params, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla)
+            torch.cuda.empty_cache()
+    elif algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "fixed_point_one_launch",
+                       "delta_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
-        rows = recurrent_case(args.file, args.batch, args.length, params, with_fla=not args.no_fla)
+        rows = recurrent_case(args.file, args.batch, args.length, params, dtype=dtype or torch.float32,
+                              with_fla=not args.no_fla)
     elif algorithm == "elementwise_scan":
-        rows = elementwise_case(args.file, args.batch, args.length, args.width, with_fla=not args.no_fla)
+        rows = elementwise_case(args.file, args.batch, args.length, args.width, dtype=dtype or torch.bfloat16,
+                                with_fla=not args.no_fla)
         if not args.no_cold_start:
             rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
     elif algorithm == "delta_chunk":
@@ -428,13 +453,14 @@ def main(argv=None) -> int:
             B, T, H, D = map(int, sh.split(","))
             gates = (False, True) if spec.name == "deltaproduct" else (None,)
             for gated in gates:
-                rows += delta_case(args.file, B, T, H, D, params, gated=gated, with_fla=not args.no_fla)
+                rows += delta_case(args.file, B, T, H, D, params, gated=gated, dtype=dtype or torch.bfloat16,
+                                   with_fla=not args.no_fla)
                 torch.cuda.empty_cache()
     elif algorithm == "chunk":
         rows = []
         for sh in args.shapes.split(";"):
             B, T, H, D = map(int, sh.split(","))
-            rows += matrix_case(args.file, B, T, H, D, with_fla=not args.no_fla)
+            rows += matrix_case(args.file, B, T, H, D, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla)
             torch.cuda.empty_cache()
         if not args.no_cold_start:
             rows.append({"case": spec.name, "cold_start_s": cold_start(args.file)})
