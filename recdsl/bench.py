@@ -201,17 +201,23 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
     if algorithm.startswith("fixed_point"):
         from recdsl.backends.triton.fp_fused import match as match_fused
     fits = algorithm.startswith("fixed_point") and not isinstance(match_fused(spec.ir), str)
-    unfused = _fixed_point_mode("unfused", ours) if fits else None
+    # a second path of the same spec, timed beside the planner's: the unfused fixed point where the fused
+    # iteration fits; for DPLR the chunkwise forward (opt-in until timed, dplr_chunk.py)
+    second = ("recdsl unfused", _fixed_point_mode("unfused", ours), "fixed_point_scan") if fits else None
+    if algorithm == "dplr_recurrent":
+        from .backends.triton.dplr import DPLR_FORWARD_ENV, chunk_fits, match as match_dplr
+        if chunk_fits(match_dplr(spec.ir).decay, spec.ir.state[1][0]):
+            second = ("recdsl chunked forward", _with_env(DPLR_FORWARD_ENV, "chunk", ours), "dplr_chunk")
     with torch.no_grad():
         add("recdsl", "fwd", _bench(ours), _peak(ours))
-        if unfused:
-            add("recdsl unfused", "fwd", _bench(unfused), _peak(unfused), algorithm="fixed_point_scan")
+        if second:
+            add(second[0], "fwd", _bench(second[1]), _peak(second[1]), algorithm=second[2])
         add("reference (PyTorch loop)", "fwd", _once(loop), calls=1)
     if algorithm != "delta_recurrent":    # the recurrent Householder kernel (per-key gates) is forward-only
         add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
-        if unfused:
-            add("recdsl unfused", "fwd+bwd", _bench(_fwd_bwd(unfused, tensors)), _peak(_fwd_bwd(unfused, tensors)),
-                algorithm="fixed_point_scan")
+        if second:
+            fb = _fwd_bwd(second[1], tensors)
+            add(second[0], "fwd+bwd", _bench(fb), _peak(fb), algorithm=second[2])
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
             note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
     if with_fla and spec.name == "rwkv7":

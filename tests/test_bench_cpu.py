@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs 
 def test_recurrent_case_rows(name, params, modes):
     rows = recurrent_case(example(name), 2, 5, params, device="cpu")
     got = {(r["contestant"], r["mode"]) for r in rows}
-    contestants = ("recdsl", "reference (PyTorch loop)") + (("recdsl unfused",) if name == "fp_rnn" else ())
+    second = {"fp_rnn": ("recdsl unfused",), "rwkv7": ("recdsl chunked forward",)}.get(name, ())
+    contestants = ("recdsl", "reference (PyTorch loop)") + second
     assert got == {(c, m) for c in contestants for m in modes}
     if name == "fp_rnn":   # the planner's fused iteration and the unfused path
         assert {r["algorithm"] for r in rows if r["contestant"].startswith("recdsl")} == \

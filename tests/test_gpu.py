@@ -337,10 +337,14 @@ def test_delta_chunk_long_sequence_and_edges_stay_finite():
     assert all(torch.isfinite(x).all() for x in torch.autograd.grad(o.float().sum(), list(args.values())))
 
 
-def test_rwkv7_against_reference_and_fla():
+@pytest.mark.parametrize("forward", ["recurrent", "chunk"])
+def test_rwkv7_against_reference_and_fla(forward, monkeypatch):
     """The DPLR kernels (bf16 data, fp32 state) against the fp32 reference, forward and backward, with an
-    initial state and varlen; then against fla's chunk_rwkv7 on the same tensors where fla imports."""
+    initial state and varlen; then against fla's chunk_rwkv7 on the same tensors where fla imports. Both
+    forwards: the fused recurrent walk and the chunkwise one (dplr_chunk.py, whose checkpoints the same
+    backward reads)."""
     from recdsl.bench import dplr_args
+    monkeypatch.setenv("RECDSL_DPLR_FORWARD", forward)
     spec = recdsl.load(example("rwkv7"), H=4, K=64, V=64)
     args = dplr_args(spec, 1, 300, "cuda", torch.bfloat16)
     cu = torch.tensor([0, 100, 101, 300], dtype=torch.int32, device="cuda")

@@ -141,3 +141,77 @@ def test_kernels_build_for_sm90():
     res = compile_sm90("recdsl.backends.triton.dplr", "aot_jobs", 64, 64, "bf16", varlen=True)
     assert sorted(n for n, size, secs in res) == ["dplr_recurrent_bwd", "dplr_recurrent_fwd"]
     assert all(size > 0 for n, size, secs in res)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chunkwise forward (dplr_chunk.py): its outputs and checkpoints feed the same backward.
+# ---------------------------------------------------------------------------------------------------
+
+def rwkv7_inputs(B, T, H, K, V, seed, w_lo=-0.6065, w_hi=0.0):
+    """Inputs as RWKV-7's layer makes them (a = -kappa, b = kappa * iclr, kappa of unit norm): the
+    transition stays contractive, the regime the chunk form is for (an expanding one amplifies rounding
+    differences between any two orders of summation)."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)
+    kappa = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
+    iclr = torch.sigmoid(rnd(B, T, H, K))
+    w = w_lo + (w_hi - w_lo) * torch.rand(B, T, H, K, generator=g)
+    return (rnd(B, T, H, K), w, rnd(B, T, H, K) * (1 - iclr) * K ** -0.5, rnd(B, T, H, V), -kappa, kappa * iclr,
+            rnd(B, H, K, V))
+
+
+def both_forwards(monkeypatch, *args, cu=None, decay="exp", h0=True):
+    from recdsl.backends.triton.dplr import dplr_recurrence
+    r, w, k, v, a, b, s0 = args
+    outs = []
+    for mode in ("chunk", "recurrent"):
+        monkeypatch.setenv("RECDSL_DPLR_FORWARD", mode)
+        xs = [x.clone().requires_grad_(True) for x in (r, w, k, v, a, b, s0)]
+        o, ht = dplr_recurrence(*xs[:6], scale=0.5, initial_state=xs[6] if h0 else None, output_final_state=True,
+                                cu_seqlens=cu, decay=decay)
+        gen = torch.Generator().manual_seed(9)
+        loss = (o * torch.randn(o.shape, generator=gen)).sum() + (ht * torch.randn(ht.shape, generator=gen)).sum()
+        grads = torch.autograd.grad(loss, [x for x, n in zip(xs, "rwkvabh") if (h0 or n != "h") and
+                                           (decay != "none" or n != "w")])
+        outs.append((o, ht, grads))
+    (o, ht, gr), (ro, rht, rgr) = outs
+    assert torch.isfinite(o).all() and rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+    for x, y in zip(gr, rgr):   # the same backward from the chunk forward's checkpoints
+        assert rel(x, y) < 1e-4
+
+
+@pytest.mark.parametrize("T,K,V", [(1, 8, 4), (17, 16, 8), (64, 32, 16), (130, 24, 12), (200, 64, 64)])
+def test_chunked_forward_matches_the_recurrent_one(T, K, V, monkeypatch):
+    both_forwards(monkeypatch, *rwkv7_inputs(1 if T > 64 else 2, T, 2, K, V, seed=T))
+
+
+def test_chunked_forward_varlen_identity_and_strong_decays(monkeypatch):
+    """Packed sequences with an empty one; the identity diagonal; log decays of -6 to -14 per token, where
+    exp(-G) over a chunk overflows unless the intra-chunk products split their decays (the rank-one
+    read's exclusive pairs included)."""
+    cu = torch.tensor([0, 7, 7, 72, 80], dtype=torch.int32)
+    args = rwkv7_inputs(1, 80, 2, 8, 12, seed=3)
+    both_forwards(monkeypatch, *args[:6], args[6][:1].expand(4, -1, -1, -1).contiguous(), cu=cu)
+    both_forwards(monkeypatch, *rwkv7_inputs(1, 90, 2, 16, 8, seed=4), decay="none", h0=False)
+    both_forwards(monkeypatch, *rwkv7_inputs(1, 100, 2, 16, 8, seed=5, w_lo=-14.0, w_hi=-6.0))
+
+
+def test_chunked_forward_through_the_spec(monkeypatch):
+    """The planner's dplr route with the chunkwise forward, against the fp64 reference (contractive
+    inputs: the spec's own layer would make them so)."""
+    monkeypatch.setenv("RECDSL_DPLR_FORWARD", "chunk")
+    spec = recdsl.load(RWKV7, H=2, K=16, V=8)
+    r, w, k, v, a, b, _ = rwkv7_inputs(2, 70, 2, 16, 8, seed=6)
+    args = dict(r=r, w=w, k=k, v=v, a=a, b=b)
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    ro, rS = spec.op(**{n: x.double() for n, x in args.items()}, output_final_state=True, backend="reference")
+    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
+
+@pytest.mark.parametrize("data,K", [("bf16", 64), ("fp32", 128)])
+def test_chunked_forward_builds_for_sm90(data, K):
+    """The chunkwise forward's three kernels build to sm_90 cubins within its shared memory."""
+    from conftest import compile_sm90
+    res = compile_sm90("recdsl.backends.triton.dplr_chunk", "aot_jobs", K=K, V=K, data=data, with_shared=True)
+    assert sorted(n for n, *_ in res) == ["dplr_chunk_intra", "dplr_chunk_out", "dplr_chunk_state"]
+    assert all(size > 0 and shared <= 232448 for n, size, secs, shared in res), res

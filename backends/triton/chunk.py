@@ -190,7 +190,7 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
         # inter-chunk: the state at the chunk start, decayed to each token
         b_o = tl.dot((b_qP * tl.exp(b_G)).to(DT), b_h.to(DT), b_o, input_precision=PREC)
         # intra-chunk attention matrix (this key block's share)
-        b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC)
+        b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC, False)
 #else
         b_o = tl.dot(b_q.to(DT), b_h.to(DT), b_o, input_precision=PREC)
         b_A = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), b_A, input_precision=PREC)
@@ -349,7 +349,7 @@ def chunk_bwd_dv(q, k, g, sgn, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
         if USE_DH:
             b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
             b_dv = tl.dot(b_kw.to(DT), b_dh.to(DT), b_dv, input_precision=PREC)
-        b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC)
+        b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC, False)
 #else
         if USE_DH:
             b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
@@ -435,7 +435,7 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
     b_dq = b_dq * (scale * tl.exp(b_G))
     # gradient of the chunk's total log decay: rowsum(S_next (*) dS) split as below
     b_last = b_dl * b_hd + tl.sum(b_k * b_dk, axis=0)
-    _, b_dq, b_dk = _intra(b_q, b_k, b_g, b_G, b_Gl, b_dA, b_dA, b_dq, b_dk, 1, BT, BK, LOG2BT, DT, PREC)
+    _, b_dq, b_dk = _intra(b_q, b_k, b_g, b_G, b_Gl, b_dA, b_dA, b_dq, b_dk, 1, BT, BK, LOG2BT, DT, PREC, False)
     b_dG = b_q * b_dq - b_k * b_dk + tl.where((rows == BT - 1)[:, None], b_last[None, :], 0.0)
     b_dg = tl.cumsum(b_dG, axis=0, reverse=True)
 #if signed

@@ -138,10 +138,11 @@ def _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE: tl.constexpr, DT: tl.constexp
 
 @triton.jit
 def _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, s: tl.constexpr, MODE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+           BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, EXCL: tl.constexpr):
     """One level of the strong-decay split (runs only while done == 0): the pairs with i in the upper
     and j in the lower half of one 2s-block, then, if every s-block spans at most SAFE_LOG of log
-    decay (or s == 1), all remaining pairs inside the s-blocks, which finishes the chunk."""
+    decay (or s == 1), all remaining pairs inside the s-blocks, which finishes the chunk. EXCL: see
+    _intra (row i's own factor left out: its sums stop at i - 1, and the diagonal is not a pair)."""
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
@@ -152,31 +153,42 @@ def _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, s: tl.constexpr, MODE: tl.con
         E = tl.reshape(tl.cumsum(g3, axis=1, reverse=True), [BT, BK]) - b_g  # sum of g over (j, mid]
         up = ((rows // s) % 2) == 1
         lo = ((rows // s) % 2) == 0
+        if EXCL:
+            F = F - b_g
         Qf = tl.where(up[:, None], tl.exp(F), 0.0)
         Kf = tl.where(lo[:, None], tl.exp(E), 0.0)
         M = ((ri // (2 * s)) == (cj // (2 * s))) & up[:, None] & lo[None, :]
         A, dq, dk = _piece(qP, kP, Qf, Kf, M, A, dA, dq, dk, MODE, DT, PREC)
         if s == 1:
-            # only the diagonal is left: exp(0) = 1
-            one = tl.full([BT, BK], 1.0, tl.float32)
-            A, dq, dk = _piece(qP, kP, one, one, cj == ri, A, dA, dq, dk, MODE, DT, PREC)
+            # only the diagonal is left: exp(0) = 1 (not a pair when exclusive)
+            if not EXCL:
+                one = tl.full([BT, BK], 1.0, tl.float32)
+                A, dq, dk = _piece(qP, kP, one, one, cj == ri, A, dA, dq, dk, MODE, DT, PREC)
             done = done + 1
         else:
             if (s - 1) * gmax <= SAFE_LOG:
                 # pairs inside one s-block: reference just after the block's first row
                 g0 = tl.where(((rows % s) == 0)[:, None], 0.0, b_g)
                 C = tl.reshape(tl.cumsum(tl.reshape(g0, [BT // s, s, BK]), axis=1), [BT, BK])
-                M = ((ri // s) == (cj // s)) & (cj <= ri)
-                A, dq, dk = _piece(qP, kP, tl.exp(C), tl.exp(-C), M, A, dA, dq, dk, MODE, DT, PREC)
+                if EXCL:
+                    # row i's factor stops at i - 1; a block's first row pairs with nothing
+                    M = ((ri // s) == (cj // s)) & (cj < ri)
+                    Qf = tl.where(((rows % s) == 0)[:, None], 0.0, tl.exp(C - b_g))
+                else:
+                    M = ((ri // s) == (cj // s)) & (cj <= ri)
+                    Qf = tl.exp(C)
+                A, dq, dk = _piece(qP, kP, Qf, tl.exp(-C), M, A, dA, dq, dk, MODE, DT, PREC)
                 done = done + 1
     return A, dq, dk, done
 
 
 @triton.jit
 def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+           BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, EXCL: tl.constexpr):
     """Intra-chunk part for one key block: all pairs j <= i with the exact per-key decay
-    exp(G_i - G_j), never forming a factor above exp(SAFE_LOG). See _piece for MODE."""
+    exp(G_i - G_j), never forming a factor above exp(SAFE_LOG). See _piece for MODE. EXCL: the pairs
+    j < i with exp(G_(i-1) - G_j) instead (a query that reads the state before row i's own decay, as the
+    rank-one read of a diagonal-plus-low-rank transition does)."""
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
@@ -185,12 +197,17 @@ def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.con
     done = (rng <= 2.0 * SAFE_LOG).to(tl.int32)
     if done == 1:
         Gh = 0.5 * b_Gl[None, :]
-        A, dq, dk = _piece(qP, kP, tl.exp(b_G - Gh), tl.exp(Gh - b_G), cj <= ri, A, dA, dq, dk,
-                           MODE, DT, PREC)
+        if EXCL:
+            A, dq, dk = _piece(qP, kP, tl.exp(b_G - b_g - Gh), tl.exp(Gh - b_G), cj < ri, A, dA, dq, dk,
+                               MODE, DT, PREC)
+        else:
+            A, dq, dk = _piece(qP, kP, tl.exp(b_G - Gh), tl.exp(Gh - b_G), cj <= ri, A, dA, dq, dk,
+                               MODE, DT, PREC)
     # Strong decay: split the pairs level by level (block size 2s, s = BT/2, BT/4, ..., 1).
     gmax = tl.max(tl.max(-b_g, axis=1), axis=0)   # the largest single-step log decay
     for lv in tl.static_range(LOG2BT):
-        A, dq, dk, done = _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, BT >> (lv + 1), MODE, BT, BK, DT, PREC)
+        A, dq, dk, done = _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, BT >> (lv + 1), MODE, BT, BK, DT, PREC,
+                                 EXCL)
     return A, dq, dk
 #endif
 '''
