@@ -32,7 +32,8 @@ def test_recurrent_case_rows(name, params, modes):
 def test_dplr_runs_at_issue_4s_shapes():
     """`recdsl bench` on a DPLR spec (rwkv7) measures issue 4's (B, T, H, D) shapes: H heads of K = V = D."""
     assert dplr_shapes("4,4096,16,128;8,1024,8,64", ["d_model=64"]) == [
-        (4, 4096, {"H": 16, "K": 128, "V": 128, "d_model": 64.0}), (8, 1024, {"H": 8, "K": 64, "V": 64, "d_model": 64.0})]
+        (4, 4096, {"H": 16, "K": 128, "V": 128, "d_model": 64.0}),
+        (8, 1024, {"H": 8, "K": 64, "V": 64, "d_model": 64.0})]
     B, T, params = dplr_shapes("2,5,1,4", [])[0]
     rows = recurrent_case(example("rwkv7"), B, T, params, dtype=torch.float16, device="cpu")
     assert {r["dtype"] for r in rows} == {"float16"} and {r["K"] for r in rows} == {4}

@@ -51,7 +51,9 @@ TRI: tl.constexpr = tl.constexpr("tf32x3")
 
 @triton.jit
 def _load_keys(x, p_row, o_k, m_t, m_k, K: tl.constexpr):
-    return tl.load(x + p_row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    """A [BT, BK] tile of a [.., K] input in fp32 (zero past the sequence and the keys)."""
+    m = m_t[:, None] & m_k[None, :]
+    return tl.load(x + p_row[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
 
 
 @triton.jit
