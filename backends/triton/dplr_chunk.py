@@ -28,6 +28,7 @@ import triton
 
 from .chunk_launch import _precision, _tables
 from .chunk_parts import CHUNK_HELPERS, PERKEY_INTRA
+from .recurrent import SEQUENCE_COORDS, STATE_BLOCK
 from .template import load_variant
 
 BT = 64          # tokens per chunk: dplr.py's checkpoint spacing
@@ -43,6 +44,9 @@ import triton.language as tl
 
 
 @PERKEY_INTRA@
+
+
+@SEQUENCE_COORDS@
 
 
 # fp32 products of the triangular solve: three tf32 products (fp32-level error) on tensor cores
@@ -123,19 +127,13 @@ def dplr_chunk_state(k, v, b, w, Wm, U, h0, ck, ht, E, cu_seqlens, chunk_offsets
     """Sequential pass, program (value block, sequence*head) holding every key (BK >= K): per chunk,
     ck <- S0 (fp32, the backward's checkpoint), E = U + W S0, S <- exp(G_l) S0 + (b exp(G_l - G))^T E
     + (k exp(G_l - G))^T v."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, L, s0 = _seq_coords(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+@STATE_BLOCK@
+    if IS_VARLEN:   # the sequence's first checkpoint
+        s0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        s0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
     DT = E.dtype.element_ty
     rows = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    off_kv = o_k[:, None] * V + o_v[None, :]
-    b_S = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + off_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i_t in range(0, tl.cdiv(L, BT)):
         tl.store(ck + ((s0 + i_t) * H + i_h) * K * V + off_kv, b_S, mask=m_kv)
         o_t = i_t * BT + rows
@@ -198,7 +196,8 @@ def dplr_chunk_out(r, w, v, ck, E, Arb, Ark, o, cu_seqlens, chunk_indices, scale
 '''
 
 _TEXT = (_TEMPLATE.replace("@CHUNK_HELPERS@", CHUNK_HELPERS.rstrip("\n"))
-         .replace("@PERKEY_INTRA@", PERKEY_INTRA.rstrip("\n")))
+         .replace("@PERKEY_INTRA@", PERKEY_INTRA.rstrip("\n"))
+         .replace("@SEQUENCE_COORDS@", SEQUENCE_COORDS).replace("@STATE_BLOCK@", STATE_BLOCK))
 
 
 def load():
