@@ -4,6 +4,7 @@ chunk_gated_delta_product, and the chunked per-key recurrence with and without s
 
     python benchmarks/profile_kernels.py --case deltaproduct --shape 4,4096,16,128 --n-h 2 --out FILE.jsonl
     python benchmarks/profile_kernels.py --case signed --shape 4,4096,16,128 --out FILE.jsonl
+    python benchmarks/profile_kernels.py --case rwkv7 --shape 4,4096,16,128 --out FILE.jsonl
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from overhead import kernel_times     # benchmarks/ is this script's folder
+from overhead import host_ms, kernel_times     # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,35 @@ def signed_calls(B, T, H, D):
             "signed": lambda: chunk_linear_recurrence(q, k, v, g, sign)}, ins
 
 
+def rwkv7_calls(B, T, H, D):
+    """RWKV-7 through the spec, both forwards (the fused recurrent walk, the chunkwise one), and
+    chunk_rwkv7 on the same tensors."""
+    import os
+    import recdsl
+    from recdsl.backends.triton.dplr import DPLR_FORWARD_ENV
+    from recdsl.bench import dplr_args
+    spec = recdsl.load(str(ROOT / "examples" / "rwkv7.rec"), H=H, K=D, V=D)
+    args = dplr_args(spec, B, T, "cuda", torch.bfloat16)
+    ins = list(args.values())
+
+    def forward(mode):
+        def call():
+            os.environ[DPLR_FORWARD_ENV] = mode
+            try:
+                return spec.op(**args, backend="triton")
+            finally:
+                del os.environ[DPLR_FORWARD_ENV]
+        return call
+    calls = {"recdsl recurrent": forward("recurrent"), "recdsl chunk": forward("chunk")}
+    try:
+        from fla.ops.rwkv7 import chunk_rwkv7
+        x = [args[n] for n in ("r", "w", "k", "v", "a", "b")]
+        calls["fla chunk_rwkv7"] = lambda: chunk_rwkv7(*x, scale=1.0)
+    except ImportError:
+        pass
+    return calls, ins
+
+
 def _short(times: dict) -> dict:
     """Kernel names cut to 90 characters; torch's templated names that then coincide are summed."""
     out: dict = {}
@@ -56,13 +86,14 @@ def _short(times: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=("deltaproduct", "signed"), required=True)
+    ap.add_argument("--case", choices=("deltaproduct", "signed", "rwkv7"), required=True)
     ap.add_argument("--shape", default="4,4096,16,128")
     ap.add_argument("--n-h", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     B, T, H, D = map(int, a.shape.split(","))
-    calls, ins = deltaproduct_calls(B, T, H, D, a.n_h) if a.case == "deltaproduct" else signed_calls(B, T, H, D)
+    calls, ins = {"deltaproduct": lambda: deltaproduct_calls(B, T, H, D, a.n_h),
+                  "signed": lambda: signed_calls(B, T, H, D), "rwkv7": lambda: rwkv7_calls(B, T, H, D)}[a.case]()
     rows = []
     for who, call in calls.items():
         def fwd():
@@ -78,9 +109,13 @@ def main() -> None:
             except Exception as e:   # fla refuses some backward passes on Hopper
                 print(json.dumps({"case": a.case, "who": who, "mode": mode, "error": str(e)[:200]}), flush=True)
                 continue
+            from triton.testing import do_bench
+            # wall: do_bench's median; host: the time to issue one call (a call whose host time exceeds its
+            # kernels' is launch-bound)
             rows.append({"case": a.case, "who": who, "shape": [B, T, H, D], "n_h": a.n_h, "mode": mode,
                          "gpu": torch.cuda.get_device_name(), "total_ms": round(sum(times.values()), 4),
-                         "kernels": _short(times)})
+                         "wall_ms": round(float(do_bench(fn, warmup=25, rep=100, return_mode="median")), 4),
+                         "host_ms": round(host_ms(fn, iters=20), 4), "kernels": _short(times)})
             print(json.dumps(rows[-1]), flush=True)
             if a.out:   # each row as it is measured: a time limit loses nothing measured
                 with open(a.out, "a") as f:

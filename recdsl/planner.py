@@ -124,7 +124,7 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             return _delta_plan(spec, tokens)
         return _delta_chunk_plan(spec)
     if algorithm == "dplr_recurrent":
-        return _dplr_plan(spec)
+        return _dplr_plan(spec, tokens)
     if algorithm == "blockdiag_recurrent":
         NB, b = spec.ir.state[1]
         return Plan("triton", "blockdiag_recurrent", 1, 0, 4, False, (
@@ -294,18 +294,29 @@ def _delta_chunk_plan(spec) -> Plan:
     ))
 
 
-def _dplr_plan(spec) -> Plan:
-    from recdsl.backends.triton.dplr import CHECKPOINT_T
+def _dplr_plan(spec, tokens: int | None) -> Plan:
+    from recdsl.backends.triton.dplr import CHECKPOINT_T, DPLR_FORWARD_ENV, chunk_fits, chunked_forward
     p = spec.memo["dplr_pattern"]
     diag = {"none": "I", "plain": "diag(d)", "exp": "diag(exp(w))"}[p.decay]
+    K = spec.ir.state[1][0]
+    if not chunk_fits(p.decay, K):
+        why = "a decay given directly (it may be negative)" if p.decay == "plain" else f"K = {K} > 128"
+        forward = f"forward: one fused recurrent launch (the chunkwise forward takes log decays and K <= 128; {why})"
+    elif tokens is not None and not chunked_forward(p.decay, K, tokens):
+        forward = f"forward: one fused recurrent launch ({tokens} tokens, or {DPLR_FORWARD_ENV}=recurrent)"
+    else:
+        forward = (f"forward: chunkwise for calls longer than {CHECKPOINT_T} tokens (dplr_chunk.py): per chunk "
+                   "the rank-one reads solved through T = (I - Mab)^-1, the state passed chunk to chunk; "
+                   f"{DPLR_FORWARD_ENV}=recurrent keeps the fused walk")
     return Plan("triton", "dplr_recurrent", 1, 0, 4, True, (
-        f"diagonal plus low rank, S_t = ({diag} + b a^T) S_(t-1) + k v^T: one fused recurrent launch, each "
-        "program a [K, BV] block of the state in fp32 registers (the value columns evolve independently)",
-        f"the forward stores the state every {CHECKPOINT_T} tokens when a backward is recorded; the backward "
+        f"diagonal plus low rank, S_t = ({diag} + b a^T) S_(t-1) + k v^T",
+        forward,
+        "the recurrent walk: each program a [K, BV] block of the state in fp32 registers (the value columns "
+        "evolve independently)",
+        f"either forward stores the state every {CHECKPOINT_T} tokens when a backward is recorded; the backward "
         "recomputes each segment from its checkpoint and walks it in reverse",
         "gradients over the key axis (dr, dk, da, db, dw) are summed over value blocks",
-        "a chunkwise generalized-WY form (fla's chunk_dplr) is not generated yet: long training calls run "
-        "one token at a time",
+        "a chunkwise backward (fla's chunk_dplr) is not generated yet: the backward runs one token at a time",
     ))
 
 

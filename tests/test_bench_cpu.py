@@ -11,22 +11,26 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs the real benchmark")
 
 
-@pytest.mark.parametrize("name,params,modes", [
-    ("block_diagonal", {"NB": 2, "b": 4}, {"fwd", "fwd+bwd"}),
-    ("fp_rnn", {"D": 4, "max_iter": 4}, {"fwd", "fwd+bwd"}),   # a fixed count, as the paper times
-    ("deltaproduct", {"H": 1, "K": 4, "V": 4}, {"fwd", "fwd+bwd"}),   # the chunked WY kernels
-    ("rwkv7", {"H": 1, "K": 4, "V": 4}, {"fwd", "fwd+bwd"}),   # fla's rows only where fla imports (not here)
+@pytest.mark.parametrize("name,params,T,modes", [
+    ("block_diagonal", {"NB": 2, "b": 4}, 5, {"fwd", "fwd+bwd"}),
+    ("fp_rnn", {"D": 4, "max_iter": 4}, 5, {"fwd", "fwd+bwd"}),   # a fixed count, as the paper times
+    ("deltaproduct", {"H": 1, "K": 4, "V": 4}, 5, {"fwd", "fwd+bwd"}),   # the chunked WY kernels
+    # longer than a chunk: the chunkwise forward, the recurrent one beside it; fla's rows only where fla imports
+    ("rwkv7", {"H": 1, "K": 4, "V": 4}, 70, {"fwd", "fwd+bwd"}),
 ])
-def test_recurrent_case_rows(name, params, modes):
-    rows = recurrent_case(example(name), 2, 5, params, device="cpu")
+def test_recurrent_case_rows(name, params, T, modes):
+    rows = recurrent_case(example(name), 2, T, params, device="cpu")
     got = {(r["contestant"], r["mode"]) for r in rows}
-    second = {"fp_rnn": ("recdsl unfused",), "rwkv7": ("recdsl chunked forward",)}.get(name, ())
+    second = {"fp_rnn": ("recdsl unfused",), "rwkv7": ("recdsl recurrent forward",)}.get(name, ())
     contestants = ("recdsl", "reference (PyTorch loop)") + second
     assert got == {(c, m) for c in contestants for m in modes}
     if name == "fp_rnn":   # the planner's fused iteration and the unfused path
         assert {r["algorithm"] for r in rows if r["contestant"].startswith("recdsl")} == \
             {"fixed_point_fused", "fixed_point_scan"}
-    assert all(r["ms"] > 0 and r["B"] == 2 and r["T"] == 5 for r in rows)
+    if name == "rwkv7":
+        assert {r.get("algorithm") for r in rows if r["contestant"] == "recdsl recurrent forward"} == {"dplr_recurrent"}
+        assert {r["forward"] for r in rows if r["contestant"] == "recdsl"} == {"chunk"}
+    assert all(r["ms"] > 0 and r["B"] == 2 and r["T"] == T for r in rows)
 
 
 def test_dplr_runs_at_issue_4s_shapes():

@@ -276,6 +276,15 @@ def test_delta_chunk_against_reference(name, params, dtype, tol):
     against_reference(spec, dtype, tol)
 
 
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.float32, 1e-4)])
+def test_delta_chunk_wide_keys_fit_on_device(name, dtype, tol):
+    """K = V = 128 in fp16 and fp32: the state passes' stage count shrinks with the state's element
+    size (three fp32 stages of [64, 128] tiles asked 311 KB of shared memory and failed to launch)."""
+    spec = recdsl.load(example(name), H=2, K=128, V=128)
+    against_reference(spec, dtype, tol, T=200)
+
+
 def test_delta_chunk_matches_fla():
     """chunk_delta_rule and the ungated chunk_gated_delta_product forward and backward,
     chunk_gated_delta_rule forward (fla refuses its backward on Hopper with Triton 3.6)."""

@@ -1,6 +1,10 @@
 """Diagonal plus low rank (RWKV-7; backends/triton/dplr.py) under the Triton interpreter: the fused
 recurrent forward and backward against the fp64 reference, varlen, state passing, fp16, the variants of
-the diagonal term, the planner's routing, a layer's gradients, the sm_90 build."""
+the diagonal term, the planner's routing, a layer's gradients, the sm_90 build; the chunkwise forward
+against the recurrent one."""
+import contextlib
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -20,6 +24,20 @@ def rel(a, b):
     """Relative RMSE; 0 where both are exactly zero (dw at T = 1 from a zero state)."""
     err, ref = (a.double() - b.double()).norm().item(), b.double().norm().item()
     return err / ref if ref else err
+
+
+@contextlib.contextmanager
+def forward(mode):
+    """RECDSL_DPLR_FORWARD=mode inside the block (hypothesis tests cannot take monkeypatch)."""
+    old = os.environ.get("RECDSL_DPLR_FORWARD")
+    os.environ["RECDSL_DPLR_FORWARD"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["RECDSL_DPLR_FORWARD"]
+        else:
+            os.environ["RECDSL_DPLR_FORWARD"] = old
 
 
 def check(spec, B, T, cu=None, seed=0, h0=True, dtype=torch.float32, tol=1e-5, grad=True):
@@ -52,8 +70,11 @@ def check(spec, B, T, cu=None, seed=0, h0=True, dtype=torch.float32, tol=1e-5, g
 @given(B=st.integers(1, 2), T=st.sampled_from([1, 2, 17, 63, 64, 65, 130]), H=st.integers(1, 2),
        K=st.integers(1, 32), V=st.integers(1, 32), h0=st.booleans(), seed=st.integers(0, 99))
 def test_forward_and_backward_match_reference(B, T, H, K, V, h0, seed):
+    """The fused recurrent walk on any inputs (random ones expand the state: 1e5 after 130 tokens), so it
+    is pinned; the chunkwise forward's tests below take RWKV-7's contractive inputs."""
     spec = recdsl.load(RWKV7, H=H, K=K, V=V)
-    check(spec, B, T, seed=seed, h0=h0)
+    with forward("recurrent"):
+        check(spec, B, T, seed=seed, h0=h0)
 
 
 def test_varlen_with_an_empty_sequence():
@@ -194,6 +215,30 @@ def test_chunked_forward_varlen_identity_and_strong_decays(monkeypatch):
     both_forwards(monkeypatch, *args[:6], args[6][:1].expand(4, -1, -1, -1).contiguous(), cu=cu)
     both_forwards(monkeypatch, *rwkv7_inputs(1, 90, 2, 16, 8, seed=4), decay="none", h0=False)
     both_forwards(monkeypatch, *rwkv7_inputs(1, 100, 2, 16, 8, seed=5, w_lo=-14.0, w_hi=-6.0))
+    # strong decays in the middle chunk only: the intra kernel's second launch redoes just that chunk
+    r, w, k, v, a, b, s0 = rwkv7_inputs(1, 150, 2, 16, 8, seed=7)
+    w[:, 64:128] = -6.0 - 8.0 * torch.rand(1, 64, 2, 16, generator=torch.Generator().manual_seed(8))
+    both_forwards(monkeypatch, r, w, k, v, a, b, s0)
+
+
+def test_forward_choice(monkeypatch):
+    """Calls longer than one chunk take the chunkwise forward unless RECDSL_DPLR_FORWARD=recurrent; the plan
+    says which; a misspelt choice is an error, not a silent default."""
+    from recdsl.backends.triton.dplr import chunked_forward
+    monkeypatch.delenv("RECDSL_DPLR_FORWARD", raising=False)
+    assert chunked_forward("exp", 64, 65) and not chunked_forward("exp", 64, 64)
+    assert not chunked_forward("plain", 64, 4096) and not chunked_forward("exp", 256, 4096)
+    spec = recdsl.load(RWKV7, H=2, K=16, V=8)
+    assert "forward: chunkwise" in spec.plan("triton", tokens=4096).text()
+    assert "forward: one fused recurrent launch (32 tokens" in spec.plan("triton", tokens=32).text()
+    monkeypatch.setenv("RECDSL_DPLR_FORWARD", "recurrent")
+    assert not chunked_forward("exp", 64, 4096)
+    assert "forward: one fused recurrent launch" in spec.plan("triton", tokens=4096).text()
+    monkeypatch.setenv("RECDSL_DPLR_FORWARD", "chunk")
+    assert chunked_forward("exp", 64, 1)
+    monkeypatch.setenv("RECDSL_DPLR_FORWARD", "chunked")
+    with pytest.raises(ValueError, match="RECDSL_DPLR_FORWARD must be 'chunk' or 'recurrent'"):
+        chunked_forward("exp", 64, 4096)
 
 
 def test_chunked_forward_through_the_spec(monkeypatch):
@@ -210,8 +255,9 @@ def test_chunked_forward_through_the_spec(monkeypatch):
 
 @pytest.mark.parametrize("data,K", [("bf16", 64), ("fp32", 128)])
 def test_chunked_forward_builds_for_sm90(data, K):
-    """The chunkwise forward's three kernels build to sm_90 cubins within its shared memory."""
+    """The chunkwise forward's kernels build to sm_90 cubins within its shared memory."""
     from conftest import compile_sm90
     res = compile_sm90("recdsl.backends.triton.dplr_chunk", "aot_jobs", K=K, V=K, data=data, with_shared=True)
-    assert sorted(n for n, *_ in res) == ["dplr_chunk_intra", "dplr_chunk_out", "dplr_chunk_state"]
+    assert sorted(n for n, *_ in res) == ["dplr_chunk_intra", "dplr_chunk_intra_strong", "dplr_chunk_out",
+                                          "dplr_chunk_state"]
     assert all(size > 0 and shared <= 232448 for n, size, secs, shared in res), res

@@ -184,11 +184,14 @@ def _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, s: tl.constexpr, MODE: tl.con
 
 @triton.jit
 def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, EXCL: tl.constexpr):
+           BK: tl.constexpr, LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, EXCL: tl.constexpr,
+           LEVELS: tl.constexpr = True):
     """Intra-chunk part for one key block: all pairs j <= i with the exact per-key decay
     exp(G_i - G_j), never forming a factor above exp(SAFE_LOG). See _piece for MODE. EXCL: the pairs
     j < i with exp(G_(i-1) - G_j) instead (a query that reads the state before row i's own decay, as the
-    rank-one read of a diagonal-plus-low-rank transition does)."""
+    rank-one read of a diagonal-plus-low-rank transition does). LEVELS=False leaves out the strong-decay
+    split (its code costs registers even where it never runs): the caller then handles chunks whose
+    log range exceeds 2 * SAFE_LOG (see _strong), whose A this leaves unchanged."""
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
@@ -205,9 +208,15 @@ def _intra(qP, kP, b_g, b_G, b_Gl, A, dA, dq, dk, MODE: tl.constexpr, BT: tl.con
                                MODE, DT, PREC)
     # Strong decay: split the pairs level by level (block size 2s, s = BT/2, BT/4, ..., 1).
     gmax = tl.max(tl.max(-b_g, axis=1), axis=0)   # the largest single-step log decay
-    for lv in tl.static_range(LOG2BT):
+    for lv in tl.static_range(LOG2BT if LEVELS else 0):
         A, dq, dk, done = _level(qP, kP, b_g, A, dA, dq, dk, done, gmax, BT >> (lv + 1), MODE, BT, BK, DT, PREC,
                                  EXCL)
     return A, dq, dk
+
+
+@triton.jit
+def _strong(b_Gl):
+    """Whether a key block's chunk needs _intra's strong-decay split (log range above 2 * SAFE_LOG)."""
+    return tl.max(-b_Gl, axis=0) > 2.0 * SAFE_LOG
 #endif
 '''
