@@ -394,10 +394,15 @@ def plot(rows: list[dict], path: str) -> None:
                 color=["#d62728" if r["contestant"] == "recdsl" else "#7f7f7f" for r in rs])
         for i, r in enumerate(rs):
             ax.text(r["ms"], i, f" {r['ms']:.3f}", va="center", fontsize=8)
-        shape = ", ".join(f"{k}={rs[0][k]}" for k in ("B", "T", "H", "D", "width", "n_h", "gated") if k in rs[0])
+        shape = ", ".join(f"{k}={rs[0][k]}" for k in ("B", "T", "H", "D", "K", "width", "n_h", "gated") if k in rs[0])
         ax.set_title(f"{case} {mode}\n{shape}", fontsize=8)
-        ax.set_xlabel("ms (median, lower is better)")
-    fig.suptitle(f"{environment()['gpu']}", fontsize=9)
+        ms = [r["ms"] for r in rs]
+        log = max(ms) > 30 * min(ms)   # a PyTorch loop beside the kernels would flatten every other bar
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("ms (median, lower is better" + (", log scale)" if log else ")"))
+    # the GPU the rows were measured on (a plot redrawn from a results file elsewhere keeps it)
+    fig.suptitle(next((r["gpu"] for r in rows if "gpu" in r), environment()["gpu"]), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
