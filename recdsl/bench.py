@@ -228,8 +228,8 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
             add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
                 note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
         else:   # autograd through T steps takes 50-100x the forward loop (67 s for rwkv7 at 4x4096x16x128)
-            print(json.dumps({"case": spec.name, "contestant": "reference (PyTorch loop)", "mode": "fwd+bwd",
-                              "skipped": f"its forward took {loop_ms:.0f} ms"}), flush=True)
+            rows.append({"case": spec.name, "contestant": "reference (PyTorch loop)", "mode": "fwd+bwd",
+                         "skipped": f"its forward took {loop_ms:.0f} ms", **shape})
     if with_fla and spec.name == "rwkv7":
         rows += _fla_rwkv7(spec, args, add)
     return rows

@@ -28,7 +28,9 @@ class Plan:
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
-        if self.backend == "triton" and self.algorithm.endswith("recurrent"):
+        if self.backend == "triton" and self.algorithm.endswith("recurrent") and self.block_t > 1:
+            head += f", a chunkwise forward (BT={self.block_t}), one recurrent launch for the backward"
+        elif self.backend == "triton" and self.algorithm.endswith("recurrent"):
             head += ", one launch over the tokens"
         elif self.backend == "triton" and self.algorithm == "fixed_point_scan":
             head += ", one scan launch per iteration"
@@ -299,20 +301,24 @@ def _dplr_plan(spec, tokens: int | None) -> Plan:
     p = spec.memo["dplr_pattern"]
     diag = {"none": "I", "plain": "diag(d)", "exp": "diag(exp(w))"}[p.decay]
     K = spec.ir.state[1][0]
+    chunk_t = 1   # tokens per block of the forward: 1 for the recurrent walk
     if not chunk_fits(p.decay, K):
         why = "a decay given directly (it may be negative)" if p.decay == "plain" else f"K = {K} > 128"
         forward = f"forward: one fused recurrent launch (the chunkwise forward takes log decays and K <= 128; {why})"
     elif tokens is not None and not chunked_forward(p.decay, K, tokens):
-        forward = f"forward: one fused recurrent launch ({tokens} tokens, or {DPLR_FORWARD_ENV}=recurrent)"
+        why = (f"{DPLR_FORWARD_ENV}=recurrent" if os.environ.get(DPLR_FORWARD_ENV) == "recurrent"
+               else f"{tokens} tokens, at most one chunk")
+        forward = f"forward: one fused recurrent launch ({why})"
     else:
+        chunk_t = CHECKPOINT_T
         forward = (f"forward: chunkwise for calls longer than {CHECKPOINT_T} tokens (dplr_chunk.py): per chunk "
                    "the rank-one reads solved through T = (I - Mab)^-1, the state passed chunk to chunk; "
                    f"{DPLR_FORWARD_ENV}=recurrent keeps the fused walk")
-    return Plan("triton", "dplr_recurrent", 1, 0, 4, True, (
+    return Plan("triton", "dplr_recurrent", chunk_t, 0, 4, True, (
         f"diagonal plus low rank, S_t = ({diag} + b a^T) S_(t-1) + k v^T",
         forward,
-        "the recurrent walk: each program a [K, BV] block of the state in fp32 registers (the value columns "
-        "evolve independently)",
+        "the recurrent walk (short calls, and the backward in reverse): each program a [K, BV] block of the "
+        "state in fp32 registers (the value columns evolve independently)",
         f"either forward stores the state every {CHECKPOINT_T} tokens when a backward is recorded; the backward "
         "recomputes each segment from its checkpoint and walks it in reverse",
         "gradients over the key axis (dr, dk, da, db, dw) are summed over value blocks",

@@ -230,7 +230,8 @@ def test_forward_choice(monkeypatch):
     assert not chunked_forward("plain", 64, 4096) and not chunked_forward("exp", 256, 4096)
     spec = recdsl.load(RWKV7, H=2, K=16, V=8)
     assert "forward: chunkwise" in spec.plan("triton", tokens=4096).text()
-    assert "forward: one fused recurrent launch (32 tokens" in spec.plan("triton", tokens=32).text()
+    assert "a chunkwise forward (BT=64)" in spec.plan("triton", tokens=4096).text().splitlines()[0]
+    assert "forward: one fused recurrent launch (32 tokens, at most one chunk" in spec.plan("triton", tokens=32).text()
     monkeypatch.setenv("RECDSL_DPLR_FORWARD", "recurrent")
     assert not chunked_forward("exp", 64, 4096)
     assert "forward: one fused recurrent launch" in spec.plan("triton", tokens=4096).text()
