@@ -50,23 +50,14 @@ def signed_calls(B, T, H, D):
 def rwkv7_calls(B, T, H, D):
     """RWKV-7 through the spec, both forwards (the fused recurrent walk, the chunkwise one), and
     chunk_rwkv7 on the same tensors."""
-    import os
     import recdsl
     from recdsl.backends.triton.dplr import DPLR_FORWARD_ENV
-    from recdsl.bench import dplr_args
+    from recdsl.bench import _with_env, dplr_args
     spec = recdsl.load(str(ROOT / "examples" / "rwkv7.rec"), H=H, K=D, V=D)
     args = dplr_args(spec, B, T, "cuda", torch.bfloat16)
     ins = list(args.values())
-
-    def forward(mode):
-        def call():
-            os.environ[DPLR_FORWARD_ENV] = mode
-            try:
-                return spec.op(**args, backend="triton")
-            finally:
-                del os.environ[DPLR_FORWARD_ENV]
-        return call
-    calls = {"recdsl recurrent": forward("recurrent"), "recdsl chunk": forward("chunk")}
+    call = lambda: spec.op(**args, backend="triton")
+    calls = {f"recdsl {mode}": _with_env(DPLR_FORWARD_ENV, mode, call) for mode in ("recurrent", "chunk")}
     try:
         from fla.ops.rwkv7 import chunk_rwkv7
         x = [args[n] for n in ("r", "w", "k", "v", "a", "b")]

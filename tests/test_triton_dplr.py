@@ -2,9 +2,6 @@
 recurrent forward and backward against the fp64 reference, varlen, state passing, fp16, the variants of
 the diagonal term, the planner's routing, a layer's gradients, the sm_90 build; the chunkwise forward
 against the recurrent one."""
-import contextlib
-import os
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -24,20 +21,6 @@ def rel(a, b):
     """Relative RMSE; 0 where both are exactly zero (dw at T = 1 from a zero state)."""
     err, ref = (a.double() - b.double()).norm().item(), b.double().norm().item()
     return err / ref if ref else err
-
-
-@contextlib.contextmanager
-def forward(mode):
-    """RECDSL_DPLR_FORWARD=mode inside the block (hypothesis tests cannot take monkeypatch)."""
-    old = os.environ.get("RECDSL_DPLR_FORWARD")
-    os.environ["RECDSL_DPLR_FORWARD"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["RECDSL_DPLR_FORWARD"]
-        else:
-            os.environ["RECDSL_DPLR_FORWARD"] = old
 
 
 def check(spec, B, T, cu=None, seed=0, h0=True, dtype=torch.float32, tol=1e-5, grad=True):
@@ -72,9 +55,9 @@ def check(spec, B, T, cu=None, seed=0, h0=True, dtype=torch.float32, tol=1e-5, g
 def test_forward_and_backward_match_reference(B, T, H, K, V, h0, seed):
     """The fused recurrent walk on any inputs (random ones expand the state: 1e5 after 130 tokens), so it
     is pinned; the chunkwise forward's tests below take RWKV-7's contractive inputs."""
+    from recdsl.bench import _with_env   # hypothesis tests cannot take monkeypatch
     spec = recdsl.load(RWKV7, H=H, K=K, V=V)
-    with forward("recurrent"):
-        check(spec, B, T, seed=seed, h0=h0)
+    _with_env("RECDSL_DPLR_FORWARD", "recurrent", lambda: check(spec, B, T, seed=seed, h0=h0))()
 
 
 def test_varlen_with_an_empty_sequence():
