@@ -63,6 +63,15 @@ def _load_keys(x, p_row, o_k, m_t, m_k, K: tl.constexpr):
 
 
 @triton.jit
+def _key_block(w, p_row, p_last, i_k, m_t, K: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr):
+    """Key block i_k of one chunk: its key offsets and mask, and the log decay's g, G, G_l there (_gate)."""
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    b_g, b_G, b_Gl = _gate(w, w, p_row, p_last, o_k, m_t, m_k, K, BT)
+    return o_k, m_k, b_g, b_G, b_Gl
+
+
+@triton.jit
 def dplr_chunk_intra(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, Strong, cu_seqlens, chunk_indices, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      BV: tl.constexpr, LOG2BT: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
@@ -75,8 +84,8 @@ def dplr_chunk_intra(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, Strong, 
     p_flag = Strong + i_bh * tl.num_programs(0) + i_t
     if STRONG:
         if tl.load(p_flag) != 0:
-            _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, chunk_indices, T, i_t, i_bh,
-                         H, K, V, BT, BK, BV, LOG2BT, IS_VARLEN, PREC, SOLVE_PREC, True)
+            _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, chunk_indices, T,
+                         i_t, i_bh, H, K, V, BT, BK, BV, LOG2BT, IS_VARLEN, PREC, SOLVE_PREC, True)
     else:
         strong = _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, chunk_indices, T,
                               i_t, i_bh, H, K, V, BT, BK, BV, LOG2BT, IS_VARLEN, PREC, SOLVE_PREC, False)
@@ -106,16 +115,16 @@ def _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, 
     A_rb = tl.zeros([BT, BT], dtype=tl.float32)
     A_rk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
+        o_k, m_k, b_g, b_G, b_Gl = _key_block(w, p_row, p_last, i_k, m_t, K, BK, BT)
         m_tk = m_t[:, None] & m_k[None, :]
-        b_g, b_G, b_Gl = _gate(w, w, p_row, p_last, o_k, m_t, m_k, K, BT)
         b_b = _load_keys(b, p_row, o_k, m_t, m_k, K)
         b_k = _load_keys(k, p_row, o_k, m_t, m_k, K)
         b_r = _load_keys(r, p_row, o_k, m_t, m_k, K)
         # IR matmul(r, S): the readout sees the writes j <= i
-        A_rb, _, _ = _intra(b_r, b_b, b_g, b_G, b_Gl, A_rb, A_rb, b_r, b_b, 0, BT, BK, LOG2BT, DT, PREC, False, LEVELS)
-        A_rk, _, _ = _intra(b_r, b_k, b_g, b_G, b_Gl, A_rk, A_rk, b_r, b_k, 0, BT, BK, LOG2BT, DT, PREC, False, LEVELS)
+        A_rb, _, _ = _intra(b_r, b_b, b_g, b_G, b_Gl, A_rb, A_rb, b_r, b_b, 0, BT, BK, LOG2BT, DT, PREC, False,
+                            LEVELS)
+        A_rk, _, _ = _intra(b_r, b_k, b_g, b_G, b_Gl, A_rk, A_rk, b_r, b_k, 0, BT, BK, LOG2BT, DT, PREC, False,
+                            LEVELS)
         # IR diag(exp(w)): the decays the state pass and the output apply
         b_f = tl.exp(b_Gl[None, :] - b_G)
         tl.store(Rq + p_row[:, None] * K + o_k[None, :], (b_r * tl.exp(b_G)).to(DT), mask=m_tk)
@@ -128,15 +137,15 @@ def _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, 
     A_ab = tl.zeros([BT, BT], dtype=tl.float32)
     A_ak = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_g, b_G, b_Gl = _gate(w, w, p_row, p_last, o_k, m_t, m_k, K, BT)
+        o_k, m_k, b_g, b_G, b_Gl = _key_block(w, p_row, p_last, i_k, m_t, K, BK, BT)
         b_a = _load_keys(a, p_row, o_k, m_t, m_k, K)
         b_b = _load_keys(b, p_row, o_k, m_t, m_k, K)
         b_k = _load_keys(k, p_row, o_k, m_t, m_k, K)
         # IR rank1(b, a): the read a_i^T S_(i-1) sees the writes j < i decayed to row i - 1
-        A_ab, _, _ = _intra(b_a, b_b, b_g, b_G, b_Gl, A_ab, A_ab, b_a, b_b, 0, BT, BK, LOG2BT, DT, PREC, True, LEVELS)
-        A_ak, _, _ = _intra(b_a, b_k, b_g, b_G, b_Gl, A_ak, A_ak, b_a, b_k, 0, BT, BK, LOG2BT, DT, PREC, True, LEVELS)
+        A_ab, _, _ = _intra(b_a, b_b, b_g, b_G, b_Gl, A_ab, A_ab, b_a, b_b, 0, BT, BK, LOG2BT, DT, PREC, True,
+                            LEVELS)
+        A_ak, _, _ = _intra(b_a, b_k, b_g, b_G, b_Gl, A_ak, A_ak, b_a, b_k, 0, BT, BK, LOG2BT, DT, PREC, True,
+                            LEVELS)
     # T = (I - A_ab)^-1 by doubling: (I + N)(I + N^2)(I + N^4)... with N strictly lower (N^BT = 0);
     # products at SOLVE_PREC (tf32 for 16-bit data: tf32x3 spilled and took 2.3x the kernel's time)
     b_P = A_ab
@@ -147,9 +156,7 @@ def _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, 
     b_Tk = tl.dot(b_T, A_ak, input_precision=SOLVE_PREC)
     # W = T (a exp(G_(i-1))): the rank-one reads' share of the chunk-start state
     for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_g, b_G, b_Gl = _gate(w, w, p_row, p_last, o_k, m_t, m_k, K, BT)
+        o_k, m_k, b_g, b_G, b_Gl = _key_block(w, p_row, p_last, i_k, m_t, K, BK, BT)
         b_x = _load_keys(a, p_row, o_k, m_t, m_k, K) * tl.exp(b_G - b_g)
         b_W = tl.dot(b_T, b_x, input_precision=SOLVE_PREC)
         tl.store(Wm + p_row[:, None] * K + o_k[None, :], b_W.to(DT), mask=m_t[:, None] & m_k[None, :])
