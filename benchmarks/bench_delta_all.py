@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default="4,4096,16,128;8,1024,8,64")
     ap.add_argument("--cases", default=None, help="a subset, e.g. deltaproduct (names of CASES)")
+    ap.add_argument("--n-h", default=None, help="DeltaProduct's n_h values to run, e.g. 3")
     a = ap.parse_args()
     from recdsl.bench import environment
     from recdsl.bench_delta import delta_case
@@ -32,6 +33,8 @@ def main() -> int:
         B, T, H, D = map(int, sh.split(","))
         for name, params, gated in CASES:
             if a.cases and name not in a.cases.split(","):
+                continue
+            if a.n_h and "n_h" in params and str(params["n_h"]) not in a.n_h.split(","):
                 continue
             try:
                 rows = delta_case(str(ROOT / "examples" / f"{name}.rec"), B, T, H, D, params, gated=gated)

@@ -284,7 +284,8 @@ def _delta_plan(spec, tokens: int | None) -> Plan:
 def _delta_chunk_plan(spec) -> Plan:
     p = spec.memo["delta_pattern"]
     steps = (f"the {p.n_h} reflections of a token run as {p.n_h} consecutive steps of a sequence {p.n_h}x as "
-             "long (the query on the last, the gate on the first)") if p.n_h > 1 else "one step per token"
+             "long, read in place from k, v, beta [B, T, H, n_h, ..] (the query on the last step, the gate on the "
+             "first; no output for the others)") if p.n_h > 1 else "one step per token"
     return Plan("triton", "delta_chunk", 64, 0, 4, True, (
         _delta_what(spec),
         "the chunkwise WY form with tl.dot: per chunk of 64 steps the strictly lower part of diag(beta) k k^T, "

@@ -16,6 +16,7 @@ import time
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from .ints import next_power_of_2
 
 SCAN_FLAGS = {
     "scan_fwd": dict(IS_VARLEN=False, USE_H0=True, STORE_HT=True, STORE_HC=True),
@@ -55,7 +56,7 @@ def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
     plan = _scan_plan(spec, None)   # the blocks and backward form a call at full width uses
     src = generate(spec.ir, spec.args, plan.scan_backward)
     mod = load_module(kernel_key(src), src)
-    blocks = dict(BT=plan.block_t, BD=plan.block_d, BN=triton.next_power_of_2(scan_geometry(spec)[2]))
+    blocks = dict(BT=plan.block_t, BD=plan.block_d, BN=next_power_of_2(scan_geometry(spec)[2]))
     out = []
     for name, flags in SCAN_FLAGS.items():
         constexprs = {**blocks, **flags}

@@ -10,9 +10,9 @@ import os
 from typing import Optional
 
 import torch
-import triton
 
 from .chunk import FP32_DOT_PRECISION, load
+from .ints import cdiv, next_power_of_2
 
 # --------------------------------------------------------------------------------------------------
 # Launch configuration: fixed tiles per head size (no autotuning).
@@ -24,7 +24,7 @@ CONFIG_OVERRIDES: dict = {k: tuple(v) for k, v in json.loads(os.environ.get("REC
 
 
 def _p2(x: int) -> int:
-    return max(16, triton.next_power_of_2(int(x)))
+    return max(16, next_power_of_2(int(x)))
 
 
 def configs(decay: str, K: int, V: int, BT: int) -> dict:
@@ -72,20 +72,21 @@ def _varlen_tables(cu_seqlens: torch.Tensor, BT: int):
 
 
 def chunk_cumulative_gate(mod, g: torch.Tensor, cu_seqlens, chunk_indices, NC: int, BH: int, BT: int,
-                          varlen: bool) -> torch.Tensor:
-    """A scalar log gate g [B,T,H] as its inclusive cumulative sum within each chunk (fp32), which the
-    scalar variants' kernels read in place of g (mod: a chunk.py module of a scalar variant)."""
+                          varlen: bool, NH: int = 1) -> torch.Tensor:
+    """A scalar log gate g [B,T,H] (or per step, [B,T,H,NH]) as its inclusive cumulative sum within each
+    chunk of steps (fp32), which the scalar variants' kernels read in place of g (mod: a chunk.py module
+    of a scalar variant; cu_seqlens in steps)."""
     G = torch.empty(g.shape, dtype=torch.float32, device=g.device)
     if G.numel():
-        mod.chunk_gate_cumsum[(NC, BH)](g, G, cu_seqlens, chunk_indices, g.shape[1], H=g.shape[2], BT=BT,
-                                        IS_VARLEN=varlen)
+        mod.chunk_gate_cumsum[(NC, BH)](g, G, cu_seqlens, chunk_indices, g.shape[1] * NH, H=g.shape[2], BT=BT,
+                                        IS_VARLEN=varlen, NH=NH)
     return G
 
 
 def _tables(cu_seqlens, B, T, H, BT):
     """(N sequences, chunk_offsets, chunk_indices, chunk states NS, chunks per grid row NC, grid rows BH)."""
     if cu_seqlens is None:
-        return B, None, None, B * triton.cdiv(T, BT), triton.cdiv(T, BT), B * H
+        return B, None, None, B * cdiv(T, BT), cdiv(T, BT), B * H
     chunk_offsets, chunk_indices, NS = _varlen_tables(cu_seqlens, BT)
     return cu_seqlens.numel() - 1, chunk_offsets, chunk_indices, NS, NS, H
 
@@ -118,13 +119,13 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     o = torch.empty_like(v)
     BK, BV, w, st = cfg["chunk_fwd_h"]
     if N > 0:
-        mod.chunk_fwd_h[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        mod.chunk_fwd_h[(cdiv(K, BK), cdiv(V, BV), N * H)](
             k, v, g, sign, h0, h, ht, cu_seqlens, chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=varlen, PREC=prec,
             num_warps=w, num_stages=st)
     BK, BV, w, st = cfg["chunk_fwd_o"]
     if NS > 0:
-        mod.chunk_fwd_o[(triton.cdiv(V, BV), NC, BH)](
+        mod.chunk_fwd_o[(cdiv(V, BV), NC, BH)](
             q, k, v, g, sign, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=BK,
             BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=w, num_stages=st)
     return o, ht, h, parity
@@ -138,7 +139,7 @@ def _(q, k, v, g, sign, scale, h0, output_final_state, cu_seqlens, BT, decay):
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    NS = B * triton.cdiv(T, BT) if cu_seqlens is None else torch.library.get_ctx().new_dynamic_size()
+    NS = B * cdiv(T, BT) if cu_seqlens is None else torch.library.get_ctx().new_dynamic_size()
     return (torch.empty_like(v), q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32),
             q.new_empty(NS, H, K, V, dtype=_precision(q.dtype)[0]),
             torch.empty_like(sign) if sign is not None else q.new_empty((0,), dtype=torch.int8))
@@ -167,17 +168,17 @@ def _chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     BK, BV, w, st = cfg["chunk_bwd_dh"]
     if N > 0:
-        mod.chunk_bwd_dh[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        mod.chunk_bwd_dh[(cdiv(K, BK), cdiv(V, BV), N * H)](
             q, g, sign, do, dht, dh, dh0 if h0 is not None else None, cu_seqlens, chunk_offsets, scale, T, H=H,
             K=K, V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None, IS_VARLEN=varlen,
             PREC=prec, num_warps=w, num_stages=st)
     BK, BV, w, st = cfg["chunk_bwd_dv"]
     if NS > 0:
-        mod.chunk_bwd_dv[(triton.cdiv(V, BV), NC, BH)](
+        mod.chunk_bwd_dv[(cdiv(V, BV), NC, BH)](
             q, k, g, sign, do, dh, dv, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT, BK=BK,
             BV=BV, LOG2BT=int(math.log2(BT)), IS_VARLEN=varlen, PREC=prec, num_warps=w, num_stages=st)
     BK, BV, w, st = cfg["chunk_bwd_dqkg"]
-    NK = triton.cdiv(K, BK)
+    NK = cdiv(K, BK)
     # a scalar decay's gradient is summed over the NK key blocks afterwards
     dg = (q.new_empty((0,)) if decay == "none" else
           torch.empty(g.shape, dtype=torch.float32, device=q.device) if decay == "perkey" else
@@ -350,6 +351,8 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
 
 
 def _aot_job(name, fn, const, data, state, options):
+    # constexpr parameters the caller leaves out take their defaults, as in a launch
+    const = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **const}
     sig = {}
     for a in fn.arg_names:
         if a in const:

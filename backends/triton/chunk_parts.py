@@ -50,9 +50,31 @@ def _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H: tl.constexpr, BT: 
 
 
 @triton.jit
-def _last_row(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """Row offset (into [.., H, ..] tensors) of chunk i_c's last real token."""
-    return (bos + tl.minimum(L, (i_c + 1) * BT) - 1) * H + i_h
+def _step_row(bos, o_t, i_h, H: tl.constexpr, NH: tl.constexpr = 1):
+    """Rows of steps bos + o_t (bos: a sequence's first step, a multiple of NH; o_t: int32 steps within it)
+    of head i_h in [.., H, NH, ..] tensors. A step is token (bos + o_t) // NH's reflection o_t % NH:
+    DeltaProduct's n_h = NH steps per token are read where the caller laid them out ([B, T, H, n_h, ..]),
+    with no interleaved copy. NH = 1: one step per token, rows of [.., H, ..]. The int64 part is one
+    scalar per sequence; the per-row part stays int32 (steps * H * NH < 2^31 per sequence)."""
+    return ((bos // NH) * H + i_h) * NH + (o_t // NH) * (H * NH) + o_t % NH
+
+
+@triton.jit
+def _query_rows(bos, o_t, i_h, m_t, H: tl.constexpr, NH: tl.constexpr = 1):
+    """Rows of steps bos + o_t's tokens in [.., H, ..] tensors (q, o, do, dq), and the mask of the steps
+    that carry a query: only a token's last step does (its output is the token's)."""
+    rows = ((bos // NH) * H + i_h) + (o_t // NH) * H
+    if NH == 1:
+        m = m_t
+    else:
+        m = m_t & (o_t % NH == NH - 1)
+    return rows, m
+
+
+@triton.jit
+def _last_row(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr, NH: tl.constexpr = 1):
+    """Row offset (into [.., H, NH, ..] tensors) of chunk i_c's last real step."""
+    return _step_row(bos, tl.minimum(L, (i_c + 1) * BT) - 1, i_h, H, NH)
 
 
 #if scalar

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
 from recdsl.ir import IR
 
 from .matrix import ir_values, match_readout, matrix_state_reason
 from .recurrent import SEQUENCE_COORDS, STATE_BLOCK, blocks
 from .template import load_source
+from .ints import cdiv, next_power_of_2
 
 CHECKPOINT_T = 64   # tokens per recomputed segment of the backward (one checkpoint each)
 # Which forward runs: "chunk" (dplr_chunk.py, log decays or none, K <= 128; its chunk-start states are
@@ -239,15 +239,15 @@ def load():
 def bwd_blocks(K: int, V: int) -> tuple[int, int, int]:
     """(BK, BV, num_warps) of the backward: it holds about four [BK, BV] tiles where the forward holds
     two, so its value blocks keep the tile at 2048 values or less."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(triton.next_power_of_2(V), 2048 // BK))
+    BK = max(16, next_power_of_2(K))
+    BV = max(16, min(next_power_of_2(V), 2048 // BK))
     return BK, BV, 4
 
 
 def _checkpoints(cu: Optional[torch.Tensor], B: int, T: int):
     """(chunk_offsets, number of checkpoints): the first checkpoint of each sequence, as chunk.py counts them."""
     if cu is None:
-        return None, B * triton.cdiv(T, CHECKPOINT_T)
+        return None, B * cdiv(T, CHECKPOINT_T)
     from .chunk_launch import _varlen_tables
     offsets, _, n = _varlen_tables(cu, CHECKPOINT_T)
     return offsets, n
@@ -286,7 +286,7 @@ def _forward(r, w, k, v, a, b, h0, scale, output_final_state, cu, decay, store_c
     offsets, NS = _checkpoints(cu, B, T) if store_ck else (None, 0)
     ck = k.new_empty((NS, H, K, V) if store_ck else (0,), dtype=torch.float32)
     if N > 0:
-        load().dplr_recurrent_fwd[(triton.cdiv(V, BV), N * H)](
+        load().dplr_recurrent_fwd[(cdiv(V, BV), N * H)](
             r, w, k, v, a, b, h0, o, ht, ck, cu, offsets, scale, T, H=H, K=K, V=V, BK=BK, BV=BV,
             BT=CHECKPOINT_T, DECAY=DECAY_CODES[decay], USE_H0=h0 is not None, STORE_HT=output_final_state,
             STORE_CK=store_ck, IS_VARLEN=cu is not None, num_warps=warps)
@@ -309,7 +309,7 @@ class DplrRecurrence(torch.autograd.Function):
         V = v.shape[-1]
         N = B if cu is None else cu.numel() - 1
         BK, BV, warps = bwd_blocks(K, V)
-        NV = triton.cdiv(V, BV)
+        NV = cdiv(V, BV)
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dht = None if dht is None or dht.numel() == 0 else dht.contiguous()
         parts = k.new_zeros((5, NV, B, T, H, K), dtype=torch.float32)   # dr, dw, dk, da, db per value block

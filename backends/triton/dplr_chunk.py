@@ -28,12 +28,12 @@ import math
 from typing import Optional
 
 import torch
-import triton
 
 from .chunk_launch import _precision, _tables
 from .chunk_parts import CHUNK_HELPERS, PERKEY_INTRA
 from .recurrent import SEQUENCE_COORDS, STATE_BLOCK
 from .template import load_variant
+from .ints import cdiv, next_power_of_2
 
 BT = 64          # tokens per chunk: dplr.py's checkpoint spacing
 BK_INTRA = 32    # key block of the intra-chunk products (several [BT, BK] split factors stay live)
@@ -256,18 +256,18 @@ def _blocks(K: int, V: int, state_bytes: int = 2) -> tuple[int, int, int]:
     """(BK of the state pass: every key, BV, its pipeline stages). Each stage buffers three [64, K] tiles
     (W, Bd, Kd) and [64, BV] ones; fp32 takes fewer stages to stay inside sm_90's 227 KB (a compile-tier
     test checks the builds)."""
-    BK = max(16, triton.next_power_of_2(K))
+    BK = max(16, next_power_of_2(K))
     stages = 3 if state_bytes == 2 and BK <= 128 else 2 if BK * state_bytes <= 512 else 1
     # [128, 64] bf16 value blocks took 0.30 ms against [128, 32] ones' 0.41 at (4, 4096, 16, 128) on an H200
     widest = 64 if state_bytes == 2 or BK <= 64 else 32
-    return BK, min(max(16, triton.next_power_of_2(V)), widest), stages
+    return BK, min(max(16, next_power_of_2(V)), widest), stages
 
 
 def _out_block(V: int, state_bytes: int = 2) -> int:
     """Value block of the output kernel: every value up to 128 for 16-bit states (one program per chunk
     reads Rq and the products once; [64, 32] blocks took twice the time at K = V = 128 on an H200), up to
     64 for fp32 ones (whose wider blocks spill)."""
-    return min(max(16, triton.next_power_of_2(V)), 128 if state_bytes == 2 else 64)
+    return min(max(16, next_power_of_2(V)), 128 if state_bytes == 2 else 64)
 
 
 def _solve_precision(prec: str) -> str:
@@ -305,13 +305,13 @@ def dplr_chunk_forward(r, w, k, v, a, b, h0: Optional[torch.Tensor], scale: floa
                                            SOLVE_PREC=_solve_precision(prec), STRONG=split,
                                            num_warps=STRONG_WARPS if split else INTRA_WARPS)
     if N > 0:
-        mod.dplr_chunk_state[(triton.cdiv(V, BV), N * H)](
+        mod.dplr_chunk_state[(cdiv(V, BV), N * H)](
             v, Bd, Kd, Dl, Wm, U, h0, ck, ht, E, cu, chunk_offsets, T, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BV,
             USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=varlen, PREC=prec, num_warps=4,
             num_stages=stages)
     if NS > 0:
         BVo = _out_block(V, cdt.itemsize)
-        mod.dplr_chunk_out[(triton.cdiv(V, BVo), NC, BH)](
+        mod.dplr_chunk_out[(cdiv(V, BVo), NC, BH)](
             Rq, v, ck, E, Arb, Ark, o, cu, chunk_indices, scale, T, H=H, K=K, V=V, BT=BT,
             BK=min(BK_INTRA, BKs), BV=BVo, IS_VARLEN=varlen, PREC=prec, num_warps=4)
     return o, ht, ck

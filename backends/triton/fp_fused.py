@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
 from recdsl.ir import IR
 
 from .recurrent import SEQUENCE_COORDS
 from .template import load_source
+from .ints import cdiv, next_power_of_2
 
 REFLECTION_FUNCTIONS = '''@triton.jit
 def _dots(u, p, o_d, m_td, o_r, v, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
@@ -257,9 +257,9 @@ def blocks(D: int, N: int) -> tuple[int, int, int]:
     """(BT, BD, num_warps): the widest channel block (at most 32, whole rows when D is that narrow) that
     still gives at least 256 programs, so that the sequential walk over the tokens runs on every SM.
     RECDSL_FP_BLOCKS="BT,BD,warps" overrides it for a sweep."""
-    DP = triton.next_power_of_2(max(D, 1))
+    DP = next_power_of_2(max(D, 1))
     BD = min(DP, 32)
-    while BD > 8 and N * triton.cdiv(D, BD) < 256:
+    while BD > 8 and N * cdiv(D, BD) < 256:
         BD //= 2
     BT, warps = 128, 4
     text = os.environ.get("RECDSL_FP_BLOCKS")
@@ -351,7 +351,7 @@ class FusedIteration:
         R, RP = self.u.shape[1], _padded(self.u.shape[1])
         N = self.B if self.cu is None else self.cu.numel() - 1
         BT, BD, warps = blocks(D, N)
-        NBD = triton.cdiv(D, BD)
+        NBD = cdiv(D, BD)
         full_rows = NBD == 1
         hp = prev.reshape(NTOK, D)
         dots_in = self.dots(prev) if dots is None else dots
@@ -374,9 +374,9 @@ class FusedIteration:
             # iteration serialised NBD dependent loads per block of tokens (0.8 ms an iteration at B = 8,
             # D = 512 on an H100); the residual's row maxima likewise
             dots = hp.new_empty(NTOK, RP)
-            NBDP = triton.next_power_of_2(NBD)
+            NBDP = next_power_of_2(NBD)
             BTF = max(16, 4096 // NBDP)
-            module.fp_fused_finish[(triton.cdiv(NTOK, BTF),)](
+            module.fp_fused_finish[(cdiv(NTOK, BTF),)](
                 dots_part, dots, dmax, hmax, res, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP, BT=BTF)
         if self.cu is not None:   # packed sequences are one batch row to the solve
             res = res.amax().reshape(1) if N else res.new_zeros(1)
@@ -406,7 +406,7 @@ def per_call() -> int:
 
 
 def _padded(r: int) -> int:
-    return max(2, triton.next_power_of_2(r))
+    return max(2, next_power_of_2(r))
 
 
 def aot_jobs_for(spec, varlen: bool = False):
@@ -422,7 +422,7 @@ def aot_jobs_for(spec, varlen: bool = False):
     for N in (1024, 8):
         BT, BD, warps = blocks(D, N)
         const = dict(D=D, R=pattern.r, RP=_padded(pattern.r), BT=BT, BD=BD,
-                     FULL_ROWS=triton.cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
+                     FULL_ROWS=cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
         name, fn_, sig, const_, attrs, opts = _aot_job(f"fp_fused_iter BD={BD}", fn, const, "fp32", "fp32",
                                                        dict(num_warps=warps))
         # sizes and the step size are scalars (the naming convention of _aot_job knows only T)

@@ -16,10 +16,10 @@ the planner takes it for calls of at least 132 sequences (RECDSL_FIXED_POINT=one
 from __future__ import annotations
 
 import torch
-import triton
 
 from .fp_fused import PRELUDE
 from .template import load_source
+from .ints import next_power_of_2
 
 MAX_WIDTH = 512          # the widest state run this way (D rounded up to a power of two)
 MAX_PER_LAUNCH = 32      # iterations per launch (the carries' tile is [32, D])
@@ -89,7 +89,7 @@ def fp_iterations(x, g, a, u, w, hp0, h, res, h0, ht, cu_seqlens, T, K, delta, D
 
 def fits(D: int) -> str | None:
     """None when a state of width D runs this way, else why not."""
-    DP = triton.next_power_of_2(max(D, 1))
+    DP = next_power_of_2(max(D, 1))
     return None if DP <= MAX_WIDTH else f"the state's width {D} is over {MAX_WIDTH} (one carry per iteration on chip)"
 
 
@@ -102,7 +102,7 @@ def generate(pattern) -> str:
 
 def _blocks(D: int) -> tuple[int, int, int]:
     """(DP, BT, num_warps): about 2048 values per [BT, DP] tile."""
-    DP = triton.next_power_of_2(max(D, 1))
+    DP = next_power_of_2(max(D, 1))
     return DP, max(2, 2048 // DP), 4 if DP <= 128 else 8
 
 
@@ -113,7 +113,7 @@ def launch_iterations(it, prev: torch.Tensor, delta: float, K: int, store_ht: bo
     R = it.u.shape[1]
     N = it.B if it.cu is None else it.cu.numel() - 1
     DP, BT, warps = _blocks(D)
-    KP = triton.next_power_of_2(max(K, 2))
+    KP = next_power_of_2(max(K, 2))
     assert fits(D) is None and 1 <= K <= MAX_PER_LAUNCH, (D, K)
     hp = prev.reshape(NTOK, D)
     h = torch.empty_like(hp)
@@ -122,7 +122,7 @@ def launch_iterations(it, prev: torch.Tensor, delta: float, K: int, store_ht: bo
     if N > 0:
         load_source(generate(it.pattern)).fp_iterations[(N,)](
             it.x, it.g, it.a, it.u, it.w, hp, h, res, it.h0, ht, it.cu, it.T, K, float(delta), D=D, R=R,
-            RP=max(2, triton.next_power_of_2(R)), DP=DP, KP=KP, BT=BT, USE_H0=it.h0 is not None,
+            RP=max(2, next_power_of_2(R)), DP=DP, KP=KP, BT=BT, USE_H0=it.h0 is not None,
             STORE_HT=store_ht, IS_VARLEN=it.cu is not None, num_warps=warps)
     res = res[:, :K].t()
     if it.cu is not None:   # packed sequences are one batch row to the solve
@@ -153,7 +153,7 @@ def aot_jobs(D: int = 512, r: int = 2, varlen: bool = False):
     pattern = match(recdsl.load(path, D=D, r=r).ir)
     fn = load_source(generate(pattern)).fp_iterations
     DP, BT, warps = _blocks(D)
-    const = dict(D=D, R=r, RP=max(2, triton.next_power_of_2(r)), DP=DP, KP=MAX_PER_LAUNCH, BT=BT, USE_H0=True,
+    const = dict(D=D, R=r, RP=max(2, next_power_of_2(r)), DP=DP, KP=MAX_PER_LAUNCH, BT=BT, USE_H0=True,
                  STORE_HT=True, IS_VARLEN=varlen)
     name, fn_, sig, const_, attrs, opts = _aot_job(f"fp_iterations DP={DP}", fn, const, "fp32", "fp32",
                                                    dict(num_warps=warps))

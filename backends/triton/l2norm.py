@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from .ints import cdiv, next_power_of_2
 
 EPS = 1e-12   # torch.nn.functional.normalize's default, as the reference uses
 
@@ -43,9 +44,9 @@ def l2norm_bwd(x, r, dy, dx, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.conste
 
 
 def _grid(R: int, D: int):
-    BD = max(16, triton.next_power_of_2(D))
+    BD = max(16, next_power_of_2(D))
     BR = max(1, min(64, 4096 // BD))
-    return BR, BD, (triton.cdiv(R, BR),)
+    return BR, BD, (cdiv(R, BR),)
 
 
 class L2Norm(torch.autograd.Function):

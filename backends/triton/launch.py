@@ -14,6 +14,7 @@ import recdsl
 
 from .cache import load_module
 from .scan import generate
+from .ints import cdiv, next_power_of_2
 
 _OPS: dict[str, object] = {}     # kernel key -> registered custom op (one registration per process)
 
@@ -58,14 +59,14 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
     name = f"recdsl::{spec_name}_scan_{key}"
     n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
     H, D, N = geometry
-    BN = triton.next_power_of_2(N)
+    BN = next_power_of_2(N)
     state_size = H * D * N
 
     def chunk_offsets_of(cu, B, T):
         """Each sequence's first chunk (an empty sequence has one, so every sequence has a tile to pass
         its state through), the total, and each chunk's sequence (for the look-back's tiles)."""
         if cu is None:
-            return None, B * triton.cdiv(T, BT), None
+            return None, B * cdiv(T, BT), None
         nck = ((cu[1:] - cu[:-1] + BT - 1) // BT).clamp_min(1)
         co = torch.cat([nck.new_zeros(1), nck.cumsum(0)]).to(torch.int32)
         n_chunks = int(co[-1])
@@ -80,7 +81,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         # and the published aggregates and carries
         flags_ws = torch.zeros(n_chunks * state_size + 1, dtype=torch.int32, device=device)
         chain = torch.empty(3, n_chunks * state_size, dtype=torch.float32, device=flags_ws.device)
-        getattr(mod, kernel + "_tiles")[(n_chunks * H * triton.cdiv(D, BD),)](
+        getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
             *args, seq, flags_ws, chain[0], chain[1], chain[2], n_chunks, **flags, num_warps=warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
@@ -95,7 +96,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         out = ins[0].new_empty((B, T) + out_tail)
         ht = torch.empty(Ns if output_final_state else 0, state_size, dtype=torch.float32, device=out.device)
         hc = torch.empty(max(n_chunks, 1), state_size, dtype=torch.float32, device=out.device)
-        launch("scan_fwd", (triton.cdiv(D, BD), Ns * H), n_chunks, (*ins, *ws, *options, h0, out, ht, hc, cu, co),
+        launch("scan_fwd", (cdiv(D, BD), Ns * H), n_chunks, (*ins, *ws, *options, h0, out, ht, hc, cu, co),
                seq, out.device, T=T, NTOK=B * T, H=H, D=D, N=N, BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None,
                USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True)
         return out, ht, hc
@@ -106,7 +107,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
     def _(ins, ws, options, h0, cu, output_final_state):
         B, T = ins[0].shape[:2]
         Ns = B if cu is None else cu.shape[0] - 1
-        n_chunks = torch.library.get_ctx().new_dynamic_size() if cu is not None else B * triton.cdiv(T, BT)
+        n_chunks = torch.library.get_ctx().new_dynamic_size() if cu is not None else B * cdiv(T, BT)
         return (ins[0].new_empty((B, T) + out_tail),
                 ins[0].new_empty(Ns if output_final_state else 0, state_size, dtype=torch.float32),
                 ins[0].new_empty(n_chunks, state_size, dtype=torch.float32))
@@ -120,7 +121,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         B, T = ins[0].shape[:2]
         Ns = B if cu is None else cu.numel() - 1
         co, n_chunks, seq = chunk_offsets_of(cu, B, T)
-        n_blocks = triton.cdiv(D, BD)
+        n_blocks = cdiv(D, BD)
         rows = Ns if schedule == "walk" else n_chunks   # weight gradients: per sequence, or per tile
         # inputs along D get their gradient directly; inputs along N one partial sum per D block
         d_ins = [x.new_empty(x.shape) if "D" in mod.KINDS.get(n, ()) else

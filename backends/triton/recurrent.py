@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from .template import load_variant, render
+from .ints import cdiv, next_power_of_2
 
 RECURRENT_MAX_T = 64
 
@@ -102,8 +102,8 @@ def load(decay: str, signed: bool):
 def blocks(K: int, V: int) -> tuple[int, int, int]:
     """(BK, BV, num_warps): all of K per program, value blocks keeping the fp32 state block at 4096
     values or less."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(triton.next_power_of_2(V), 4096 // BK))
+    BK = max(16, next_power_of_2(K))
+    BV = max(16, min(next_power_of_2(V), 4096 // BK))
     return BK, BV, 4 if BK * BV <= 4096 else 8
 
 
@@ -120,7 +120,7 @@ def recurrent_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opti
     o = torch.empty_like(v)
     ht = q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     if N > 0:
-        mod.recurrent_fwd[(triton.cdiv(V, BV), N * H)](
+        mod.recurrent_fwd[(cdiv(V, BV), N * H)](
             q, k, v, g, sign, h0, o, ht, cu_seqlens, scale, T, H=H, K=K, V=V, BK=BK, BV=BV,
             USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=cu_seqlens is not None,
             num_warps=warps)

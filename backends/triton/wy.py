@@ -1,7 +1,7 @@
 """The WY (UT) form of the delta rule, one chunk at a time: the kernels around chunk.py's state passes.
 
 Per head, S in R^{K x V}, a scalar log gate g (or none) and one generalized Householder step per token
-(several per token are interleaved into a longer sequence by delta_chunk.py):
+(DeltaProduct's n_h per token are a sequence of T * n_h steps, read in place: chunk_parts._step_row):
 
     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,      o_t = scale * S_t^T q_t.
 
@@ -47,10 +47,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _rows(i_c, c: tl.constexpr, bos, L, i_h, H: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """Row offsets (into [.., H, ..] tensors) and mask of sub-block c (BC rows) of chunk i_c."""
+def _rows(i_c, c: tl.constexpr, bos, L, i_h, H: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+          NH: tl.constexpr):
+    """Row offsets (into [.., H, NH, ..] tensors) and mask of sub-block c (BC steps) of chunk i_c."""
     o_t = i_c * BT + c * BC + tl.arange(0, BC)
-    return (bos + o_t) * H + i_h, o_t < L
+    return _step_row(bos, o_t, i_h, H, NH), o_t < L
 
 
 @triton.jit
@@ -104,7 +105,7 @@ def _lower_times(b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32, 
 @triton.jit
 def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
                     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                    IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+                    IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1):
     """Program (chunk * 4 + sub-block, batch*head): the diagonal block (I + A_cc)^-1 of T for one sub-block
     of BC = BT / 4 rows, written into Tm. A launch of its own, with one warp per program: the forward
     substitution is a chain of small dependent steps, and many light programs hide its latency."""
@@ -115,12 +116,12 @@ def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
     rc = tl.arange(0, BC)
     o_t = i_c * BT + c * BC + rc
     m_t = o_t < L
-    p = (bos + o_t) * H + i_h
+    p = _step_row(bos, o_t, i_h, H, NH)
     o_k = tl.arange(0, BK)
     b_k = tl.load(k + p[:, None] * K + o_k[None, :], mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)
     b_b = tl.load(beta + p, mask=m_t, other=0.0).to(tl.float32)
 #if scalar
-    b_G, _ = _chunk_cumulative(g, p, _last_row(bos, L, i_c, i_h, H, BT), m_t)   # g holds G (chunk_gate_cumsum)
+    b_G, _ = _chunk_cumulative(g, p, _last_row(bos, L, i_c, i_h, H, BT, NH), m_t)   # g holds G (chunk_gate_cumsum)
 #else
     b_G = tl.zeros([BC], dtype=tl.float32)
 #endif
@@ -132,7 +133,7 @@ def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
 @triton.jit
 def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+           BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1):
     """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,K],
     v [B,T,H,V], beta and G [B,T,H] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum).
     Holds every key (BK >= K). The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal
@@ -145,10 +146,10 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     rc = tl.arange(0, BC)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    p0, m0 = _rows(i_c, 0, bos, L, i_h, H, BT, BC)
-    p1, m1 = _rows(i_c, 1, bos, L, i_h, H, BT, BC)
-    p2, m2 = _rows(i_c, 2, bos, L, i_h, H, BT, BC)
-    p3, m3 = _rows(i_c, 3, bos, L, i_h, H, BT, BC)
+    p0, m0 = _rows(i_c, 0, bos, L, i_h, H, BT, BC, NH)
+    p1, m1 = _rows(i_c, 1, bos, L, i_h, H, BT, BC, NH)
+    p2, m2 = _rows(i_c, 2, bos, L, i_h, H, BT, BC, NH)
+    p3, m3 = _rows(i_c, 3, bos, L, i_h, H, BT, BC, NH)
     b_k0 = tl.load(k + p0[:, None] * K + o_k[None, :], mask=m0[:, None] & m_k[None, :], other=0.0)
     b_k1 = tl.load(k + p1[:, None] * K + o_k[None, :], mask=m1[:, None] & m_k[None, :], other=0.0)
     b_k2 = tl.load(k + p2[:, None] * K + o_k[None, :], mask=m2[:, None] & m_k[None, :], other=0.0)
@@ -159,7 +160,7 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     b_b3 = tl.load(beta + p3, mask=m3, other=0.0).to(tl.float32)
 #if scalar
     # within-chunk cumulative log gate G (g holds it: chunk_gate_cumsum), sub-block by sub-block
-    p_last = _last_row(bos, L, i_c, i_h, H, BT)
+    p_last = _last_row(bos, L, i_c, i_h, H, BT, NH)
     b_G0, _ = _chunk_cumulative(g, p0, p_last, m0)
     b_G1, _ = _chunk_cumulative(g, p1, p_last, m1)
     b_G2, _ = _chunk_cumulative(g, p2, p_last, m2)
@@ -241,7 +242,8 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
 @triton.jit
 def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, chunk_indices, T, dg_stride,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, NKP: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+           BV: tl.constexpr, NKP: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+           NH: tl.constexpr = 1):
     """Program (chunk, batch*head): from dv' (dvn, the full gradient of the new values) and the
     chunk-start state h, the gradients through w and u: dk (added to the attention share already in dk),
     dv, dbeta, and dg (fp32: the gate's share here plus the NKP per-key-block partials in dg_part)."""
@@ -253,7 +255,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     cj = rows[None, :]
     o_t = i_c * BT + rows
     m_t = o_t < L
-    p_row = (bos + o_t) * H + i_h
+    p_row = _step_row(bos, o_t, i_h, H, NH)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -282,7 +284,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     b_dw = -b_dw
     b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
 #if scalar
-    b_g, b_G, b_Gl = _gate(g, g, p_row, _last_row(bos, L, i_c, i_h, H, BT), rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, g, p_row, _last_row(bos, L, i_c, i_h, H, BT, NH), rows, m_t, m_t, K, BT)
     b_e = tl.exp(b_G)
     b_Gam = tl.exp(tl.where(ri > cj, b_G[:, None] - b_G[None, :], float("-inf")))
 #else
