@@ -133,7 +133,7 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
         b_d = b_d * b_Pl
 #endif
         # a row factor: on the [BT, BV] values rather than the [BT, K] keys, which then reach the
-        # product as loaded (0.19 -> 0.11 ms for the delta pass at (4, 4096, 16, 128) bf16 on an H200)
+        # product as loaded (the gated delta pass at (4, 4096, 16, 128) bf16 on an H200: 0.186 -> 0.147 ms)
         b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(DT)
         b_S = tl.dot(tl.trans(b_k.to(DT)), b_vw, b_S * b_d, input_precision=PREC)
 #endif

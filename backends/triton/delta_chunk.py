@@ -24,7 +24,7 @@ from .chunk_launch import _precision, _tables, chunk_cumulative_gate, configs
 from .wy import load as load_wy
 from .ints import cdiv, next_power_of_2
 
-BT = 64   # tokens per chunk (the chunk kernels' tiles assume 64)
+BT = 64   # steps per chunk (tokens when n_h = 1; the chunk kernels' tiles assume 64)
 
 
 def _blocks(K: int, V: int, state_bytes: int = 2) -> tuple[int, int, int, int, int, int]:
@@ -69,7 +69,6 @@ class _LaunchConfig:
     N: int                   # sequences
     chunk_offsets: Optional[torch.Tensor]
     chunk_indices: Optional[torch.Tensor]
-    NH: int                  # steps per token (DeltaProduct's n_h)
     TS: int                  # steps per sequence (T * NH)
     NS: int                  # chunk states
     NC: int                  # chunks per grid row
@@ -92,7 +91,7 @@ def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
     N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(None if cu_seqlens is None else cu_seqlens * NH,
                                                           B, T * NH, H, BT)
     return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT), cdt, prec,
-                         cu_seqlens is not None, N, chunk_offsets, chunk_indices, NH, T * NH, NS, NC, BH,
+                         cu_seqlens is not None, N, chunk_offsets, chunk_indices, T * NH, NS, NC, BH,
                          *_blocks(K, V, cdt.itemsize))
 
 
