@@ -211,10 +211,12 @@ def test_opcheck_and_torch_compile():
     assert rel(y, y_eager) < 1e-5
 
 
-def test_aot_compile_sm90():
-    """Every kernel of the gated variant builds to an sm_90 cubin (bf16, K = V = 128, varlen)."""
+@pytest.mark.parametrize("n_h", [1, 3])
+def test_aot_compile_sm90(n_h):
+    """Every kernel of the gated variant builds to an sm_90 cubin (bf16, K = V = 128, varlen), also with
+    DeltaProduct's steps read in place (n_h = 3: row addresses divide by a non-power of two)."""
     from conftest import compile_sm90
-    res = compile_sm90("recdsl.backends.triton.delta_chunk", "aot_jobs", "scalar", "bf16", varlen=True)
+    res = compile_sm90("recdsl.backends.triton.delta_chunk", "aot_jobs", "scalar", "bf16", varlen=True, n_h=n_h)
     assert sorted(n for n, size, secs in res) == sorted(["wy_diag_inverse", "wy_fwd", "wy_bwd", "chunk_fwd_h",
                                                           "chunk_bwd_dh",
                                                           "chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg",
@@ -225,7 +227,7 @@ def test_aot_compile_sm90():
 SM90_SHARED = 232448   # bytes of shared memory a block may use on sm_90
 
 
-@pytest.mark.parametrize("data,K", [("fp32", 128), ("fp32", 256), ("fp16", 256), ("bf16", 256)])
+@pytest.mark.parametrize("data,K", [("bf16", 128), ("fp32", 128), ("fp32", 256), ("fp16", 256), ("bf16", 256)])
 def test_state_passes_fit_shared_memory(data, K):
     """The sequential state passes buffer [64, K] tiles per pipeline stage; with fp32 states 3 stages
     exceeded sm_90's shared memory at K = 128 (an OutOfResources at the first call). Their builds at the
