@@ -240,6 +240,14 @@ def test_state_passes_fit_shared_memory(data, K):
         assert 0 < shared <= SM90_SHARED, (name, shared)
 
 
+def test_row_offsets_beyond_int32_refuse_clearly():
+    """Rows within a sequence are offset in int32 (steps * heads < 2^31): past that a clear error."""
+    from recdsl.backends.triton.chunk_launch import _tables
+    with pytest.raises(ValueError, match="int32"):
+        _tables(None, 1, 2 ** 27, 16, 64)          # DeltaProduct's steps count: T * n_h
+    assert _tables(None, 1, 2 ** 27 - 1, 16, 64)[3] == 2 ** 21
+
+
 def test_wide_fp32_keys_refuse_training_clearly():
     q, k, v = (torch.randn(1, 8, 1, 256, requires_grad=True) for _ in range(3))
     beta = torch.rand(1, 8, 1)

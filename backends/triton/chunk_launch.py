@@ -84,7 +84,12 @@ def chunk_cumulative_gate(mod, g: torch.Tensor, cu_seqlens, chunk_indices, NC: i
 
 
 def _tables(cu_seqlens, B, T, H, BT):
-    """(N sequences, chunk_offsets, chunk_indices, chunk states NS, chunks per grid row NC, grid rows BH)."""
+    """(N sequences, chunk_offsets, chunk_indices, chunk states NS, chunks per grid row NC, grid rows BH)
+    for T steps per row of the batch. The kernels offset rows within a sequence in int32
+    (chunk_parts._step_row), so T * H must stay below 2^31."""
+    if isinstance(T, int) and T * H >= 2 ** 31:
+        raise ValueError(f"{T} steps with {H} heads: the chunked kernels' row offsets within a sequence are "
+                         f"int32 (steps * heads < 2^31); split the sequence, or pack fewer tokens per call")
     if cu_seqlens is None:
         return B, None, None, B * cdiv(T, BT), cdiv(T, BT), B * H
     chunk_offsets, chunk_indices, NS = _varlen_tables(cu_seqlens, BT)

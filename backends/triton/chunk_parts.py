@@ -55,7 +55,7 @@ def _step_row(bos, o_t, i_h, H: tl.constexpr, NH: tl.constexpr = 1):
     of head i_h in [.., H, NH, ..] tensors. A step is token (bos + o_t) // NH's reflection o_t % NH:
     DeltaProduct's n_h = NH steps per token are read where the caller laid them out ([B, T, H, n_h, ..]),
     with no interleaved copy. NH = 1: one step per token, rows of [.., H, ..]. The int64 part is one
-    scalar per sequence; the per-row part stays int32 (steps * H * NH < 2^31 per sequence)."""
+    scalar per sequence; the per-row part stays int32 (a sequence's steps * H < 2^31)."""
     return ((bos // NH) * H + i_h) * NH + (o_t // NH) * (H * NH) + o_t % NH
 
 
