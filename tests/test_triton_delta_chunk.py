@@ -240,6 +240,35 @@ def test_state_passes_fit_shared_memory(data, K):
         assert 0 < shared <= SM90_SHARED, (name, shared)
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_deltaproduct_makes_no_copies_of_its_inputs(gated, monkeypatch):
+    """The kernels read DeltaProduct's n_h steps where the caller put them ([B, T, H, n_h, ..]): with the
+    launches stubbed out, neither the forward nor the backward makes a torch op whose result is as large as
+    the queries (an interleaved copy of k or v, a zero-padded q, a scattered gradient)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.interpreter import InterpretedFunction
+    monkeypatch.setattr(InterpretedFunction, "run", lambda self, *a, **k: None)
+    ins = make(2, 40, 2, 16, 16, 2, gated, False, seed=1)
+    x = {n: t.float().requires_grad_(True) for n, t in ins.items()}
+    fresh = ("empty", "empty_like", "new_empty", "empty_strided", "ones_like",     # allocations
+             "view", "unsqueeze", "squeeze", "transpose", "permute", "t", "expand", "slice", "select", "detach",
+             "alias", "as_strided")                                                 # views
+    big = []
+
+    class Large(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if isinstance(out, torch.Tensor) and out.numel() >= x["q"].numel() and name not in fresh:
+                big.append(name)
+            return out
+
+    with Large():
+        o, _ = chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x.get("g"))
+        o.backward(torch.ones_like(o))
+    assert big == [], big
+
+
 def test_row_offsets_beyond_int32_refuse_clearly():
     """Rows within a sequence are offset in int32 (steps * heads < 2^31): past that a clear error."""
     from recdsl.backends.triton.chunk_launch import _tables
