@@ -6,8 +6,11 @@
 #   part tests:  the GPU test tier, `recdsl bench` on mamba with the planner's blocks
 #   part matrix: `recdsl bench` on gla and mamba2 (against fla's chunk_gla and chunk_simple_gla)
 #   part recurrent: block_diagonal, fp_rnn (17 iterations) against the loop
-#   part delta:  the GPU tests of the chunked delta rule, `recdsl bench` on deltanet, gated_deltanet and
-#                deltaproduct (n_h = 2, 3) against fla
+#   part delta:  the GPU tests of the chunked delta rule (about 6.5 minutes of compiles on a fresh machine)
+#   part delta-bench: issue 4's table against fla in one process (bench_delta_all.py), about 100 s per case
+#                on a fresh machine (fla's autotuning, our compiles): pick SHAPES, CASES and NH to fit a call
+# A folder .tcache, named in `run`'s carry, becomes the Triton cache: compiled kernels and fla's autotuning
+# results then survive between calls (TCACHE_OUT=1 returns it as $OUT/tcache.tgz, to unpack into .tcache).
 #   part fp:     the fixed-point GPU tests, the fused paths and iterations per call with a profile at issue 5's
 #                shape and at the A5 task's, the authors' FP-RNN side by side (fp_rnn_peer.py; needs .peer/)
 set -u
@@ -17,6 +20,7 @@ export PYTHONPATH=/tmp/pydeps:$PWD
 OUT=${OUT:-benchmarks/results}
 TAG=${TAG:-$(date +%F)_h100}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+if [ -d .tcache ]; then export TRITON_CACHE_DIR=$PWD/.tcache; fi
 
 best() {  # the sweep's fastest forward+backward blocks as "BT,BD,warps"
   python -c "import json,sys; r=min(map(json.loads, open(sys.argv[1])), key=lambda r: r['fwdbwd_ms']); print(f\"{r['BT']},{r['BD']},{r['warps']}\")" "$1"
@@ -51,15 +55,12 @@ elif [ "$1" = recurrent ]; then
   timeout 300 python -m recdsl.cli bench examples/fp_rnn.rec --batch 8 --length 2048 -p D=512 -p r=2 \
     -p max_iter=17 -p tol=1e-30 --out "$OUT" --tag "${TAG}_fp_rnn"
 elif [ "$1" = delta ]; then
-  # the chunked WY kernels: GPU tests, then issue 4's shapes against fla (deltanet, gated_deltanet, deltaproduct)
-  timeout 150 python -m pytest -q tests/test_gpu.py -k delta 2>&1 | tail -8
-  for s in deltanet gated_deltanet; do
-    timeout 120 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
-  done
-  for n in ${NH:-2 3}; do
-    timeout 150 python -m recdsl.cli bench examples/deltaproduct.rec -p n_h=$n --no-cold-start --out "$OUT" \
-      --tag "${TAG}_deltaproduct_n$n"
-  done
+  # the chunked WY kernels' GPU tests (a time guard that stops pytest loses its summary: -rA names each test)
+  timeout 560 python -m pytest -q -rA tests/test_gpu.py -k delta_chunk 2>&1 | tail -22
+elif [ "$1" = delta-bench ]; then
+  # e.g. SHAPES="4,4096,16,128" CASES=deltanet,gated_deltanet,deltaproduct NH=2 (five cases)
+  timeout 560 python benchmarks/bench_delta_all.py --out "$OUT/${TAG}_delta.jsonl" --shapes "${SHAPES:-4,4096,16,128}" \
+    ${CASES:+--cases $CASES} ${NH:+--n-h $NH}
 elif [ "$1" = fp ]; then
   timeout 150 python -m pytest -q tests/test_gpu.py -k "fixed_point or fp_mamba" 2>&1 | tail -3
   timeout 100 python benchmarks/sweep_fp_fused.py --blocks "" --profile --out "$OUT/${TAG}_fp_fused_sweep.jsonl" \
@@ -72,3 +73,4 @@ else
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
   done
 fi
+if [ "${TCACHE_OUT:-0}" = 1 ] && [ -n "${TRITON_CACHE_DIR:-}" ]; then tar czf "$OUT/tcache.tgz" -C "$TRITON_CACHE_DIR" .; fi
