@@ -134,8 +134,9 @@ def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
 def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1):
-    """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,K],
-    v [B,T,H,V], beta and G [B,T,H] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum).
+    """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,NH,K],
+    v [B,T,H,NH,V], beta and G [B,T,H,NH] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum),
+    NH steps per token.
     Holds every key (BK >= K). The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal
     blocks by forward substitution, the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's
     approach; every product a small tl.dot)."""
