@@ -518,7 +518,7 @@ def chunk_sign_parity(sgn, par, cu_seqlens, chunk_indices, T, H: tl.constexpr, K
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     o_t = i_c * BT + tl.arange(0, BT)
     m_t = o_t < L
-    p_row = (bos + o_t) * H + i_h
+    p_row = _step_row(bos, o_t, i_h, H)
 #if perkey
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)

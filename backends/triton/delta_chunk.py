@@ -67,6 +67,7 @@ class _LaunchConfig:
     prec: str                # dot input precision
     varlen: bool
     N: int                   # sequences
+    cu: Optional[torch.Tensor]           # sequence boundaries in steps (cu_seqlens * NH), the kernels' unit
     chunk_offsets: Optional[torch.Tensor]
     chunk_indices: Optional[torch.Tensor]
     TS: int                  # steps per sequence (T * NH)
@@ -88,10 +89,10 @@ def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
     V = v.shape[-1]
     gate = "none" if g is None else "scalar"
     cdt, prec = _precision(k.dtype)
-    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(None if cu_seqlens is None else cu_seqlens * NH,
-                                                          B, T * NH, H, BT)
+    cu = cu_seqlens if cu_seqlens is None or NH == 1 else cu_seqlens * NH
+    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu, B, T * NH, H, BT)
     return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT), cdt, prec,
-                         cu_seqlens is not None, N, chunk_offsets, chunk_indices, T * NH, NS, NC, BH,
+                         cu_seqlens is not None, N, cu, chunk_offsets, chunk_indices, T * NH, NS, NC, BH,
                          *_blocks(K, V, cdt.itemsize))
 
 
@@ -104,7 +105,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     B, T, H, NH, K = k.shape
     V = v.shape[-1]
     lc = _launch_config(k, v, g, cu_seqlens)
-    cu = _steps(cu_seqlens, NH)
+    cu = lc.cu
     if g is not None:   # every kernel reads the gate as its within-chunk cumulative sum
         g = chunk_cumulative_gate(lc.chunk, g, cu, lc.chunk_indices, lc.NC, lc.BH, BT, lc.varlen, NH)
     Tm = torch.empty(B, T, H, NH, BT, dtype=torch.float32, device=k.device)
@@ -134,11 +135,6 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     return o, ht, Tm, w, h, vn
 
 
-def _steps(cu_seqlens: Optional[torch.Tensor], NH: int) -> Optional[torch.Tensor]:
-    """Sequence boundaries in steps (the kernels' unit) from boundaries in tokens."""
-    return cu_seqlens if cu_seqlens is None or NH == 1 else cu_seqlens * NH
-
-
 delta_chunk_fwd = torch.library.custom_op("recdsl::delta_chunk_fwd", _fwd, mutates_args=())
 
 
@@ -162,7 +158,7 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     B, T, H, NH, K = k.shape
     V = v.shape[-1]
     lc = _launch_config(k, v, g, cu_seqlens)
-    cu = _steps(cu_seqlens, NH)
+    cu = lc.cu
     gate = g   # the gradient is g's; the kernels read its within-chunk cumulative sum
     if g is not None:
         g = chunk_cumulative_gate(lc.chunk, g, cu, lc.chunk_indices, lc.NC, lc.BH, BT, lc.varlen, NH)

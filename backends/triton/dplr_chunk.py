@@ -108,7 +108,7 @@ def _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, 
     ri, cj = rows[:, None], rows[None, :]
     o_t = i_c * BT + rows
     m_t = o_t < L
-    p_row = (bos + o_t) * H + i_h
+    p_row = _step_row(bos, o_t, i_h, H)
     p_last = _last_row(bos, L, i_c, i_h, H, BT)
     strong = False
     # Two passes over the keys, two [BT, BT] accumulators each (four at once spilled at 4 warps).
@@ -189,7 +189,7 @@ def dplr_chunk_state(v, Bd, Kd, Dl, Wm, U, h0, ck, ht, E, cu_seqlens, chunk_offs
         tl.store(ck + ((s0 + i_t) * H + i_h) * K * V + off_kv, b_S, mask=m_kv)
         o_t = i_t * BT + rows
         m_t = o_t < L
-        p_row = (bos + o_t) * H + i_h
+        p_row = _step_row(bos, o_t, i_h, H)
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         # IR rank1(b, a): the chunk's reads, E = U + W S0
@@ -219,7 +219,7 @@ def dplr_chunk_out(Rq, v, ck, E, Arb, Ark, o, cu_seqlens, chunk_indices, scale, 
     rows = tl.arange(0, BT)
     o_t = i_c * BT + rows
     m_t = o_t < L
-    p_row = (bos + o_t) * H + i_h
+    p_row = _step_row(bos, o_t, i_h, H)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
