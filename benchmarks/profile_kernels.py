@@ -1,8 +1,10 @@
 """Every CUDA kernel of one call, ours beside fla's on the same tensors (torch.profiler), for the cases whose
-targets are close: DeltaProduct through the spec (l2norm, interleaving and slicing included) against
-chunk_gated_delta_product, and the chunked per-key recurrence with and without signed decays.
+targets are close: a Householder-family spec through spec.op (l2norm included) against fla's op
+(chunk_delta_rule, chunk_gated_delta_rule, chunk_gated_delta_product), and the chunked per-key recurrence
+with and without signed decays.
 
     python benchmarks/profile_kernels.py --case deltaproduct --shape 4,4096,16,128 --n-h 2 --out FILE.jsonl
+    python benchmarks/profile_kernels.py --case gated_deltanet --shape 4,4096,16,128 --out FILE.jsonl
     python benchmarks/profile_kernels.py --case signed --shape 4,4096,16,128 --out FILE.jsonl
     python benchmarks/profile_kernels.py --case rwkv7 --shape 4,4096,16,128 --out FILE.jsonl
 """
@@ -17,23 +19,20 @@ import torch
 from overhead import host_ms, kernel_times     # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
+DELTA = ("deltanet", "gated_deltanet", "deltaproduct")
 
 
-def deltaproduct_calls(B, T, H, D, n_h):
-    import recdsl
-    from recdsl.bench_delta import _fla_op
-    spec = recdsl.load(str(ROOT / "examples" / "deltaproduct.rec"), H=H, K=D, V=D, n_h=n_h)
-    r = lambda *s: torch.randn(*s, device="cuda")
-    q = r(B, T, H, D).bfloat16().requires_grad_(True)
-    k = r(B, T, H, n_h, D).bfloat16().requires_grad_(True)
-    v = r(B, T, H, n_h, D).bfloat16().requires_grad_(True)
-    beta = (2 * torch.sigmoid(r(B, T, H, n_h))).bfloat16().requires_grad_(True)
-    ins = [q, k, v, beta]
-    calls = {"recdsl": lambda: spec.op(q=q, k=k, v=v, beta=beta, backend="triton")}
-    name, fla = _fla_op("deltaproduct", n_h, False)
-    if fla is not None:
-        calls[name] = lambda: fla(q, k, v, beta, None)
-    return calls, ins
+def delta_calls(name, B, T, H, D, n_h, gated):
+    """A Householder-family spec through spec.op (l2norm included) beside fla's op on the same tensors."""
+    from recdsl.bench_delta import delta_setup
+    case = delta_setup(str(ROOT / "examples" / f"{name}.rec"), B, T, H, D,
+                       {"n_h": n_h} if name == "deltaproduct" else {},
+                       gated=gated if name == "deltaproduct" else None)
+    spec, args = case["spec"], case["args"]
+    calls = {"recdsl": lambda: spec.op(**args, backend="triton")}
+    if case["fla"] is not None:
+        calls[case["fla_name"]] = case["fla"]
+    return calls, case["tensors"]
 
 
 def signed_calls(B, T, H, D):
@@ -77,14 +76,17 @@ def _short(times: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=("deltaproduct", "signed", "rwkv7"), required=True)
+    ap.add_argument("--case", choices=DELTA + ("signed", "rwkv7"), required=True)
     ap.add_argument("--shape", default="4,4096,16,128")
     ap.add_argument("--n-h", type=int, default=2)
+    ap.add_argument("--gated", action="store_true", help="deltaproduct: with a gate g")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     B, T, H, D = map(int, a.shape.split(","))
-    calls, ins = {"deltaproduct": lambda: deltaproduct_calls(B, T, H, D, a.n_h),
-                  "signed": lambda: signed_calls(B, T, H, D), "rwkv7": lambda: rwkv7_calls(B, T, H, D)}[a.case]()
+    if a.case in DELTA:
+        calls, ins = delta_calls(a.case, B, T, H, D, a.n_h, a.gated)
+    else:
+        calls, ins = {"signed": signed_calls, "rwkv7": rwkv7_calls}[a.case](B, T, H, D)
     rows = []
     for who, call in calls.items():
         def fwd():
@@ -103,7 +105,8 @@ def main() -> None:
             from triton.testing import do_bench
             # wall: do_bench's median; host: the time to issue one call (a call whose host time exceeds its
             # kernels' is launch-bound)
-            rows.append({"case": a.case, "who": who, "shape": [B, T, H, D], "n_h": a.n_h, "mode": mode,
+            rows.append({"case": a.case, "who": who, "shape": [B, T, H, D], "mode": mode,
+                         "n_h": a.n_h if a.case == "deltaproduct" else 1, "gated": a.gated,
                          "gpu": torch.cuda.get_device_name(), "total_ms": round(sum(times.values()), 4),
                          "wall_ms": round(float(do_bench(fn, warmup=25, rep=100, return_mode="median")), 4),
                          "host_ms": round(host_ms(fn, iters=20), 4), "kernels": _short(times)})

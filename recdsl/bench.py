@@ -1,13 +1,17 @@
 """`recdsl bench`: side-by-side timings per DESIGN section 7, written as JSON lines plus a plot.
 
 Medians of triton.testing.do_bench (warmup 25 ms, rep 100 ms) after warm-up calls, forward and
-forward+backward separately, bf16 inputs, the same tensors for every contestant in one process.
+forward+backward separately, bf16 inputs, the same tensors for every contestant in one process. The GPU
+is brought to its clocks once per process before the first timing, and `side_by_side` alternates the
+contestants over several rounds, so that a drift over the process falls on both sides.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,14 +27,48 @@ import recdsl
 REFERENCE_BACKWARD_MS = 500.0
 
 
+@functools.cache
+def _spin_up(seconds: float = 1.0) -> None:
+    """Matrix products for about `seconds`, once per process: the first contestant timed must not pay
+    for the GPU's ramp from idle clocks (the first case of a process once read 2x slow)."""
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            x @ x
+        torch.cuda.synchronize()
+
+
 def _bench(fn, warmup_calls: int = 3) -> float:
     for _ in range(warmup_calls):
         fn()
     if not torch.cuda.is_available():   # the CPU tier only checks that a case runs end to end
         return _once(fn)
     from triton.testing import do_bench
+    _spin_up()
     torch.cuda.synchronize()
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def side_by_side(fns: dict, rounds: int = 3) -> dict:
+    """{name: [ms per round]}: `rounds` alternating _bench runs of the contestants (A B A B ..), so that
+    host load or clocks drifting over the process fall on every side. A contestant that raises is
+    dropped with its error as {name: exception}. Report the median of each list."""
+    times: dict = {n: [] for n in fns}
+    for _ in range(rounds if torch.cuda.is_available() else 1):
+        for n, fn in fns.items():
+            if isinstance(times[n], Exception):
+                continue
+            try:
+                times[n].append(_bench(fn, warmup_calls=1))
+            except Exception as e:   # fla refuses some backward passes on Hopper with Triton 3.6
+                times[n] = e
+    return times
+
+
+def median_ms(per_round: list) -> float:
+    return float(statistics.median(per_round))
 
 
 def _once(fn) -> float:

@@ -13,7 +13,7 @@ import torch
 
 import recdsl
 
-from .bench import _bench, _fwd_bwd, _peak, _recorder
+from .bench import _fwd_bwd, _peak, _recorder, median_ms, side_by_side
 
 
 def _fla_op(name: str, n_h: int, gated: bool):
@@ -38,10 +38,11 @@ def _fla_op(name: str, n_h: int, gated: bool):
         q, k, v, beta, use_qk_l2norm_in_kernel=True))
 
 
-def delta_case(path: str, B: int, T: int, H: int, D: int, params: dict | None = None, gated: bool | None = None,
-               dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
-    """One shape of a Householder-family spec against fla. `gated` (deltaproduct only): pass a gate g
-    (the spec's g defaults to 0, which is the ungated DeltaProduct)."""
+def delta_setup(path: str, B: int, T: int, H: int, D: int, params: dict | None = None, gated: bool | None = None,
+                dtype=torch.bfloat16) -> dict:
+    """The spec, its arguments on the GPU and fla's counterpart for one shape of a Householder-family
+    spec. `gated` (deltaproduct only): pass a gate g (the spec's g defaults to 0, which is the ungated
+    DeltaProduct)."""
     spec = recdsl.load(path, H=H, K=D, V=D, **(params or {}))
     names = {a.name for a in spec.args}
     n_h = int(dict(spec.params).get("n_h", 1)) if spec.name == "deltaproduct" else 1
@@ -60,30 +61,46 @@ def delta_case(path: str, B: int, T: int, H: int, D: int, params: dict | None = 
     if gated:
         g = torch.nn.functional.logsigmoid(rnd(B, T, H)).requires_grad_(True)   # fp32, as fla's benchmarks
         args["g"] = g
-    tensors = list(args.values())
     shape = {"B": B, "T": T, "H": H, "D": D, "n_h": n_h, "gated": gated, "dtype": str(dtype).replace("torch.", ""),
              "algorithm": spec.plan("triton", on_cuda=True, tokens=T).algorithm}
+    fla_name, fla = _fla_op(spec.name, n_h, gated)
+    return {"spec": spec, "args": args, "tensors": list(args.values()), "shape": shape,
+            "fla_name": fla_name, "fla": None if fla is None else (lambda: fla(q, k, v, beta, g))}
+
+
+def delta_case(path: str, B: int, T: int, H: int, D: int, params: dict | None = None, gated: bool | None = None,
+               dtype=torch.bfloat16, with_fla: bool = True) -> list[dict]:
+    """One shape of a Householder-family spec against fla: forward, then forward+backward, each timed in
+    alternating rounds (bench.side_by_side), the median reported beside every round's time."""
+    case = delta_setup(path, B, T, H, D, params, gated, dtype)
+    spec, args, shape = case["spec"], case["args"], case["shape"]
+    ours = lambda: spec.op(**args, backend="triton")
+    runs = {"recdsl": ours}
+    if with_fla and case["fla"] is not None:
+        runs[case["fla_name"]] = case["fla"]
     rows = []
     add = _recorder(rows, spec.name, shape)
-
-    def both(name, run):
+    for mode in ("fwd", "fwd+bwd"):
+        fns = ({n: _no_grad(f) for n, f in runs.items()} if mode == "fwd"
+               else {n: _fwd_bwd(f, case["tensors"]) for n, f in runs.items()})
+        for name, times in side_by_side(fns).items():
+            if isinstance(times, Exception):
+                rows.append({"case": spec.name, "contestant": name, "mode": mode, "error": str(times)[:200], **shape})
+                print(rows[-1], flush=True)
+            else:
+                add(name, mode, median_ms(times), _peak(fns[name]), rounds_ms=[round(t, 5) for t in times])
+    if len(runs) > 1:
         with torch.no_grad():
-            add(name, "fwd", _bench(run), _peak(run))
-        try:
-            fb = _fwd_bwd(run, tensors)
-            add(name, "fwd+bwd", _bench(fb), _peak(fb))
-        except Exception as e:   # fla refuses some backward passes on Hopper with this Triton
-            rows.append({"case": spec.name, "contestant": name, "mode": "fwd+bwd", "error": str(e)[:200], **shape})
-            print(rows[-1], flush=True)
-
-    both("recdsl", lambda: spec.op(**args, backend="triton"))
-    fla_name, fla = _fla_op(spec.name, n_h, gated) if with_fla else (None, None)
-    if fla is not None:
-        both(fla_name, lambda: fla(q, k, v, beta, g))
-        with torch.no_grad():
-            o1 = spec.op(**args, backend="triton")[0].float()
-            o2 = fla(q, k, v, beta, g)[0].float()
-        rows.append({"case": spec.name, "check": f"recdsl vs {fla_name} ({shape['dtype']})",
+            o1 = ours()[0].float()
+            o2 = case["fla"]()[0].float()
+        rows.append({"case": spec.name, "check": f"recdsl vs {case['fla_name']} ({shape['dtype']})",
                      "rel_rmse": float((o1 - o2).norm() / o2.norm()), **shape})
         print(rows[-1], flush=True)
     return rows
+
+
+def _no_grad(fn):
+    def f():
+        with torch.no_grad():
+            return fn()
+    return f

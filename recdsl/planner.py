@@ -121,7 +121,9 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
             return _recurrent_plan(spec, tokens)
         return _chunk_plan(spec)
     if algorithm == "delta_recurrent":
-        short = tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad and not _compiling()
+        n_h = spec.memo["delta_pattern"].n_h
+        short = tokens is not None and tokens * n_h <= DELTA_RECURRENT_MAX_STEPS and not needs_grad \
+            and not _compiling()
         if short or _delta_chunk_reason(spec):
             return _delta_plan(spec, tokens)
         return _delta_chunk_plan(spec)
@@ -246,6 +248,11 @@ def _chunk_plan(spec) -> Plan:
 
 
 RECURRENT_MAX_T = 64   # the chunk size: below it a chunk is mostly padding
+# The delta rule's fused recurrent kernel walks tokens * n_h reflections one after another; the chunked
+# WY kernels cost about 0.07-0.09 ms at any short length (five launches). On an H100 (16 heads, K = V = 128,
+# bf16, batch 1 and 8; benchmarks/results/2026-11-26z_h100_delta_short.jsonl) the walk wins up to about
+# 64 steps: n_h = 1 to 64 tokens, n_h = 2 to 32, n_h = 3 to 16-32, and loses beyond.
+DELTA_RECURRENT_MAX_STEPS = 64
 
 
 def _recurrent_plan(spec, tokens: int) -> Plan:
@@ -293,7 +300,8 @@ def _delta_chunk_plan(spec) -> Plan:
         "forming the new values v' = u - w S",
         steps,
         "chunk states, T, w and v' are stored by the forward for the backward",
-        f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take the fused recurrent kernel instead",
+        f"calls of at most {DELTA_RECURRENT_MAX_STEPS // p.n_h} tokens ({DELTA_RECURRENT_MAX_STEPS} reflections, "
+        "where the walk was measured faster) that need no gradient take the fused recurrent kernel instead",
     ))
 
 

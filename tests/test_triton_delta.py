@@ -53,7 +53,11 @@ def test_routing_and_reasons():
     spec = recdsl.load(example("deltaproduct"))
     short = spec.plan("triton", needs_grad=False, tokens=1)
     assert short.algorithm == "delta_recurrent" and "2 generalized Householder reflection(s)" in short.text()
-    assert spec.plan("triton", needs_grad=False, tokens=65).algorithm == "delta_chunk"
+    # the switch counts reflections (tokens * n_h = 2): the walk up to 64 of them, as measured on an H100
+    assert spec.plan("triton", needs_grad=False, tokens=32).algorithm == "delta_recurrent"
+    assert spec.plan("triton", needs_grad=False, tokens=33).algorithm == "delta_chunk"
+    assert recdsl.load(example("deltanet")).plan("triton", needs_grad=False, tokens=64).algorithm == "delta_recurrent"
+    assert "at most 32 tokens (64 reflections" in spec.plan("triton", needs_grad=False, tokens=33).text()
     plan = spec.plan("auto", on_cuda=True, needs_grad=True)
     assert plan.backend == "triton" and plan.algorithm == "delta_chunk" and "interleaved" not in plan.text()
     assert "2 consecutive steps" in plan.text()

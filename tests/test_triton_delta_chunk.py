@@ -290,10 +290,27 @@ def test_l2norm_kernel_matches_torch():
     x[0, 0, 0] = 0.0                                        # a zero row: x / eps, gradient dy / eps
     xf = x.float().requires_grad_(True)
     xr = x.clone().requires_grad_(True)
-    y, yr = l2norm(xf), torch.nn.functional.normalize(xr, dim=-1, eps=1e-12)
+    (y,), yr = l2norm(xf), torch.nn.functional.normalize(xr, dim=-1, eps=1e-12)
     assert rel(y, yr) < 1e-6
     dy = torch.randn_like(yr)
     dy[0, 0, 0] = 0.0
     (ga,), (gb,) = torch.autograd.grad((y * dy.float()).sum(), [xf]), torch.autograd.grad((yr * dy).sum(), [xr])
     assert rel(ga, gb) < 1e-5
-    assert l2norm(x.half()).dtype == torch.float16
+    assert l2norm(x.half())[0].dtype == torch.float16
+
+
+def test_l2norm_pair_in_one_launch_matches_torch():
+    """q and k (different row counts, as DeltaProduct's [B,T,H,K] and [B,T,H,n_h,K]) in one launch each
+    way: every row of both, forward and backward, as torch; mismatched widths refuse."""
+    from recdsl.backends.triton.l2norm import l2norm
+    a = torch.randn(2, 37, 3, 24, requires_grad=True)
+    b = torch.randn(2, 37, 3, 2, 24, requires_grad=True)
+    ya, yb = l2norm(a, b)
+    ra, rb = (torch.nn.functional.normalize(x, dim=-1, eps=1e-12) for x in (a, b))
+    assert rel(ya, ra) < 1e-6 and rel(yb, rb) < 1e-6
+    da, db = torch.randn_like(ya), torch.randn_like(yb)
+    got = torch.autograd.grad((ya * da).sum() + (yb * db).sum(), [a, b])
+    want = torch.autograd.grad((ra * da).sum() + (rb * db).sum(), [a, b])
+    assert all(rel(g, w) < 1e-5 for g, w in zip(got, want))
+    with pytest.raises(ValueError, match="one width"):
+        l2norm(a, torch.randn(2, 37, 3, 16))

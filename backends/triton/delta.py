@@ -179,10 +179,10 @@ def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, out
     NH = pattern.n_h
     kv = (NH,) if len(ir.node(pattern.k).shape) == 2 else ()
     kernel_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-    q = value(pattern.q, (K,), True).to(kernel_dtype).contiguous()
-    k = value(pattern.k, kv + (K,), True).to(kernel_dtype)
-    v = value(pattern.v, kv + (V,), True).to(kernel_dtype)
-    beta = value(pattern.beta, kv).float()
+    q, k, v = (x.to(kernel_dtype) for x in value.many(
+        [(pattern.q, (K,)), (pattern.k, kv + (K,)), (pattern.v, kv + (V,))], keep_dtype=True))
+    q = q.contiguous()
+    beta = value(pattern.beta, kv, True)   # the kernels read beta in its dtype and compute in fp32
     if not kv:   # one reflection per token: the kernel's n_h axis of length 1
         k, v, beta = k.unsqueeze(3), v.unsqueeze(3), beta.unsqueeze(3)
     scale = 1.0

@@ -12,6 +12,7 @@ completes dv', state gradients) -> chunk_bwd_dqkg with v' for v (dq, the attenti
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -86,14 +87,25 @@ def _launch_config(k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                    cu_seqlens: Optional[torch.Tensor]) -> _LaunchConfig:
     """k [B, T, H, NH, K], v [B, T, H, NH, V]; cu_seqlens counts tokens."""
     B, T, H, NH, K = k.shape
-    V = v.shape[-1]
     gate = "none" if g is None else "scalar"
-    cdt, prec = _precision(k.dtype)
+    if cu_seqlens is None:   # a pure function of the shapes: formed once per shape (host time per call)
+        return _dense_config(B, T, H, NH, K, v.shape[-1], gate, k.dtype, os.environ.get("RECDSL_DELTA_BLOCKS"))
+    return _config(B, T, H, NH, K, v.shape[-1], gate, k.dtype, cu_seqlens)
+
+
+def _config(B, T, H, NH, K, V, gate, dtype, cu_seqlens) -> _LaunchConfig:
+    cdt, prec = _precision(dtype)
     cu = cu_seqlens if cu_seqlens is None or NH == 1 else cu_seqlens * NH
     N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu, B, T * NH, H, BT)
     return _LaunchConfig(load_chunk(gate, False, delta=True), load_wy(gate), configs(gate, K, V, BT), cdt, prec,
                          cu_seqlens is not None, N, cu, chunk_offsets, chunk_indices, T * NH, NS, NC, BH,
                          *_blocks(K, V, cdt.itemsize))
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_config(B, T, H, NH, K, V, gate, dtype, blocks_env) -> _LaunchConfig:
+    """_config without cu_seqlens; blocks_env (RECDSL_DELTA_BLOCKS) is part of the key."""
+    return _config(B, T, H, NH, K, V, gate, dtype, None)
 
 
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: Optional[torch.Tensor],
@@ -172,7 +184,7 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    dbeta = torch.empty(beta.shape, dtype=torch.float32, device=k.device)
+    dbeta = torch.empty_like(beta)                   # the kernels compute in fp32 and store in beta's dtype
     oBK, oBV, ow, ost = lc.cfg["chunk_bwd_dv"]
     if lc.NS > 0:
         lc.chunk.chunk_bwd_dv[(cdiv(V, oBV), lc.NC, lc.BH)](
@@ -202,7 +214,7 @@ def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
     else:
         dq.zero_(), dk.zero_(), dv.zero_(), dbeta.zero_()
     dg = k.new_empty((0,)) if gate is None else dg.to(gate.dtype)
-    return [dq, dk, dv, dbeta.to(beta.dtype), dg, dh0]
+    return [dq, dk, dv, dbeta, dg, dh0]
 
 
 delta_chunk_bwd = torch.library.custom_op("recdsl::delta_chunk_bwd", _bwd, mutates_args=())
@@ -293,7 +305,7 @@ def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     if g is not None:   # per step: the gate sits on each token's first step (it commutes with the reflections)
         g = g.float().unsqueeze(-1) if n_h == 1 else torch.nn.functional.pad(g.float().unsqueeze(-1), (0, n_h - 1))
     out = (delta_chunk_fwd if torch.compiler.is_compiling() else _EagerDeltaChunk.apply)(
-        q.contiguous(), k.contiguous(), v.contiguous(), beta.float().contiguous(),
+        q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
         None if g is None else g.contiguous(), scale,
         None if initial_state is None else initial_state.float().contiguous(), bool(output_final_state), cu_seqlens)
     return out[0], (out[1] if output_final_state else None)

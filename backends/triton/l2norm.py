@@ -1,5 +1,6 @@
 """Row-wise l2 normalisation, y = x / max(||x||, eps) over the last axis (torch.nn.functional.normalize),
-as one Triton pass each way in the input's dtype, for inputs a spec declares `l2norm`.
+as one Triton pass each way in the input's dtype, for inputs a spec declares `l2norm` (q and k together:
+two tensors of one width share a launch).
 
 The kernels of the matrix-state families take q and k in the input dtype; normalising them with torch
 costs an fp32 copy, a norm, a division and a cast each way (at B=4, T=4096, H=16, K=128 on an H100
@@ -17,9 +18,9 @@ EPS = 1e-12   # torch.nn.functional.normalize's default, as the reference uses
 
 
 @triton.jit
-def l2norm_fwd(x, y, r, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, EPS: tl.constexpr):
-    """Program: BR rows of x [R, D]; y = x * r with r = 1 / max(||x||, EPS) kept per row (fp32)."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+def _fwd_rows(x, y, r, R, i_b, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, EPS: tl.constexpr):
+    """BR rows (block i_b) of x [R, D]: y = x * r with r = 1 / max(||x||, EPS) kept per row (fp32)."""
+    rows = i_b * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     m = (rows < R)[:, None] & (cols < D)[None, :]
     off = rows.to(tl.int64)[:, None] * D + cols[None, :]
@@ -30,9 +31,22 @@ def l2norm_fwd(x, y, r, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, 
 
 
 @triton.jit
-def l2norm_bwd(x, r, dy, dx, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, EPS: tl.constexpr):
+def l2norm_fwd(x, y, r, R, x2, y2, r2, R2, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+               EPS: tl.constexpr):
+    """Program: BR rows of x [R, D], or, past x's cdiv(R, BR) programs, of x2 [R2, D] (two tensors of one
+    width in one launch; a single tensor passes R2 = 0)."""
+    i_b = tl.program_id(0)
+    n1 = tl.cdiv(R, BR)
+    if i_b < n1:
+        _fwd_rows(x, y, r, R, i_b, D, BR, BD, EPS)
+    else:
+        _fwd_rows(x2, y2, r2, R2, i_b - n1, D, BR, BD, EPS)
+
+
+@triton.jit
+def _bwd_rows(x, r, dy, dx, R, i_b, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, EPS: tl.constexpr):
     """dx = r (dy - y (y . dy)) where the norm exceeds EPS, else r dy (x / EPS is linear)."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rows = i_b * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     m = (rows < R)[:, None] & (cols < D)[None, :]
     off = rows.to(tl.int64)[:, None] * D + cols[None, :]
@@ -43,41 +57,65 @@ def l2norm_bwd(x, r, dy, dx, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.conste
     tl.store(dx + off, (b_r[:, None] * (b_dy - b_y * b_proj[:, None])).to(dx.dtype.element_ty), mask=m)
 
 
-def _grid(R: int, D: int):
+@triton.jit
+def l2norm_bwd(x, r, dy, dx, R, x2, r2, dy2, dx2, R2, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+               EPS: tl.constexpr):
+    """Program: BR rows of x's gradient, or past x's programs of x2's (as l2norm_fwd)."""
+    i_b = tl.program_id(0)
+    n1 = tl.cdiv(R, BR)
+    if i_b < n1:
+        _bwd_rows(x, r, dy, dx, R, i_b, D, BR, BD, EPS)
+    else:
+        _bwd_rows(x2, r2, dy2, dx2, R2, i_b - n1, D, BR, BD, EPS)
+
+
+def _blocks(D: int):
     BD = max(16, next_power_of_2(D))
-    BR = max(1, min(64, 4096 // BD))
-    return BR, BD, (cdiv(R, BR),)
+    return max(1, min(64, 4096 // BD)), BD
 
 
 class L2Norm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        D = x.shape[-1]
-        xf = x.contiguous().view(-1, D)
-        R = xf.shape[0]
-        y = torch.empty_like(xf)
-        r = torch.empty(R, dtype=torch.float32, device=x.device)
-        BR, BD, grid = _grid(R, D)
-        if R:
-            l2norm_fwd[grid](xf, y, r, R, D=D, BR=BR, BD=BD, EPS=EPS)
-        ctx.save_for_backward(xf, r)
-        return y.view(x.shape)
+    """One or two tensors of one width and dtype, normalised in one launch each way."""
 
     @staticmethod
-    def backward(ctx, dy):
-        xf, r = ctx.saved_tensors
-        R, D = xf.shape
-        dyf = dy.contiguous().view(-1, D)
-        dx = torch.empty_like(xf)
-        BR, BD, grid = _grid(R, D)
-        if R:
-            l2norm_bwd[grid](xf, r, dyf, dx, R, D=D, BR=BR, BD=BD, EPS=EPS)
-        return dx.view(dy.shape)
+    def forward(ctx, *xs):
+        D = xs[0].shape[-1]
+        flat = [x.contiguous().view(-1, D) for x in xs]
+        ys = [torch.empty_like(x) for x in flat]
+        rs = [torch.empty(x.shape[0], dtype=torch.float32, device=x.device) for x in flat]
+        BR, BD = _blocks(D)
+        grid = sum(cdiv(x.shape[0], BR) for x in flat)
+        if grid:
+            pair = list(zip(flat, ys, rs, (x.shape[0] for x in flat)))
+            second = pair[1] if len(pair) > 1 else (*pair[0][:3], 0)
+            l2norm_fwd[(grid,)](*pair[0], *second, D=D, BR=BR, BD=BD, EPS=EPS)
+        ctx.save_for_backward(*flat, *rs)
+        ctx.shapes = [x.shape for x in xs]
+        return tuple(y.view(x.shape) for y, x in zip(ys, xs))
+
+    @staticmethod
+    def backward(ctx, *dys):
+        n = len(ctx.shapes)
+        flat, rs = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
+        D = flat[0].shape[1]
+        dyf = [dy.contiguous().view(-1, D) for dy in dys]
+        dxs = [torch.empty_like(x) for x in flat]
+        BR, BD = _blocks(D)
+        grid = sum(cdiv(x.shape[0], BR) for x in flat)
+        if grid:
+            pair = list(zip(flat, rs, dyf, dxs, (x.shape[0] for x in flat)))
+            second = pair[1] if len(pair) > 1 else (*pair[0][:4], 0)
+            l2norm_bwd[(grid,)](*pair[0], *second, D=D, BR=BR, BD=BD, EPS=EPS)
+        return tuple(dx.view(s) for dx, s in zip(dxs, ctx.shapes))
 
 
-def l2norm(x: torch.Tensor) -> torch.Tensor:
-    """x / max(||x||, 1e-12) over the last axis, in x's dtype (fp32 arithmetic), differentiable. Under
-    torch.compile the torch expression is traced instead (Inductor fuses it)."""
+def l2norm(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x / max(||x||, 1e-12) over the last axis for one or two tensors of one width and dtype (both in one
+    launch), each in its dtype (fp32 arithmetic), differentiable. Under torch.compile the torch expression
+    is traced instead (Inductor fuses it)."""
+    if not 1 <= len(xs) <= 2 or any(x.shape[-1] != xs[0].shape[-1] or x.dtype != xs[0].dtype for x in xs):
+        raise ValueError(f"l2norm takes one or two tensors of one width and dtype, got "
+                         f"{[(tuple(x.shape), x.dtype) for x in xs]}")
     if torch.compiler.is_compiling():
-        return torch.nn.functional.normalize(x.float(), dim=-1, eps=EPS).to(x.dtype)
-    return L2Norm.apply(x)
+        return tuple(torch.nn.functional.normalize(x.float(), dim=-1, eps=EPS).to(x.dtype) for x in xs)
+    return L2Norm.apply(*xs)

@@ -101,35 +101,67 @@ class _LazyLayout(dict):
 
 
 
+class _Values:
+    """value(i, shape, keep_dtype) is node i over [B, T, H, *shape]: an input passed through in its own
+    dtype when keep_dtype (no copy), l2-normalised in it where declared; anything else evaluated from the
+    IR in fp32 with autograd. value.many([(i, shape), ..], keep_dtype) is the same for several nodes, with
+    the declared l2norms of same-width inputs in one launch (q and k: one launch less per call)."""
+
+    def __init__(self, spec, raw: dict, ev, ref: torch.Tensor):
+        self.ir, self.raw, self.ev, self.ref = spec.ir, raw, ev, ref
+
+    def _input(self, i):
+        n = self.ir.node(i)
+        x = self.raw[n.args[0]]
+        return (x if self.ir.heads is not None else x.unsqueeze(2)), any(c[0] == "l2norm" for c in n.args[1])
+
+    def __call__(self, i, shape, keep_dtype=False):
+        from .l2norm import l2norm
+        if keep_dtype and self.ir.node(i).op == "input":
+            x, norm = self._input(i)
+            return l2norm(x)[0] if norm else x
+        B, T = self.ref.shape[:2]
+        return torch.as_tensor(self.ev(i), dtype=torch.float32, device=self.ref.device).expand(
+            (B, T, self.ir.heads or 1) + shape)
+
+    def many(self, items, keep_dtype=False) -> list:
+        from .l2norm import l2norm
+        out = [None] * len(items)
+        norms = []
+        for j, (i, shape) in enumerate(items):
+            if keep_dtype and self.ir.node(i).op == "input":
+                x, norm = self._input(i)
+                if norm:
+                    norms.append((j, x))
+                    continue
+                out[j] = x
+            else:
+                out[j] = self(i, shape, keep_dtype)
+        while norms:   # l2norm takes two tensors of one width and dtype per launch
+            (j1, x1), rest = norms[0], norms[1:]
+            mate = next((m for m in rest if m[1].shape[-1] == x1.shape[-1] and m[1].dtype == x1.dtype), None)
+            ys = l2norm(x1) if mate is None else l2norm(x1, mate[1])
+            out[j1] = ys[0]
+            if mate is not None:
+                out[mate[0]] = ys[1]
+            norms = [m for m in rest if m is not mate]
+        return out
+
+
 def ir_values(spec, raw: dict, options: dict):
-    """(value, scalar): value(i, shape, keep_dtype) is node i over [B, T, H, *shape] (an input passed
-    through in its own dtype when keep_dtype, no copy, or l2-normalised in it where declared; anything
-    else evaluated from the IR in fp32 with autograd); scalar(i) is a per-call constant node as a float."""
+    """(value, scalar): value is a _Values over the call's arguments; scalar(i) is a per-call constant
+    node as a float."""
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator
-
-    from .l2norm import l2norm
     ir = spec.ir
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
-    B, T = ref.shape[:2]
-    H = ir.heads or 1
-    heads = ir.heads is not None
     ev = Evaluator(ir, leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"),
-                                   _LazyLayout(spec, raw, torch.float32, "weight"), options, T))
-
-    def value(i, shape, keep_dtype=False):
-        n = ir.node(i)
-        if keep_dtype and n.op == "input":
-            x = raw[n.args[0]]
-            x = x if heads else x.unsqueeze(2)
-            # a declared l2norm runs as one Triton pass in the input's dtype (l2norm.py)
-            return l2norm(x) if any(c[0] == "l2norm" for c in n.args[1]) else x
-        return torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device).expand((B, T, H) + shape)
+                                   _LazyLayout(spec, raw, torch.float32, "weight"), options, ref.shape[1]))
 
     def scalar(i):
         v = ev(i)
         return float(v) if not isinstance(v, torch.Tensor) else float(v.reshape(-1)[0])
-    return value, scalar
+    return _Values(spec, raw, ev, ref), scalar
 
 
 def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64,
@@ -139,7 +171,7 @@ def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, o
     dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
     full, scalar = ir_values(spec, raw, options)
     K, V = ir.state[1]
-    q, k, v = (full(pattern.q, (K,), True), full(pattern.k, (K,), True), full(pattern.v, (V,), True))
+    q, k, v = full.many([(pattern.q, (K,)), (pattern.k, (K,)), (pattern.v, (V,))], keep_dtype=True)
     g = sign = None
     if pattern.decay != "none":
         gshape = () if pattern.decay == "scalar" else (K,)

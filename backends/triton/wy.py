@@ -135,7 +135,8 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1):
     """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,NH,K],
-    v [B,T,H,NH,V], beta and G [B,T,H,NH] (fp32; G the gate's within-chunk cumulative sum, chunk_gate_cumsum),
+    v [B,T,H,NH,V], beta [B,T,H,NH] (any float dtype, read as fp32) and G [B,T,H,NH] (fp32, the gate's
+    within-chunk cumulative sum, chunk_gate_cumsum),
     NH steps per token.
     Holds every key (BK >= K). The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal
     blocks by forward substitution, the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's
@@ -247,7 +248,8 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
            NH: tl.constexpr = 1):
     """Program (chunk, batch*head): from dv' (dvn, the full gradient of the new values) and the
     chunk-start state h, the gradients through w and u: dk (added to the attention share already in dk),
-    dv, dbeta, and dg (fp32: the gate's share here plus the NKP per-key-block partials in dg_part)."""
+    dv, dbeta (in beta's dtype), and dg (fp32: the gate's share here plus the NKP per-key-block partials in
+    dg_part)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = h.dtype.element_ty
@@ -312,7 +314,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     # the attention share of dk (chunk_bwd_dqkg) is already in dk
     b_dk += tl.load(dk + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     tl.store(dk + p_row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dbeta + p_row, b_db, mask=m_t)
+    tl.store(dbeta + p_row, b_db.to(dbeta.dtype.element_ty), mask=m_t)
 #if scalar
     # gate: d/dG_i of exp(G_i) in w, and of Gam_ij = exp(G_i - G_j) in A (row i gains, column j loses)
     b_F = b_E * b_beta[:, None] * b_KK
