@@ -133,7 +133,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, 
             PREC=lc.prec, NH=NH, num_warps=1)
         lc.wy.wy_fwd[(lc.NC, lc.BH)](
             k, v, beta, g, Tm, w, u, cu, lc.chunk_indices, lc.TS, H=H, K=K, V=V, BT=BT, BK=lc.BK, BV=lc.BV,
-            IS_VARLEN=lc.varlen, PREC=lc.prec, NH=NH, num_warps=lc.wy_warps)
+            IS_VARLEN=lc.varlen, PREC=lc.prec, NH=NH, BKW=min(lc.BK, 64), num_warps=lc.wy_warps)
     if lc.N > 0:
         lc.chunk.chunk_fwd_h[(1, cdiv(V, lc.BVF), lc.N * H)](
             k, u, g, None, h0, h, ht, cu, lc.chunk_offsets, lc.TS, w, vn, H=H, K=K, V=V, BT=BT, BK=lc.BK,
@@ -331,7 +331,7 @@ def aot_jobs(gate: str = "scalar", data: str = "bf16", K: int = 128, V: int = 12
     stored = {"w", "u", "vn", "dvn", "dv2", "dv"}   # kept in the storage dtype by these launches
     launches = [
         ("wy_diag_inverse", wy.wy_diag_inverse, dict(BK=BK), 1, 1, {"Tm": "fp32"}),
-        ("wy_fwd", wy.wy_fwd, dict(BK=BK, BV=BV), wy_warps, 1, {"Tm": "fp32", "w": state, "u": state}),
+        ("wy_fwd", wy.wy_fwd, dict(BK=BK, BV=BV, BKW=min(BK, 64)), wy_warps, 1, {"Tm": "fp32", "w": state, "u": state}),
         ("wy_bwd", wy.wy_bwd, dict(BK=BK, BV=BV, NKP=cdiv(K, cfg["chunk_bwd_dqkg"][0])), wy_warps, 1,
          {"Tm": "fp32", "dvn": state, "dg_part": "fp32"}),
         ("chunk_fwd_h", chunk.chunk_fwd_h, dict(BK=BK, BV=BVF, USE_H0=True, STORE_HT=True), warps, stages,

@@ -55,15 +55,32 @@ def _rows(i_c, c: tl.constexpr, bos, L, i_h, H: tl.constexpr, BT: tl.constexpr, 
 
 
 @triton.jit
+def _gram_to_a(b_kk, b_bi, b_Gi, b_Gj):
+    """Block (i, j) of A below the diagonal blocks from the Gram block k_i k_j^T: beta_i k_i . k_j exp(G_i - G_j)."""
+    return b_kk * (b_bi[:, None] * tl.exp(b_Gi[:, None] - b_Gj[None, :]))
+
+
+@triton.jit
 def _kkt(b_ki, b_kj, b_bi, b_Gi, b_Gj, DIAG: tl.constexpr, PREC: tl.constexpr):
     """Block (i, j) of A: beta_i k_i . k_j exp(G_i - G_j), strictly lower on the diagonal (fp32)."""
     BC: tl.constexpr = b_ki.shape[0]
     r = tl.arange(0, BC)
-    b_A = tl.dot(b_ki, tl.trans(b_kj), input_precision=PREC)
-    b_A = b_A * (b_bi[:, None] * tl.exp(b_Gi[:, None] - b_Gj[None, :]))
+    b_A = _gram_to_a(tl.dot(b_ki, tl.trans(b_kj), input_precision=PREC), b_bi, b_Gi, b_Gj)
     if DIAG:
         b_A = tl.where(r[:, None] > r[None, :], b_A, 0.0)
     return b_A
+
+
+@triton.jit
+def _key_rows(k, p0, p1, p2, p3, m0, m1, m2, m3, i_k, K: tl.constexpr, BKW: tl.constexpr):
+    """Key block i_k (BKW keys) of the chunk's four sub-blocks of rows."""
+    o_k = i_k * BKW + tl.arange(0, BKW)
+    m_k = (o_k < K)[None, :]
+    b_k0 = tl.load(k + p0[:, None] * K + o_k[None, :], mask=m0[:, None] & m_k, other=0.0)
+    b_k1 = tl.load(k + p1[:, None] * K + o_k[None, :], mask=m1[:, None] & m_k, other=0.0)
+    b_k2 = tl.load(k + p2[:, None] * K + o_k[None, :], mask=m2[:, None] & m_k, other=0.0)
+    b_k3 = tl.load(k + p3[:, None] * K + o_k[None, :], mask=m3[:, None] & m_k, other=0.0)
+    return b_k0, b_k1, b_k2, b_k3
 
 
 @triton.jit
@@ -133,29 +150,25 @@ def wy_diag_inverse(k, beta, g, Tm, cu_seqlens, chunk_indices, T,
 @triton.jit
 def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1):
+           BV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr = 1,
+           BKW: tl.constexpr = 64):
     """Program (chunk, batch*head): T [.., BT] (fp32), w [.., K] and u [.., V] of one chunk; k [B,T,H,NH,K],
     v [B,T,H,NH,V], beta [B,T,H,NH] (any float dtype, read as fp32) and G [B,T,H,NH] (fp32, the gate's
     within-chunk cumulative sum, chunk_gate_cumsum),
     NH steps per token.
-    Holds every key (BK >= K). The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal
-    blocks by forward substitution, the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's
-    approach; every product a small tl.dot)."""
+    The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal blocks by forward substitution
+    (wy_diag_inverse), the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's approach; every
+    product a small tl.dot). The keys are read in blocks of BKW, twice (for A, then for w): holding all of
+    them with w's fp32 tiles spilled at K = 128 (255 registers and 208 B of stack in an sm_90 build)."""
     BC: tl.constexpr = BT // 4
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = w.dtype.element_ty
     rc = tl.arange(0, BC)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
     p0, m0 = _rows(i_c, 0, bos, L, i_h, H, BT, BC, NH)
     p1, m1 = _rows(i_c, 1, bos, L, i_h, H, BT, BC, NH)
     p2, m2 = _rows(i_c, 2, bos, L, i_h, H, BT, BC, NH)
     p3, m3 = _rows(i_c, 3, bos, L, i_h, H, BT, BC, NH)
-    b_k0 = tl.load(k + p0[:, None] * K + o_k[None, :], mask=m0[:, None] & m_k[None, :], other=0.0)
-    b_k1 = tl.load(k + p1[:, None] * K + o_k[None, :], mask=m1[:, None] & m_k[None, :], other=0.0)
-    b_k2 = tl.load(k + p2[:, None] * K + o_k[None, :], mask=m2[:, None] & m_k[None, :], other=0.0)
-    b_k3 = tl.load(k + p3[:, None] * K + o_k[None, :], mask=m3[:, None] & m_k[None, :], other=0.0)
     b_b0 = tl.load(beta + p0, mask=m0, other=0.0).to(tl.float32)
     b_b1 = tl.load(beta + p1, mask=m1, other=0.0).to(tl.float32)
     b_b2 = tl.load(beta + p2, mask=m2, other=0.0).to(tl.float32)
@@ -173,19 +186,33 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     b_G2 = b_G0
     b_G3 = b_G0
 #endif
-    # IR householder(k, beta): T = (I + A)^-1, A_ij = beta_i k_i . k_j exp(G_i - G_j) for i > j;
-    # the diagonal blocks come from wy_diag_inverse
+    # IR householder(k, beta): T = (I + A)^-1, A_ij = beta_i k_i . k_j exp(G_i - G_j) for i > j; the Gram
+    # blocks below the diagonal accumulate over key blocks, the diagonal blocks come from wy_diag_inverse
+    b_A10 = tl.zeros([BC, BC], dtype=tl.float32)
+    b_A20 = b_A10
+    b_A21 = b_A10
+    b_A30 = b_A10
+    b_A31 = b_A10
+    b_A32 = b_A10
+    for i_k in range(0, tl.cdiv(K, BKW)):
+        b_k0, b_k1, b_k2, b_k3 = _key_rows(k, p0, p1, p2, p3, m0, m1, m2, m3, i_k, K, BKW)
+        b_A10 = tl.dot(b_k1, tl.trans(b_k0), b_A10, input_precision=PREC)
+        b_A20 = tl.dot(b_k2, tl.trans(b_k0), b_A20, input_precision=PREC)
+        b_A21 = tl.dot(b_k2, tl.trans(b_k1), b_A21, input_precision=PREC)
+        b_A30 = tl.dot(b_k3, tl.trans(b_k0), b_A30, input_precision=PREC)
+        b_A31 = tl.dot(b_k3, tl.trans(b_k1), b_A31, input_precision=PREC)
+        b_A32 = tl.dot(b_k3, tl.trans(b_k2), b_A32, input_precision=PREC)
+    b_A10 = _gram_to_a(b_A10, b_b1, b_G1, b_G0)
+    b_A20 = _gram_to_a(b_A20, b_b2, b_G2, b_G0)
+    b_A21 = _gram_to_a(b_A21, b_b2, b_G2, b_G1)
+    b_A30 = _gram_to_a(b_A30, b_b3, b_G3, b_G0)
+    b_A31 = _gram_to_a(b_A31, b_b3, b_G3, b_G1)
+    b_A32 = _gram_to_a(b_A32, b_b3, b_G3, b_G2)
     c0, c1, c2, c3 = rc[None, :], BC + rc[None, :], 2 * BC + rc[None, :], 3 * BC + rc[None, :]
     b_T00 = tl.load(Tm + p0[:, None] * BT + c0, mask=m0[:, None], other=0.0)
     b_T11 = tl.load(Tm + p1[:, None] * BT + c1, mask=m1[:, None], other=0.0)
     b_T22 = tl.load(Tm + p2[:, None] * BT + c2, mask=m2[:, None], other=0.0)
     b_T33 = tl.load(Tm + p3[:, None] * BT + c3, mask=m3[:, None], other=0.0)
-    b_A10 = _kkt(b_k1, b_k0, b_b1, b_G1, b_G0, False, PREC)
-    b_A20 = _kkt(b_k2, b_k0, b_b2, b_G2, b_G0, False, PREC)
-    b_A21 = _kkt(b_k2, b_k1, b_b2, b_G2, b_G1, False, PREC)
-    b_A30 = _kkt(b_k3, b_k0, b_b3, b_G3, b_G0, False, PREC)
-    b_A31 = _kkt(b_k3, b_k1, b_b3, b_G3, b_G1, False, PREC)
-    b_A32 = _kkt(b_k3, b_k2, b_b3, b_G3, b_G2, False, PREC)
     b_T10 = -_mm(b_T11, _mm(b_A10, b_T00))
     b_T21 = -_mm(b_T22, _mm(b_A21, b_T11))
     b_T32 = -_mm(b_T33, _mm(b_A32, b_T22))
@@ -209,18 +236,20 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     b_T00, b_T10, b_T11, b_T20 = b_T00.to(DT), b_T10.to(DT), b_T11.to(DT), b_T20.to(DT)
     b_T21, b_T22, b_T30, b_T31 = b_T21.to(DT), b_T22.to(DT), b_T30.to(DT), b_T31.to(DT)
     b_T32, b_T33 = b_T32.to(DT), b_T33.to(DT)
-    # w = T diag(beta) (k exp(G)): the keys' share of the new values v' = u - w S
-    b_x0 = (b_k0.to(tl.float32) * (b_b0 * tl.exp(b_G0))[:, None]).to(DT)
-    b_x1 = (b_k1.to(tl.float32) * (b_b1 * tl.exp(b_G1))[:, None]).to(DT)
-    b_x2 = (b_k2.to(tl.float32) * (b_b2 * tl.exp(b_G2))[:, None]).to(DT)
-    b_x3 = (b_k3.to(tl.float32) * (b_b3 * tl.exp(b_G3))[:, None]).to(DT)
-    m_k = m_k[None, :]
-    b_o0, b_o1, b_o2, b_o3 = _lower_times(b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32, b_T33,
-                                          b_x0, b_x1, b_x2, b_x3, PREC)
-    tl.store(w + p0[:, None] * K + o_k[None, :], b_o0.to(DT), mask=m0[:, None] & m_k)
-    tl.store(w + p1[:, None] * K + o_k[None, :], b_o1.to(DT), mask=m1[:, None] & m_k)
-    tl.store(w + p2[:, None] * K + o_k[None, :], b_o2.to(DT), mask=m2[:, None] & m_k)
-    tl.store(w + p3[:, None] * K + o_k[None, :], b_o3.to(DT), mask=m3[:, None] & m_k)
+    # w = T diag(beta) (k exp(G)): the keys' share of the new values v' = u - w S, key block by key block
+    b_e0, b_e1, b_e2, b_e3 = b_b0 * tl.exp(b_G0), b_b1 * tl.exp(b_G1), b_b2 * tl.exp(b_G2), b_b3 * tl.exp(b_G3)
+    for i_k in range(0, tl.cdiv(K, BKW)):
+        b_k0, b_k1, b_k2, b_k3 = _key_rows(k, p0, p1, p2, p3, m0, m1, m2, m3, i_k, K, BKW)
+        o_k = i_k * BKW + tl.arange(0, BKW)
+        m_k = (o_k < K)[None, :]
+        b_o0, b_o1, b_o2, b_o3 = _lower_times(
+            b_T00, b_T10, b_T11, b_T20, b_T21, b_T22, b_T30, b_T31, b_T32, b_T33,
+            (b_k0.to(tl.float32) * b_e0[:, None]).to(DT), (b_k1.to(tl.float32) * b_e1[:, None]).to(DT),
+            (b_k2.to(tl.float32) * b_e2[:, None]).to(DT), (b_k3.to(tl.float32) * b_e3[:, None]).to(DT), PREC)
+        tl.store(w + p0[:, None] * K + o_k[None, :], b_o0.to(DT), mask=m0[:, None] & m_k)
+        tl.store(w + p1[:, None] * K + o_k[None, :], b_o1.to(DT), mask=m1[:, None] & m_k)
+        tl.store(w + p2[:, None] * K + o_k[None, :], b_o2.to(DT), mask=m2[:, None] & m_k)
+        tl.store(w + p3[:, None] * K + o_k[None, :], b_o3.to(DT), mask=m3[:, None] & m_k)
     # IR delta(k, v, beta): u = T diag(beta) v
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
