@@ -257,17 +257,17 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
             add(second[0], "fwd", _bench(second[1]), _peak(second[1]), algorithm=second[2])
         loop_ms = _once(loop)
         add("reference (PyTorch loop)", "fwd", loop_ms, calls=1)
-    if algorithm != "delta_recurrent":    # the recurrent Householder kernel (per-key gates) is forward-only
-        add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
-        if second:
-            fb = _fwd_bwd(second[1], tensors)
-            add(second[0], "fwd+bwd", _bench(fb), _peak(fb), algorithm=second[2])
-        if loop_ms <= REFERENCE_BACKWARD_MS:
-            add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
-                note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
-        else:   # autograd through T steps takes 50-100x the forward loop (67 s for rwkv7 at 4x4096x16x128)
-            rows.append({"case": spec.name, "contestant": "reference (PyTorch loop)", "mode": "fwd+bwd",
-                         "skipped": f"its forward took {loop_ms:.0f} ms", **shape})
+    # every route trains: a per-key gate (delta_recurrent without a gradient) through the DPLR kernels
+    add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
+    if second:
+        fb = _fwd_bwd(second[1], tensors)
+        add(second[0], "fwd+bwd", _bench(fb), _peak(fb), algorithm=second[2])
+    if loop_ms <= REFERENCE_BACKWARD_MS:
+        add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
+            note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
+    else:   # autograd through T steps takes 50-100x the forward loop (67 s for rwkv7 at 4x4096x16x128)
+        rows.append({"case": spec.name, "contestant": "reference (PyTorch loop)", "mode": "fwd+bwd",
+                     "skipped": f"its forward took {loop_ms:.0f} ms", **shape})
     if with_fla and spec.name == "rwkv7":
         rows += _fla_rwkv7(spec, args, add)
     return rows

@@ -47,10 +47,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             o, final = run_blockdiag(spec, spec.memo["blockdiag_pattern"], raw, options, initial_state, cu_seqlens,
                                      output_final_state)
             return o, final, None
-        if plan.algorithm in ("delta_recurrent", "delta_chunk"):
+        if plan.algorithm in ("delta_recurrent", "delta_chunk", "delta_dplr"):
             from recdsl.backends.triton.delta import run_delta
             o, final = run_delta(spec, spec.memo["delta_pattern"], raw, options, initial_state, cu_seqlens,
-                                 output_final_state, chunked=plan.algorithm == "delta_chunk", omitted=omitted)
+                                 output_final_state, chunked=plan.algorithm == "delta_chunk", omitted=omitted,
+                                 via_dplr=plan.algorithm == "delta_dplr")
             return o, final, None
         if plan.algorithm == "dplr_recurrent":
             from recdsl.backends.triton.dplr import run_dplr

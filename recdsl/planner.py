@@ -104,11 +104,8 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         reason = "torch.compile traces the reference loop for block-diagonal states (the kernel is eager-only)"
     if algorithm == "dplr_recurrent" and _compiling():
         reason = "torch.compile traces the reference loop for diagonal-plus-low-rank states (the kernel is eager-only)"
-    if algorithm == "delta_recurrent" and needs_grad and _delta_chunk_reason(spec):
-        reason = (f"this call records a backward, the fused recurrent kernel for Householder products is "
-                  f"forward-only, and {_delta_chunk_reason(spec)}")
-        if backend == "triton":
-            raise ValueError(f"{spec.name}: {reason}; run it under torch.no_grad() or with backend='reference'")
+    if algorithm == "delta_recurrent" and needs_grad and _delta_chunk_reason(spec) and _compiling():
+        reason = "torch.compile traces the reference loop for this gate's training route (the DPLR kernels are eager-only)"
     if backend == "triton" and reason:
         raise ValueError(f"{spec.name}: the Triton backend cannot run this spec yet: {reason}")
     use_triton = backend == "triton" or (backend == "auto" and not reason and bool(on_cuda))
@@ -124,9 +121,9 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
         n_h = spec.memo["delta_pattern"].n_h
         short = tokens is not None and tokens * n_h <= DELTA_RECURRENT_MAX_STEPS and not needs_grad \
             and not _compiling()
-        if short or _delta_chunk_reason(spec):
-            return _delta_plan(spec, tokens)
-        return _delta_chunk_plan(spec)
+        if _delta_chunk_reason(spec):
+            return _delta_dplr_plan(spec) if needs_grad else _delta_plan(spec, tokens)
+        return _delta_plan(spec, tokens) if short else _delta_chunk_plan(spec)
     if algorithm == "dplr_recurrent":
         return _dplr_plan(spec, tokens)
     if algorithm == "blockdiag_recurrent":
@@ -284,7 +281,19 @@ def _delta_plan(spec, tokens: int | None) -> Plan:
         f"no gradient needed and {tokens} token(s) (inference, step()): one fused recurrent launch, the [K, V] "
         "state in fp32 registers" if not why else
         f"one fused recurrent launch, the [K, V] state in fp32 registers ({why}; calls that record a backward "
-        "run the reference)",
+        "take the diagonal-plus-low-rank kernels)",
+    ))
+
+
+def _delta_dplr_plan(spec) -> Plan:
+    p = spec.memo["delta_pattern"]
+    return Plan("triton", "delta_dplr", 1, 0, 4, True, (
+        _delta_what(spec),
+        f"this call records a backward and {_delta_chunk_reason(spec)}",
+        "each reflection with the gate before it is one diagonal-plus-low-rank step, (I - beta k k^T) diag(a) = "
+        "diag(a) + (-beta k)(a * k)^T, so the DPLR kernels (backends/triton/dplr.py) run it forward and backward"
+        + (f"; the {p.n_h} reflections of a token as {p.n_h} consecutive steps" if p.n_h > 1 else ""),
+        "states checkpointed every 64 steps by the forward for the backward's reverse walk",
     ))
 
 

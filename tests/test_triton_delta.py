@@ -64,12 +64,11 @@ def test_routing_and_reasons():
     text = spec.explain()
     assert "on CUDA tensors: backend triton, algorithm delta_chunk" in text
     assert "on CUDA tensors, decoding (no gradient): backend triton, algorithm delta_recurrent" in text
-    # a per-key gate: the recurrent forward only; training runs the reference, and says why
+    # a per-key gate: the recurrent forward without a gradient; training takes the DPLR kernels, and says why
     perkey = recdsl.load(PERKEY)
     plan = perkey.plan("auto", on_cuda=True, needs_grad=True)
-    assert plan.backend == "reference" and "forward-only" in plan.text() and "per key" in plan.text()
-    with pytest.raises(ValueError, match="torch.no_grad"):
-        perkey.plan("triton", needs_grad=True)
+    assert plan.backend == "triton" and plan.algorithm == "delta_dplr" and "per key" in plan.text()
+    assert "diag(a) + (-beta k)(a * k)^T" in plan.text()
     assert perkey.plan("triton", needs_grad=False).algorithm == "delta_recurrent"
     after = PERKEY.replace("householder(k, beta) * exp(g)", "exp(g) * householder(k, beta)")
     assert "per-key gate after the reflections" in triton_route(recdsl.load(after))[1]
@@ -89,3 +88,34 @@ def test_decoding_with_step_equals_forward():
         y_steps = step_through(layer, x)
         y_ref, _ = ref(x)
     assert rel(y_steps, y) < 1e-5 and rel(y, y_ref) < 1e-5
+
+
+PERKEY_PRODUCT = PERKEY.replace("perkey_gated_delta(H = 2, K = 12, V = 6)", "perkey_product(H = 2, K = 12, V = 6)") \
+    .replace("k[K] l2norm, v[V]", "k[2, K] l2norm, v[2, V]").replace("input beta in (0, 2)", "input beta[2] in (0, 2)")
+PLAIN_SCALAR = PERKEY.replace("g[K] log", "a").replace("input beta in (0, 2)", "input beta in (0, 2)\n    input a in (0, 1)") \
+    .replace("householder(k, beta) * exp(g)", "householder(k, beta) * a").replace(", a\n", "\n")
+
+
+@pytest.mark.parametrize("src", [PERKEY, PERKEY_PRODUCT, PLAIN_SCALAR], ids=["perkey", "perkey_n_h2", "plain_scalar"])
+def test_gates_the_chunked_kernels_refuse_train_through_dplr(src):
+    """A per-key gate (one reflection or two per token) and a scalar gate not written exp(g): forward and
+    backward through the DPLR kernels (delta_dplr.py) against the reference in fp64, with an initial state,
+    the final state, and packed sequences."""
+    spec = recdsl.load(src)
+    assert spec.plan("triton", on_cuda=True, needs_grad=True).algorithm == "delta_dplr"
+    cu = torch.tensor([0, 7, 7, 70], dtype=torch.int32)     # packed sequences, one empty, one over a checkpoint
+    for B, T, cu_seqlens in ((2, 67, None), (1, 70, cu)):
+        args = {k: v.requires_grad_(True) for k, v in random_args(spec, B=B, T=T, dtype=torch.float32, seed=T).items()}
+        N = B if cu_seqlens is None else 3
+        h0 = torch.randn(spec.state_shape(N), requires_grad=True)
+        ins = list(args.values()) + [h0]
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens, backend="triton")
+        dbl = {k: v.detach().double().requires_grad_(True) for k, v in args.items()}
+        h0d = h0.detach().double().requires_grad_(True)
+        ro, rS = spec.op(**dbl, initial_state=h0d, output_final_state=True, cu_seqlens=cu_seqlens, backend="reference")
+        assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+        do, dS = torch.randn_like(o), torch.randn_like(S)
+        got = torch.autograd.grad((o * do).sum() + (S * dS).sum(), ins)
+        want = torch.autograd.grad((ro * do.double()).sum() + (rS * dS.double()).sum(), list(dbl.values()) + [h0d])
+        for name, g1, g2 in zip(list(args) + ["h0"], got, want):
+            assert rel(g1, g2) < 1e-4, name

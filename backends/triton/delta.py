@@ -12,8 +12,8 @@ per-key gate must come first. q, k, v, beta and a are evaluated from the IR with
 the spec's other expressions included), so the kernel does only the recurrence. One program keeps a
 [K, BV] block of S in fp32 registers for the whole sequence. Forward only: the planner routes short calls
 that need no gradient here (inference, step()); calls that record a backward, and longer ones, take the
-chunked WY kernels (wy.py, delta_chunk.py) when the gate is scalar or absent; with a per-key gate they
-run the reference.
+chunked WY kernels (wy.py, delta_chunk.py) when the gate is scalar or absent; with a per-key gate (or a
+scalar one not written exp(g)) those that record a backward take the DPLR kernels (delta_dplr.py).
 """
 from __future__ import annotations
 
@@ -165,13 +165,15 @@ def _omitted_zero(spec, node: int, omitted: frozenset) -> bool:
 
 
 def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, output_final_state, chunked=False,
-              omitted: frozenset = frozenset()):
+              omitted: frozenset = frozenset(), via_dplr=False):
     """The core op of a delta-family spec (op layout in and out): the chunked WY kernels of
-    delta_chunk.py (forward and backward) when `chunked`, else the fused recurrent forward. A scalar
+    delta_chunk.py (forward and backward) when `chunked`, the DPLR kernels through delta_dplr.py when
+    `via_dplr`, else the fused recurrent forward. A scalar
     gate exp(g) whose g is an input the caller `omitted`, defaulting to 0, is no gate: the ungated
     kernels run (DeltaProduct without g)."""
     ir = spec.ir
-    if pattern.gate == "scalar" and _omitted_zero(spec, ir.operands(pattern.gate_value)[0], omitted):
+    if pattern.gate == "scalar" and ir.node(pattern.gate_value).op == "exp" \
+            and _omitted_zero(spec, ir.operands(pattern.gate_value)[0], omitted):
         pattern = replace(pattern, gate="none", gate_value=None)
     dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
     value, scalar = ir_values(spec, raw, options)
@@ -199,10 +201,18 @@ def run_delta(spec, pattern: DeltaPattern, raw: dict, options: dict, h0, cu, out
             o = o.squeeze(2)
             final = None if final is None else final.squeeze(1)
         return o.to(dtype), final
-    a = None if pattern.gate == "none" else value(pattern.gate_value, () if pattern.gate == "scalar" else (K,))
-    o, final = delta_recurrent(q, k.contiguous(), v.contiguous(), beta.contiguous(),
-                               None if a is None else a.float().contiguous(), scale, h0, output_final_state, cu,
-                               pattern.gate)
+    if via_dplr:   # a gate the chunked kernels do not take, with a backward: delta_dplr.py
+        from .delta_dplr import delta_as_dplr
+        node = ir.node(pattern.gate_value)
+        log_gate = node.op == "exp"
+        gate = value(ir.operands(pattern.gate_value)[0] if log_gate else pattern.gate_value, node.shape).float()
+        gate = gate.unsqueeze(-1).expand(*gate.shape, K) if pattern.gate == "scalar" else gate
+        o, final = delta_as_dplr(q, k, v, beta, gate, log_gate, scale, h0, output_final_state, cu)
+    else:
+        a = None if pattern.gate == "none" else value(pattern.gate_value, () if pattern.gate == "scalar" else (K,))
+        o, final = delta_recurrent(q, k.contiguous(), v.contiguous(), beta.contiguous(),
+                                   None if a is None else a.float().contiguous(), scale, h0, output_final_state,
+                                   cu, pattern.gate)
     if not ir.heads:
         o = o.squeeze(2)
         final = None if final is None else final.squeeze(1)
