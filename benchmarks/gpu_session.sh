@@ -10,7 +10,7 @@
 #   part delta-bench: issue 4's table against fla in one process (bench_delta_all.py), about 100 s per case
 #                on a fresh machine (fla's autotuning, our compiles): pick SHAPES, CASES and NH to fit a call
 # A folder .tcache, named in `run`'s carry, becomes the Triton cache: compiled kernels and fla's autotuning
-# results then survive between calls (TCACHE_OUT=1 returns it as $OUT/tcache.tgz, to unpack into .tcache).
+# results then survive between calls (TCACHE_OUT=1 returns it as $OUT/tcache.tgz.part-*, to join into .tcache).
 #   part fp:     the fixed-point GPU tests, the fused paths and iterations per call with a profile at issue 5's
 #                shape and at the A5 task's, the authors' FP-RNN side by side (fp_rnn_peer.py; needs .peer/)
 set -u
@@ -73,4 +73,8 @@ else
     timeout 280 python -m recdsl.cli bench examples/$s.rec --no-cold-start --out "$OUT" --tag "${TAG}_$s"
   done
 fi
-if [ "${TCACHE_OUT:-0}" = 1 ] && [ -n "${TRITON_CACHE_DIR:-}" ]; then tar czf "$OUT/tcache.tgz" -C "$TRITON_CACHE_DIR" .; fi
+# the device returns files of at most 16 MiB (one delta-bench cache was 29 MB): parts of 15 MB, to join
+# with `cat tcache.tgz.part-* | tar xz -C .tcache`
+if [ "${TCACHE_OUT:-0}" = 1 ] && [ -n "${TRITON_CACHE_DIR:-}" ]; then
+  tar czf - -C "$TRITON_CACHE_DIR" . | split -b 15M - "$OUT/tcache.tgz.part-"
+fi

@@ -71,6 +71,20 @@ def median_ms(per_round: list) -> float:
     return float(statistics.median(per_round))
 
 
+def time_contestants(runs: dict, tensors: list, add, on_error) -> None:
+    """Forward (no gradient), then forward+backward through `tensors`, of every contestant in `runs`
+    ({name: fn}), each mode in alternating rounds (side_by_side): add(name, mode, median, peak,
+    rounds_ms=[..]) per contestant, on_error(name, mode, exception) for one that raises."""
+    for mode in ("fwd", "fwd+bwd"):
+        fns = ({n: _no_grad(f) for n, f in runs.items()} if mode == "fwd"
+               else {n: _fwd_bwd(f, tensors) for n, f in runs.items()})
+        for name, times in side_by_side(fns).items():
+            if isinstance(times, Exception):
+                on_error(name, mode, times)
+            else:
+                add(name, mode, median_ms(times), _peak(fns[name]), rounds_ms=[round(t, 5) for t in times])
+
+
 def _once(fn) -> float:
     """Milliseconds of one call, for contestants too slow to repeat (the PyTorch loops)."""
     if torch.cuda.is_available():
@@ -162,10 +176,19 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
     add = _recorder(rows, spec.name, shape)
 
     ours = lambda: spec.op(**args, backend="triton")
-    with torch.no_grad():
-        add("recdsl", "fwd", _bench(ours), _peak(ours))
-    fb = _fwd_bwd(ours, tensors)
-    add("recdsl", "fwd+bwd", _bench(fb), _peak(fb))
+    runs = {"recdsl": ours}
+    chunk_hgrn = None
+    if with_fla and spec.name == "hgrn":
+        try:
+            from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+        except ImportError:
+            chunk_hgrn = None
+        if chunk_hgrn is not None:
+            x, gg = args["x"], args["g"]
+            runs["fla chunk_hgrn"] = lambda: chunk_hgrn(x, gg)
+            runs["fla fused_recurrent_hgrn"] = lambda: fused_recurrent_hgrn(x, gg)
+    time_contestants(runs, tensors, add, lambda name, mode, e: rows.append(
+        {"case": spec.name, "contestant": name, "mode": mode, "error": str(e)[:200], **shape}))
     # the sequential reference (a PyTorch loop over T), one forward call
     if T * B <= 65536:
         with torch.no_grad():
@@ -183,24 +206,12 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
     src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     add("device copy", "fwd", _bench(lambda: dst.copy_(src)), None, bytes=moved)
-    if with_fla and spec.name == "hgrn":
-        try:
-            from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
-        except ImportError:
-            chunk_hgrn = None
-        if chunk_hgrn is not None:
-            x, gg = args["x"], args["g"]
-            for name, fn in (("fla chunk_hgrn", chunk_hgrn), ("fla fused_recurrent_hgrn", fused_recurrent_hgrn)):
-                run = (lambda fn=fn: fn(x, gg))
-                with torch.no_grad():
-                    add(name, "fwd", _bench(run), _peak(run))
-                fb = _fwd_bwd(run, [x, gg])
-                add(name, "fwd+bwd", _bench(fb), _peak(fb))
-            with torch.no_grad():
-                o1, _ = spec.op(**args, backend="triton")
-                o2, _ = chunk_hgrn(x, gg)
-            rows.append({"case": spec.name, "check": "recdsl vs fla chunk_hgrn (bf16)",
-                         "rel_rmse": float((o1.float() - o2.float()).norm() / o2.float().norm())})
+    if chunk_hgrn is not None:
+        with torch.no_grad():
+            o1, _ = spec.op(**args, backend="triton")
+            o2, _ = chunk_hgrn(x, gg)
+        rows.append({"case": spec.name, "check": "recdsl vs fla chunk_hgrn (bf16)",
+                     "rel_rmse": float((o1.float() - o2.float()).norm() / o2.float().norm())})
     return rows
 
 
@@ -251,51 +262,53 @@ def recurrent_case(path: str, B: int, T: int, params: dict, dtype=torch.float32,
         if chunked_forward(match_dplr(spec.ir).decay, spec.ir.state[1][0], T):
             shape["forward"] = "chunk"
             second = ("recdsl recurrent forward", _with_env(DPLR_FORWARD_ENV, "recurrent", ours), "dplr_recurrent")
-    with torch.no_grad():
-        add("recdsl", "fwd", _bench(ours), _peak(ours))
-        if second:
-            add(second[0], "fwd", _bench(second[1]), _peak(second[1]), algorithm=second[2])
-        loop_ms = _once(loop)
-        add("reference (PyTorch loop)", "fwd", loop_ms, calls=1)
-    # every route trains: a per-key gate (delta_recurrent without a gradient) through the DPLR kernels
-    add("recdsl", "fwd+bwd", _bench(_fwd_bwd(ours, tensors)), _peak(_fwd_bwd(ours, tensors)))
+    runs = {"recdsl": ours}
+    extra = {}
     if second:
-        fb = _fwd_bwd(second[1], tensors)
-        add(second[0], "fwd+bwd", _bench(fb), _peak(fb), algorithm=second[2])
+        runs[second[0]] = second[1]
+        extra[second[0]] = {"algorithm": second[2]}
+    fla_x = _fla_rwkv7(args) if with_fla and spec.name == "rwkv7" else None
+    if fla_x is not None:
+        from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+        for name, fn in (("fla chunk_rwkv7", chunk_rwkv7), ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7)):
+            runs[name] = (lambda fn=fn: fn(*fla_x, scale=1.0, output_final_state=False))
+    # fla's fused_recurrent_rwkv7 has no backward: its row records the error
+    time_contestants(runs, tensors, lambda name, mode, ms, peak, **kw: add(name, mode, ms, peak, **kw, **extra.get(name, {})),
+                     lambda name, mode, e: rows.append({"case": spec.name, "contestant": name, "mode": mode,
+                                                        "error": str(e)[:200], **shape}))
+    loop_ms = _once(_no_grad(loop))
+    add("reference (PyTorch loop)", "fwd", loop_ms, calls=1)
     if loop_ms <= REFERENCE_BACKWARD_MS:
         add("reference (PyTorch loop)", "fwd+bwd", _once(_fwd_bwd(loop, tensors)), calls=1,
             note="differentiates every iteration" if algorithm.startswith("fixed_point") else None)
     else:   # autograd through T steps takes 50-100x the forward loop (67 s for rwkv7 at 4x4096x16x128)
         rows.append({"case": spec.name, "contestant": "reference (PyTorch loop)", "mode": "fwd+bwd",
                      "skipped": f"its forward took {loop_ms:.0f} ms", **shape})
-    if with_fla and spec.name == "rwkv7":
-        rows += _fla_rwkv7(spec, args, add)
+    if fla_x is not None:   # how far our output is from chunk_rwkv7's
+        from fla.ops.rwkv7 import chunk_rwkv7
+        with torch.no_grad():
+            o = ours()[0]
+            ref = chunk_rwkv7(*fla_x, scale=1.0)[0]
+        rows.append({"case": spec.name, "check": f"recdsl vs fla chunk_rwkv7 ({str(o.dtype).replace('torch.', '')})",
+                     "rel_rmse": float((o.float() - ref.float()).norm() / ref.float().norm())})
     return rows
 
 
-def _fla_rwkv7(spec, args: dict, add) -> list[dict]:
-    """fla's RWKV-7 kernels on the same tensors (same layout [B, T, H, K], same DPLR convention
-    S_t = (diag(exp(w)) + b a^T) S_(t-1) + k v^T), and how far our output is from chunk_rwkv7's."""
+def _fla_rwkv7(args: dict):
+    """fla's RWKV-7 arguments from ours (same layout [B, T, H, K], same DPLR convention
+    S_t = (diag(exp(w)) + b a^T) S_(t-1) + k v^T), or None where fla does not import."""
     try:
-        from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+        import fla.ops.rwkv7  # noqa: F401
     except ImportError:
-        return []
-    tensors, out = list(args.values()), []
-    x = [args[n] for n in ("r", "w", "k", "v", "a", "b")]
-    for name, fn in (("fla chunk_rwkv7", chunk_rwkv7), ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7)):
-        run = (lambda fn=fn: fn(*x, scale=1.0, output_final_state=False))
+        return None
+    return [args[n] for n in ("r", "w", "k", "v", "a", "b")]
+
+
+def _no_grad(fn):
+    def f():
         with torch.no_grad():
-            add(name, "fwd", _bench(run), _peak(run))
-        try:
-            fb = _fwd_bwd(run, tensors)
-            add(name, "fwd+bwd", _bench(fb), _peak(fb))
-        except Exception as e:   # a kernel this Triton or this GPU rejects
-            out.append({"case": spec.name, "contestant": name, "mode": "fwd+bwd", "error": str(e)[:200]})
-    with torch.no_grad():
-        o = spec.op(**args, backend="triton")[0]
-        ref = chunk_rwkv7(*x, scale=1.0)[0]
-    return out + [{"case": spec.name, "check": f"recdsl vs fla chunk_rwkv7 ({str(o.dtype).replace('torch.', '')})",
-                   "rel_rmse": float((o.float() - ref.float()).norm() / ref.float().norm())}]
+            return fn()
+    return f
 
 
 def _fixed_point_mode(mode: str, run):
@@ -340,34 +353,29 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
 
     add = _recorder(rows, spec.name, shape)
 
-    def both(name, run, backward=True):
-        with torch.no_grad():
-            add(name, "fwd", _bench(run), _peak(run))
-        if backward:
-            try:
-                fb = _fwd_bwd(run, tensors)
-                add(name, "fwd+bwd", _bench(fb), _peak(fb))
-            except Exception as e:   # fla refuses some backward passes on Hopper with this Triton
-                rows.append({"case": spec.name, "contestant": name, "mode": "fwd+bwd", "error": str(e)[:200], **shape})
-
-    both("recdsl", lambda: spec.op(**args, backend="triton"))
+    runs = {"recdsl": lambda: spec.op(**args, backend="triton")}
     if gate is not None:   # the same recurrence with signed decays, carried as (log|a|, sign)
         sign = torch.where(rnd(*args["g"].shape) < 0, -1, 1).to(torch.int8)   # the form the kernels read
-        both("recdsl signed decay", lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign))
+        runs["recdsl signed decay"] = lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign)
+    ref = None
     if with_fla:
         try:
             import fla.ops as F
         except ImportError:
             F = None
         if F is not None and spec.name == "gla":
-            both("fla chunk_gla", lambda: F.chunk_gla(q, k, v, args["g"]))
-            ref = F.chunk_gla(q, k, v, args["g"])[0]
+            runs["fla chunk_gla"] = lambda: F.chunk_gla(q, k, v, args["g"])
         elif F is not None and spec.name in ("mamba2", "linear_attention"):
             fla_g = args.get("g")
-            both("fla chunk_simple_gla", lambda: F.chunk_simple_gla(q, k, v, fla_g))
-            ref = F.chunk_simple_gla(q, k, v, fla_g)[0]
-        else:
-            ref = None
+            runs["fla chunk_simple_gla"] = lambda: F.chunk_simple_gla(q, k, v, fla_g)
+    # fla refuses some backward passes on Hopper with this Triton: the row records its error
+    time_contestants(runs, tensors, add, lambda name, mode, e: rows.append(
+        {"case": spec.name, "contestant": name, "mode": mode, "error": str(e)[:200], **shape}))
+    if with_fla:
+        fla_run = next((f for n, f in runs.items() if n.startswith("fla")), None)
+        if fla_run is not None:
+            with torch.no_grad():
+                ref = fla_run()[0]
         if ref is not None:
             with torch.no_grad():
                 o = spec.op(**args, backend="triton")[0]
@@ -488,45 +496,49 @@ def main(argv=None) -> int:
         print(f"recdsl bench: {e}", file=sys.stderr)
         return 2
     dtype = DTYPES[args.dtype] if args.dtype else None
+    rows: list[dict] = []
+    path = Path(args.out) / f"{args.tag}.jsonl"
+
+    def keep(new: list[dict]) -> None:
+        """Each case's rows go to the file as soon as it is measured: a time limit loses only the case in
+        flight."""
+        for r in new:
+            if "ms" not in r:
+                print(json.dumps(r))
+        write(new, args.out, args.tag)
+        rows.extend(new)
     if algorithm == "dplr_recurrent":
         # issue 4's shapes, as for the other matrix states: H heads of K = V = D, bf16 unless asked
-        rows = []
         for B, T, params in dplr_shapes(args.shapes, args.param):
-            rows += recurrent_case(args.file, B, T, params, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla)
+            keep(recurrent_case(args.file, B, T, params, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla))
             torch.cuda.empty_cache()
     elif algorithm in ("blockdiag_recurrent", "fixed_point_scan", "fixed_point_fused", "fixed_point_one_launch",
                        "delta_recurrent"):
         params = {k: float(v) for k, _, v in (p.partition("=") for p in args.param)}
-        rows = recurrent_case(args.file, args.batch, args.length, params, dtype=dtype or torch.float32,
-                              with_fla=not args.no_fla)
+        keep(recurrent_case(args.file, args.batch, args.length, params, dtype=dtype or torch.float32,
+                            with_fla=not args.no_fla))
     elif algorithm == "elementwise_scan":
-        rows = elementwise_case(args.file, args.batch, args.length, args.width, dtype=dtype or torch.bfloat16,
-                                with_fla=not args.no_fla)
+        keep(elementwise_case(args.file, args.batch, args.length, args.width, dtype=dtype or torch.bfloat16,
+                              with_fla=not args.no_fla))
         if not args.no_cold_start:
-            rows.append({"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)})
+            keep([{"case": spec.name, "cold_start_s": cold_start(args.file, D=args.width)}])
     elif algorithm == "delta_chunk":
         from .bench_delta import delta_case
         params = {k: int(float(v)) for k, _, v in (p.partition("=") for p in args.param)}
-        rows = []
         for sh in args.shapes.split(";"):
             B, T, H, D = map(int, sh.split(","))
             gates = (False, True) if spec.name == "deltaproduct" else (None,)
             for gated in gates:
-                rows += delta_case(args.file, B, T, H, D, params, gated=gated, dtype=dtype or torch.bfloat16,
-                                   with_fla=not args.no_fla)
+                keep(delta_case(args.file, B, T, H, D, params, gated=gated, dtype=dtype or torch.bfloat16,
+                                with_fla=not args.no_fla))
                 torch.cuda.empty_cache()
     elif algorithm == "chunk":
-        rows = []
         for sh in args.shapes.split(";"):
             B, T, H, D = map(int, sh.split(","))
-            rows += matrix_case(args.file, B, T, H, D, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla)
+            keep(matrix_case(args.file, B, T, H, D, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla))
             torch.cuda.empty_cache()
         if not args.no_cold_start:
-            rows.append({"case": spec.name, "cold_start_s": cold_start(args.file)})
-    for r in rows:
-        if "ms" not in r:
-            print(json.dumps(r))
-    path = write(rows, args.out, args.tag)
+            keep([{"case": spec.name, "cold_start_s": cold_start(args.file)}])
     plot(rows, str(path.with_suffix(".png")))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
