@@ -51,6 +51,22 @@ def random_args(spec, B=2, T=6, dtype=torch.float64, seed=0):
     return out
 
 
+def check_against_reference(spec, args: dict, h0, cu_seqlens, fwd_tol=1e-5, grad_tol=1e-4, label=""):
+    """spec.op on the Triton backend (args and h0 fp32, requiring grad) against the reference in fp64: the
+    output and final state, then the gradient of every argument and of h0 through both."""
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
+    o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens, backend="triton")
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in args.items()}
+    rh0 = h0.detach().double().requires_grad_(True)
+    ro, rS = spec.op(**ref, initial_state=rh0, output_final_state=True, cu_seqlens=cu_seqlens, backend="reference")
+    assert rel(o, ro) < fwd_tol and rel(S, rS) < fwd_tol
+    w1, w2 = torch.randn_like(ro), torch.randn_like(rS)
+    got = torch.autograd.grad((o * w1.float()).sum() + (S * w2.float()).sum(), list(args.values()) + [h0])
+    want = torch.autograd.grad((ro * w1).sum() + (rS * w2).sum(), list(ref.values()) + [rh0])
+    for n, a, b in zip(list(args) + ["h0"], got, want):
+        assert rel(a, b) < grad_tol, (label, n, rel(a, b))
+
+
 @pytest.fixture(params=[os.path.basename(p)[:-4] for p in EXAMPLES])
 def example_name(request):
     return request.param

@@ -6,7 +6,7 @@ import torch
 import recdsl
 from recdsl.planner import triton_route
 
-from conftest import example, random_args, step_through
+from conftest import check_against_reference, example, random_args, step_through
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
@@ -108,14 +108,4 @@ def test_gates_the_chunked_kernels_refuse_train_through_dplr(src):
         args = {k: v.requires_grad_(True) for k, v in random_args(spec, B=B, T=T, dtype=torch.float32, seed=T).items()}
         N = B if cu_seqlens is None else 3
         h0 = torch.randn(spec.state_shape(N), requires_grad=True)
-        ins = list(args.values()) + [h0]
-        o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens, backend="triton")
-        dbl = {k: v.detach().double().requires_grad_(True) for k, v in args.items()}
-        h0d = h0.detach().double().requires_grad_(True)
-        ro, rS = spec.op(**dbl, initial_state=h0d, output_final_state=True, cu_seqlens=cu_seqlens, backend="reference")
-        assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
-        do, dS = torch.randn_like(o), torch.randn_like(S)
-        got = torch.autograd.grad((o * do).sum() + (S * dS).sum(), ins)
-        want = torch.autograd.grad((ro * do.double()).sum() + (rS * dS.double()).sum(), list(dbl.values()) + [h0d])
-        for name, g1, g2 in zip(list(args) + ["h0"], got, want):
-            assert rel(g1, g2) < 1e-4, name
+        check_against_reference(spec, args, h0, cu_seqlens, label=spec.name)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example as known, given, settings, strategie
 
 import recdsl
 
-from conftest import example, random_args
+from conftest import check_against_reference, example, random_args
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
@@ -149,16 +149,7 @@ def test_spec_forward_backward_matches_reference(name, params):
     args = random_args(spec, B=1, T=100, dtype=torch.float32, seed=1)
     args = {n: x.requires_grad_(True) for n, x in args.items()}
     h0 = torch.randn(spec.state_shape(2), requires_grad=True)
-    o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in args.items()}
-    rh0 = h0.detach().double().requires_grad_(True)
-    ro, rS = spec.op(**ref, initial_state=rh0, output_final_state=True, cu_seqlens=cu, backend="reference")
-    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
-    w1, w2 = torch.randn_like(ro), torch.randn_like(rS)
-    got = torch.autograd.grad((o * w1.float()).sum() + (S * w2.float()).sum(), list(args.values()) + [h0])
-    want = torch.autograd.grad((ro * w1).sum() + (rS * w2).sum(), list(ref.values()) + [rh0])
-    for n, a, b in zip(list(args) + ["h0"], got, want):
-        assert rel(a, b) < 1e-4, (name, n, rel(a, b))
+    check_against_reference(spec, args, h0, cu, label=name)
 
 
 def test_omitted_zero_gate_runs_the_ungated_kernels(monkeypatch):
