@@ -159,7 +159,8 @@ def wy_fwd(k, v, beta, g, Tm, w, u, cu_seqlens, chunk_indices, T,
     The chunk is cut into four sub-blocks of BC = BT / 4 rows: T's diagonal blocks by forward substitution
     (wy_diag_inverse), the others from T_ij = -T_ii sum_{j <= m < i} A_im T_mj (fla's approach; every
     product a small tl.dot). The keys are read in blocks of BKW, twice (for A, then for w): holding all of
-    them with w's fp32 tiles spilled at K = 128 (255 registers and 208 B of stack in an sm_90 build)."""
+    them with w's fp32 tiles spilled at K = 128 (255 registers and 208 B of stack in an sm_90
+    build by Triton 3.9)."""
     BC: tl.constexpr = BT // 4
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
