@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--bt", type=ints, default=[32, 64, 128, 256])
     ap.add_argument("--bd", type=ints, default=[8, 16, 32])
     ap.add_argument("--warps", type=ints, default=[2, 4, 8])
-    ap.add_argument("--backward", default=None, choices=["exclusive", "shifted"],
+    ap.add_argument("--backward", default=None, choices=["exclusive", "shifted", "output"],
                     help="the backward scans' form (default: the planner's choice)")
     ap.add_argument("--schedules", default="look_back",
                     help="comma-separated: walk (a program per sequence walks the tokens), look_back (a program per tile)")
@@ -66,7 +66,9 @@ def main():
             ms_f = do_bench(fwd, warmup=25, rep=100, return_mode="median")
             xs = [x.detach().requires_grad_(True) for x in ins]
 
-            def fb():
+            def fb():   # as recdsl bench: no gradient accumulation between calls
+                for x in xs:
+                    x.grad = None
                 out, _, _ = op(xs, ws, [], None, None, False)
                 out.backward(torch.ones_like(out))
             fb()

@@ -361,10 +361,14 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     S = spec.ir.state[1]
     if len(S) == 2:
         return _matrix_scan_plan(spec, S)
+    from recdsl.backends.triton.scan import output_is_state
     short = tokens is not None and tokens <= SHORT_T
+    from_output = output_is_state(spec.ir)
     target = 2 * 132                           # two walking programs per SM on an H100
     few = batch_channels is not None and batch_channels // 16 < target
-    schedule = _schedule_override() or ("look_back" if few and not short else "walk")
+    # with the backward from the output the look-back's tiles beat the walk at any width; without it, only
+    # where too few walking programs fill the GPU
+    schedule = _schedule_override() or ("look_back" if (few or from_output) and not short else "walk")
     if schedule == "look_back":
         BT, BD, warps = _blocks_override((64, 32, 2))
         how = (f"tiles of BT={BT} tokens x BD={BD} channels, each its own program, chained along the tokens by a "
@@ -373,7 +377,10 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
                (f"B*C={batch_channels} gives only {batch_channels // 16} walking programs of 16 channels "
                 f"(aim: >= {target}); " if few else "") +
                "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
-               "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)")
+               "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)",
+               *(("at B=4, T=4096, C=2048 with the backward from the output these blocks took 0.136 / 0.528 ms "
+                  "against the walk's 0.139 / 0.747 ms with its best backward (forward+backward with gradients "
+                  "accumulated; benchmarks/results/2026-11-26zd_h100_sweep_hgrn_*.jsonl)",) if from_output else ()))
     else:
         # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
         BT, BD, warps = 128, 16, 2
@@ -392,10 +399,17 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
         *how,
-        "chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
-        "backward scans keep each row's exclusive prefix (inputs read once per row): on an H100 at B=4, "
-        "T=4096, C=2048 its kernel took 0.44 ms against 0.49 ms re-reading the neighbouring rows",
-    ), scan_backward="exclusive", scan_schedule=schedule)
+        *_vector_backward_reasons(from_output),
+    ), scan_backward="output" if from_output else "exclusive", scan_schedule=schedule)
+
+
+def _vector_backward_reasons(from_output: bool) -> tuple[str, ...]:
+    if from_output:
+        return ("the readout is the state, so the backward reads h_(t-1) from the output (saved for it anyway) "
+                "and runs one reverse scan; the forward stores no chunk-start states",)
+    return ("chunk-start states are stored (T/BT x C floats) so the backward recomputes only inside a block",
+            "backward scans keep each row's exclusive prefix (inputs read once per row): on an H100 at B=4, "
+            "T=4096, C=2048 its kernel took 0.44 ms against 0.49 ms re-reading the neighbouring rows")
 
 
 def _schedule_override() -> str | None:

@@ -5,18 +5,19 @@ meets when tiles run at once."""
 import pytest
 import torch
 
+from recdsl.backends.triton.look_back import EMPTY
+
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tier runs the look-back in the scans")
 
 KERNEL = '''
 
 @triton.jit
-def carry_into(flags, chain_a, chain_b, chain_h, agg_a, agg_b, out, i_t, BD: tl.constexpr):
+def carry_into(aggs, incs, agg_a, agg_b, out, i_t, BD: tl.constexpr):
     cols = tl.arange(0, BD)[None, :]
     slot = i_t * BD + cols
     m = cols < BD
-    carry = _chain_link(flags, chain_a, chain_b, chain_h, slot, tl.load(agg_a + cols), tl.load(agg_b + cols),
-                        BD, i_t, m)
+    carry = _chain_link(aggs, incs, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m)
     tl.store(out + cols, carry)
 '''
 
@@ -40,19 +41,24 @@ def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
         incl.append(h)
     incl = torch.stack(incl)
     # per element, how far back the nearest inclusive value is: tile 0 always has one
-    status = torch.where(torch.rand(n, BD, generator=g) < 0.4, 2, 1).int()
-    status[0] = 2
-    flags = torch.cat([status.flatten(), torch.zeros(BD + 1, dtype=torch.int32)])   # this tile's slot + counter
-    chain = torch.zeros(3, (n + 1) * BD)
-    chain[0, :n * BD], chain[1, :n * BD] = A.flatten(), B.flatten()
-    chain[2, :n * BD] = torch.where(status == 2, incl, torch.full_like(incl, float("nan"))).flatten()
+    inclusive = torch.rand(n, BD, generator=g) < 0.4
+    inclusive[0] = True
+    aggs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)    # this tile's slot last
+    incs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)
+    aggs[:n * BD] = words(A, B).flatten()
+    incs[:n * BD] = torch.where(inclusive, words(incl, torch.zeros_like(incl)), EMPTY).flatten()
     agg_a, agg_b, out = torch.rand(BD, generator=g), torch.randn(BD, generator=g), torch.empty(BD)
-    module().carry_into[(1,)](flags, chain[0], chain[1], chain[2], agg_a, agg_b, out, n, BD=BD)
+    module().carry_into[(1,)](aggs, incs, agg_a, agg_b, out, n, BD=BD)
     assert torch.allclose(out, incl[-1], atol=1e-5, rtol=1e-5)
-    # this tile published its aggregate before looking back
-    assert (flags[n * BD:(n + 1) * BD] == 1).all()
-    assert torch.equal(chain[0, n * BD:], agg_a) and torch.equal(chain[1, n * BD:], agg_b)
+    # this tile published its aggregate before looking back, and no inclusive value yet
+    assert torch.equal(aggs[n * BD:], words(agg_a, agg_b))
+    assert (incs[n * BD:] == EMPTY).all()
 
+
+def words(hi, lo):
+    """fp32 pairs as the look-back's 64-bit words (hi in the upper half)."""
+    as_int = lambda x: x.float().view(torch.int32).to(torch.int64)
+    return (as_int(hi) << 32) | (as_int(lo) & 0xFFFFFFFF)
 
 def test_walk_and_look_back_schedules_agree(monkeypatch):
     """The same spec under both schedules: many tiles per sequence, varlen with an empty sequence."""

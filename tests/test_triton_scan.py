@@ -90,16 +90,19 @@ def test_matrix_state_with_heads_and_varlen():
             assert rel(g1[k], g2[k]) < 1e-4, k
 
 
-@pytest.mark.parametrize("backward", ["exclusive", "shifted"])
-@pytest.mark.parametrize("name", ["hgrn", "mamba"])
-def test_both_backward_forms(name, backward, monkeypatch):
-    """Each backward form on vector and matrix states: several blocks per sequence, varlen with an empty
-    sequence, an initial state and the final state's gradient."""
+@pytest.mark.parametrize("backward,name,schedule", [
+    ("exclusive", "hgrn", "walk"), ("shifted", "hgrn", "walk"), ("exclusive", "mamba", "walk"),
+    ("shifted", "mamba", "walk"), ("output", "hgrn", "walk"), ("output", "hgrn", "look_back"),
+    ("output", "lru", "look_back")])
+def test_backward_forms(name, backward, schedule, monkeypatch):
+    """Each backward form on vector and matrix states (the output form where the readout is the state):
+    several blocks per sequence, varlen with an empty sequence, an initial state and the final state's
+    gradient."""
     import dataclasses
     from recdsl import planner
     plan_of = planner._scan_plan
     monkeypatch.setattr(planner, "_scan_plan", lambda spec, bc, tokens=None: dataclasses.replace(
-        plan_of(spec, bc, tokens), block_t=8, scan_backward=backward))
+        plan_of(spec, bc, tokens), block_t=8, block_d=4, scan_backward=backward, scan_schedule=schedule))
     spec = recdsl.load(example(name), D=4, **({"N": 3} if name == "mamba" else {}))
     cu = torch.tensor([0, 9, 9, 24, 40], dtype=torch.int32)
     args = random_args(spec, B=1, T=40, dtype=torch.float32, seed=5)
@@ -108,6 +111,13 @@ def test_both_backward_forms(name, backward, monkeypatch):
     assert rel(o1, o2) < 1e-5 and rel(S1, S2) < 1e-5
     for k in g2:
         assert rel(g1[k], g2[k]) < 1e-4, k
+
+
+def test_output_backward_needs_the_state_as_readout():
+    from recdsl.backends.triton.scan import generate
+    spec = recdsl.load(example("mamba"), D=4, N=3)
+    with pytest.raises(ValueError, match="readout that is the state itself"):
+        generate(spec.ir, spec.args, "output")
 
 
 def test_gates_at_zero_and_one():

@@ -13,6 +13,7 @@ import triton
 import recdsl
 
 from .cache import load_module
+from .look_back import EMPTY
 from .scan import generate
 from .ints import cdiv, next_power_of_2
 
@@ -40,7 +41,7 @@ def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "e
         key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{schedule}_{'_'.join(map(str, geometry))}"
         if key not in _OPS:
             _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps,
-                                  geometry, schedule)
+                                  geometry, schedule, backward)
         spec.memo[memo_key] = _OPS[key]
     return spec.memo[memo_key]
 
@@ -55,7 +56,7 @@ def scan_geometry(spec) -> tuple[int, int, int]:
     return spec.heads or 1, S[0], S[1]
 
 
-def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
+def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
     name = f"recdsl::{spec_name}_scan_{key}"
     n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
     H, D, N = geometry
@@ -77,12 +78,12 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
     def launch(kernel, walk_grid, n_chunks, args, seq, device, **flags):
         if schedule == "walk":
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=warps)
-        # the look-back's workspace: per-element status flags (the last one counts tiles as they start)
-        # and the published aggregates and carries
-        flags_ws = torch.zeros(n_chunks * state_size + 1, dtype=torch.int32, device=device)
-        chain = torch.empty(3, n_chunks * state_size, dtype=torch.float32, device=flags_ws.device)
+        # the look-back's workspace: a counter of tiles as they start, each tile's published aggregate and
+        # inclusive value per element (64-bit words, EMPTY until published)
+        counter = torch.zeros(1, dtype=torch.int32, device=device)
+        words = torch.full((2, n_chunks * state_size), EMPTY, dtype=torch.int64, device=device)
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, flags_ws, chain[0], chain[1], chain[2], n_chunks, **flags, num_warps=warps)
+            *args, seq, counter, words[0], words[1], n_chunks, **flags, num_warps=warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
@@ -98,7 +99,8 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         hc = torch.empty(max(n_chunks, 1), state_size, dtype=torch.float32, device=out.device)
         launch("scan_fwd", (cdiv(D, BD), Ns * H), n_chunks, (*ins, *ws, *options, h0, out, ht, hc, cu, co),
                seq, out.device, T=T, NTOK=B * T, H=H, D=D, N=N, BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None,
-               USE_H0=h0 is not None, STORE_HT=output_final_state, STORE_HC=True)
+               USE_H0=h0 is not None, STORE_HT=output_final_state,
+               STORE_HC=backward != "output")   # the output form reads h_(t-1) from `out` instead
         return out, ht, hc
 
     forward = torch.library.custom_op(name, forward_impl, mutates_args=())
@@ -113,7 +115,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
                 ins[0].new_empty(n_chunks, state_size, dtype=torch.float32))
 
     def backward_impl(ins: list[torch.Tensor], ws: list[torch.Tensor], options: list[float], h0: Optional[torch.Tensor],
-                    hc: torch.Tensor, cu: Optional[torch.Tensor], d_out: torch.Tensor,
+                    hc: torch.Tensor, out: torch.Tensor, cu: Optional[torch.Tensor], d_out: torch.Tensor,
                     dht: Optional[torch.Tensor]) -> list[torch.Tensor]:
         ins, ws = [x.contiguous() for x in ins], [w.contiguous() for w in ws]
         h0 = None if h0 is None else h0.contiguous()
@@ -131,7 +133,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
                 w.new_zeros((rows * n_blocks,) + w.shape, dtype=torch.float32) for n, w in zip(mod.WEIGHTS, ws)]
         dh0 = torch.empty(Ns if h0 is not None else 0, state_size, dtype=torch.float32, device=d_out.device)
         launch("scan_bwd", (n_blocks, Ns * H), n_chunks,
-               (*ins, *ws, *options, h0, hc, d_out.contiguous(), dht, *d_ins, *d_ws, dh0, cu, co), seq,
+               (*ins, *ws, *options, h0, hc, out, d_out.contiguous(), dht, *d_ins, *d_ws, dh0, cu, co), seq,
                d_out.device, T=T, NTOK=B * T, H=H, D=D, N=N, BT=BT, BD=BD, BN=BN, IS_VARLEN=cu is not None,
                USE_H0=h0 is not None, USE_DHT=dht is not None)
         d_ins = [g.sum(0).to(x.dtype) if n in mod.PARTIAL_INPUTS else g for n, g, x in zip(mod.INPUTS, d_ins, ins)]
@@ -140,14 +142,14 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
     backward_op = torch.library.custom_op(name + "_bwd", backward_impl, mutates_args=())
 
     @backward_op.register_fake
-    def _(ins, ws, options, h0, hc, cu, d_out, dht):
+    def _(ins, ws, options, h0, hc, out, cu, d_out, dht):
         Ns = ins[0].shape[0] if cu is None else cu.shape[0] - 1
         return ([torch.empty_like(x) for x in ins] + [torch.empty_like(w) for w in ws]
                 + [d_out.new_empty(Ns if h0 is not None else 0, state_size, dtype=torch.float32)])
 
     def setup_context(ctx, inputs, output):
         ins, ws, options, h0, cu, _ = inputs
-        ctx.save_for_backward(*ins, *ws, *([h0] if h0 is not None else []), output[2],
+        ctx.save_for_backward(*ins, *ws, *([h0] if h0 is not None else []), output[2], output[0],
                               *([cu] if cu is not None else []))
         ctx.options, ctx.has_h0, ctx.has_cu = options, h0 is not None, cu is not None
 
@@ -155,10 +157,10 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         saved = list(ctx.saved_tensors)
         ins, ws, rest = saved[:n_in], saved[n_in:n_in + n_w], saved[n_in + n_w:]
         h0 = rest.pop(0) if ctx.has_h0 else None
-        hc = rest.pop(0)
+        hc, out = rest.pop(0), rest.pop(0)
         cu = rest.pop(0) if ctx.has_cu else None
         dht = d_ht if (d_ht is not None and d_ht.numel()) else None
-        grads = backward_op(ins, ws, ctx.options, h0, hc, cu, d_out, dht)
+        grads = backward_op(ins, ws, ctx.options, h0, hc, out, cu, d_out, dht)
         return (grads[:n_in], grads[n_in:n_in + n_w], [None] * len(ctx.options),
                 grads[-1] if ctx.has_h0 else None, None, None)
 
@@ -171,7 +173,7 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
         def forward(ctx, options, h0, cu, output_final_state, *tensors):
             out, ht, hc = forward_impl(list(tensors[:n_in]), list(tensors[n_in:]), options, h0, cu,
                                        output_final_state)
-            ctx.save_for_backward(*tensors, h0, hc, cu)
+            ctx.save_for_backward(*tensors, h0, hc, out, cu)
             ctx.options = options
             ctx.mark_non_differentiable(hc)
             ctx.set_materialize_grads(False)
@@ -179,10 +181,10 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule):
 
         @staticmethod
         def backward(ctx, d_out, d_ht, d_hc):
-            *tensors, h0, hc, cu = ctx.saved_tensors
+            *tensors, h0, hc, out, cu = ctx.saved_tensors
             if d_out is None:   # only the final state reaches the loss
                 d_out = tensors[0].new_zeros(tensors[0].shape[:2] + out_tail)
-            grads = backward_impl(list(tensors[:n_in]), list(tensors[n_in:]), ctx.options, h0, hc, cu,
+            grads = backward_impl(list(tensors[:n_in]), list(tensors[n_in:]), ctx.options, h0, hc, out, cu,
                                   d_out, d_ht if d_ht is not None and d_ht.numel() else None)
             return (None, grads[-1] if h0 is not None else None, None, None, *grads[:-1])
 

@@ -132,18 +132,27 @@ class Tiles:
         return " & ".join(parts) if parts else "True"
 
 
-BACKWARDS = ("exclusive", "shifted")
+BACKWARDS = ("exclusive", "shifted", "output")
+
+
+def output_is_state(ir: IR) -> bool:
+    """Whether the spec's readout is its state (o_t = h_t), so the output holds every h_{t-1} the backward needs."""
+    return ir.node(ir.roots_with("output:")[0][1]).op == "state"
 TILE_ROW0 = "bos + i_t * BT"   # the first token row of the block a kernel is on (its rows: ot = i_t * BT + rows)
 
 
 def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     """The Triton module text for this spec's forward and backward kernels. `backward` (a Plan choice):
     "exclusive" scans carry each row's exclusive prefix, so every input is read once per row;
-    "shifted" re-reads the rows before and after instead, keeping half the values live per scan."""
+    "shifted" re-reads the rows before and after instead, keeping half the values live per scan;
+    "output" (where the readout is the state itself) reads h_{t-1} from the output the forward wrote, so the
+    backward runs one reverse scan and the forward stores no chunk-start states."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     kinds = node_kinds(ir)
     assert not isinstance(kinds, str), kinds
+    if backward == "output" and not output_is_state(ir):
+        raise ValueError(f"the 'output' backward needs a readout that is the state itself; {ir.name}'s is not")
     matrix = len(ir.state[1]) == 2
     tiles = Tiles(matrix)
     trans, write = ir.root("transition"), ir.root("write")
@@ -227,7 +236,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         # together), heads and channel blocks within a chunk; the backward's chains start at the last chunk
         return [
             "NCB = tl.cdiv(D, BD)",
-            "tile = _tile_index(flags, NC * H * D * N)",
+            "tile = _tile_index(counter)",
             "i_c, r = tile % NCB, tile // NCB",
             "i_h, r = r % H, r // H",
             "if IS_VARLEN:",
@@ -309,10 +318,10 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         f"agg_a, agg_b = {last_row('A')}, {last_row('Bs')}   # this tile as the map h -> agg_a * h + agg_b",
         f"h = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if i_t > 0:   # the carry from the chunks before: decoupled look-back",
-        "    h = _chain_link(flags, chain_a, chain_b, chain_h, slot, agg_a, agg_b, H * D * N, i_t, sm)",
+        "    h = _chain_link(aggs, incs, slot, agg_a, agg_b, H * D * N, i_t, sm)",
         "elif USE_H0:",
         f"    h = {h0_load}",
-        "_chain_close(flags, chain_h, slot, agg_b + agg_a * h, sm)",
+        "_chain_close(incs, slot, agg_b + agg_a * h, sm)",
         "if STORE_HC:",
         "    tl.store(hc + slot, h, mask=sm)",
         *fwd_finish,
@@ -355,6 +364,12 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             out.append(f"tl.store(dw_{x} + {tiles.offset(k, r)}, dw_{x}_acc, mask={tiles.mask(k)})")
         return out
 
+    shifted_grad_scan = [
+        "# a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
+        *nxt_gate,
+        f"c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
+        "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
+    ]
     if backward == "exclusive":
         # one scan per direction that also keeps each row's exclusive prefix: inputs read once per row
         state_pass = [
@@ -373,6 +388,20 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         ]
         dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
         carry_doc, dh0 = "a_t dL/dh_t", "{}"
+    elif backward == "output":
+        # h_{t-1} is the output at the row before (h0 at a sequence's first row): one reverse scan
+        state_pass = [
+            "mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
+            f"m_p = {tiles.mask(state_kind, 'mt_p')}",
+            f"m_n = {tiles.mask(state_kind, 'mt_n')}",
+            f"h_prev = tl.load({tiles.address('out', state_kind, TILE_ROW0, 'rows - 1')}, mask=m_p, "
+            "other=0.0).to(tl.float32)",
+            "h_prev = tl.where(ot == 0, h_first, h_prev)",
+            *cur_gate,
+            f"a = tl.where(m, {v(a_id)}, 1.0)",
+            f"b = tl.where(m, {v(write)}, 0.0)",
+            "hs = a * h_prev + b",
+        ]
     else:
         # h_{t-1} and a_{t+1} re-read from the neighbouring rows: fewer live values per scan
         state_pass = [
@@ -391,12 +420,8 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             f"b = tl.where(m, {v(write)}, 0.0)",
             "hs = a * h_prev + b",
         ]
-        grad_scan = [
-            "# a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
-            *nxt_gate,
-            f"c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
-            "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
-        ]
+    if backward != "exclusive":
+        grad_scan = shifted_grad_scan
         dh_line, agg = "dh_t = Br + Cr * carry", ("Cr", "Br")
         carry_doc, dh0 = "dL/dh_t", f"{{}} * {first_row('a')}"
     bwd_block = [
@@ -423,7 +448,12 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         *grad_store,
     ]
     dht_load = f"tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)"
+    # the state before a block's first row: the forward's chunk-start copy, or (output form) h0 for a
+    # sequence's first row, the output elsewhere
+    h_start_line = ([f"h_first = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)", "if USE_H0:",
+                     f"    h_first = {h0_load}"] if backward == "output" else [])
     bwd_init = [
+        *h_start_line,
         *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
         f"zero = tl.zeros({full}, dtype=tl.float32)",
         *([f"one = tl.full({full}, 1.0, tl.float32)"] if backward == "exclusive" else []),
@@ -436,7 +466,8 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "NT = tl.cdiv(L, BT)",
         "for j in range(0, NT):",
         "    i_t = NT - 1 - j",
-        f"    h_start = tl.load(hc + {state_at['chunk']}, mask={state_mask}, other=0.0)",
+        *([f"    h_start = tl.load(hc + {state_at['chunk']}, mask={state_mask}, other=0.0)"]
+          if backward != "output" else []),
         *indent(bwd_block),
         *indent(bwd_finish),
         "    carry = agg_b + agg_a * carry",
@@ -449,15 +480,15 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     if backward != "exclusive":   # a_0 (1 for an empty sequence)
         bwd.insert(len(walk_head) + len(bwd_init), f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)")
     bwd_tiles = tile_head(True) + bwd_init + [
-        f"h_start = tl.load(hc + slot, mask=sm, other=0.0)",
+        *([f"h_start = tl.load(hc + slot, mask=sm, other=0.0)"] if backward != "output" else []),
         *bwd_block,
         f"# carry: {carry_doc} at the next chunk's first row, from the chunks after it (decoupled look-back)",
         f"carry = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if i_t < NTS - 1:",
-        "    carry = _chain_link(flags, chain_a, chain_b, chain_h, slot, agg_a, agg_b, -(H * D * N), NTS - 1 - i_t, sm)",
+        "    carry = _chain_link(aggs, incs, slot, agg_a, agg_b, -(H * D * N), NTS - 1 - i_t, sm)",
         "elif USE_DHT:",
         f"    carry = {dht_load}",
-        "_chain_close(flags, chain_h, slot, agg_b + agg_a * carry, sm)",
+        "_chain_close(incs, slot, agg_b + agg_a * carry, sm)",
         *bwd_finish,
         "if USE_H0:",
         "    if i_t == 0:",
@@ -466,9 +497,9 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     ]
     d_in = ", ".join(f"d_{x}" for x in inputs)
     d_w = ", ".join(f"dw_{x}" for x in weights)
-    bwd_sig = ", ".join(p for p in (common, "h0, hc, d_out, dht", d_in, d_w, "dh0") if p)
+    bwd_sig = ", ".join(p for p in (common, "h0, hc, out, d_out, dht", d_in, d_w, "dh0") if p)
     consts = "T, NTOK, H, D, N, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, IS_VARLEN: tl.constexpr"
-    chain = "chunk_seq, flags, chain_a, chain_b, chain_h, NC"
+    chain = "chunk_seq, counter, aggs, incs, NC"
     src = [
         f'"""Generated by recdsl for `{ir.name}` (IR hash {ir.hash()}): element-wise diagonal scan over a '
         f'{"matrix" if matrix else "vector"} state. scan_fwd/scan_bwd walk each sequence; the *_tiles kernels '
