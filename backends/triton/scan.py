@@ -138,6 +138,8 @@ BACKWARDS = ("exclusive", "shifted", "output")
 def output_is_state(ir: IR) -> bool:
     """Whether the spec's readout is its state (o_t = h_t), so the output holds every h_{t-1} the backward needs."""
     return ir.node(ir.roots_with("output:")[0][1]).op == "state"
+
+
 TILE_ROW0 = "bos + i_t * BT"   # the first token row of the block a kernel is on (its rows: ot = i_t * BT + rows)
 
 
@@ -389,7 +391,8 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
         carry_doc, dh0 = "a_t dL/dh_t", "{}"
     elif backward == "output":
-        # h_{t-1} is the output at the row before (h0 at a sequence's first row): one reverse scan
+        # h_{t-1} is the output at the row before (h0 at a sequence's first row), rounded to the output's
+        # dtype: one reverse scan
         state_pass = [
             "mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
             f"m_p = {tiles.mask(state_kind, 'mt_p')}",
