@@ -66,7 +66,7 @@ def _chain_link(aggs, incs, slot, agg_a, agg_b, step, n_back, m):
     k = 1
     while _any(pending) & (k <= n_back):
         src = slot - k * step
-        inc = tl.full(slot.shape, -1, tl.int64)
+        inc = tl.full(slot.shape, -1, tl.int64)   # -1: EMPTY, nothing published yet
         agg = tl.full(slot.shape, -1, tl.int64)
         waiting = pending
         while _any(waiting):

@@ -366,12 +366,6 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             out.append(f"tl.store(dw_{x} + {tiles.offset(k, r)}, dw_{x}_acc, mask={tiles.mask(k)})")
         return out
 
-    shifted_grad_scan = [
-        "# a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
-        *nxt_gate,
-        f"c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
-        "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
-    ]
     if backward == "exclusive":
         # one scan per direction that also keeps each row's exclusive prefix: inputs read once per row
         state_pass = [
@@ -390,41 +384,37 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         ]
         dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
         carry_doc, dh0 = "a_t dL/dh_t", "{}"
-    elif backward == "output":
-        # h_{t-1} is the output at the row before (h0 at a sequence's first row), rounded to the output's
-        # dtype: one reverse scan
-        state_pass = [
-            "mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
-            f"m_p = {tiles.mask(state_kind, 'mt_p')}",
-            f"m_n = {tiles.mask(state_kind, 'mt_n')}",
-            f"h_prev = tl.load({tiles.address('out', state_kind, TILE_ROW0, 'rows - 1')}, mask=m_p, "
-            "other=0.0).to(tl.float32)",
-            "h_prev = tl.where(ot == 0, h_first, h_prev)",
-            *cur_gate,
-            f"a = tl.where(m, {v(a_id)}, 1.0)",
-            f"b = tl.where(m, {v(write)}, 0.0)",
-            "hs = a * h_prev + b",
-        ]
     else:
-        # h_{t-1} and a_{t+1} re-read from the neighbouring rows: fewer live values per scan
+        # h_{t-1} and a_{t+1} from the neighbouring rows: fewer live values per scan
+        if backward == "output":
+            # the output at the row before (h0 at a sequence's first row), in the output's dtype
+            prev = [f"h_prev = tl.load({tiles.address('out', state_kind, TILE_ROW0, 'rows - 1')}, mask=m_p, "
+                    "other=0.0).to(tl.float32)",
+                    "h_prev = tl.where(ot == 0, h_first, h_prev)"]
+        else:
+            prev = ["# h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
+                    *prv_gate,
+                    "first = (rows == 0) | (m_p == 0)",
+                    f"a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
+                    f"b_p = tl.where(first, 0.0, {v(write, '_p')})",
+                    "Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
+                    "h_prev = Bp + Ap * h_start"]
         state_pass = [
             "mt_p, mt_n = (ot >= 1) & (ot < L), ot + 1 < L",
             f"m_p = {tiles.mask(state_kind, 'mt_p')}",
             f"m_n = {tiles.mask(state_kind, 'mt_n')}",
-            "# h_{t-1}: an inclusive scan of the previous row's (a, b), the chunk's first row as the identity",
-            *prv_gate,
-            "first = (rows == 0) | (m_p == 0)",
-            f"a_p = tl.where(first, 1.0, {v(a_id, '_p')})",
-            f"b_p = tl.where(first, 0.0, {v(write, '_p')})",
-            "Ap, Bp = tl.associative_scan((a_p, b_p), 0, _combine)",
-            "h_prev = Bp + Ap * h_start",
+            *prev,
             *cur_gate,
             f"a = tl.where(m, {v(a_id)}, 1.0)",
             f"b = tl.where(m, {v(write)}, 0.0)",
             "hs = a * h_prev + b",
         ]
-    if backward != "exclusive":
-        grad_scan = shifted_grad_scan
+        grad_scan = [
+            "# a_{t+1} for the reverse scan dh_t = d_t + a_{t+1} dh_{t+1}; rows from L - 1 on pass dh through",
+            *nxt_gate,
+            f"c = tl.where(m_n, {v(a_id, '_n')}, 1.0)",
+            "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
+        ]
         dh_line, agg = "dh_t = Br + Cr * carry", ("Cr", "Br")
         carry_doc, dh0 = "dL/dh_t", f"{{}} * {first_row('a')}"
     bwd_block = [
@@ -451,12 +441,11 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         *grad_store,
     ]
     dht_load = f"tl.load(dht + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)"
-    # the state before a block's first row: the forward's chunk-start copy, or (output form) h0 for a
-    # sequence's first row, the output elsewhere
-    h_start_line = ([f"h_first = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)", "if USE_H0:",
+    # the output form's state before a sequence's first row (elsewhere h_(t-1) is the output)
+    h_first_lines = ([f"h_first = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)", "if USE_H0:",
                      f"    h_first = {h0_load}"] if backward == "output" else [])
     bwd_init = [
-        *h_start_line,
+        *h_first_lines,
         *[f"dw_{x}_acc = tl.zeros({tiles.shape(kind_of_arg[x])}, dtype=tl.float32)" for x in weights if x in kind_of_arg],
         f"zero = tl.zeros({full}, dtype=tl.float32)",
         *([f"one = tl.full({full}, 1.0, tl.float32)"] if backward == "exclusive" else []),
