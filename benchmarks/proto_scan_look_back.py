@@ -8,6 +8,8 @@ time of the run), fla's chunk_hgrn and a device copy of the same bytes:
            or 1 (no look-back at all: a wrong result, timed as the bound the look-back leaves);
   bwd from the output
            the backward as one reverse scan, h_{t-1} read from the output (scan.py's "output" form).
+Tiles are ordered by one atomic counter, by program ids (no look-back only: start order is not
+guaranteed), or by a counter per chain (its place in the chain claimed in start order).
 A persistent forward (programs taking tiles in start order, loading the next tile during the look-back)
 is not here: Triton 3.6 rejects its loop-carried tiles (a layout pass fails).
 
@@ -109,9 +111,17 @@ def _tile(x, g, o, agg_ws, inc_ws, xv, gv, i_c, i_n, i_t, T, D, NTS, BT: tl.cons
 
 @triton.jit
 def scan_packed(x, g, o, agg_ws, inc_ws, counter, B, T, D, NTS, NCB, BT: tl.constexpr, BD: tl.constexpr,
-                WINDOW: tl.constexpr, AGG_ONLY: tl.constexpr = False):
-    tile = tl.atomic_add(counter, 1)
-    i_c, i_n, i_t = _tile_coords(tile, B, NTS, NCB, BT, BD)
+                WINDOW: tl.constexpr, AGG_ONLY: tl.constexpr = False, CLAIM: tl.constexpr = 0):
+    # CLAIM 0: one counter orders all tiles; 1: program ids (no atomics; start order not guaranteed, timed
+    # only as a bound); 2: one counter per chain (sequence, channel block), each tile's chain fixed by its
+    # program id and its place in the chain claimed in start order
+    if CLAIM == 0:
+        i_c, i_n, i_t = _tile_coords(tl.atomic_add(counter, 1), B, NTS, NCB, BT, BD)
+    elif CLAIM == 1:
+        i_c, i_n, i_t = _tile_coords(tl.program_id(0), B, NTS, NCB, BT, BD)
+    else:
+        i_c, i_n, _ = _tile_coords(tl.program_id(0), B, NTS, NCB, BT, BD)
+        i_t = tl.atomic_add(counter + i_n * NCB + i_c, 1)
     rows = tl.arange(0, BT)[:, None]
     od = i_c * BD + tl.arange(0, BD)[None, :]
     first = (i_n.to(tl.int64) * T + i_t * BT) * D
@@ -148,7 +158,12 @@ def _bwd_tile(g, o, do, dx, dg, agg_ws, inc_ws, i_c, i_n, i_t, T, D, NTS, BT: tl
 
 @triton.jit
 def scan_bwd_persist(g, o, do, dx, dg, agg_ws, inc_ws, counter, B, T, D, NTS, NCB, N_TILES,
-                     BT: tl.constexpr, BD: tl.constexpr):
+                     BT: tl.constexpr, BD: tl.constexpr, CLAIM: tl.constexpr = 0):
+    if CLAIM == 2:   # one program per tile, its place in its chain claimed from the chain's counter
+        i_c, i_n, _ = _tile_coords(tl.program_id(0), B, NTS, NCB, BT, BD)
+        r_t = tl.atomic_add(counter + i_n * NCB + i_c, 1)
+        _bwd_tile(g, o, do, dx, dg, agg_ws, inc_ws, i_c, i_n, NTS - 1 - r_t, T, D, NTS, BT, BD)
+        return
     tile = tl.atomic_add(counter, 1)
     while tile < N_TILES:
         i_c, i_n, r_t = _tile_coords(tile, B, NTS, NCB, BT, BD)
@@ -156,21 +171,21 @@ def scan_bwd_persist(g, o, do, dx, dg, agg_ws, inc_ws, counter, B, T, D, NTS, NC
         tile = tl.atomic_add(counter, 1)
 
 
-def run_bwd(g, o, do, BT, BD, warps, resident):
+def run_bwd(g, o, do, BT, BD, warps, resident, claim=0):
     B, T, D = g.shape
     NTS, NCB = T // BT, D // BD
     n_tiles = B * NTS * NCB
     dx, dg = torch.empty_like(g), torch.empty_like(g)
     ws = torch.full((2, B * NTS * D), EMPTY, dtype=torch.int64, device=g.device)
-    counter = torch.zeros(1, dtype=torch.int32, device=g.device)
+    counter = torch.zeros(B * NCB if claim == 2 else 1, dtype=torch.int32, device=g.device)
     n_sm = torch.cuda.get_device_properties(g.device).multi_processor_count
     grid = n_tiles if resident == 0 else min(n_tiles, n_sm * resident)
     scan_bwd_persist[(grid,)](g, o, do, dx, dg, ws[0], ws[1], counter, B, T, D, NTS, NCB, n_tiles,
-                              BT=BT, BD=BD, num_warps=warps)
+                              BT=BT, BD=BD, CLAIM=claim, num_warps=warps)
     return dx, dg
 
 
-def run_proto(kind, x, g, BT, BD, warps, resident, window=0, agg_only=False):
+def run_proto(kind, x, g, BT, BD, warps, resident, window=0, agg_only=False, claim=0):
     """The packed-word forward at these blocks; window: 0 the one-by-one look-back, K > 1 K predecessors
     per read, 1 no look-back at all (a wrong result, timed as a bound)."""
     B, T, D = x.shape
@@ -178,9 +193,9 @@ def run_proto(kind, x, g, BT, BD, warps, resident, window=0, agg_only=False):
     n_tiles = B * NTS * NCB
     o = torch.empty_like(x)
     ws = torch.full((2, B * NTS * D), EMPTY, dtype=torch.int64, device=x.device)
-    counter = torch.zeros(1, dtype=torch.int32, device=x.device)
+    counter = torch.zeros(B * NCB if claim == 2 else 1, dtype=torch.int32, device=x.device)
     scan_packed[(n_tiles,)](x, g, o, ws[0], ws[1], counter, B, T, D, NTS, NCB, BT=BT, BD=BD, WINDOW=window,
-                            AGG_ONLY=agg_only, num_warps=warps)
+                            AGG_ONLY=agg_only, CLAIM=claim, num_warps=warps)
     return o
 
 
@@ -236,21 +251,23 @@ def main():
         rows.append({"contestant": f"generated {sched}", "mode": "fwd+bwd", "BT": BT, "BD": BD, "warps": w,
                      "ms": bench(fb)})
         print(rows[-2:], flush=True)
-    configs = [("packed", BT, BD, w, 0, win) for BT, BD, w in ((64, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 2))
-               for win in (0, 1, 4, 8)]
-    for kind, BT, BD, w, r, win in configs:
-        f = lambda: run_proto(kind, x, g, BT, BD, w, r, win)
+    configs = [("packed", BT, BD, w, claim, win) for BT, BD, w in ((64, 32, 1), (32, 32, 1), (64, 32, 2))
+               for claim, win in ((0, 0), (2, 0), (0, 1), (1, 1))]
+    for kind, BT, BD, w, claim, win in configs:
+        f = lambda: run_proto(kind, x, g, BT, BD, w, 0, win, claim=claim)
         try:
             err = ((f().float() - want.float()).norm() / want.float().norm()).item()
             ms = bench(f)
         except Exception as e:
-            print(kind, BT, BD, w, r, win, type(e).__name__, str(e)[-300:], flush=True)
+            print(kind, BT, BD, w, claim, win, type(e).__name__, str(e)[-300:], flush=True)
             continue
         rows.append({"contestant": kind if win != 1 else "packed, no look-back (wrong result, a bound)", "BT": BT,
-                     "BD": BD, "warps": w, "window": win, "ms": ms, "rel_err": err})
+                     "BD": BD, "warps": w, "window": win, "claim": ("one counter", "program ids", "a counter per chain")[claim],
+                     "ms": ms, "rel_err": err})
         print(rows[-1], f"{ms / copy_ms:.2f}x copy", flush=True)
-    for BT, BD, w, r in ((32, 64, 2, 0), (32, 32, 1, 0), (32, 64, 2, 4), (32, 64, 2, 8)):
-        f = lambda: run_bwd(g, want, do, BT, BD, w, r)
+    for BT, BD, w, r, claim in ((32, 64, 2, 0, 0), (32, 64, 2, 0, 2), (32, 32, 1, 0, 0), (32, 32, 1, 0, 2),
+                                (64, 32, 2, 0, 2), (32, 64, 2, 4, 0)):
+        f = lambda: run_bwd(g, want, do, BT, BD, w, r, claim)
         try:
             dx, dg = f()
             err = max(((dx.float() - want_dx).norm() / want_dx.norm()).item(),
@@ -260,7 +277,8 @@ def main():
             print("bwd", BT, BD, w, r, type(e).__name__, str(e)[:200], flush=True)
             continue
         rows.append({"contestant": "bwd from the output", "mode": "bwd", "BT": BT, "BD": BD, "warps": w,
-                     "resident": r, "ms": ms, "rel_err": err})
+                     "resident": r, "claim": ("one counter", "program ids", "a counter per chain")[claim], "ms": ms,
+                     "rel_err": err})
         print(rows[-1], f"{ms / copy_ms:.2f}x copy of the forward's bytes", flush=True)
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "B": B, "T": T, "D": D, "dtype": "bfloat16"}
