@@ -41,7 +41,7 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: str, stacklevel: int = 3,
-                fused: bool = False):
+                fused: bool = False, while_waiting: Callable | None = None):
     """f(iterates) -> (new iterates, payload), iterates a dict of [B, T, ...] tensors. Returns (the last
     payload, the last iterates, SolveInfo). With `fused`, f(iterates, delta) -> (damped iterates, payload,
     residual): a kernel that applies the step size and measures relative_change itself (fp_fused.py)
@@ -51,7 +51,9 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     On a GPU the next call is launched before this one's residual reaches the host, so the host's work
     (launches, the convergence test) overlaps the device's instead of waiting for it; a call launched past
     convergence, or with a step size that has since shrunk, is dropped (and relaunched with the new one),
-    so the iterates, counts and step sizes are those of the plain loop."""
+    so the iterates, counts and step sizes are those of the plain loop. `while_waiting()` is host work
+    run once, the first time the host would wait for a residual with the next call already queued behind
+    it (else before returning): its launches then queue while the device is busy."""
     tol, max_iter = settings["tol"], int(settings["max_iter"])
     delta = float(settings.get("damping", 1.0))
     need = float(settings.get("quantile", 1.0)) if training else 1.0
@@ -66,6 +68,12 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
         new = new if delta == 1.0 else {k: delta * new[k] + (1 - delta) * prev[k] for k in new}
         return new, payload, residual[None]
 
+    def now_or_never():
+        nonlocal while_waiting
+        if while_waiting is not None:
+            work, while_waiting = while_waiting, None
+            work()
+
     best, stall, it, gave_up = float("inf"), 0, 0, False
     pending = step(start, delta)
     cur, payload, residual = pending
@@ -75,6 +83,7 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
         if ahead:     # the residual's copy is queued before the next call's launches
             rows = _copy_to_host(residual)
             pending = step(cur, delta)
+            now_or_never()
             rows = rows()
         else:
             rows = residual.tolist()
@@ -82,6 +91,7 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
         for values in rows:        # one row per iteration the call ran
             it += 1
             if not values or sum(v < tol for v in values) / len(values) >= need:   # that share has converged
+                now_or_never()
                 return payload, cur, SolveInfo(ran, residual[-1], True, delta)
             worst = float("nan") if any(v != v for v in values) else max(values)
             best, stall = (worst, 0) if worst < best else (best, stall + 1)
@@ -96,6 +106,7 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
             pending = step(cur, delta)
         if not ahead and it < max_iter:
             pending = step(cur, delta)
+    now_or_never()
     share = "every sequence" if need >= 1.0 else f"{need:.0%} of the batch"
     last = residual[-1]
     top = float(last.max()) if last.numel() else float("nan")

@@ -204,25 +204,32 @@ def test_fixed_point_on_gpu(mode, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
 def test_fixed_point_graphs_replay_the_eager_calls(monkeypatch):
-    """The fused solve's driver calls replayed as CUDA graphs (fp_graph.py) give the eager calls' outputs
-    bit for bit, over solves that run each kind of call eagerly, capture both of its graphs and replay
-    them (9 iterations: calls of 4, 4, 1), with and without a gradient."""
+    """The fused solve replayed as CUDA graphs (fp_graph.py: the operands' evaluation, then the driver
+    calls) gives the eager calls' outputs bit for bit, over solves that run each kind of call eagerly,
+    capture both of its graphs and replay them (9 iterations: calls of 4, 4, 1), with new argument values
+    on each solve (read, not stale), bf16 arguments, an initial state, with and without a gradient."""
     monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
     spec = recdsl.load(example("fp_rnn"), D=512, r=2, max_iter=9, tol=1e-30)
-    args = cuda_args(spec, 2, 256, torch.float32)
+    sets = [cuda_args(spec, 2, 256, torch.float32, seed=s) for s in (0, 1)] + [
+        cuda_args(spec, 2, 256, torch.bfloat16, seed=2)]
+    h0 = torch.randn(2, 512, device="cuda", requires_grad=True)
     do = torch.randn(2, 256, 512, device="cuda")
     runs = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
         spec.memo.pop("fp_graphs", None)
         outs = []
-        for _ in range(4):
+        for k in (0, 1, 0, 1, 2, 2, 2):
             with torch.no_grad():
-                outs.append(spec.op(**args, backend="triton")[0])
-        o, _ = spec.op(**args, backend="triton")
-        runs[mode] = outs + [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
-    graphs = next(iter(spec.memo["fp_graphs"].values())).graphs
-    assert graphs and all(g is not None for pair in graphs.values() for g in pair)
+                outs.append(spec.op(**sets[k], backend="triton")[0])
+        for k, state in ((1, None), (0, h0), (1, h0), (0, h0)):
+            o, _ = spec.op(**sets[k], initial_state=state, backend="triton")
+            leaves = list(sets[k].values()) + ([] if state is None else [state])
+            outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), leaves))
+        runs[mode] = outs
+    graphs = [g.graphs for g in spec.memo["fp_graphs"].values()]
+    assert len(graphs) == 3 and all(g is not None for kinds in graphs for pair in kinds.values() for g in pair)
+    assert not torch.equal(runs["1"][0], runs["1"][1])
     for a, b in zip(runs["0"], runs["1"]):
         assert torch.equal(a, b)
 

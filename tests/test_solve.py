@@ -1,4 +1,6 @@
 """The fixed-point driver (recdsl/solve.py) on small maps with known behaviour, and its spec settings."""
+import contextlib
+
 import pytest
 import torch
 
@@ -104,3 +106,31 @@ def test_a_call_may_run_several_iterations():
     _, _, info = fixed_point(f, {"h": torch.zeros(2, 1)}, {**SETTINGS, "quantile": 0.5}, training=True, name="t",
                              fused=True)
     assert info.converged and info.iterations == 3     # the second row converges half the batch: K = 3 all ran
+
+
+@pytest.mark.parametrize("a,ahead", [([0.5, 0.2], False), ([0.5, 0.2], True), ([-1.0, -1.0], False),
+                                     ([-1.0, -1.0], True)])
+def test_work_while_waiting_runs_once_with_a_call_queued(a, ahead, monkeypatch):
+    """while_waiting() runs exactly once, converged or not: running ahead (the GPU path) after the second
+    call is launched and before the first residual is read, else before the solve returns."""
+    import recdsl.solve as solve
+    a = torch.tensor(a, dtype=torch.float64)
+    events = []
+
+    def f(it, delta):
+        events.append("call")
+        new = {"h": a[:, None, None] * it["h"] + 2.0}
+        return new, None, solve.relative_change(new["h"], it["h"])
+
+    if ahead:
+        monkeypatch.setattr(solve, "_overlaps", lambda r: True)
+        monkeypatch.setattr(solve, "_copy_to_host", lambda r: (lambda: (events.append("read"), r.tolist())[1]))
+    settings = {**SETTINGS, "max_iter": 40}
+    with pytest.warns(RecNotConverged) if a[0] < 0 else contextlib.nullcontext():
+        _, _, info = fixed_point(f, start(2), settings, training=False, name="t", fused=True,
+                                 while_waiting=lambda: events.append("work"))
+    assert events.count("work") == 1 and info.converged == bool(a[0] > 0)
+    if ahead:
+        assert events[:4] == ["call", "call", "work", "read"]
+    else:
+        assert events[-1] == "work"

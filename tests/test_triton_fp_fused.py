@@ -131,6 +131,30 @@ def test_gradient_is_the_unfused_step_at_the_fused_fixed_point(D, r, T, steps, m
         assert rel(a, b) < 1e-4, k
 
 
+@pytest.mark.parametrize("blocks", [None, "16,8,2"])
+def test_iterations_write_into_given_buffers(blocks, monkeypatch):
+    """FusedIteration.iterations(out=...) (the CUDA graphs' slots, fp_graph.py): the last iterate and its dot
+    products land in the given tensors, equal to the run without them; whole rows and channel blocks.
+    The operands come from fused_operands, which the graphs capture; the pattern records what it reads."""
+    from recdsl.backends.triton.fixed_point import fused_operands
+    from recdsl.backends.triton.fp_fused import match
+    from recdsl.opcall import prepare
+    if blocks:
+        monkeypatch.setenv("RECDSL_FP_BLOCKS", blocks)
+    spec = recdsl.load(example("fp_rnn"), D=16, r=2)
+    args = random_args(spec, B=2, T=21, dtype=torch.float32, seed=6)
+    raw, options, _, _ = prepare(spec, (), dict(args))
+    pattern = match(spec.ir)
+    assert pattern.reads == ("alpha", "lam", "u", "x")         # c (the readout's) is not the solve's
+    step = fused_operands(spec, pattern, raw, options, 2, 21, None, None)
+    start = {"h": torch.zeros(2, 21, 1, 16)}
+    want, res = step.iterations(start, 0.8, 3)
+    out = {"h": torch.full((2, 21, 1, 16), float("nan")), "dots": torch.full((2 * 21, 2), float("nan"))}
+    got, res_out = step.iterations(start, 0.8, 3, out=out)
+    assert torch.equal(out["h"], want["h"]) and torch.equal(out["dots"], want["dots"])
+    assert torch.equal(got["h"], want["h"]) and torch.equal(res_out, res)
+
+
 def test_layer_trains_and_warns_when_not_converged(monkeypatch):
     monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
     torch.manual_seed(3)
@@ -168,6 +192,41 @@ def test_pattern_matching_is_structural(monkeypatch):
     ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, output_final_state=True, backend="reference")
     assert spec.memo["fp_fused_pattern"].r == 3
     assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
+
+# operands evaluated in the kernel from every kind of leaf (a per-token scalar, a weight vector and a
+# weight scalar, an option), and one that is not (x, l2-normalised: whole rows, materialised)
+LEAVES = """
+recurrence fp_leaves(D = 8):
+    state h[D]
+    input lam[D] in (0, 1), q in (0, 1), u[2, D] l2norm, s[2] in (0, 1), x[D] l2norm, c[D]
+    weight wd[D], k0
+    option k = 0.5
+    solve tol = 1e-6, max_iter = 300
+    let h_prev = prev(h)
+    transition diag(lam * sigmoid(wd) ^ 2 * sigmoid(k0))
+    write (1 - q * k) * (mix(householder(u, s), x - h_prev) + h_prev)
+    output y = c * h
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_operands_evaluated_in_the_kernel(dtype, monkeypatch):
+    from recdsl.backends.triton.fp_fused import generate, match
+    spec = recdsl.load(LEAVES)
+    pattern = match(spec.ir)
+    assert set(pattern.inline.targets) == {pattern.a, pattern.g}
+    assert set(pattern.inline.leaves) == {("input", "lam"), ("input", "q"), ("weight", "wd"), ("weight", "k0"),
+                                          ("option", "k")}
+    text = generate(pattern)
+    assert "tl.load(x + off" in text and "tl.load(a + off" not in text and "tl.load(g + off" not in text
+    args = {k: (v.to(dtype) if v.dim() > 1 else v) for k, v in
+            random_args(spec, B=2, T=19, dtype=torch.float32, seed=8).items()}
+    with torch.no_grad():
+        o, S, info = solve(spec, dict(args, k=0.3), monkeypatch, "fused")
+    ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, k=0.3, output_final_state=True,
+                     backend="reference")
+    assert info.converged and rel(o, ro) < (1e-5 if dtype == torch.float32 else 2e-3) and rel(S, rS) < 1e-5
 
 
 HIDDEN = """

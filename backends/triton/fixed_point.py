@@ -100,13 +100,25 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
     training = torch.is_grad_enabled()
     steps = int(dict(ir.solve).get("backward_steps", 1))
+    graphs = holder = None
     if fused is not None:
-        # the fused kernels' operands, evaluated once: the solve reads them detached, the differentiable
-        # step below (when training) through autograd
-        from .fp_fused import FusedIteration
-        ev = evaluator(None)
-        step = FusedIteration.build(fused, ir, lambda i: ev(i), B, T,
-                                    None if h_init is None else h_init.contiguous(), cu)
+        from . import fp_graph
+
+        def prepare(args, h_in):   # with autograd where enabled: the differentiable step below reuses them
+            return fused_operands(spec, fused, args, options, B, T, h_in, cu)
+        if not one_launch and fp_graph.usable(ref, cu):    # replayed as CUDA graphs (fp_graph.py)
+            solve_args = {k: raw[k] for k in fused.reads}
+            with torch.no_grad():
+                graphs = _graphs(spec, fp_graph.SolveGraphs.key(solve_args, h_init, options),
+                                 lambda: fp_graph.SolveGraphs(prepare, solve_args, h_init))
+            if training:    # the differentiable operands, evaluated while the device runs the solve
+                holder = []
+
+                def while_waiting():
+                    with torch.enable_grad():
+                        holder.append(prepare(raw, h_init))
+        else:
+            step = prepare(raw, h_init)
     with torch.no_grad():
         if fused is None:
             _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
@@ -114,22 +126,24 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
         else:
             from recdsl.solve import Batched
             from .fp_fused import per_call
-            solver, max_iter, graphs = step.detached(), dict(ir.solve)["max_iter"], None
+            max_iter = dict(ir.solve)["max_iter"]
             if one_launch:
                 from .fp_one_launch import iterations
-                solver = iterations(solver, max_iter)
+                solver = iterations(step.detached(), max_iter)
+            elif graphs is not None:
+                solver = Batched(graphs.bind(solve_args, h_init), max_iter, per_call())
             else:
-                from . import fp_graph
-                run = solver.iterations
-                if fp_graph.usable(solver):     # the calls replayed as CUDA graphs (fp_graph.py)
-                    graphs = _graphs(spec, solver)
-                    run = graphs.bind(solver)
-                solver = Batched(run, max_iter, per_call())
+                solver = Batched(step.detached().iterations, max_iter, per_call())
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
-                                        stacklevel=5, fused=True)
-            if graphs is not None:     # the graphs' memory is written again by the next solve
-                last = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in last.items()}
+                                        stacklevel=5, fused=True,
+                                        while_waiting=while_waiting if holder is not None else None)
+            if graphs is not None:
+                # the graphs' memory is written again by the next solve: what outlives this call is copied
+                # (the closing launches of an inference call below read the last iterate at once)
                 info.residual = info.residual.clone()
+                if training:
+                    last = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in last.items()}
+                step = holder[0] if holder is not None else graphs.step
     prev = last["h"]
     if fused is not None and not training:
         # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
@@ -156,15 +170,29 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
 
 
-def _graphs(spec, step, shapes: int = 4):
-    """The spec's fp_graph.SolveGraphs for this call shape (the last `shapes` shapes are kept)."""
-    from .fp_graph import SolveGraphs
+def fused_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0, cu):
+    """The fused kernels' operands (fp_fused.FusedIteration) evaluated from the spec arguments `args`
+    (op layout) and the initial state h0 [N, D] (or None)."""
+    from recdsl.backends.reference import leaf_values
+    from recdsl.evaluate import Evaluator
+
+    from .fp_fused import FusedIteration
+    from .matrix import _LazyLayout
+    ir = spec.ir
+    ev = Evaluator(ir, leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"),
+                                   _LazyLayout(spec, args, torch.float32, "weight"), options, T))
+    return FusedIteration.build(pattern, ir, lambda i: ev(i), B, T, None if h0 is None else h0.contiguous(), cu,
+                                args, options)
+
+
+def _graphs(spec, key, make, shapes: int = 4):
+    """The spec's fp_graph.SolveGraphs for this call shape, made by make() when new (the last `shapes` shapes
+    are kept)."""
     cache = spec.memo.setdefault("fp_graphs", {})
-    key = SolveGraphs.key(step)
     if key not in cache:
         if len(cache) >= shapes:
             cache.pop(next(iter(cache)))
-        cache[key] = SolveGraphs(step)
+        cache[key] = make()
     return cache[key]
 
 

@@ -30,14 +30,18 @@ Forward only: the solve runs under no_grad; the gradient is the differentiable s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
 
+import networkx as nx
 import torch
 
 from recdsl.ir import IR
 
+from . import fp_operands
+from .fp_operands import InlineOperands
 from .recurrent import SEQUENCE_COORDS
 from .template import load_source
 from .ints import cdiv, next_power_of_2
@@ -91,10 +95,11 @@ See recdsl backends/triton/fp_fused.py.
 
 
 @triton.jit
-def fp_fused_iter(x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK,
+def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK,
                   delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                   FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """Program (channel block, sequence): x, g, a, hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
+    """Program (channel block, sequence): spec arguments the operands are evaluated from (fp_operands.py);
+    x, g, a (those evaluated before the solve), hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
     dots_in [NTOK, RP]: u_i . (x - hp); dots_out [D / BD, NTOK, RP]: each channel block's share of u_i . (x - h);
     h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; all fp32."""
     i_d, i_n = tl.program_id(0), tl.program_id(1)
@@ -118,14 +123,15 @@ def fp_fused_iter(x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, 
         m_td = m_t[:, None] & m_d[None, :]
         off = p[:, None] * D + o_d[None, :]
         b_hp = tl.load(hp + off, mask=m_td, other=0.0)
-        b_x = tl.load(x + off, mask=m_td, other=0.0)
+        # the operands: the input IR @X@, the gate IR @G@, the decay IR @A@ (masked rows: a = 1, g = 0)
+@OPERANDS@
         # IR @MIX@ = mix(Q, v) on this block's channels: Q v = v - sum_i c_i u_i with c = W d
         mix = _reflect(u, w, p, o_d, m_td, m_tr, o_r, b_x - b_hp, dots, D, R)
-        # IR @WRITE@ (the write) = @G@ * (mix + hp); zero on masked rows (g loads 0 there)
-        b = tl.load(g + off, mask=m_td, other=0.0) * (mix + b_hp)
+        # IR @WRITE@ (the write) = @G@ * (mix + hp); zero on masked rows (g is 0 there)
+        b = b_g * (mix + b_hp)
         # IR @TRANS@ = diag(@A@): h_t = a_t h_(t-1) + b_t scanned in the block, carried across blocks
         # (masked rows: a = 1, b = 0, so the last row holds the state after the sequence's last token)
-        A, Bs = tl.associative_scan((tl.load(a + off, mask=m_td, other=1.0), b), 0, _combine)
+        A, Bs = tl.associative_scan((b_a, b), 0, _combine)
         hs = Bs + A * carry
         h_new = tl.where(m_td, delta * hs + (1.0 - delta) * b_hp, 0.0)
         tl.store(h + off, h_new, mask=m_td)
@@ -153,8 +159,10 @@ def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.cons
                     NBDP: tl.constexpr, BT: tl.constexpr):
     """After fp_fused_iter with several channel blocks, per token: the blocks' partial dot products summed
     (dots [NTOK, RP]) and the residual max_c|h - hp| / max_c|h| folded into its sequence's res (zeroed;
-    seq [NTOK] names each token's sequence) by an atomic maximum: order-free, so deterministic."""
-    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    seq [NTOK], non-decreasing, names each token's sequence) by an atomic maximum: order-free, so
+    deterministic."""
+    p0 = tl.program_id(0) * BT
+    p = p0 + tl.arange(0, BT)
     m_t = p < NTOK
     o_j = tl.arange(0, NBDP)
     m_jt = (o_j < NBD)[:, None] & m_t[None, :]
@@ -162,7 +170,13 @@ def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.cons
     d_t = tl.max(tl.load(dmax + part, mask=m_jt, other=0.0), axis=0)
     n_t = tl.max(tl.load(hmax + part, mask=m_jt, other=0.0), axis=0)
     ratio = d_t / tl.maximum(n_t, 1.1754943508222875e-38)
-    tl.atomic_max(res + tl.load(seq + p, mask=m_t, other=0), ratio, mask=m_t)
+    # one atomic for the block's tokens of its first token's sequence (all of them without cu_seqlens), one
+    # per token for the rest: a per-token atomic on N addresses took 0.023 ms an iteration at B = 8,
+    # T = 2048 on an H100, a quarter of the iteration's own kernel
+    s_t = tl.load(seq + p, mask=m_t, other=-1)
+    first = tl.load(seq + p0)
+    tl.atomic_max(res + first, tl.max(tl.where(s_t == first, ratio, 0.0), axis=0))
+    tl.atomic_max(res + s_t, ratio, mask=m_t & (s_t != first))
     for i in tl.static_range(R):
         tl.store(dots + p * RP + i, tl.sum(tl.load(dots_part + part * RP + i, mask=m_jt, other=0.0), axis=0),
                  mask=m_t)
@@ -178,6 +192,8 @@ class FusedPattern:
     reflections: tuple[tuple[int, int], ...]   # (u, s) per householder factor, in the order they act
     r: int                                   # reflections per token in all
     labels: tuple[tuple[str, str], ...]      # template placeholders -> canonical IR names (%n), for comments
+    reads: tuple[str, ...] = ()              # the spec arguments these operands are evaluated from
+    inline: Optional[InlineOperands] = None  # which of a, g, x the kernel evaluates itself (fp_operands.py)
 
 
 def match(ir: IR) -> FusedPattern | str:
@@ -239,17 +255,25 @@ def match(ir: IR) -> FusedPattern | str:
               ("@U@", ", ".join(num[u] for u, _ in refl)), ("@MIX@", num[mix]), ("@WRITE@", num[write]),
               ("@G@", num[g]), ("@TRANS@", num[trans]), ("@A@", num[a]),
               ("@REFLECTIONS@", f"prod of {r} reflection(s) I - s u u^T, the first acting first"))
-    return FusedPattern(a, g, x, tuple(refl), r, labels)
+    operands = [a, g, x] + [i for pair in refl for i in pair]
+    below = set(operands).union(*(nx.ancestors(ir.graph, i) for i in operands))
+    reads = tuple(sorted({ir.node(i).args[0] for i in below if ir.node(i).op in ("input", "weight")}))
+    inline = fp_operands.plan(ir, [(x, "b_x", "0.0"), (g, "b_g", "0.0"), (a, "b_a", "1.0")])
+    return FusedPattern(a, g, x, tuple(refl), r, labels, reads, inline)
 
 
 def generate(pattern: FusedPattern) -> str:
     text = _TEMPLATE.replace("@PRELUDE@", PRELUDE)
+    text = text.replace("@OPERANDS@", "\n".join(" " * 8 + line for line in pattern.inline.lines))
+    text = text.replace("@LEAF_ARGS@", pattern.inline.signature())
     for key, value in pattern.labels:
         text = text.replace(key, value)
     return text.lstrip("\n")
 
 
+@functools.lru_cache(maxsize=64)
 def load(pattern: FusedPattern):
+    # per pattern, not per call: rendering the source and hashing it again took about 50 us per solve
     return load_source(generate(pattern))
 
 
@@ -277,14 +301,16 @@ def coefficients(u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     (reflection 0 acts first): c_i = s_i (d_i - sum_(j<i) (u_i . u_j) c_j)."""
     r = u.shape[-2]
     eye = torch.eye(r, dtype=u.dtype, device=u.device)
-    rows = []
+    # the vectors by unbind, not u[..., i, :]: the backward of each such select zero-filled a tensor of
+    # u's size and added it to the others (H100 profile of a training call at B*T = 16384, r = 2)
+    vectors, rows = u.unbind(-2), []
     for i in range(r):
         row = eye[i].expand(u.shape[:-2] + (r,))
         for j in range(i):
             # only the Gram matrix's strict lower triangle, pair by pair: a batched [r, D] @ [D, r] product
             # (cuBLAS) and its backward took 0.72 ms of a training call's 4.6 ms of kernels on an H100 at
             # B*T = 16384, r = 2 (4.1 ms with this)
-            row = row - torch.linalg.vecdot(u[..., i, :], u[..., j, :])[..., None] * rows[j]
+            row = row - torch.linalg.vecdot(vectors[i], vectors[j])[..., None] * rows[j]
         rows.append(s[..., i, None] * row)
     return torch.stack(rows, -2)
 
@@ -304,29 +330,39 @@ class FusedIteration:
     B: int
     T: int
     module: object       # the generated kernels (loaded once per solve, not per launch)
+    leaves: tuple = ()   # the spec arguments the kernel evaluates operands from (fp_operands.leaf_values)
 
     @staticmethod
-    def build(pattern: FusedPattern, ir: IR, value, B: int, T: int, h0, cu) -> "FusedIteration":
-        """value(node) evaluates an iterate-free IR node in the reference layout (fp32)."""
+    def build(pattern: FusedPattern, ir: IR, value, B: int, T: int, h0, cu, args: Optional[dict] = None,
+              options: Optional[dict] = None) -> "FusedIteration":
+        """value(node) evaluates an iterate-free IR node in the reference layout (fp32); args (op layout)
+        and options are the spec's, read by the operands the kernel evaluates itself."""
         D = ir.state[1][0]
+        device = value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
 
         def full(i, shape):
-            v = torch.as_tensor(value(i), dtype=torch.float32)
+            v = torch.as_tensor(value(i), dtype=torch.float32, device=device)
+            # [B, T, 1, *node shape] (or a constant): a lower rank broadcasts aligned left, as in the IR
+            v = v.reshape(v.shape + (1,) * (3 + len(shape) - v.dim())) if v.dim() else v
             return v.expand((B, T, 1) + shape).reshape((B * T,) + shape).contiguous()
         us, ss = [], []
         for u, s in pattern.reflections:
             k = ir.node(u).shape[0] if len(ir.node(u).shape) == 2 else 0
             us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
             ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
-        u, s = torch.cat(us, 1).contiguous(), torch.cat(ss, 1)
+        # one reflection group (the usual u[r, D]) needs no concatenation: it would copy u
+        u, s = (us[0], ss[0]) if len(us) == 1 else (torch.cat(us, 1).contiguous(), torch.cat(ss, 1))
         x = full(pattern.x, (D,))
         if cu is None:
             seq = torch.arange(B, dtype=torch.int32, device=x.device).repeat_interleave(T)
         else:
             seq = torch.arange(cu.numel() - 1, dtype=torch.int32, device=x.device).repeat_interleave(
                 (cu[1:] - cu[:-1]).long(), output_size=B * T)
+        if pattern.inline.leaves and args is None:
+            raise ValueError("FusedIteration.build: this pattern's kernel reads spec arguments; pass args")
+        leaves = fp_operands.leaf_values(pattern.inline, args, options or {}, B * T) if pattern.inline.leaves else ()
         return FusedIteration(pattern, full(pattern.a, (D,)), full(pattern.g, (D,)), x,
-                              u, coefficients(u, s).contiguous(), h0, cu, seq, B, T, load(pattern))
+                              u, coefficients(u, s).contiguous(), h0, cu, seq, B, T, load(pattern), leaves)
 
     def detached(self) -> "FusedIteration":
         """The same operands outside autograd (for the no-grad solve)."""
@@ -343,10 +379,11 @@ class FusedIteration:
         d[:, :R] = torch.einsum("nrd,nd->nr", self.u, self.x - prev.reshape(NTOK, D))
         return d
 
-    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None):
+    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
         """One iteration from prev [B, T, 1, D] (and its dot products, when the last launch wrote them):
         (damped h^l like prev, residual [B] or [1] with cu_seqlens, final state [N, D] or None, h^l's dot
-        products [NTOK, RP]). Two launches: the iteration and, with several channel blocks, fp_fused_finish."""
+        products [NTOK, RP]). Two launches: the iteration and, with several channel blocks, fp_fused_finish.
+        `out` {"h": like prev, "dots": [NTOK, RP]} receives h^l and its dot products instead of new tensors."""
         NTOK, D = self.x.shape
         R, RP = self.u.shape[1], _padded(self.u.shape[1])
         N = self.B if self.cu is None else self.cu.numel() - 1
@@ -355,8 +392,9 @@ class FusedIteration:
         full_rows = NBD == 1
         hp = prev.reshape(NTOK, D)
         dots_in = self.dots(prev) if dots is None else dots
-        dots_part = hp.new_empty(NBD, NTOK, RP)
-        h = torch.empty_like(hp)
+        into = out is not None
+        dots_part = out["dots"][None] if into and full_rows else hp.new_empty(NBD, NTOK, RP)
+        h = out["h"].view(NTOK, D) if into else torch.empty_like(hp)
         res = hp.new_zeros(N)
         dmax = hp.new_empty((NBD, NTOK) if not full_rows else (0,))
         hmax = torch.empty_like(dmax)
@@ -364,7 +402,7 @@ class FusedIteration:
         module = self.module
         if N > 0:
             module.fp_fused_iter[(NBD, N)](
-                self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res, self.h0, ht,
+                *self.leaves, self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res, self.h0, ht,
                 self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
                 FULL_ROWS=full_rows, USE_H0=self.h0 is not None, STORE_HT=store_ht, IS_VARLEN=self.cu is not None,
                 num_warps=warps)
@@ -373,7 +411,7 @@ class FusedIteration:
             # the channel blocks' shares added up in a second small launch: a loop over them inside the next
             # iteration serialised NBD dependent loads per block of tokens (0.8 ms an iteration at B = 8,
             # D = 512 on an H100); the residual's row maxima likewise
-            dots = hp.new_empty(NTOK, RP)
+            dots = out["dots"] if into else hp.new_empty(NTOK, RP)
             NBDP = next_power_of_2(NBD)
             BTF = max(16, 4096 // NBDP)
             module.fp_fused_finish[(cdiv(NTOK, BTF),)](
@@ -382,12 +420,13 @@ class FusedIteration:
             res = res.amax().reshape(1) if N else res.new_zeros(1)
         return h.reshape(prev.shape), res, (ht if store_ht else None), dots
 
-    def iterations(self, iterates: dict, delta: float, K: int):
+    def iterations(self, iterates: dict, delta: float, K: int, out=None):
         """K iterations launched back to back (solve.Batched's run, the solve's step): (iterates, residuals
-        [K, B]); the iterates carry the partial dot products of "h" from one launch to the next."""
+        [K, B]); the iterates carry the partial dot products of "h" from one launch to the next. `out`, as
+        in launch(), receives the last iteration's."""
         h, dots, rows = iterates["h"], iterates.get("dots"), []
-        for _ in range(K):
-            h, res, _, dots = self.launch(h, delta, dots=dots)
+        for k in range(K):
+            h, res, _, dots = self.launch(h, delta, dots=dots, out=out if k == K - 1 else None)
             rows.append(res)
         return {"h": h, "dots": dots}, torch.stack(rows)
 
@@ -425,9 +464,10 @@ def aot_jobs_for(spec, varlen: bool = False):
                      FULL_ROWS=cdiv(D, BD) == 1, USE_H0=True, STORE_HT=True, IS_VARLEN=varlen)
         name, fn_, sig, const_, attrs, opts = _aot_job(f"fp_fused_iter BD={BD}", fn, const, "fp32", "fp32",
                                                        dict(num_warps=warps))
-        # sizes and the step size are scalars (the naming convention of _aot_job knows only T)
-        sig.update(NTOK="i32", delta="fp32")
-        attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in ("NTOK", "delta")}
+        # sizes, the step size and options are scalars (the naming convention of _aot_job knows only T)
+        scalars = {"NTOK": "i32", "delta": "fp32", **{a: "fp32" for a in fn.arg_names if a.startswith("opt_")}}
+        sig.update(scalars)
+        attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in scalars}
         jobs[name] = (name, fn_, sig, const_, attrs, opts)
     from .fp_fused_step import _blocks, generate as generate_step   # the differentiable step's kernels
     step = load_source(generate_step(pattern))

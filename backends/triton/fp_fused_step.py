@@ -15,6 +15,8 @@ writes the element-wise results (the row is re-read from L2, not from memory).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .fp_fused import REFLECTION_FUNCTIONS
@@ -124,6 +126,12 @@ def generate(pattern) -> str:
     return text.lstrip("\n")
 
 
+@functools.lru_cache(maxsize=64)
+def load(pattern):
+    """The imported kernels of a FusedPattern (rendered once per pattern, not per launch)."""
+    return load_source(generate(pattern))
+
+
 def _blocks(D: int) -> tuple[int, int]:
     """(BT, BK): tiles of at most 2048 values, at most 128 channels wide."""
     BK = min(128, next_power_of_2(max(D, 1)))
@@ -142,7 +150,7 @@ class MixWrite(torch.autograd.Function):
         b = torch.empty_like(x)
         c = x.new_empty(NTOK, RP)
         if NTOK:
-            load_source(generate(pattern)).mix_write_fwd[(cdiv(NTOK, BT),)](
+            load(pattern).mix_write_fwd[(cdiv(NTOK, BT),)](
                 x, g, u, w, hp, b, c, NTOK, D=D, R=R, RP=RP, BT=BT, BK=BK, num_warps=4)
         ctx.pattern = pattern
         ctx.save_for_backward(x, g, u, w, hp, c)
@@ -158,7 +166,7 @@ class MixWrite(torch.autograd.Function):
         dx, dg, du, dw = torch.empty_like(x), torch.empty_like(g), torch.empty_like(u), torch.empty_like(w)
         dhp = torch.empty_like(hp) if want_dhp else x.new_empty(0)
         if NTOK:
-            load_source(generate(ctx.pattern)).mix_write_bwd[(cdiv(NTOK, BT),)](
+            load(ctx.pattern).mix_write_bwd[(cdiv(NTOK, BT),)](
                 db.contiguous(), x, g, u, w, hp, c, dx, dg, du, dw, dhp, NTOK, D=D, R=R, RP=RP, BT=BT, BK=BK,
                 WANT_DHP=want_dhp, num_warps=4)
         return None, dx, dg, du, dw, (dhp if want_dhp else None)

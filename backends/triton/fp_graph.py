@@ -5,55 +5,77 @@ At issue 5's shape an iteration's kernels take about 0.1 ms and its host work (t
 allocations, a fill) about as long, so the solve was bound by the host. A graph replays a call's
 2K launches at once. What that takes:
 
-- fixed addresses: a solve's operands (x, g, a, u, w, each token's sequence) are copied into buffers
-  kept per spec and call shape, and each call's iterate and dot products into the graph's own inputs;
+- fixed addresses: the spec arguments the solve's operands read are copied into buffers kept per spec
+  and call shape, and a graph of their evaluation (FusedIteration.build: the gates, the normalised
+  reflection vectors, their coefficients, each token's sequence) replays into fixed operands. The
+  evaluation took 0.6 ms of host time per solve at issue 5's shape (about 25 launches), with the device
+  idle;
 - two graphs per kind of call (K, step size, whether dot products come in), used in turn: the driver
   launches call l+1 before it has read call l's residual and may return call l's iterate, so call l+1
-  must not write over it;
+  must not write over it. The graphs of turn t read the iterate and its dot products from slot 1 - t
+  and write theirs into slot t, so a call takes the previous call's result where it lies; an iterate
+  from elsewhere (the solve's start, an eager call) is copied into the slot first;
 - compiled kernels before capture: the first call of each kind runs eagerly;
 - results that outlive the graphs: the solve's last iterate and residual are cloned before they leave
   (run_fixed_point), since a later solve replays into the same memory.
 
 Used where the call is on CUDA, not varlen (the grid follows the number of sequences) and not inside
-another capture; RECDSL_FP_GRAPH=0 turns it off.
+another capture; RECDSL_FP_GRAPH=0 turns it off. A training call evaluates its differentiable operands
+(autograd's, for the step at the fixed point) while the device runs the solve's first calls.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
 
+from .fp_fused import _padded
+
 MAX_KINDS = 8    # captured kinds of call per shape before the oldest are dropped (their memory freed)
 
 
-def usable(step) -> bool:
-    return (step.x.is_cuda and step.cu is None and os.environ.get("RECDSL_FP_GRAPH", "1") != "0"
+def usable(ref: torch.Tensor, cu) -> bool:
+    return (ref.is_cuda and cu is None and os.environ.get("RECDSL_FP_GRAPH", "1") != "0"
             and not torch.cuda.is_current_stream_capturing())
 
 
 class SolveGraphs:
-    """Static operands of one call shape and the graphs captured over them. `bind(step)` copies a solve's
-    operands in and returns the run for solve.Batched: run(iterates, delta, K) -> (iterates, residuals)."""
+    """The static operands of one call shape and the graphs captured over them. `prepare(args, h0)` evaluates
+    a solve's FusedIteration from spec arguments; `bind(args, h0)` copies a solve's arguments in, replays the
+    evaluation and returns the run for solve.Batched: run(iterates, delta, K) -> (iterates, residuals).
+    `step` is the FusedIteration over the fixed operands (valid until the next bind)."""
 
-    def __init__(self, step):
-        # the buffers; bind() fills them for each solve
-        buffers = {f: torch.empty_like(getattr(step, f)) for f in ("a", "g", "x", "u", "w", "seq")}
-        buffers["h0"] = None if step.h0 is None else torch.empty_like(step.h0)
-        self.step = dataclasses.replace(step, **buffers)
-        self.graphs: dict = {}       # (K, delta, dots in) -> [graph, graph]; a graph: (CUDAGraph, inputs, outputs)
+    def __init__(self, prepare, args: dict, h0):
+        self.args = {k: torch.empty_like(v) for k, v in args.items()}
+        self.h0 = None if h0 is None else torch.empty_like(h0)
+        self._copy_in(args, h0)
+        prepare(self.args, self.h0)          # once eagerly: kernels compiled before the capture
+        self.prologue = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.prologue):
+            self.step = prepare(self.args, self.h0)
+        NTOK, R = self.step.u.shape[:2]
+        self.slots = [{"h": None, "dots": self.step.x.new_empty(NTOK, _padded(R))}
+                      for _ in range(2)]    # the iterate (allocated at the first capture) and its dot products
+        self.graphs: dict = {}       # (K, delta, dots in) -> [graph, graph]; a graph: (CUDAGraph, residuals)
         self.seen: set = set()       # kinds of call run once eagerly (their kernels compiled)
         self.turn = 0
 
     @staticmethod
-    def key(step) -> tuple:
-        return (step.pattern, step.B, step.T, tuple(step.u.shape), step.x.device, step.h0 is None)
+    def key(args: dict, h0, options: dict) -> tuple:
+        """What a captured evaluation depends on: the arguments' shapes, dtypes and device, whether there is
+        an initial state, and the options (numbers the graph holds as constants)."""
+        return (tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in sorted(args.items())),
+                None if h0 is None else tuple(h0.shape), tuple(sorted(options.items())))
 
-    def bind(self, step):
-        for f in ("a", "g", "x", "u", "w", "seq"):
-            getattr(self.step, f).copy_(getattr(step, f).detach())
-        if step.h0 is not None:
-            self.step.h0.copy_(step.h0.detach())
+    def _copy_in(self, args: dict, h0):
+        for k, v in args.items():
+            self.args[k].copy_(v.detach())
+        if h0 is not None:
+            self.h0.copy_(h0.detach())
+
+    def bind(self, args: dict, h0):
+        self._copy_in(args, h0)
+        self.prologue.replay()
         return self.run
 
     def run(self, iterates: dict, delta: float, K: int):
@@ -68,19 +90,23 @@ class SolveGraphs:
                 self.graphs.pop(next(iter(self.graphs)))
             pair = self.graphs[kind] = [None, None]
         self.turn ^= 1
+        src, dst = self.slots[1 - self.turn], self.slots[self.turn]
+        if src["h"] is None:
+            for slot in self.slots:
+                slot["h"] = torch.empty_like(iterates["h"])
+        if iterates["h"] is not src["h"]:        # not the previous call's result (the start, an eager call)
+            src["h"].copy_(iterates["h"])
+        if dots is not None and dots is not src["dots"]:
+            src["dots"].copy_(dots)
         if pair[self.turn] is None:
-            pair[self.turn] = self._capture(iterates["h"], dots, delta, K)
-        graph, inputs, outputs = pair[self.turn]
-        inputs["h"].copy_(iterates["h"])
-        if dots is not None:
-            inputs["dots"].copy_(dots)
+            pair[self.turn] = self._capture(src, dst, dots is not None, delta, K)
+        graph, residuals = pair[self.turn]
         graph.replay()
-        return {"h": outputs[0], "dots": outputs[1]}, outputs[2]
+        return {"h": dst["h"], "dots": dst["dots"]}, residuals
 
-    def _capture(self, h, dots, delta, K):
-        # the graph's own inputs: run() copies each call's iterate into them before a replay
-        inputs = {"h": torch.empty_like(h), "dots": None if dots is None else torch.empty_like(dots)}
+    def _capture(self, src, dst, dots_in: bool, delta, K):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out, res = self.step.iterations(inputs, delta, K)
-        return graph, inputs, (out["h"], out["dots"], res)
+            _, residuals = self.step.iterations({"h": src["h"], "dots": src["dots"] if dots_in else None},
+                                                delta, K, out=dst)
+        return graph, residuals

@@ -15,6 +15,8 @@ the planner takes it for calls of at least 132 sequences (RECDSL_FIXED_POINT=one
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .fp_fused import PRELUDE
@@ -100,6 +102,12 @@ def generate(pattern) -> str:
     return text.lstrip("\n")
 
 
+@functools.lru_cache(maxsize=64)
+def load(pattern):
+    """The imported kernel of a FusedPattern (rendered once per pattern, not per launch)."""
+    return load_source(generate(pattern))
+
+
 def _blocks(D: int) -> tuple[int, int, int]:
     """(DP, BT, num_warps): about 2048 values per [BT, DP] tile."""
     DP = next_power_of_2(max(D, 1))
@@ -120,7 +128,7 @@ def launch_iterations(it, prev: torch.Tensor, delta: float, K: int, store_ht: bo
     res = hp.new_zeros(N, KP)
     ht = hp.new_empty((N, D) if store_ht else (0,))
     if N > 0:
-        load_source(generate(it.pattern)).fp_iterations[(N,)](
+        load(it.pattern).fp_iterations[(N,)](
             it.x, it.g, it.a, it.u, it.w, hp, h, res, it.h0, ht, it.cu, it.T, K, float(delta), D=D, R=R,
             RP=max(2, next_power_of_2(R)), DP=DP, KP=KP, BT=BT, USE_H0=it.h0 is not None,
             STORE_HT=store_ht, IS_VARLEN=it.cu is not None, num_warps=warps)

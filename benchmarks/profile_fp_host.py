@@ -1,0 +1,149 @@
+"""Where the host's time goes in the fused fixed-point solve and training call of examples/fp_rnn.rec
+(issue 5's shape by default): wall time (do_bench), the kernels' sum (torch.profiler), the host's time to
+return from a call, then cProfile's top functions by their own time and by cumulative time, and a
+Chrome trace of two calls (CPU and CUDA rows: the gaps in the CUDA row are the device waiting for the host).
+
+    python benchmarks/profile_fp_host.py --out host.jsonl --trace trace.json     # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import recdsl
+from recdsl import RecNotConverged
+from recdsl.bench import _fixed_point_mode, elementwise_args
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def emit(row: dict, out) -> None:
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def top(prof: cProfile.Profile, key: str, n: int, calls: int) -> list[str]:
+    """The n first rows of cProfile's table sorted by `key`, per call (ms), recdsl and torch frames only."""
+    st = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in st.stats.items():
+        if "triton/testing" in file:
+            continue
+        where = file.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+        rows.append((tottime if key == "tottime" else cumtime, ncalls, f"{where}:{line}({fn})"))
+    rows.sort(reverse=True)
+    return [f"{1000 * t / calls:8.3f} ms  {n_ / calls:7.1f} calls  {name}" for t, n_, name in rows[:n]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--T", type=int, default=2048)
+    ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--r", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=17)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--calls", type=int, default=20, help="calls under cProfile")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--trace", default=None, help="write a Chrome trace of two training calls here")
+    args = ap.parse_args()
+    from overhead import kernel_times
+    from triton.testing import do_bench
+    warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
+    spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
+    a = elementwise_args(spec, args.B, args.T, "cuda", getattr(torch, args.dtype))
+    run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
+    gout = torch.randn_like(run()[0])
+
+    def train():
+        for t in a.values():
+            t.grad = None
+        run()[0].backward(gout)
+
+    def solve():
+        with torch.no_grad():
+            run()
+    stages = _host_stages()
+    shape = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+             "iters": args.iters, "dtype": args.dtype}
+    for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
+        fn()
+        torch.cuda.synchronize()
+        wall = do_bench(fn, warmup=5, rep=200, return_mode="median")
+        kernels = kernel_times(fn, iters=5)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.calls):
+            fn()
+        returned = 1000 * (time.perf_counter() - t0) / args.calls
+        torch.cuda.synchronize()
+        stages.clear()
+        for _ in range(args.calls):
+            fn()
+        torch.cuda.synchronize()
+        host = {k: round(1000 * v / args.calls, 4) for k, v in stages.items()}
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.calls):
+            fn()
+        torch.cuda.synchronize()
+        prof.disable()
+        emit({**shape, "mode": mode, "wall_ms": round(wall, 4), "kernels_ms": round(sum(kernels.values()), 4),
+              "host_return_ms": round(returned, 4), "host_stages_ms": host,
+              "kernels": {k[:80]: round(v, 4) for k, v in kernels.items()},
+              "own_time": top(prof, "tottime", 30, args.calls),
+              "cumulative": top(prof, "cumtime", 45, args.calls)}, args.out)
+    if args.trace:
+        from torch.profiler import ProfilerActivity, profile
+        train()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=False) as p:
+            for _ in range(2):
+                train()
+            torch.cuda.synchronize()
+        p.export_chrome_trace(args.trace)
+
+
+def _host_stages() -> dict:
+    """Wrap the solve's stages so that each call adds its host seconds (inclusive, no device sync of its
+    own) to the returned dict under the stage's name."""
+    from recdsl import opcall, planner, solve
+    from recdsl.backends.triton import fixed_point, fp_fused, fp_graph
+    seconds: dict = {}
+
+    def wrap(owner, name, label):
+        inner = getattr(owner, name)
+
+        def timed_stage(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+        setattr(owner, name, timed_stage)
+    wrap(opcall, "prepare", "opcall.prepare")
+    wrap(planner, "plan", "planner.plan")
+    wrap(opcall, "call_op", "opcall.call_op (all)")
+    wrap(fixed_point, "run_fixed_point", "run_fixed_point")
+    wrap(fp_fused.FusedIteration, "build", "FusedIteration.build")
+    wrap(fp_graph.SolveGraphs, "bind", "SolveGraphs.bind")
+    wrap(solve, "fixed_point", "solve.fixed_point (waits included)")
+    wrap(solve, "_copy_to_host", "solve._copy_to_host")
+    wrap(fixed_point, "_readout", "_readout")
+    return seconds
+
+
+if __name__ == "__main__":
+    main()
