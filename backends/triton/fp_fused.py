@@ -298,21 +298,53 @@ def blocks(D: int, N: int) -> tuple[int, int, int]:
 
 def coefficients(u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """W [..., r, r] with Q v = v - sum_i (W d)_i u_i, d = U v, for Q = H_(r-1) ... H_0, H_i = I - s_i u_i u_i^T
-    (reflection 0 acts first): c_i = s_i (d_i - sum_(j<i) (u_i . u_j) c_j)."""
-    r = u.shape[-2]
-    eye = torch.eye(r, dtype=u.dtype, device=u.device)
-    # the vectors by unbind, not u[..., i, :]: the backward of each such select zero-filled a tensor of
-    # u's size and added it to the others (H100 profile of a training call at B*T = 16384, r = 2)
-    vectors, rows = u.unbind(-2), []
-    for i in range(r):
-        row = eye[i].expand(u.shape[:-2] + (r,))
-        for j in range(i):
-            # only the Gram matrix's strict lower triangle, pair by pair: a batched [r, D] @ [D, r] product
-            # (cuBLAS) and its backward took 0.72 ms of a training call's 4.6 ms of kernels on an H100 at
-            # B*T = 16384, r = 2 (4.1 ms with this)
-            row = row - torch.linalg.vecdot(vectors[i], vectors[j])[..., None] * rows[j]
-        rows.append(s[..., i, None] * row)
-    return torch.stack(rows, -2)
+    (reflection 0 acts first): c_i = s_i (d_i - sum_(j<i) (u_i . u_j) c_j). One autograd node with its
+    own backward: composed from torch ops it put about a dozen nodes (selects, products, a stack) into
+    every training call's backward, each a launch or more of host time (H100 profile, B*T = 16384)."""
+    return _Coefficients.apply(u, s)
+
+
+class _Coefficients(torch.autograd.Function):
+    """W_i = s_i p_i with p_i = e_i - sum_(j<i) G_ij W_j, G_ij = u_i . u_j (only the strict lower triangle
+    of the Gram matrix, pair by pair: a batched [r, D] @ [D, r] product through cuBLAS and its backward
+    took 0.72 ms of a training call's 4.6 ms of kernels on an H100 at B*T = 16384, r = 2)."""
+
+    @staticmethod
+    def forward(ctx, u, s):
+        r = u.shape[-2]
+        eye = torch.eye(r, dtype=u.dtype, device=u.device)
+        vectors = u.unbind(-2)
+        gram = {(i, j): torch.linalg.vecdot(vectors[i], vectors[j]) for i in range(r) for j in range(i)}
+        pre, rows = [], []
+        for i in range(r):
+            p = eye[i].expand(u.shape[:-2] + (r,))
+            for j in range(i):
+                p = p - gram[i, j][..., None] * rows[j]
+            pre.append(p)
+            rows.append(s[..., i, None] * p)
+        ctx.save_for_backward(u, s, torch.stack(pre, -2), torch.stack(rows, -2),
+                              *(gram[i, j] for i in range(r) for j in range(i)))
+        return torch.stack(rows, -2)
+
+    @staticmethod
+    def backward(ctx, dw):
+        u, s, pre, rows, *pairs = ctx.saved_tensors
+        r = u.shape[-2]
+        gram = dict(zip([(i, j) for i in range(r) for j in range(i)], pairs))
+        d_rows = list(dw.unbind(-2))
+        ds, d_gram = [None] * r, {}
+        for i in reversed(range(r)):         # the recursion backwards: row i feeds the rows after it
+            ds[i] = (d_rows[i] * pre[..., i, :]).sum(-1)
+            d_pre = s[..., i, None] * d_rows[i]
+            for j in range(i):
+                d_gram[i, j] = -(d_pre * rows[..., j, :]).sum(-1)
+                d_rows[j] = d_rows[j] - gram[i, j][..., None] * d_pre
+        vectors = u.unbind(-2)
+        du = []
+        for i in range(r):                   # d(u_i . u_j) / du_i = u_j, and the other way round
+            terms = [d_gram[max(i, j), min(i, j)][..., None] * vectors[j] for j in range(r) if j != i]
+            du.append(sum(terms[1:], terms[0]) if terms else torch.zeros_like(vectors[i]))
+        return torch.stack(du, -2), torch.stack(ds, -1)
 
 
 @dataclass(frozen=True)
@@ -342,9 +374,12 @@ class FusedIteration:
 
         def full(i, shape):
             v = torch.as_tensor(value(i), dtype=torch.float32, device=device)
-            # [B, T, 1, *node shape] (or a constant): a lower rank broadcasts aligned left, as in the IR
+            # [B, T, 1, *node shape] (or a constant): a lower rank broadcasts aligned left, as in the IR;
+            # no expand where nothing broadcasts (each op is one more node in a training call's backward)
             v = v.reshape(v.shape + (1,) * (3 + len(shape) - v.dim())) if v.dim() else v
-            return v.expand((B, T, 1) + shape).reshape((B * T,) + shape).contiguous()
+            if tuple(v.shape) != (B, T, 1) + shape:
+                v = v.expand((B, T, 1) + shape)
+            return v.reshape((B * T,) + shape).contiguous()
         us, ss = [], []
         for u, s in pattern.reflections:
             k = ir.node(u).shape[0] if len(ir.node(u).shape) == 2 else 0
