@@ -28,7 +28,7 @@ SCAN_FLAGS = {
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets, chunk_seq and the look-back's counter int32, its words (aggs, incs) int64, sizes int32,
+    chunk_offsets and chunk_seq int32, the look-back's counter and words (aggs, incs) int64, sizes int32,
     opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
@@ -38,9 +38,9 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
             sig[n] = "i32"
         elif n.startswith("opt_"):
             sig[n] = "fp32"
-        elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq", "counter"):
+        elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq"):
             sig[n] = "*i32"
-        elif n in ("aggs", "incs"):
+        elif n in ("aggs", "incs", "counter"):
             sig[n] = "*i64"
         elif n.startswith(("in_", "d_")) or n == "out":
             sig[n] = f"*{data}"

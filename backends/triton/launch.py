@@ -80,10 +80,10 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=warps)
         # the look-back's workspace: a counter of tiles as they start, each tile's published aggregate and
         # inclusive value per element (64-bit words, EMPTY until published)
-        counter = torch.zeros(1, dtype=torch.int32, device=device)
-        words = torch.full((2, n_chunks * state_size), EMPTY, dtype=torch.int64, device=device)
+        n = n_chunks * state_size
+        words = torch.full((2 * n + 1,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs, the counter
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, counter, words[0], words[1], n_chunks, **flags, num_warps=warps)
+            *args, seq, words[2 * n:], words[:n], words[n:2 * n], n_chunks, **flags, num_warps=warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
