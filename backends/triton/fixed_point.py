@@ -100,7 +100,8 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
     training = torch.is_grad_enabled()
     steps = int(dict(ir.solve).get("backward_steps", 1))
-    graphs = holder = None
+    graphs = while_waiting = None
+    holder: list = []      # the differentiable operands, when evaluated while the solve runs
     if fused is not None:
         from . import fp_graph
 
@@ -112,11 +113,10 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
                 graphs = _graphs(spec, fp_graph.SolveGraphs.key(solve_args, h_init, options),
                                  lambda: fp_graph.SolveGraphs(prepare, solve_args, h_init))
             if training:    # the differentiable operands, evaluated while the device runs the solve
-                holder = []
-
-                def while_waiting():
+                def differentiable_operands():
                     with torch.enable_grad():
                         holder.append(prepare(raw, h_init))
+                while_waiting = differentiable_operands
         else:
             step = prepare(raw, h_init)
     with torch.no_grad():
@@ -135,15 +135,14 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             else:
                 solver = Batched(step.detached().iterations, max_iter, per_call())
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
-                                        stacklevel=5, fused=True,
-                                        while_waiting=while_waiting if holder is not None else None)
+                                        stacklevel=5, fused=True, while_waiting=while_waiting)
             if graphs is not None:
                 # the graphs' memory is written again by the next solve: what outlives this call is copied
                 # (the closing launches of an inference call below read the last iterate at once)
                 info.residual = info.residual.clone()
                 if training:
                     last = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in last.items()}
-                step = holder[0] if holder is not None else graphs.step
+                step = holder[0] if holder else graphs.step
     prev = last["h"]
     if fused is not None and not training:
         # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too

@@ -16,8 +16,9 @@ allocations, a fill) about as long, so the solve was bound by the host. A graph 
   and write theirs into slot t, so a call takes the previous call's result where it lies; an iterate
   from elsewhere (the solve's start, an eager call) is copied into the slot first;
 - compiled kernels before capture: the first call of each kind runs eagerly;
-- results that outlive the graphs: the solve's last iterate and residual are cloned before they leave
-  (run_fixed_point), since a later solve replays into the same memory.
+- results that outlive the graphs: a later solve replays into the same memory, so run_fixed_point clones
+  the residual, and in a training call the last iterate (the differentiable step keeps it); an inference
+  call's closing launch reads the iterate at once.
 
 Used where the call is on CUDA, not varlen (the grid follows the number of sequences) and not inside
 another capture; RECDSL_FP_GRAPH=0 turns it off. A training call evaluates its differentiable operands
