@@ -437,8 +437,8 @@ class FusedIteration:
         module = self.module
         if N > 0:
             module.fp_fused_iter[(NBD, N)](
-                *self.leaves, self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res, self.h0, ht,
-                self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
+                *self.leaves, self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res,
+                self.h0, ht, self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
                 FULL_ROWS=full_rows, USE_H0=self.h0 is not None, STORE_HT=store_ht, IS_VARLEN=self.cu is not None,
                 num_warps=warps)
         dots = dots_part[0]
