@@ -5,8 +5,6 @@ time per call, for recdsl and fla's chunk_hgrn, JSON lines.
     python benchmarks/autograd_thread.py --out thread.jsonl     # a GPU
 """
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -14,6 +12,7 @@ from triton.testing import do_bench
 
 import recdsl
 from recdsl.bench import elementwise_args
+from overhead import emit, host_ms      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,19 +40,11 @@ def main():
                 run()[0].backward(do)
             for _ in range(5):
                 fwd_bwd()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(100):
-                fwd_bwd()
-            host = 1000 * (time.perf_counter() - t0) / 100
-            torch.cuda.synchronize()
+            host = host_ms(fwd_bwd, iters=100)
             wall = do_bench(fwd_bwd, warmup=25, rep=200, return_mode="median")
             row = {"gpu": torch.cuda.get_device_name(), "contestant": name, "autograd_threads": threads,
                    "wall_ms": round(wall, 4), "host_ms": round(host, 4)}
-            print(json.dumps(row), flush=True)
-            if a.out:
-                with open(a.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            emit(row, a.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,32 @@ def kernel_times(fn, iters=20):
     return dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
+def emit(row: dict, out=None) -> None:
+    """Print one JSON line and, with `out`, append it to that file."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def cprofile_table(prof, key: str, n: int, calls: int, root: str = "") -> list[str]:
+    """The n first rows of a cProfile.Profile's table sorted by `key` ("tottime": own time, else
+    cumulative), per call: milliseconds, calls, and the frame (paths shortened past site-packages/ and
+    `root`)."""
+    import io
+    import pstats
+    st = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in st.stats.items():
+        if "triton/testing" in file:
+            continue
+        where = file.split("site-packages/")[-1]
+        where = where.replace(root + "/", "") if root else where
+        rows.append((tottime if key == "tottime" else cumtime, ncalls, f"{where}:{line}({fn})"))
+    rows.sort(reverse=True)
+    return [f"{1000 * t / calls:8.4f} ms {c / calls:6.1f} calls  {name}" for t, c, name in rows[:n]]
+
+
 def host_ms(fn, iters=50):
     fn()
     torch.cuda.synchronize()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
-import json
-import pstats
 import sys
 import time
 import warnings
@@ -27,26 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def emit(row: dict, out) -> None:
-    print(json.dumps(row), flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def top(prof: cProfile.Profile, key: str, n: int, calls: int) -> list[str]:
-    """The n first rows of cProfile's table sorted by `key`, per call (ms), recdsl and torch frames only."""
-    st = pstats.Stats(prof, stream=io.StringIO())
-    rows = []
-    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in st.stats.items():
-        if "triton/testing" in file:
-            continue
-        where = file.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
-        rows.append((tottime if key == "tottime" else cumtime, ncalls, f"{where}:{line}({fn})"))
-    rows.sort(reverse=True)
-    return [f"{1000 * t / calls:8.3f} ms  {n_ / calls:7.1f} calls  {name}" for t, n_, name in rows[:n]]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--B", type=int, default=8)
@@ -59,7 +36,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--trace", default=None, help="write a Chrome trace of two training calls here")
     args = ap.parse_args()
-    from overhead import kernel_times
+    from overhead import cprofile_table, emit, host_ms, kernel_times
     from triton.testing import do_bench
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
     spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
@@ -83,12 +60,7 @@ def main() -> None:
         torch.cuda.synchronize()
         wall = do_bench(fn, warmup=5, rep=200, return_mode="median")
         kernels = kernel_times(fn, iters=5)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-            fn()
-        returned = 1000 * (time.perf_counter() - t0) / args.calls
-        torch.cuda.synchronize()
+        returned = host_ms(fn, iters=args.calls)
         stages.clear()
         for _ in range(args.calls):
             fn()
@@ -103,8 +75,8 @@ def main() -> None:
         emit({**shape, "mode": mode, "wall_ms": round(wall, 4), "kernels_ms": round(sum(kernels.values()), 4),
               "host_return_ms": round(returned, 4), "host_stages_ms": host,
               "kernels": {k[:80]: round(v, 4) for k, v in kernels.items()},
-              "own_time": top(prof, "tottime", 30, args.calls),
-              "cumulative": top(prof, "cumtime", 45, args.calls)}, args.out)
+              "own_time": cprofile_table(prof, "tottime", 30, args.calls, str(ROOT)),
+              "cumulative": cprofile_table(prof, "cumtime", 45, args.calls, str(ROOT))}, args.out)
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
         train()

@@ -6,28 +6,15 @@ lets cProfile see the Python inside it), top functions by their own and by cumul
 """
 import argparse
 import cProfile
-import io
-import json
-import pstats
-import time
 from pathlib import Path
 
 import torch
 
 import recdsl
 from recdsl.bench import elementwise_args
+from overhead import cprofile_table, emit, host_ms      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def table(prof, key, n, calls):
-    st = pstats.Stats(prof, stream=io.StringIO())
-    rows = []
-    for (file, line, fn), (_, ncalls, tottime, cumtime, _) in st.stats.items():
-        where = file.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
-        rows.append((tottime if key == "tottime" else cumtime, ncalls, f"{where}:{line}({fn})"))
-    rows.sort(reverse=True)
-    return [f"{1000 * t / calls:8.4f} ms {c / calls:6.1f} calls  {name}" for t, c, name in rows[:n]]
 
 
 def main():
@@ -52,12 +39,7 @@ def main():
     torch.autograd.set_multithreading_enabled(False)
     for _ in range(5):
         fwd_bwd()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(a.calls):
-        fwd_bwd()
-    host = 1000 * (time.perf_counter() - t0) / a.calls
-    torch.cuda.synchronize()
+    host = host_ms(fwd_bwd, iters=a.calls)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(a.calls):
@@ -65,12 +47,10 @@ def main():
     torch.cuda.synchronize()
     prof.disable()
     row = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": a.B, "T": a.T, "width": a.width,
-           "host_ms_per_call": round(host, 4), "own_time": table(prof, "tottime", 35, a.calls),
-           "cumulative": table(prof, "cumtime", 50, a.calls)}
-    print(json.dumps(row), flush=True)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+           "host_ms_per_call": round(host, 4),
+           "own_time": cprofile_table(prof, "tottime", 35, a.calls, str(ROOT)),
+           "cumulative": cprofile_table(prof, "cumtime", 50, a.calls, str(ROOT))}
+    emit(row, a.out)
 
 
 if __name__ == "__main__":

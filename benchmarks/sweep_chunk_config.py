@@ -6,7 +6,6 @@ kernels' own times under the default config.
     python benchmarks/sweep_chunk_config.py --spec examples/mamba2.rec --out sweep.jsonl     # a GPU
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -24,13 +23,6 @@ SWEEP = {
     "chunk_fwd_o": [(64, 128, 8, 2), (64, 64, 4, 2), (128, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 3),
                     (32, 128, 8, 3), (128, 64, 8, 3)],
 }
-
-
-def emit(row, out):
-    print(json.dumps(row), flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 def main():
@@ -60,7 +52,7 @@ def main():
             lambda: F.chunk_simple_gla(q, k, v, args.get("g")))
     except ImportError:
         pass
-    from overhead import kernel_times      # benchmarks/ is this script's folder
+    from overhead import emit, kernel_times      # benchmarks/ is this script's folder
     emit({**base, "config": "default", "kernels": {n[:40]: round(t, 4) for n, t in kernel_times(ours).items()}},
          a.out)
     for rnd in range(2):        # fla and the default again at the end: drift over the process shows

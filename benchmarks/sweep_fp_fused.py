@@ -11,7 +11,6 @@ with the default blocks, against their wall time: the difference is the host's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import recdsl
 from recdsl import RecNotConverged
 from recdsl.bench import _fixed_point_mode, elementwise_args
+from overhead import emit      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def main() -> None:
     os.environ["RECDSL_FP_BLOCKS"] = ""
     if not args.profile:
         return
-    from overhead import kernel_times     # benchmarks/ is this script's folder
+    from overhead import kernel_times
     tensors = list(a.values())
     gout = torch.randn_like(run()[0])
 
@@ -90,13 +90,6 @@ def main() -> None:
         train()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
-
-
-def emit(row: dict, out) -> None:
-    print(json.dumps(row), flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
