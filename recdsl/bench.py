@@ -364,7 +364,10 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
     runs = {"recdsl": lambda: spec.op(**args, backend="triton")}
     if gate is not None:   # the same recurrence with signed decays, carried as (log|a|, sign)
         sign = torch.where(rnd(*args["g"].shape) < 0, -1, 1).to(torch.int8)   # the form the kernels read
-        runs["recdsl signed decay"] = lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign)
+        # calls without a gradient take the forward the planner gives the unsigned spec
+        fused = spec.plan("triton", tokens=T, needs_grad=False).algorithm == "fused_chunk"
+        runs["recdsl signed decay"] = lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign,
+                                                                      inference="fused" if fused else "chunk")
     ref = None
     if with_fla:
         try:
@@ -541,7 +544,7 @@ def main(argv=None) -> int:
                 keep(delta_case(args.file, B, T, H, D, params, gated=gated, dtype=dtype or torch.bfloat16,
                                 with_fla=not args.no_fla))
                 torch.cuda.empty_cache()
-    elif algorithm == "chunk":
+    elif algorithm in ("chunk", "fused_chunk"):
         for sh in args.shapes.split(";"):
             B, T, H, D = map(int, sh.split(","))
             keep(matrix_case(args.file, B, T, H, D, dtype=dtype or torch.bfloat16, with_fla=not args.no_fla))

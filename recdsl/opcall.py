@@ -22,7 +22,8 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
         channels *= d
     needs_grad = torch.is_grad_enabled() and (any(x.requires_grad for x in raw.values()) or (
         initial_state is not None and initial_state.requires_grad))
-    plan = make_plan(spec, backend, batch_channels=B * channels * (H or 1), on_cuda=ref.is_cuda, tokens=T,
+    # sequences, not rows: packed sequences (cu_seqlens) run as N sequences
+    plan = make_plan(spec, backend, batch_channels=N * channels * (H or 1), on_cuda=ref.is_cuda, tokens=T,
                      needs_grad=needs_grad)
     if plan.backend == "triton":
         if dtype == torch.float64:
@@ -31,11 +32,11 @@ def call_op(spec, args, kwargs, initial_state, output_final_state, cu_seqlens, b
             want = (N,) + state_shape
             if tuple(initial_state.shape) != want:
                 raise ValueError(f"initial_state: expected shape {list(want)}, got {list(initial_state.shape)}")
-        if plan.algorithm in ("chunk", "recurrent"):
+        if plan.algorithm in ("chunk", "fused_chunk", "recurrent"):
             from recdsl.backends.triton.matrix import run_matrix
             o, final = run_matrix(spec, spec.memo["matrix_pattern"], raw, options, initial_state, cu_seqlens,
-                                  output_final_state, chunk_size=plan.block_t if plan.algorithm == "chunk" else 64,
-                                  recurrent=plan.algorithm == "recurrent")
+                                  output_final_state, chunk_size=plan.block_t if plan.block_t > 1 else 64,
+                                  inference={"chunk": "chunk", "fused_chunk": "fused"}.get(plan.algorithm, "recurrent"))
             return o, final, None
         if plan.algorithm.startswith("fixed_point"):
             from recdsl.backends.triton.fixed_point import run_fixed_point

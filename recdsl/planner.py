@@ -16,7 +16,7 @@ class Plan:
     backend: str                       # reference | triton
     algorithm: str                     # sequential | fixed_point | elementwise_scan | chunk | delta_chunk |
                                        # fixed_point_scan | fixed_point_fused | fixed_point_one_launch |
-                                       # *_recurrent
+                                       # fused_chunk | *_recurrent
     block_t: int = 0                   # tokens per block (scan chunk)
     block_d: int = 0                   # channels per program
     num_warps: int = 4
@@ -38,6 +38,8 @@ class Plan:
             head += ", one fused launch per iteration"
         elif self.backend == "triton" and self.algorithm == "fixed_point_one_launch":
             head += ", many iterations per launch"
+        elif self.backend == "triton" and self.algorithm == "fused_chunk":
+            head += f", BT={self.block_t}, one launch, no chunk states stored"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}" + (f", BD={self.block_d}" if self.block_d else "") +
                      f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
@@ -50,8 +52,8 @@ class Plan:
 
 def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda: bool | None = None,
          tokens: int | None = None, needs_grad: bool = True) -> Plan:
-    """Choose how to run `spec`. `batch_channels` is B * channels of the call and `tokens` its T, when
-    known; `needs_grad` whether the call records a backward."""
+    """Choose how to run `spec`. `batch_channels` is sequences (B, or N packed ones) * channels of the
+    call and `tokens` its T, when known; `needs_grad` whether the call records a backward."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     ir = spec.ir
@@ -116,7 +118,10 @@ def plan(spec, backend: str = "auto", batch_channels: int | None = None, on_cuda
     if algorithm == "chunk":
         if tokens is not None and tokens <= RECURRENT_MAX_T and not needs_grad:
             return _recurrent_plan(spec, tokens)
-        return _chunk_plan(spec)
+        fused_reason = _fused_chunk_reason(spec, batch_channels)   # also said in a training call's plan
+        if not needs_grad and fused_reason is None:
+            return _fused_chunk_plan(spec)
+        return _chunk_plan(spec, fused_reason)
     if algorithm == "delta_recurrent":
         n_h = spec.memo["delta_pattern"].n_h
         short = tokens is not None and tokens * n_h <= DELTA_RECURRENT_MAX_STEPS and not needs_grad \
@@ -230,18 +235,80 @@ def triton_route(spec) -> tuple[str | None, str | None]:
     return spec.memo["triton_route"]
 
 
-def _chunk_plan(spec) -> Plan:
+def _chunk_plan(spec, why_not_fused: str | None = None) -> Plan:
     p = spec.memo["matrix_pattern"]
+    return Plan("triton", "chunk", 64, 0, 4, True, _chunk_reasons(p) + (
+        "chunk states are stored by the forward for the backward",
+        f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take one fused recurrent launch instead",
+    ) + ((f"longer calls without a gradient keep these two launches: {why_not_fused}",) if why_not_fused else (
+        "longer calls without a gradient take one launch that keeps the state in registers (fused chunk)",)))
+
+
+def _chunk_reasons(p) -> tuple[str, ...]:
     gate = {"none": "no decay", "scalar": "a scalar decay per head", "perkey": "a per-key decay"}[p.decay]
-    return Plan("triton", "chunk", 64, 0, 4, True, (
+    return (
         f"matrix state with {gate}: S_t = diag(a_t) S_(t-1) + k v^T, the chunkwise form with tl.dot",
         "chunks of 64 tokens: intra-chunk masked products, inter-chunk state passing in fp32",
         "decays in log space" + (", carried as (log|a|, sign) because the analysis allows a_t < 0"
                                  if p.signed else ""),
-        "chunk states are stored by the forward for the backward",
-        f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take one fused recurrent launch instead",
-    ))
+    )
 
+
+FUSED_CHUNK_MAX_K = 128      # chunk_fwd_fused holds [BT, K] queries and keys and a [K, BV] state in registers
+INFERENCE_ENV = "RECDSL_CHUNK_INFERENCE"
+
+
+def _fused_chunk_reason(spec, batch_channels: int | None) -> str | None:
+    """None when a call without a gradient may take the one-launch chunked forward, else why not."""
+    p = spec.memo["matrix_pattern"]
+    K, V = spec.ir.state[1]
+    forced = os.environ.get(INFERENCE_ENV)
+    if forced not in (None, "", "chunk", "fused"):
+        raise ValueError(f"{INFERENCE_ENV}={forced!r}: expected 'chunk' or 'fused'")
+    if p.decay == "perkey":
+        return ("the per-key decay's exact intra-chunk split over every key at once spills registers "
+                "(sm_90, K = 128; 3.0 ms against 0.79 ms on an H100 at (4, 4096, 16, 128)): its key blocks "
+                "go through the chunk states instead")
+    if forced == "chunk":
+        return f"{INFERENCE_ENV}=chunk"
+    if forced == "fused":
+        return None
+    if _compiling():
+        return "torch.compile traces the chunked custom op (the fused forward is eager-only)"
+    if K > FUSED_CHUNK_MAX_K:
+        return f"K = {K} > {FUSED_CHUNK_MAX_K}: every key of the state must fit in registers"
+    if batch_channels is not None:
+        from recdsl.backends.triton.chunk_launch import configs
+        BV = configs(p.decay, K, V, 64)["chunk_fwd_fused"][1]
+        programs = batch_channels // (K * V) * -(-V // BV)
+        sms = _sm_count()
+        if programs < sms:
+            # measured on an H100 at (8, 1024, 8, 64), bf16: 128 programs took 0.039 ms against the two
+            # launches' 0.034 ms; at (4, 4096, 16, 128) 256 took 0.211 against 0.275 ms
+            # (benchmarks/results/2026-11-26zw_h100_sweep_fused_mamba2*.jsonl)
+            return (f"one launch would run only {programs} programs (sequences x heads x value blocks of {BV}) "
+                    f"for {sms} SMs")
+    return None
+
+
+def _sm_count() -> int:
+    """Streaming multiprocessors of the current CUDA device (an H100's 132 without one)."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    except (ImportError, RuntimeError):
+        pass
+    return 132
+
+
+def _fused_chunk_plan(spec) -> Plan:
+    return Plan("triton", "fused_chunk", 64, 0, 4, False, _chunk_reasons(spec.memo["matrix_pattern"]) + (
+        "no gradient is needed, so no chunk states are kept: one launch walks each sequence's chunks per value "
+        "block with the [K, BV] state in fp32 registers, reading q and k once per value block, v once and "
+        "writing o once",
+        "calls that record a backward take the two chunked launches and store chunk states",
+    ))
 
 
 RECURRENT_MAX_T = 64   # the chunk size: below it a chunk is mostly padding

@@ -176,9 +176,41 @@ def test_fused_recurrent_forward(decay, signed):
         ro, rht = reference(q, k, v, g, sign, 0.3, s0, cu_seqlens)
         assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
         # the public entry point takes it only when nothing needs a gradient
-        o2, _ = chunk_linear_recurrence(q, k, v, g, sign, scale=0.3, initial_state=s0, cu_seqlens=cu, recurrent=True)
+        o2, _ = chunk_linear_recurrence(q, k, v, g, sign, scale=0.3, initial_state=s0, cu_seqlens=cu, inference="recurrent")
         assert torch.equal(o2, o)
 
+
+
+@pytest.mark.parametrize("decay,signed", [("none", False), ("scalar", False), ("scalar", True)])
+def test_fused_chunk_forward(decay, signed):
+    """The one-launch chunked forward of calls without a gradient, against the loop: packed sequences
+    (an empty one, one ending mid-chunk), an initial and a final state, K and V that are not powers of
+    two, a partial last chunk, a strong decay."""
+    torch.manual_seed(5)
+    H, K, V = 2, 20, 12
+    for B, T, cu_seqlens, BT, strength in ((2, 37, None, 16, 0.9), (1, 70, [0, 5, 5, 70], 32, 0.9),
+                                           (1, 40, None, 16, 12.0)):
+        q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K) * 0.5
+        v = torch.randn(B, T, H, V)
+        gshape = {"perkey": (B, T, H, K), "scalar": (B, T, H), "none": None}[decay]
+        g = None if gshape is None else -torch.rand(gshape) * strength - 0.02
+        sign = torch.where(torch.rand(gshape) < 0.35, -1.0, 1.0) if signed else None
+        N = B if cu_seqlens is None else len(cu_seqlens) - 1
+        s0 = torch.randn(N, H, K, V)
+        cu = None if cu_seqlens is None else torch.tensor(cu_seqlens, dtype=torch.int32)
+        o, ht = chunk_linear_recurrence(q, k, v, g, sign, scale=0.3, initial_state=s0, output_final_state=True,
+                                        cu_seqlens=cu, chunk_size=BT, inference="fused")
+        ro, rht = reference(q, k, v, g, sign, 0.3, s0, cu_seqlens)
+        assert rel(o, ro) < TOL and rel(ht, rht) < TOL, (rel(o, ro), rel(ht, rht))
+        # without a final state, and through the two-pass forward: the same outputs
+        o2, none = chunk_linear_recurrence(q, k, v, g, sign, scale=0.3, initial_state=s0, cu_seqlens=cu,
+                                           chunk_size=BT, inference="fused")
+        o3, _ = chunk_linear_recurrence(q, k, v, g, sign, scale=0.3, initial_state=s0, cu_seqlens=cu, chunk_size=BT)
+        assert none is None and torch.equal(o2, o) and rel(o3, o) < 1e-5
+    with pytest.raises(ValueError, match="inference must be one of"):
+        chunk_linear_recurrence(q, k, v, g, sign, inference="fast")
+    with pytest.raises(ValueError, match="per-key decays"):
+        chunk_linear_recurrence(q, k, v, -torch.rand(q.shape), inference="fused")
 
 def test_generated_source_variants():
     for decay in ("none", "scalar", "perkey"):
@@ -189,8 +221,9 @@ def test_generated_source_variants():
                 continue
             src = generate(decay, signed)
             compile(src, f"<chunk {decay} {signed}>", "exec")
-            # the five passes, and once per call the cumulative sign (signed) or scalar gate
-            assert src.count("@triton.jit\ndef chunk_") == 5 + signed + (decay == "scalar")
+            # the five passes, the one-launch forward (not for per-key decays), and once per call the
+            # cumulative sign (signed) or scalar gate
+            assert src.count("@triton.jit\ndef chunk_") == 5 + (decay != "perkey") + signed + (decay == "scalar")
             assert "#if" not in src and "#endif" not in src
 
 
@@ -205,5 +238,6 @@ def test_aot_compile_sm90(decay, signed, varlen):
     names = [n for n, size, secs in res]
     assert sorted(names) == sorted(["chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg",
                                     "recurrent_fwd", "delta_recurrent_fwd"] + ["chunk_sign_parity"] * signed
-                                   + ["chunk_gate_cumsum"] * (decay == "scalar"))
+                                   + ["chunk_gate_cumsum"] * (decay == "scalar")
+                                   + ["chunk_fwd_fused"] * (decay != "perkey"))
     assert all(size > 0 for n, size, secs in res)

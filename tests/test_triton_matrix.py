@@ -57,7 +57,7 @@ def test_decoding_takes_the_fused_recurrent_kernel(name, monkeypatch):
     assert spec.plan("triton", tokens=1, needs_grad=False).algorithm == "recurrent"
     assert "one launch over the tokens" in spec.plan("triton", tokens=1, needs_grad=False).text()
     assert spec.plan("triton", tokens=1, needs_grad=True).algorithm == "chunk"
-    assert spec.plan("triton", tokens=65, needs_grad=False).algorithm == "chunk"
+    assert spec.plan("triton", tokens=65, needs_grad=False).algorithm == ("chunk" if name == "gla" else "fused_chunk")
     import recdsl.backends.triton.recurrent as recurrent
     calls = []
     real = recurrent.recurrent_forward
@@ -77,6 +77,41 @@ def test_decoding_takes_the_fused_recurrent_kernel(name, monkeypatch):
         y_steps = step_through(layer, x)
     assert rel(y_steps, y) < 1e-5
 
+
+
+@pytest.mark.parametrize("name", ["mamba2", "retnet", "linear_attention"])
+def test_inference_takes_the_fused_chunk_kernel(name, monkeypatch):
+    """Longer calls without a gradient plan the one-launch chunked forward (no chunk states stored) and
+    agree with the reference, packed sequences included; a call that records a backward, a per-key decay
+    and RECDSL_CHUNK_INFERENCE=chunk keep the two launches."""
+    from recdsl.backends.triton import chunk_launch
+    spec = recdsl.load(example(name), H=2, K=16, V=8)
+    plan = spec.plan("triton", tokens=70, needs_grad=False)
+    assert plan.algorithm == "fused_chunk" and "no chunk states stored" in plan.text()
+    assert spec.plan("triton", tokens=70, needs_grad=True).algorithm == "chunk"
+    assert recdsl.load(example("gla")).plan("triton", tokens=70, needs_grad=False).algorithm == "chunk"
+    # too few programs (sequences x heads x value blocks) to fill the device: the two launches
+    few = spec.plan("triton", tokens=70, needs_grad=False, batch_channels=3 * 2 * 16 * 8)
+    assert few.algorithm == "chunk" and "only 6 programs" in few.text()
+    monkeypatch.setenv("RECDSL_CHUNK_INFERENCE", "chunk")
+    assert "RECDSL_CHUNK_INFERENCE=chunk" in spec.plan("triton", tokens=70, needs_grad=False).text()
+    monkeypatch.setenv("RECDSL_CHUNK_INFERENCE", "fused")      # not for a per-key decay
+    assert "spills registers" in recdsl.load(example("gla")).plan("triton", tokens=70, needs_grad=False).text()
+    monkeypatch.setenv("RECDSL_CHUNK_INFERENCE", "fast")
+    with pytest.raises(ValueError, match="RECDSL_CHUNK_INFERENCE='fast'"):
+        spec.plan("triton", tokens=70, needs_grad=False)
+    monkeypatch.setenv("RECDSL_CHUNK_INFERENCE", "fused")     # this small call would not fill a GPU
+    calls = []
+    real = chunk_launch.fused_forward
+    monkeypatch.setattr(chunk_launch, "fused_forward", lambda *a: calls.append(1) or real(*a))
+    args = random_args(spec, B=1, T=70, dtype=torch.float32, seed=2)
+    cu = torch.tensor([0, 3, 3, 70], dtype=torch.int32)
+    h0 = torch.randn(spec.state_shape(3))
+    with torch.no_grad():
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
+    ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(),
+                     output_final_state=True, cu_seqlens=cu, backend="reference")
+    assert len(calls) == 1 and rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
 
 def test_chunk_custom_op_opcheck_and_torch_compile():
     """The chunked kernels are one torch custom op: opcheck passes and a compiled module with the

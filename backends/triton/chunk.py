@@ -38,7 +38,8 @@ import os
 from .chunk_parts import CHUNK_HELPERS, PERKEY_INTRA
 from .template import load_variant, render
 
-KERNELS = ("chunk_fwd_h", "chunk_fwd_o", "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg")
+KERNELS = ("chunk_fwd_h", "chunk_fwd_o", "chunk_fwd_fused",  # chunk_fwd_fused: not for per-key decays
+           "chunk_bwd_dh", "chunk_bwd_dv", "chunk_bwd_dqkg")
 
 # Dot precision for fp32 inputs. "tf32x3" (three tf32 products, fp32-level error) runs on tensor cores;
 # "ieee" is exact but lowers to FMA loops: sm_90 builds of the WY backward at K = V = 32 then keep their
@@ -64,6 +65,81 @@ import triton.language as tl
 
 
 @PERKEY_INTRA@
+
+
+@triton.jit
+def _state_step(b_S, b_k, b_v, b_G, b_Gl, b_P, b_Pl, DT: tl.constexpr, PREC: tl.constexpr):
+    """IR transition and write over one chunk: S <- diag(Lam_l) S + (k * Lam_l / Lam)^T v for this
+    program's [BK, BV] block of S (b_P, b_Pl: the cumulative signs; unused unless signed)."""
+#if perkey
+    b_w = tl.exp(b_Gl[None, :] - b_G)      # decay from each token to the chunk end (<= 1)
+    b_d = tl.exp(b_Gl)                     # decay over the whole chunk, per key
+#if signed
+    b_w = b_w * (b_P * b_Pl[None, :])
+    b_d = b_d * b_Pl
+#endif
+    b_kw = (b_k.to(tl.float32) * b_w).to(DT)
+    return tl.dot(tl.trans(b_kw), b_v.to(DT), b_S * b_d[:, None], input_precision=PREC)
+#elif decay
+    b_w = tl.exp(b_Gl - b_G)               # [BT]
+    b_d = tl.exp(b_Gl)
+#if signed
+    b_w = b_w * (b_P * b_Pl)
+    b_d = b_d * b_Pl
+#endif
+    # a row factor: on the [BT, BV] values rather than the [BT, K] keys, which then reach the
+    # product as loaded (the gated delta pass at (4, 4096, 16, 128) bf16 on an H200: 0.186 -> 0.147 ms)
+    b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(DT)
+    return tl.dot(tl.trans(b_k.to(DT)), b_vw, b_S * b_d, input_precision=PREC)
+#else
+    return tl.dot(tl.trans(b_k.to(DT)), b_v.to(DT), b_S, input_precision=PREC)
+#endif
+
+
+@triton.jit
+def _out_part(b_q, b_k, b_h, b_g, b_G, b_Gl, b_P, b_o, b_A, BT: tl.constexpr, BK: tl.constexpr,
+              LOG2BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """IR output, one key block's share over a chunk: the queries read the chunk-start state b_h (its
+    rows of this key block) into b_o, and the intra-chunk scores go into b_A: with a per-key decay
+    decayed exactly here, otherwise as q k^T, decayed by _out_close."""
+#if perkey
+#if signed
+    b_qP = b_q.to(tl.float32) * b_P
+    b_kP = b_k.to(tl.float32) * b_P
+#else
+    b_qP = b_q.to(tl.float32)
+    b_kP = b_k.to(tl.float32)
+#endif
+    # inter-chunk: the state at the chunk start, decayed to each token
+    b_o = tl.dot((b_qP * tl.exp(b_G)).to(DT), b_h.to(DT), b_o, input_precision=PREC)
+    # intra-chunk attention matrix (this key block's share)
+    b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC, False)
+#else
+    b_o = tl.dot(b_q.to(DT), b_h.to(DT), b_o, input_precision=PREC)
+    b_A = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), b_A, input_precision=PREC)
+#endif
+    return b_o, b_A
+
+
+@triton.jit
+def _out_close(b_o, b_A, b_v, b_G, b_P, scale, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """IR output over a chunk, once every key block is in: o = scale * (b_o + (A (*) decay) @ v)."""
+    rows = tl.arange(0, BT)
+    ri = rows[:, None]
+    cj = rows[None, :]
+#if scalar
+    b_lam = tl.exp(b_G)
+    b_D = tl.exp(tl.where(cj <= ri, b_G[:, None] - b_G[None, :], float("-inf")))
+#if signed
+    b_lam = b_lam * b_P
+    b_D = b_D * (b_P[:, None] * b_P[None, :])
+#endif
+    b_o = b_o * b_lam[:, None]
+    b_A = b_A * b_D
+#else
+    b_A = tl.where(cj <= ri, b_A, 0.0)
+#endif
+    return tl.dot(b_A.to(DT), b_v.to(DT), b_o, input_precision=PREC) * scale
 
 
 @triton.jit
@@ -115,31 +191,12 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
         b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
 #else
         b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
-#endif
-#if perkey
-        b_w = tl.exp(b_Gl[None, :] - b_G)      # decay from each token to the chunk end (<= 1)
-        b_d = tl.exp(b_Gl)                     # decay over the whole chunk, per key
-#if signed
-        b_w = b_w * (b_P * b_Pl[None, :])
-        b_d = b_d * b_Pl
-#endif
-        b_kw = (b_k.to(tl.float32) * b_w).to(DT)
-        b_S = tl.dot(tl.trans(b_kw), b_v.to(DT), b_S * b_d[:, None], input_precision=PREC)
-#else
-        b_w = tl.exp(b_Gl - b_G)               # [BT]
-        b_d = tl.exp(b_Gl)
-#if signed
-        b_w = b_w * (b_P * b_Pl)
-        b_d = b_d * b_Pl
-#endif
-        # a row factor: on the [BT, BV] values rather than the [BT, K] keys, which then reach the
-        # product as loaded (the gated delta pass at (4, 4096, 16, 128) bf16 on an H200: 0.186 -> 0.147 ms)
-        b_vw = (b_v.to(tl.float32) * b_w[:, None]).to(DT)
-        b_S = tl.dot(tl.trans(b_k.to(DT)), b_vw, b_S * b_d, input_precision=PREC)
+        b_P, b_Pl = 1.0, 1.0
 #endif
 #else
-        b_S = tl.dot(tl.trans(b_k.to(DT)), b_v.to(DT), b_S, input_precision=PREC)
+        b_G, b_Gl, b_P, b_Pl = 0.0, 0.0, 1.0, 1.0
 #endif
+        b_S = _state_step(b_S, b_k, b_v, b_G, b_Gl, b_P, b_Pl, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + off_kv, b_S, mask=m_kv)
 
@@ -155,8 +212,6 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = h.dtype.element_ty
     rows = tl.arange(0, BT)
-    ri = rows[:, None]
-    cj = rows[None, :]
     o_t = i_c * BT + rows
     m_t = o_t < L
     p_row = _step_row(bos, o_t, i_h, H, NH)
@@ -172,7 +227,10 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
     b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
 #else
     b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
+    b_P = 1.0                                  # unsigned: unused
 #endif
+#elif none
+    b_g, b_G, b_Gl, b_P = 0.0, 0.0, 0.0, 1.0     # no decay: unused
 #endif
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -184,36 +242,79 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
 #if perkey
 #if signed
         b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
-        b_qP = b_q.to(tl.float32) * b_P
-        b_kP = b_k.to(tl.float32) * b_P
 #else
         b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, o_k, m_t, m_k, K, BT)
-        b_qP = b_q.to(tl.float32)
-        b_kP = b_k.to(tl.float32)
+        b_P = 1.0
 #endif
-        # inter-chunk: the state at the chunk start, decayed to each token
-        b_o = tl.dot((b_qP * tl.exp(b_G)).to(DT), b_h.to(DT), b_o, input_precision=PREC)
-        # intra-chunk attention matrix (this key block's share)
-        b_A, _, _ = _intra(b_qP, b_kP, b_g, b_G, b_Gl, b_A, b_A, b_qP, b_kP, 0, BT, BK, LOG2BT, DT, PREC, False)
-#else
-        b_o = tl.dot(b_q.to(DT), b_h.to(DT), b_o, input_precision=PREC)
-        b_A = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), b_A, input_precision=PREC)
 #endif
-#if scalar
-    b_lam = tl.exp(b_G)
-    b_D = tl.exp(tl.where(cj <= ri, b_G[:, None] - b_G[None, :], float("-inf")))
-#if signed
-    b_lam = b_lam * b_P
-    b_D = b_D * (b_P[:, None] * b_P[None, :])
-#endif
-    b_o = b_o * b_lam[:, None]
-    b_A = b_A * b_D
-#else
-    b_A = tl.where(cj <= ri, b_A, 0.0)
-#endif
+        b_o, b_A = _out_part(b_q, b_k, b_h, b_g, b_G, b_Gl, b_P, b_o, b_A, BT, BK, LOG2BT, DT, PREC)
     b_v = tl.load(v + p_row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-    b_o = tl.dot(b_A.to(DT), b_v.to(DT), b_o, input_precision=PREC) * scale
+#if perkey
+    b_o = _out_close(b_o, b_A, b_v, 0.0, 1.0, scale, BT, DT, PREC)   # the decay is in b_o and b_A already
+#else
+    b_o = _out_close(b_o, b_A, b_v, b_G, b_P, scale, BT, DT, PREC)
+#endif
     tl.store(o + p_qrow[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_q[:, None] & m_v[None, :])
+
+
+#if not delta and not perkey
+
+
+@triton.jit
+def chunk_fwd_fused(q, k, v, g, sgn, h0, o, ht, cu_seqlens, chunk_offsets, scale, T,
+                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, LOG2BT: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, PREC: tl.constexpr, DOT_BF16: tl.constexpr):
+    """Forward of a call that records no backward, in one launch: program (value block, sequence*head)
+    walks its sequence's chunks holding every key of its [BK >= K, BV] block of S in fp32 registers,
+    writes each chunk's output from that state (chunk_fwd_o's math), then moves the state on
+    (chunk_fwd_h's). q, k and v are read once and o written once: no chunk state goes through memory.
+    DOT_BF16: dot operands in bf16 (bf16 data), else fp32 at PREC. Not for per-key decays: their exact
+    intra-chunk split over every key at once spills registers (sm_90, K = 128) and took 3.0 ms against
+    the two launches' 0.79 ms at (4, 4096, 16, 128) on an H100
+    (benchmarks/results/2026-11-26zv_h100_sweep_fused_gla.jsonl)."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, L, _ = _seq_coords(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+    DT = tl.bfloat16 if DOT_BF16 else tl.float32
+    rows = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    off_kv = o_k[:, None] * V + o_v[None, :]
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + off_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for i_t in range(0, tl.cdiv(L, BT)):
+        o_t = i_t * BT + rows
+        m_t = o_t < L
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_row = _step_row(bos, o_t, i_h, H)
+        p_last = _last_row(bos, L, i_t, i_h, H, BT)
+        b_q = tl.load(q + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_v = tl.load(v + p_row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
+#if scalar
+#if signed
+        b_g, b_G, b_Gl, b_P, b_Pl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
+#else
+        b_g, b_G, b_Gl = _gate(g, sgn, p_row, p_last, rows, m_t, m_t, K, BT)
+        b_P, b_Pl = 1.0, 1.0
+#endif
+#else
+        b_g, b_G, b_Gl, b_P, b_Pl = 0.0, 0.0, 0.0, 1.0, 1.0     # no decay: unused
+#endif
+        b_o, b_A = _out_part(b_q, b_k, b_S, b_g, b_G, b_Gl, b_P, tl.zeros([BT, BV], dtype=tl.float32),
+                             tl.zeros([BT, BT], dtype=tl.float32), BT, BK, LOG2BT, DT, PREC)
+        b_o = _out_close(b_o, b_A, b_v, b_G, b_P, scale, BT, DT, PREC)
+        tl.store(o + p_row[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+        b_S = _state_step(b_S, b_k, b_v, b_G, b_Gl, b_P, b_Pl, DT, PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + off_kv, b_S, mask=m_kv)
+#endif
 
 
 @triton.jit

@@ -39,10 +39,17 @@ def configs(decay: str, K: int, V: int, BT: int) -> dict:
         dqk = (min(pK, 32), min(pV, 64), 8, 2)
     else:
         oV = min(pV, 128)
-        out = (min(pK, 64), oV, 8 if oV * BT >= 8192 else 4, 2)
+        # 8 warps also for 32-wide value blocks: with 4 warps Triton 3.6's sm_90 build of chunk_fwd_o faulted
+        # on an H100 (an out-of-range shared address in its q k^T product at K = 40, V = 24, with or without
+        # cu_seqlens, depending on where the tensors lay), which 8 warps did not
+        # (benchmarks/results/2026-11-26zv_h100_chunk_fwd_o_fault.txt)
+        out = (min(pK, 64), oV, 8 if oV * BT >= 8192 or oV <= 32 else 4, 2)
         dK = min(pK, 64)
         dqk = (dK, min(pV, 64), 8 if dK * BT >= 4096 else 4, 2)
     cfg = dict(chunk_fwd_h=state, chunk_fwd_o=out, chunk_bwd_dh=state, chunk_bwd_dv=out, chunk_bwd_dqkg=dqk)
+    if decay != "perkey":
+        # the one-launch forward holds every key: parallel over value blocks and sequences only
+        cfg["chunk_fwd_fused"] = (pK, min(pV, 32), 4, 2)
     for name, c in CONFIG_OVERRIDES.items():
         BK, BV, w, st = c
         cfg[name] = (min(pK, BK), min(pV, BV), w, st)
@@ -96,6 +103,23 @@ def _tables(cu_seqlens, B, T, H, BT):
     return cu_seqlens.numel() - 1, chunk_offsets, chunk_indices, NS, NS, H
 
 
+def _chunk_gates(mod, q, g, sign, cu_seqlens, chunk_indices, NS: int, NC: int, BH: int, BT: int, decay: str):
+    """What the forward kernels read in place of the gate: a scalar decay's within-chunk cumulative sum,
+    and the signs' running product within each chunk (int8, kept for the backward; empty when
+    unsigned), once per call."""
+    B, T, H, K = q.shape
+    varlen = cu_seqlens is not None
+    parity = q.new_empty((0,), dtype=torch.int8)
+    if sign is not None:
+        parity = torch.empty_like(sign)
+        if NS > 0:
+            mod.chunk_sign_parity[(NC, BH)](sign, parity, cu_seqlens, chunk_indices, T, H=H, K=K, BT=BT,
+                                            BK=min(_p2(K), 64), IS_VARLEN=varlen)
+    if decay == "scalar":
+        g = chunk_cumulative_gate(mod, g, cu_seqlens, chunk_indices, NC, BH, BT, varlen)
+    return g, parity
+
+
 def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
               sign: Optional[torch.Tensor], scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
               cu_seqlens: Optional[torch.Tensor], BT: int, decay: str
@@ -109,16 +133,8 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     cdt, prec = _precision(q.dtype)
     varlen = cu_seqlens is not None
     N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
-    parity = q.new_empty((0,), dtype=torch.int8)
-    if sign is not None:
-        # the signs' running product within each chunk, read by every kernel below and by the backward
-        parity = torch.empty_like(sign)
-        if NS > 0:
-            mod.chunk_sign_parity[(NC, BH)](sign, parity, cu_seqlens, chunk_indices, T, H=H, K=K, BT=BT,
-                                            BK=min(_p2(K), 64), IS_VARLEN=varlen)
-        sign = parity
-    if decay == "scalar":
-        g = chunk_cumulative_gate(mod, g, cu_seqlens, chunk_indices, NC, BH, BT, varlen)
+    g, parity = _chunk_gates(mod, q, g, sign, cu_seqlens, chunk_indices, NS, NC, BH, BT, decay)
+    sign = parity if sign is not None else None
     h = q.new_empty(NS, H, K, V, dtype=cdt)
     ht = q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
     o = torch.empty_like(v)
@@ -137,6 +153,29 @@ def _chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
 
 
 chunk_fwd = torch.library.custom_op("recdsl::chunk_fwd", _chunk_fwd, mutates_args=())
+
+
+def fused_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                  sign: Optional[torch.Tensor], scale: float, h0: Optional[torch.Tensor], output_final_state: bool,
+                  cu_seqlens: Optional[torch.Tensor], BT: int, decay: str):
+    """(o, final state or None) in one launch of chunk_fwd_fused, for calls that record no backward
+    (arguments as _chunk_fwd takes them): no chunk states are stored, so nothing is kept for a backward."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    mod = load(decay, sign is not None)
+    BK, BV, w, st = configs(decay, K, V, BT)["chunk_fwd_fused"]
+    varlen = cu_seqlens is not None
+    N, chunk_offsets, chunk_indices, NS, NC, BH = _tables(cu_seqlens, B, T, H, BT)
+    g, parity = _chunk_gates(mod, q, g, sign, cu_seqlens, chunk_indices, NS, NC, BH, BT, decay)
+    ht = q.new_empty((N, H, K, V) if output_final_state else (0,), dtype=torch.float32)
+    o = torch.empty_like(v)
+    if N > 0:
+        mod.chunk_fwd_fused[(cdiv(V, BV), N * H)](
+            q, k, v, g, parity if sign is not None else None, h0, o, ht, cu_seqlens, chunk_offsets, scale, T,
+            H=H, K=K, V=V, BT=BT, BK=max(BK, _p2(K)), BV=BV, LOG2BT=int(math.log2(BT)), USE_H0=h0 is not None,
+            STORE_HT=output_final_state, IS_VARLEN=varlen, PREC=_precision(q.dtype)[1],
+            DOT_BF16=q.dtype == torch.bfloat16, num_warps=w, num_stages=st)
+    return o, (ht if output_final_state else None)
 
 
 @chunk_fwd.register_fake
@@ -250,11 +289,14 @@ def _chunk_call(*inputs):
     return chunk_fwd(*inputs) if torch.compiler.is_compiling() else _EagerChunk.apply(*inputs)
 
 
+INFERENCE = ("chunk", "fused", "recurrent")   # forwards of calls that record no backward
+
+
 def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
                             sign: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                             initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
                             cu_seqlens: Optional[torch.Tensor] = None, chunk_size: int = 64,
-                            recurrent: bool = False):
+                            inference: str = "chunk"):
     """Chunkwise S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t with a_t = sign_t * exp(g_t).
 
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] (per-key decay) or [B,T,H] (scalar decay) or None, in
@@ -262,8 +304,10 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     int8 (another dtype is converted first, one pass); scale defaults to K ** -0.5;
     initial_state [N,H,K,V]; cu_seqlens [N+1] for packed variable-length sequences (B == 1).
     Returns (o [B,T,H,V], final state fp32 [N,H,K,V] or None). Differentiable in q, k, v, g and
-    initial_state. `recurrent` runs the fused recurrent forward instead (recurrent.py: decoding and
-    short calls) when nothing needs a gradient and torch.compile is not tracing.
+    initial_state. `inference` picks the forward of a call that records no backward (nothing needs a
+    gradient) outside torch.compile's tracing: "chunk" the two launches above (chunk states through
+    memory), "fused" one launch that walks the chunks with the state in registers (chunk_fwd_fused),
+    "recurrent" the fused recurrent kernel (recurrent.py: decoding and short calls).
     """
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"expected q, k [B,T,H,K] and v [B,T,H,V], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -286,6 +330,11 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
         raise ValueError(f"g must be [B,T,H,K] or [B,T,H], got {tuple(g.shape)}")
     if sign is not None and sign.shape != g.shape:
         raise ValueError("sign must have the shape of g")
+    if inference not in INFERENCE:
+        raise ValueError(f"inference must be one of {INFERENCE}, got {inference!r}")
+    if inference == "fused" and decay == "perkey":
+        raise ValueError("inference='fused' takes a scalar decay or none; per-key decays (g [B,T,H,K]) use "
+                         "'chunk' or 'recurrent'")
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError("cu_seqlens needs packed inputs with B == 1")
@@ -301,8 +350,11 @@ def chunk_linear_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
                                       torch.where(sign < 0, -1, 1).to(torch.int8)).contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
     tensors = (q, k, v, g, h0)
-    if recurrent and not torch.compiler.is_compiling() and not (
+    if inference != "chunk" and not torch.compiler.is_compiling() and not (
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        if inference == "fused":
+            return fused_forward(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens,
+                                 int(chunk_size), decay)
         from .recurrent import recurrent_forward
         return recurrent_forward(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, decay)
     o, ht, _, _ = _chunk_call(q, k, v, g, sign, scale, h0, bool(output_final_state), cu_seqlens, int(chunk_size), decay)
@@ -331,10 +383,12 @@ def aot_jobs(decay: str, signed: bool, data: str = "bf16", K: int = 128, V: int 
     jobs = []
     for name, (BK, BV, warps, stages) in configs(decay, K, V, BT).items():
         const = dict(H=16, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, PREC=prec)
-        if name in ("chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqkg"):
+        if name in ("chunk_fwd_o", "chunk_fwd_fused", "chunk_bwd_dv", "chunk_bwd_dqkg"):
             const["LOG2BT"] = int(math.log2(BT))
-        if name == "chunk_fwd_h":
+        if name in ("chunk_fwd_h", "chunk_fwd_fused"):
             const.update(USE_H0=True, STORE_HT=True)
+        if name == "chunk_fwd_fused":
+            const["DOT_BF16"] = data == "bf16"
         if name == "chunk_bwd_dh":
             const.update(USE_DHT=True, STORE_DH0=True)
         jobs.append(_aot_job(name, getattr(mod, name), const, data, state, dict(num_warps=warps, num_stages=stages)))

@@ -165,7 +165,7 @@ def ir_values(spec, raw: dict, options: dict):
 
 
 def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, output_final_state, chunk_size=64,
-               recurrent=False):
+               inference="chunk"):
     from .chunk_launch import chunk_linear_recurrence
     ir = spec.ir
     dtype = next(raw[a.name] for a in spec.args if a.kind == "input").dtype
@@ -190,7 +190,7 @@ def run_matrix(spec, pattern: MatrixPattern, raw: dict, options: dict, h0, cu, o
                                        v.to(kernel_dtype).contiguous(), g=None if g is None else g.contiguous(),
                                        sign=sign, scale=scale, initial_state=h0,
                                        output_final_state=output_final_state, cu_seqlens=cu,
-                                       chunk_size=chunk_size, recurrent=recurrent)
+                                       chunk_size=chunk_size, inference=inference)
     if not ir.heads:
         o = o.squeeze(2)
         final = None if final is None else final.squeeze(1)
