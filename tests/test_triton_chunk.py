@@ -42,6 +42,42 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+def packed_errors(decay: str, K: int, V: int, signed: bool, device: str = "cuda", dtype=torch.bfloat16,
+                  seed: int = 2) -> dict:
+    """Relative errors against the fp64 loop of chunk_linear_recurrence on `device`: T = 300 tokens packed as
+    sequences of 1, 129 and 170, an initial and a final state, scale 0.3; the forward ("o", "ht"), every
+    gradient ("dq", "dk", "dv", "dg", "dh0"), and for scalar decays or none the one-launch forward ("fused_o",
+    "fused_ht"). Used by the GPU tier and benchmarks/stress_chunk_shapes.py."""
+    gen = torch.Generator().manual_seed(seed)
+    T, H, cu_seqlens = 300, 2, [0, 1, 130, 300]
+    q, k, v = (torch.randn(1, T, H, d, generator=gen) * s for d, s in ((K, 1.0), (K, 0.5), (V, 1.0)))
+    gshape = None if decay == "none" else (1, T, H, K) if decay == "perkey" else (1, T, H)
+    g = None if gshape is None else -torch.rand(gshape, generator=gen) * 0.9 - 0.02
+    sign = torch.where(torch.rand(gshape, generator=gen) < 0.35, -1, 1).to(torch.int8) if signed else None
+    h0 = torch.randn(3, H, K, V, generator=gen)
+    names = [n for n, x in zip(("q", "k", "v", "g", "h0"), (q, k, v, g, h0)) if x is not None]
+    leaves = [x.requires_grad_(True) for x in (q, k, v, g, h0) if x is not None]
+    dev = [x.detach().to(device, dtype if i < 3 else torch.float32).requires_grad_(True) for i, x in enumerate(leaves)]
+    args = dict(zip(names, dev))
+    cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
+    sgn = None if sign is None else sign.to(device)
+
+    def run(**kw):
+        return chunk_linear_recurrence(args["q"], args["k"], args["v"], args.get("g"), sgn, scale=0.3,
+                                       initial_state=args["h0"], output_final_state=True, cu_seqlens=cu, **kw)
+    o, ht = run()
+    ro, rht = reference(q, k, v, g, sign, 0.3, h0, cu_seqlens)
+    errs = {"o": rel(o.cpu(), ro), "ht": rel(ht.cpu(), rht)}
+    do, dht = torch.randn(ro.shape, generator=gen), torch.randn(rht.shape, generator=gen)
+    grads = torch.autograd.grad((o.float() * do.to(device)).sum() + (ht * dht.to(device)).sum(), dev)
+    rgrads = torch.autograd.grad((ro * do.double()).sum() + (rht * dht.double()).sum(), leaves)
+    errs.update({f"d{n}": rel(a.cpu(), b) for n, a, b in zip(names, grads, rgrads)})
+    if decay != "perkey":
+        with torch.no_grad():
+            fo, fht = run(inference="fused")
+        errs.update(fused_o=rel(fo.cpu(), ro), fused_ht=rel(fht.cpu(), rht))
+    return errs
+
 def check(decay="perkey", signed=False, B=2, T=65, H=2, K=32, V=32, BT=64, gate=None, h0=True,
           final=True, cu_seqlens=None, seed=0, scale=None):
     torch.manual_seed(seed)
