@@ -19,7 +19,10 @@ of g (fp32) and P_i the cumulative sign, Lam_i = P_i exp(G_i) (Lam_l at the chun
     S_c+1 = diag(Lam_l) S_c + sum_j (k_j * Lam_l / Lam_j) v_j^T
 
 Forward: `chunk_fwd_h` walks the chunks of one sequence in order with the state in fp32 registers
-and stores the state at each chunk start (h); `chunk_fwd_o` is parallel over chunks. Backward:
+and stores the state at each chunk start (h); `chunk_fwd_o` is parallel over chunks. A call that records
+no backward may instead take `chunk_fwd_fused` (scalar decays and none): one walk that forms each chunk's
+output from the state it holds, with the same device functions (_out_part, _out_close, _state_step), and
+stores no h. Backward:
 `chunk_bwd_dh` walks the chunks in reverse with dS (the gradient of the state at each chunk end);
 `chunk_bwd_dv` and `chunk_bwd_dqkg` are parallel over chunks. The log-decay gradient uses
 
