@@ -365,7 +365,8 @@ def matrix_case(path: str, B: int, T: int, H: int, D: int, dtype=torch.bfloat16,
     if gate is not None:   # the same recurrence with signed decays, carried as (log|a|, sign)
         sign = torch.where(rnd(*args["g"].shape) < 0, -1, 1).to(torch.int8)   # the form the kernels read
         # calls without a gradient take the forward the planner gives the unsigned spec
-        fused = spec.plan("triton", tokens=T, needs_grad=False).algorithm == "fused_chunk"
+        fused = spec.plan("triton", tokens=T, needs_grad=False,
+                          batch_channels=B * H * D * D).algorithm == "fused_chunk"
         runs["recdsl signed decay"] = lambda: chunk_linear_recurrence(q, k, v, g=args["g"], sign=sign,
                                                                       inference="fused" if fused else "chunk")
     ref = None

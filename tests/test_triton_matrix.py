@@ -78,7 +78,6 @@ def test_decoding_takes_the_fused_recurrent_kernel(name, monkeypatch):
     assert rel(y_steps, y) < 1e-5
 
 
-
 @pytest.mark.parametrize("name", ["mamba2", "retnet", "linear_attention"])
 def test_inference_takes_the_fused_chunk_kernel(name, monkeypatch):
     """Longer calls without a gradient plan the one-launch chunked forward (no chunk states stored) and
@@ -112,6 +111,7 @@ def test_inference_takes_the_fused_chunk_kernel(name, monkeypatch):
     ro, rS = spec.op(**{k: v.double() for k, v in args.items()}, initial_state=h0.double(),
                      output_final_state=True, cu_seqlens=cu, backend="reference")
     assert len(calls) == 1 and rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+
 
 def test_chunk_custom_op_opcheck_and_torch_compile():
     """The chunked kernels are one torch custom op: opcheck passes and a compiled module with the
