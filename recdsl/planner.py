@@ -241,7 +241,8 @@ def _chunk_plan(spec, why_not_fused: str | None = None) -> Plan:
         "chunk states are stored by the forward for the backward",
         f"calls of at most {RECURRENT_MAX_T} tokens that need no gradient take one fused recurrent launch instead",
     ) + ((f"longer calls without a gradient keep these two launches: {why_not_fused}",) if why_not_fused else (
-        "longer calls without a gradient take one launch that keeps the state in registers (fused chunk)",)))
+        "longer calls without a gradient take one launch that keeps the state in registers (fused chunk) when "
+        "their sequences x heads x value blocks fill the SMs",)))
 
 
 def _chunk_reasons(p) -> tuple[str, ...]:
