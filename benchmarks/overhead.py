@@ -39,6 +39,18 @@ def emit(row: dict, out=None) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def cprofiled(fn, calls: int):
+    """A cProfile.Profile of `calls` calls of fn, up to the device finishing them (for cprofile_table)."""
+    import cProfile
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    return prof
+
+
 def cprofile_table(prof, key: str, n: int, calls: int, root: str = "") -> list[str]:
     """The n first rows of a cProfile.Profile's table sorted by `key` ("tottime": own time, else
     cumulative), per call: milliseconds, calls, and the frame (paths shortened past site-packages/ and

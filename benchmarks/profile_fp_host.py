@@ -8,7 +8,6 @@ Chrome trace of two calls (CPU and CUDA rows: the gaps in the CUDA row are the d
 from __future__ import annotations
 
 import argparse
-import cProfile
 import sys
 import time
 import warnings
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--trace", default=None, help="write a Chrome trace of two training calls here")
     args = ap.parse_args()
-    from overhead import cprofile_table, emit, host_ms, kernel_times
+    from overhead import cprofile_table, cprofiled, emit, host_ms, kernel_times
     from triton.testing import do_bench
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
     spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
@@ -66,12 +65,7 @@ def main() -> None:
             fn()
         torch.cuda.synchronize()
         host = {k: round(1000 * v / args.calls, 4) for k, v in stages.items()}
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(args.calls):
-            fn()
-        torch.cuda.synchronize()
-        prof.disable()
+        prof = cprofiled(fn, args.calls)
         emit({**shape, "mode": mode, "wall_ms": round(wall, 4), "kernels_ms": round(sum(kernels.values()), 4),
               "host_return_ms": round(returned, 4), "host_stages_ms": host,
               "kernels": {k[:80]: round(v, 4) for k, v in kernels.items()},

@@ -5,14 +5,13 @@ lets cProfile see the Python inside it), top functions by their own and by cumul
     python benchmarks/profile_scan_host.py --spec examples/hgrn.rec --out host.jsonl    # a GPU
 """
 import argparse
-import cProfile
 from pathlib import Path
 
 import torch
 
 import recdsl
 from recdsl.bench import elementwise_args
-from overhead import cprofile_table, emit, host_ms      # benchmarks/ is this script's folder
+from overhead import cprofile_table, cprofiled, emit, host_ms      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,12 +39,7 @@ def main():
     for _ in range(5):
         fwd_bwd()
     host = host_ms(fwd_bwd, iters=a.calls)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(a.calls):
-        fwd_bwd()
-    torch.cuda.synchronize()
-    prof.disable()
+    prof = cprofiled(fwd_bwd, a.calls)
     row = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": a.B, "T": a.T, "width": a.width,
            "host_ms_per_call": round(host, 4),
            "own_time": cprofile_table(prof, "tottime", 35, a.calls, str(ROOT)),
