@@ -438,7 +438,7 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     # where too few walking programs fill the GPU
     schedule = _schedule_override() or ("look_back" if (few or from_output) and not short else "walk")
     if schedule == "look_back":
-        BT, BD, warps = _blocks_override((64, 32, 2))
+        BT, BD, warps = _blocks_override((32, 32, 2))
         how = (f"tiles of BT={BT} tokens x BD={BD} channels, each its own program, chained along the tokens by a "
                "decoupled look-back (backends/triton/look_back.py): inputs are read once and the tiles stream in "
                "parallel however few sequences and channels the call has",
@@ -446,9 +446,10 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
                 f"(aim: >= {target}); " if few else "") +
                "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
                "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)",
-               *(("at B=4, T=4096, C=2048 with the backward from the output these blocks took 0.136 / 0.528 ms "
-                  "against the walk's 0.139 / 0.747 ms with its best backward (forward+backward with gradients "
-                  "accumulated; benchmarks/results/2026-11-26zd_h100_sweep_hgrn_*.jsonl)",) if from_output else ()))
+               *(("at B=4, T=4096, C=2048 with the backward from the output these blocks' kernels took 0.113 ms "
+                  "forward and 0.237 ms backward, the least of five block sizes together (each thread holds 16 "
+                  "rows: 144 registers in the backward, where 32 rows took 255 and spilled; "
+                  "benchmarks/results/2026-11-26zze_h100_overhead_hgrn_blocks.jsonl)",) if from_output else ()))
     else:
         # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
         BT, BD, warps = 128, 16, 2

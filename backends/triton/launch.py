@@ -78,12 +78,12 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
     def launch(kernel, walk_grid, n_chunks, args, seq, device, **flags):
         if schedule == "walk":
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=warps)
-        # the look-back's workspace: a counter of tiles as they start, each tile's published aggregate and
-        # inclusive value per element (64-bit words, EMPTY until published)
+        # the look-back's workspace: each tile's published aggregate and inclusive value per element
+        # (64-bit words, EMPTY until published)
         n = n_chunks * state_size
-        words = torch.full((2 * n + 1,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs, the counter
+        words = torch.full((2 * n,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, words[2 * n:], words[:n], words[n:2 * n], n_chunks, **flags, num_warps=warps)
+            *args, seq, words[:n], words[n:], n_chunks, **flags, num_warps=warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 

@@ -9,9 +9,11 @@ The tile then publishes its own inclusive value. Inputs are read once and every 
 except for this short exchange of [BD] values, so the whole machine streams even when there are few
 sequences and channels.
 
-Tiles take their index from an atomic counter, in the order they start: a tile's predecessors have
-all started, so waiting on them cannot deadlock (programs of one launch are not started in a
-guaranteed order).
+A tile's place is its program id, chunk-major: its predecessors have lower ids. Blocks of a launch are
+dispatched in increasing order, so a tile only waits on tiles already resident or done; CUB's
+single-pass scan (behind torch.cumsum on CUDA) relies on the same order. An atomic counter of tiles
+as they start, taken before, cost 0.011-0.016 ms of hgrn's 0.13 ms forward at B=4, T=4096, C=2048
+(benchmarks/results/2026-11-26zza_h100_proto_scan_tile_order.jsonl).
 
 Each published value carries its own status: a 64-bit word holds an aggregate's two fp32 halves (A, B)
 or an inclusive value (h, 0), and the all-ones word means "not yet" (two NaN halves of a pattern
@@ -19,20 +21,13 @@ arithmetic does not produce; a GPU's NaNs are 0x7fffffff). Publishing is one sto
 volatile load, with no fence between a value and its flag: on an H100 this took the hgrn forward from
 0.142 to 0.119 ms at B=4, T=4096, C=2048 (benchmarks/results/2026-11-26zc_h100_proto_scan_look_back.jsonl).
 
-Workspace, per launch: `aggs` and `incs` int64 [n_tiles_in_chains * state] and `counter` int64 [1], all
-filled with -1 (EMPTY) in one allocation and one fill (the counter counts from -1): a zeroed counter
-apart cost one more allocation and launch, about 15 us of host time per scan launch.
+Workspace, per launch: `aggs` and `incs` int64 [n_tiles_in_chains * state], filled with -1 (EMPTY) in
+one allocation and one fill.
 """
 
 EMPTY = -1
 
 LOOK_BACK = '''
-@triton.jit
-def _tile_index(counter):
-    # the order in which tiles start, not the order of program ids (the counter starts at EMPTY, -1)
-    return (tl.atomic_add(counter, 1) + 1).to(tl.int32)
-
-
 @triton.jit
 def _any(mask):
     return tl.max(tl.where(mask, 1, 0)) > 0
@@ -55,6 +50,18 @@ def _word_lo(w):
 
 
 @triton.jit
+def _poll(words, mask):
+    return tl.load(words, mask=mask, other=-1, volatile=True)
+
+
+@triton.jit
+def _read(words, mask):
+    # An atomic read (adds 0): where a layout gives one element to threads of several warps, one thread
+    # reads it and shares the word with the others, so all of them act on the same value.
+    return tl.where(mask, tl.atomic_add(words, 0, mask=mask, sem="relaxed"), -1)
+
+
+@triton.jit
 def _chain_link(aggs, incs, slot, agg_a, agg_b, step, n_back, m):
     """Publish this tile's aggregate, then return the carry into it: the inclusive value of the nearest
     predecessor that has one, mapped through the aggregates of the tiles in between. `step` is the
@@ -70,11 +77,17 @@ def _chain_link(aggs, incs, slot, agg_a, agg_b, step, n_back, m):
         inc = tl.full(slot.shape, -1, tl.int64)   # -1: EMPTY, nothing published yet
         agg = tl.full(slot.shape, -1, tl.int64)
         waiting = pending
-        while _any(waiting):
-            inc = tl.where(waiting, tl.load(incs + src, mask=waiting, other=-1, volatile=True), inc)
+        while _any(waiting):   # spin on plain volatile loads
+            inc = tl.where(waiting, _poll(incs + src, waiting), inc)
             look = waiting & (inc == -1)
-            agg = tl.where(look, tl.load(aggs + src, mask=look, other=-1, volatile=True), agg)
+            agg = tl.where(look, _poll(aggs + src, look), agg)
             waiting = look & (agg == -1)
+        # Warps holding copies of one element may have polled it at different moments (one saw the inclusive
+        # value, another only the aggregate): the loop ends once one copy saw a word, so read both words
+        # again atomically, one read shared by all copies, before acting on them. Without this, hgrn at
+        # BT=64, BD=32 with 2 warps on an H100 lost carries (benchmarks/results/2026-11-26zzb_*).
+        inc = _read(incs + src, pending)
+        agg = tl.where(pending & (inc == -1), _read(aggs + src, pending & (inc == -1)), agg)
         done = pending & (inc != -1)
         partial = pending & (inc == -1)
         carry = tl.where(done, acc_a * _word_hi(inc) + acc_b, carry)
