@@ -67,6 +67,25 @@ def test_look_back_against_walk(B, T, D, monkeypatch):
         assert rel(y, x) < 1e-5
 
 
+@pytest.mark.parametrize("blocks", ["64,32,2", "32,32,2", "32,64,2", "32,32,1"])
+def test_look_back_blocks_every_call(blocks, monkeypatch):
+    """Several calls per block size against the walk, in fp32: where a layout puts one
+    channel in threads of two warps (BT=64 and 32 with BD=32, 2 warps), both copies must act on the same
+    published word. Volatile polls per warp once lost carries there in some calls (README, 2026-11-26zzb)."""
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "128,16,2")
+    monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", "walk")
+    spec = recdsl.load(example("hgrn"), D=2048)
+    args = cuda_args(spec, 4, 4096, torch.float32, seed=2)
+    with torch.no_grad():
+        want = spec.op(**args, backend="triton")[0]
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", blocks)
+    monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", "look_back")
+    spec = recdsl.load(example("hgrn"), D=2048)
+    with torch.no_grad():
+        for _ in range(8):
+            assert rel(spec.op(**args, backend="triton")[0], want) < 1e-5
+
+
 def test_hgrn_matches_fla():
     fla_hgrn = pytest.importorskip("fla.ops.hgrn")
     spec = recdsl.load(example("hgrn"), D=512)
