@@ -25,6 +25,7 @@ class Plan:
     scan_backward: str = ""            # element-wise scan: "exclusive" or "shifted" (backends/triton/scan.py)
     scan_schedule: str = ""            # element-wise scan: "walk" (a program per sequence walks the tokens)
                                        # or "look_back" (a program per tile, chained by a decoupled look-back)
+    bwd_warps: int = 0                 # the backward kernel's warps where they differ from the forward's
 
     def text(self) -> str:
         head = f"backend {self.backend}, algorithm {self.algorithm}"
@@ -42,7 +43,9 @@ class Plan:
             head += f", BT={self.block_t}, one launch, no chunk states stored"
         elif self.backend == "triton":
             head += (f", BT={self.block_t}" + (f", BD={self.block_d}" if self.block_d else "") +
-                     f", num_warps={self.num_warps}, {'store' if self.store_chunk_states else 'recompute'} chunk states")
+                     f", num_warps={self.num_warps}" + (f" (backward {self.bwd_warps})" if self.bwd_warps else ""))
+            if self.scan_backward != "output":   # the output form keeps no chunk states: it reads the output
+                head += f", {'store' if self.store_chunk_states else 'recompute'} chunk states"
             if self.scan_backward:
                 head += f", {self.scan_backward} backward scans"
             if self.scan_schedule:
@@ -419,7 +422,7 @@ def prepare(spec) -> None:
         from recdsl.backends.triton.launch import scan_op
         for bc, t in ((None, None), (0, None), (None, 1), (0, 1)):   # many programs or few; long or short calls
             p = _scan_plan(spec, bc, t)
-            scan_op(spec, p.block_t, p.block_d, p.num_warps, p.scan_backward, p.scan_schedule)
+            scan_op(spec, p.block_t, p.block_d, p.num_warps, p.scan_backward, p.scan_schedule, p.bwd_warps)
 
 
 SHORT_T = 16   # calls of at most this many tokens (decoding, step()) scan one small block
@@ -438,7 +441,7 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     # where too few walking programs fill the GPU
     schedule = _schedule_override() or ("look_back" if (few or from_output) and not short else "walk")
     if schedule == "look_back":
-        BT, BD, warps = _blocks_override((32, 32, 2))
+        BT, BD, warps, bwd_warps = _blocks_override((32, 32, 1, 2))
         how = (f"tiles of BT={BT} tokens x BD={BD} channels, each its own program, chained along the tokens by a "
                "decoupled look-back (backends/triton/look_back.py): inputs are read once and the tiles stream in "
                "parallel however few sequences and channels the call has",
@@ -446,9 +449,9 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
                 f"(aim: >= {target}); " if few else "") +
                "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
                "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)",
-               *(("at B=4, T=4096, C=2048 with the backward from the output these blocks' kernels took 0.113 ms "
-                  "forward and 0.237 ms backward, the least of five block sizes together (each thread holds 16 "
-                  "rows: 144 registers in the backward, where 32 rows took 255 and spilled; "
+               *(("at B=4, T=4096, C=2048 with the backward from the output the forward kernel took 0.103 ms with "
+                  "one warp (0.113 with two) and the backward 0.237 ms with two (0.274 with one: a thread holding "
+                  "all 32 rows took 255 registers and spilled, 16 rows took 144; "
                   "benchmarks/results/2026-11-26zze_h100_overhead_hgrn_blocks.jsonl)",) if from_output else ()))
     else:
         # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
@@ -463,13 +466,14 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
             BT = SHORT_T
             why_t = (f"a call of {tokens} token(s) (decoding, step()): one block of BT={BT} rows, a single launch "
                      "with the state in registers and no look-back workspace")
-        BT, BD, warps = _blocks_override((BT, BD, warps))
+        BT, BD, warps, bwd_warps = _blocks_override((BT, BD, warps))
         how = (why_t, why_d)
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
         *how,
         *_vector_backward_reasons(from_output),
-    ), scan_backward="output" if from_output else "exclusive", scan_schedule=schedule)
+    ), scan_backward="output" if from_output else "exclusive", scan_schedule=schedule,
+        bwd_warps=bwd_warps if bwd_warps != warps else 0)
 
 
 def _vector_backward_reasons(from_output: bool) -> tuple[str, ...]:
@@ -489,16 +493,19 @@ def _schedule_override() -> str | None:
     return text or None
 
 
-def _blocks_override(blocks: tuple[int, int, int]) -> tuple[int, int, int]:
-    """RECDSL_SCAN_BLOCKS="BT,BD,warps" replaces the element-wise scan's blocks (for sweeps on a GPU)."""
+def _blocks_override(blocks: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(BT, BD, warps, backward warps) from `blocks` (the backward's warps default to the forward's), or from
+    RECDSL_SCAN_BLOCKS="BT,BD,warps[,backward warps]" (for sweeps on a GPU)."""
     text = os.environ.get("RECDSL_SCAN_BLOCKS")
-    if not text:
-        return blocks
-    try:
-        BT, BD, warps = map(int, text.split(","))
-    except ValueError:
-        raise ValueError(f"RECDSL_SCAN_BLOCKS={text!r}: expected three integers 'BT,BD,warps'") from None
-    return BT, BD, warps
+    if text:
+        try:
+            blocks = tuple(map(int, text.split(",")))
+        except ValueError:
+            blocks = ()
+        if len(blocks) not in (3, 4):
+            raise ValueError(f"RECDSL_SCAN_BLOCKS={text!r}: expected 'BT,BD,warps' or 'BT,BD,warps,backward warps' "
+                             "(integers)")
+    return (*blocks[:3], blocks[3] if len(blocks) == 4 else blocks[2])
 
 
 def _matrix_scan_plan(spec, S) -> Plan:
@@ -507,7 +514,7 @@ def _matrix_scan_plan(spec, S) -> Plan:
     # (benchmarks/results/*sweep_mamba*: BT=16, BD=16, N=16)
     BT, warps = 16, 4
     BD = max(1, min(32, 4096 // (BT * BN)))
-    BT, BD, warps = _blocks_override((BT, BD, warps))
+    BT, BD, warps, bwd_warps = _blocks_override((BT, BD, warps))
     signed = spec.analysis.eig_range.lo < 0
     return Plan("triton", "elementwise_scan", BT, BD, warps, True, (
         f"matrix state h[{S[0]}, {S[1]}] with a decay per entry: h_t = a_t * h_(t-1) + b_t entry by entry, "
@@ -521,4 +528,4 @@ def _matrix_scan_plan(spec, S) -> Plan:
         "the backward re-reads the neighbouring rows for h_(t-1) and a_(t+1): on an H100 (mamba, B=4, T=4096, "
         "D=2048, N=16) forward+backward took 9.3 ms this way against 12.4 ms with exclusive-prefix scans, "
         "whose [BT, BD, BN] tuples of four spill registers",
-    ), scan_backward="shifted", scan_schedule="walk")
+    ), scan_backward="shifted", scan_schedule="walk", bwd_warps=bwd_warps if bwd_warps != warps else 0)

@@ -81,3 +81,19 @@ def test_walk_and_look_back_schedules_agree(monkeypatch):
         res.append([o, S, h.grad] + [a[k].grad for k in sorted(a)])
     for x, y in zip(*res):
         assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_scan_blocks_override_sets_each_kernels_warps(monkeypatch):
+    """RECDSL_SCAN_BLOCKS takes the backward's warps as an optional fourth number; the plan prints both."""
+    import recdsl
+    from conftest import example
+    monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", "look_back")
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8,1,2")
+    p = recdsl.load(example("hgrn"), D=8).plan("triton", tokens=130)
+    assert (p.block_t, p.block_d, p.num_warps, p.bwd_warps) == (16, 8, 1, 2)
+    assert "num_warps=1 (backward 2)" in p.text()
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8,4")      # three numbers: the backward as the forward
+    assert recdsl.load(example("hgrn"), D=8).plan("triton", tokens=130).bwd_warps == 0
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8")
+    with pytest.raises(ValueError, match="RECDSL_SCAN_BLOCKS='16,8'"):
+        recdsl.load(example("hgrn"), D=8).plan("triton", tokens=130)

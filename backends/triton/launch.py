@@ -27,20 +27,24 @@ def kernel_key(src: str) -> str:
 SCHEDULES = ("walk", "look_back")
 
 
-def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive", schedule: str = "walk"):
+def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive", schedule: str = "walk",
+            bwd_warps: int = 0):
     """The op running this spec's generated scan with these blocks, backward form and schedule ("walk":
     one program per sequence and channel block walks the tokens; "look_back": every tile of BT tokens is
     a program, chained by a decoupled look-back), registered on first use: eager calls go through an
-    autograd.Function, torch.compile sees the custom op."""
+    autograd.Function, torch.compile sees the custom op. `bwd_warps` (0: as the forward) sets the
+    backward kernel's warps."""
+    warps = (num_warps, bwd_warps or num_warps)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    memo_key = ("scan_op", block_t, block_d, num_warps, backward, schedule)
+    memo_key = ("scan_op", block_t, block_d, warps, backward, schedule)
     if memo_key not in spec.memo:
         src = generate(spec.ir, spec.args, backward)
         geometry = scan_geometry(spec)
-        key = f"{kernel_key(src)}_{block_t}_{block_d}_{num_warps}_{schedule}_{'_'.join(map(str, geometry))}"
+        key = (f"{kernel_key(src)}_{block_t}_{block_d}_{warps[0]}_{warps[1]}_{schedule}_"
+               f"{'_'.join(map(str, geometry))}")
         if key not in _OPS:
-            _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, num_warps,
+            _OPS[key] = _register(load_module(kernel_key(src), src), key, spec.name, block_t, block_d, warps,
                                   geometry, schedule, backward)
         spec.memo[memo_key] = _OPS[key]
     return spec.memo[memo_key]
@@ -57,6 +61,7 @@ def scan_geometry(spec) -> tuple[int, int, int]:
 
 
 def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
+    """`warps`: (the forward kernel's, the backward kernel's)."""
     name = f"recdsl::{spec_name}_scan_{key}"
     n_in, n_w = len(mod.INPUTS), len(mod.WEIGHTS)
     H, D, N = geometry
@@ -76,14 +81,15 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         return co, n_chunks, seq
 
     def launch(kernel, walk_grid, n_chunks, args, seq, device, **flags):
+        num_warps = warps[kernel == "scan_bwd"]
         if schedule == "walk":
-            return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=warps)
+            return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=num_warps)
         # the look-back's workspace: each tile's published aggregate and inclusive value per element
         # (64-bit words, EMPTY until published)
         n = n_chunks * state_size
         words = torch.full((2 * n,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, words[:n], words[n:], n_chunks, **flags, num_warps=warps)
+            *args, seq, words[:n], words[n:], n_chunks, **flags, num_warps=num_warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
@@ -200,7 +206,8 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
 def run_scan(spec, plan, named: dict, options: dict, h0, cu, output_final_state):
     """named: op-layout tensors by argument name (inputs [B, T, (H,) *shape], weights [(H,) *shape])."""
     heads = (spec.heads,) if spec.heads else ()
-    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps, plan.scan_backward, plan.scan_schedule)
+    op = scan_op(spec, plan.block_t, plan.block_d, plan.num_warps, plan.scan_backward, plan.scan_schedule,
+                 plan.bwd_warps)
     ins = [named[a.name] for a in spec.args if a.kind == "input"]
     B, T = ins[0].shape[:2]
     if len(spec.ir.state[1]) == 1:   # heads folded into channels: [B, T, H * D]
