@@ -67,7 +67,7 @@ def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
         for cc in capabilities:
             t = time.perf_counter()
             k = triton.compile(ASTSource(fn, signature(fn, constexprs), constexprs), target=GPUTarget("cuda", cc, 32),
-                               options=dict(num_warps=plan.bwd_warps or plan.num_warps if "bwd" in name else plan.num_warps))
+                               options=dict(num_warps=(plan.bwd_warps or plan.num_warps) if "bwd" in name else plan.num_warps))
             out.append((name, cc, len(k.asm["cubin"]), time.perf_counter() - t))
     return out
 
