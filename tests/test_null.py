@@ -102,6 +102,30 @@ def test_plan_and_explain():
         assert part in text
 
 
+def test_kept_plans_follow_the_call_and_the_settings(monkeypatch):
+    """A spec keeps each call's plan, keyed by everything the planner reads: the same call gives the same
+    object; another shape, or a setting changed in the environment, plans again."""
+    spec = recdsl.load(example("hgrn"), D=64)
+    first = spec.plan("triton", batch_channels=4 * 64, on_cuda=True, tokens=4096)
+    assert spec.plan("triton", batch_channels=4 * 64, on_cuda=True, tokens=4096) is first
+    assert spec.plan("triton", batch_channels=4 * 64, on_cuda=True, tokens=1).block_t != first.block_t
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8,4")
+    assert spec.plan("triton", batch_channels=4 * 64, on_cuda=True, tokens=4096).block_t == 16
+
+
+def test_every_setting_the_planner_reads_is_in_the_plan_key():
+    """PLAN_ENV must name each environment variable recdsl/planner.py reads, or a kept plan would outlive
+    a changed setting."""
+    import re
+    from recdsl import planner
+    from recdsl.backends.triton.dplr import DPLR_FORWARD_ENV
+    src = open(planner.__file__).read()
+    names = set(re.findall(r'os\.environ\.get\("(RECDSL_\w+)"', src))
+    names |= {getattr(planner, c, None) or {"DPLR_FORWARD_ENV": DPLR_FORWARD_ENV}[c]
+              for c in re.findall(r"os\.environ\.get\(([A-Z_]+)\b", src)}
+    assert names and names <= set(planner.PLAN_ENV), names - set(planner.PLAN_ENV)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "recdsl.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
