@@ -53,7 +53,8 @@ class Plan:
         return head + "".join(f"\n  why: {r}" for r in self.reasons)
 
 
-# the settings a plan reads from the environment (every one of them is part of a kept plan's key)
+# the settings a plan reads from the environment, here and in what it calls (dplr.chunked_forward reads
+# RECDSL_DPLR_FORWARD): every one of them is part of a kept plan's key
 PLAN_ENV = ("RECDSL_FIXED_POINT", "RECDSL_CHUNK_INFERENCE", "RECDSL_DPLR_FORWARD", "RECDSL_SCAN_SCHEDULE",
             "RECDSL_SCAN_BLOCKS")
 KEPT_PLANS = 256   # per spec: calls of many distinct shapes start over rather than grow without bound

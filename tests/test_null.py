@@ -119,7 +119,8 @@ def test_every_setting_the_planner_reads_is_in_the_plan_key():
     import re
     from recdsl import planner
     from recdsl.backends.triton.dplr import DPLR_FORWARD_ENV
-    src = open(planner.__file__).read()
+    from pathlib import Path
+    src = Path(planner.__file__).read_text()
     names = set(re.findall(r'os\.environ\.get\("(RECDSL_\w+)"', src))
     names |= {getattr(planner, c, None) or {"DPLR_FORWARD_ENV": DPLR_FORWARD_ENV}[c]
               for c in re.findall(r"os\.environ\.get\(([A-Z_]+)\b", src)}
