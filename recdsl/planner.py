@@ -493,8 +493,7 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
         "vector state with an element-wise diagonal transition: h_t = a_t * h_{t-1} + b_t per channel",
         *how,
         *_vector_backward_reasons(from_output),
-    ), scan_backward="output" if from_output else "exclusive", scan_schedule=schedule,
-        bwd_warps=bwd_warps if bwd_warps != warps else 0)
+    ), scan_backward="output" if from_output else "exclusive", scan_schedule=schedule, bwd_warps=bwd_warps)
 
 
 def _vector_backward_reasons(from_output: bool) -> tuple[str, ...]:
@@ -515,8 +514,8 @@ def _schedule_override() -> str | None:
 
 
 def _blocks_override(blocks: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """(BT, BD, warps, backward warps) from `blocks` (the backward's warps default to the forward's), or from
-    RECDSL_SCAN_BLOCKS="BT,BD,warps[,backward warps]" (for sweeps on a GPU)."""
+    """(BT, BD, warps, backward warps) from `blocks`, or from RECDSL_SCAN_BLOCKS="BT,BD,warps[,backward warps]"
+    (for sweeps on a GPU); backward warps are 0 where they equal the forward's (Plan.bwd_warps)."""
     text = os.environ.get("RECDSL_SCAN_BLOCKS")
     if text:
         try:
@@ -526,7 +525,7 @@ def _blocks_override(blocks: tuple[int, ...]) -> tuple[int, int, int, int]:
         if len(blocks) not in (3, 4):
             raise ValueError(f"RECDSL_SCAN_BLOCKS={text!r}: expected 'BT,BD,warps' or 'BT,BD,warps,backward warps' "
                              "(integers)")
-    return (*blocks[:3], blocks[3] if len(blocks) == 4 else blocks[2])
+    return (*blocks[:3], blocks[3] if len(blocks) == 4 and blocks[3] != blocks[2] else 0)
 
 
 def _matrix_scan_plan(spec, S) -> Plan:
@@ -549,4 +548,4 @@ def _matrix_scan_plan(spec, S) -> Plan:
         "the backward re-reads the neighbouring rows for h_(t-1) and a_(t+1): on an H100 (mamba, B=4, T=4096, "
         "D=2048, N=16) forward+backward took 9.3 ms this way against 12.4 ms with exclusive-prefix scans, "
         "whose [BT, BD, BN] tuples of four spill registers",
-    ), scan_backward="shifted", scan_schedule="walk", bwd_warps=bwd_warps if bwd_warps != warps else 0)
+    ), scan_backward="shifted", scan_schedule="walk", bwd_warps=bwd_warps)
