@@ -28,7 +28,7 @@ SCHEDULES = ("walk", "look_back")
 
 
 def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "exclusive", schedule: str = "walk",
-            bwd_warps: int = 0, tile_form: str = "rows"):
+            bwd_warps: int = 0):
     """The op running this spec's generated scan with these blocks, backward form and schedule ("walk":
     one program per sequence and channel block walks the tokens; "look_back": every tile of BT tokens is
     a program, chained by a decoupled look-back), registered on first use: eager calls go through an
@@ -37,9 +37,9 @@ def scan_op(spec, block_t: int, block_d: int, num_warps: int, backward: str = "e
     warps = (num_warps, bwd_warps or num_warps)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    memo_key = ("scan_op", block_t, block_d, warps, backward, schedule, tile_form)
+    memo_key = ("scan_op", block_t, block_d, warps, backward, schedule)
     if memo_key not in spec.memo:
-        src = generate(spec.ir, spec.args, backward, tile_form)
+        src = generate(spec.ir, spec.args, backward)
         geometry = scan_geometry(spec)
         key = (f"{kernel_key(src)}_{block_t}_{block_d}_{warps[0]}_{warps[1]}_{schedule}_"
                f"{'_'.join(map(str, geometry))}")

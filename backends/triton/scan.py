@@ -98,9 +98,8 @@ class Tiles:
     def expand(self, axis: str) -> str:
         return "[" + ", ".join(":" if a == axis else "None" for a in self.axes) + "]"
 
-    def shape(self, kind: tuple, rows: str = "BT") -> str:
-        """The tile's shape; `rows` is its extent along T ("1" for one token row)."""
-        return "[" + ", ".join((rows if a == "T" else f"B{a}") if a in kind else "1" for a in self.axes) + "]"
+    def shape(self, kind: tuple) -> str:
+        return "[" + ", ".join(f"B{a}" if a in kind else "1" for a in self.axes) + "]"
 
     def offset(self, kind: tuple, lead: str | None) -> str:
         """Element offsets of a tile of this kind; `lead` is the row (token or state) index, None for a
@@ -144,10 +143,7 @@ def output_is_state(ir: IR) -> bool:
 TILE_ROW0 = "bos + i_t * BT"   # the first token row of the block a kernel is on (its rows: ot = i_t * BT + rows)
 
 
-TILE_FORMS = ("rows", "scan")
-
-
-def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "rows") -> str:
+def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     """The Triton module text for this spec's forward and backward kernels. `backward` (a Plan choice):
     "exclusive" scans carry each row's exclusive prefix, so every input is read once per row;
     "shifted" re-reads the rows before and after instead, keeping half the values live per scan;
@@ -155,8 +151,6 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
     backward runs one reverse scan and the forward stores no chunk-start states."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    if tile_form not in TILE_FORMS:
-        raise ValueError(f"tile_form must be one of {TILE_FORMS}, got {tile_form!r}")
     kinds = node_kinds(ir)
     assert not isinstance(kinds, str), kinds
     if backward == "output" and not output_is_state(ir):
@@ -245,10 +239,10 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
         return [
             "NCB = tl.cdiv(D, BD)",
             "tile = tl.program_id(0)   # chunk-major, so a tile's predecessors have lower ids (look_back.py)",
-            "i_c, q = tile % NCB, tile // NCB",
-            "i_h, q = q % H, q // H",
+            "i_c, r = tile % NCB, tile // NCB",
+            "i_h, r = r % H, r // H",
             "if IS_VARLEN:",
-            f"    g = {'NC - 1 - q' if reverse else 'q'}",
+            f"    g = {'NC - 1 - r' if reverse else 'r'}",
             "    i_n = tl.load(chunk_seq + g)",
             "    bos = tl.load(cu_seqlens + i_n).to(tl.int64)",
             "    L = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos",
@@ -258,8 +252,8 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
             "    c0 = c0i.to(tl.int64)",
             "else:",
             "    NTS = tl.cdiv(T, BT)",
-            "    i_n = q % (NC // NTS)",
-            f"    i_t = {'NTS - 1 - q // (NC // NTS)' if reverse else 'q // (NC // NTS)'}",
+            "    i_n = r % (NC // NTS)",
+            f"    i_t = {'NTS - 1 - r // (NC // NTS)' if reverse else 'r // (NC // NTS)'}",
             "    bos = i_n.to(tl.int64) * T",
             "    L = T",
             "    c0 = i_n.to(tl.int64) * NTS",
@@ -298,16 +292,14 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
             f"b = tl.where(m, {v(write)}, 0.0)",
             "A, Bs = tl.associative_scan((a, b), 0, _combine)",
         ]
-    def readout(state: str, rows: str = "rows", extent: str = "BT") -> list[str]:
-        return [
-            f"# readout (IR %{out_id})",
-            *[f"v{s} = {state}" for s in state_ids],
-            *(fwd_read if rows == "rows" else fwd_read_rows),
-            f"tl.store({tiles.address('out', out_kind, TILE_ROW0, rows)}, ({v(out_id)} + "
-            f"tl.zeros({tiles.shape(out_kind, extent)}, dtype=tl.float32)).to(out.dtype.element_ty), "
-            f"mask={tiles.mask(out_kind)})",
-        ]
-    fwd_finish = ["hs = Bs + A * h", *readout("hs")]
+    fwd_finish = [
+        "hs = Bs + A * h",
+        f"# readout (IR %{out_id})",
+        *[f"v{s} = hs" for s in state_ids],
+        *fwd_read,
+        f"tl.store({tiles.address('out', out_kind, TILE_ROW0)}, ({v(out_id)} + tl.zeros({tiles.shape(out_kind)}, "
+        f"dtype=tl.float32)).to(out.dtype.element_ty), mask={tiles.mask(out_kind)})",
+    ]
     h0_load = f"tl.load(h0 + {state_at['seq']}, mask={state_mask}, other=0.0).to(tl.float32)"
     fwd = walk_head + [
         f"h = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
@@ -340,46 +332,6 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
         f"        tl.store(ht + {state_at['seq']}, agg_b + agg_a * h, mask={state_mask})",
     ]
 
-    # the look-back's tiles one token row at a time: each row a [1, BD(, BN)] tile, rows unrolled, so the scan
-    # is one multiply-add per element in each thread (tl.associative_scan lays the rows across lanes)
-    fwd_read_rows = expr_block(read_only, "", (TILE_ROW0, "r"), "mt")[0]
-    row_shape = tiles.shape(no_time)
-    row_gate = expr_block(gate_nodes, "", (TILE_ROW0, "r"), "mt")[0]
-
-    def row_coords(r: str) -> list[str]:
-        # the row as a one-element tile: Triton's interpreter gives a scalar mask & a tile an integer dtype
-        return [f"ot = i_t * BT + {r} + tl.zeros({tiles.shape(('T',), '1')}, dtype=tl.int32)", "mt = ot < L",
-                f"m = {tiles.mask(state_kind)}"]
-    fwd_rows = tile_head(False) + [
-        "# pass 1: the tile as the map h -> agg_a * h + agg_b, row by row",
-        f"agg_a = tl.full({row_shape}, 1.0, tl.float32)",
-        f"agg_b = tl.zeros({row_shape}, dtype=tl.float32)",
-        "for r in tl.static_range(BT):",
-        *indent(row_coords("r")),
-        f"    # a_t (IR %{a_id}, the diag of the transition) and b_t (IR %{write}, the write)",
-        *indent(row_gate),
-        f"    a = tl.where(m, {v(a_id)}, 1.0)",
-        f"    agg_b = a * agg_b + tl.where(m, {v(write)}, 0.0)",
-        "    agg_a = a * agg_a",
-        f"h = tl.zeros({row_shape}, dtype=tl.float32)",
-        "if i_t > 0:   # the carry from the chunks before: decoupled look-back",
-        "    h = _chain_link(aggs, incs, slot, agg_a, agg_b, H * D * N, i_t, sm)",
-        "elif USE_H0:",
-        f"    h = {h0_load}",
-        "_chain_close(incs, slot, agg_b + agg_a * h, sm)",
-        "if STORE_HC:",
-        "    tl.store(hc + slot, h, mask=sm)",
-        "# pass 2: the rows again (their inputs now in cache), the state carried from row to row",
-        "for r in tl.static_range(BT):",
-        *indent(row_coords("r")),
-        *indent(row_gate),
-        f"    h = tl.where(m, {v(a_id)} * h + {v(write)}, h)",
-        *indent(readout("h", "r", "1")),
-        "if STORE_HT:",
-        "    if i_t == NTS - 1:",
-        f"        tl.store(ht + {state_at['seq']}, h, mask={state_mask})",
-    ]
-
     # ---- backward ---------------------------------------------------------------------------------
     prv_gate, _ = expr_block(gate_nodes, "_p", (TILE_ROW0, "rows - 1"), "mt_p")
     nxt_gate, _ = expr_block(_topo(ir, [a_id]), "_n", (TILE_ROW0, "rows + 1"), "mt_n")
@@ -390,26 +342,20 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
     read_bw = [_rename(l, "g", "gr") for l in read_bw]
     read_leaves = {i: _rename(g, "g", "gr") for i, g in read_leaves.items()}
     dh_direct = " + ".join(read_leaves[s] for s in state_ids) if state_ids else "0.0"
-    partial_inputs = []   # gradients of inputs that do not vary along D: one partial sum per D block
-
-    def grad_stores(rows: str = "rows", extent: str = "BT") -> list[str]:
-        out = []
-        for i in sorted(set(read_leaves) | set(gate_leaves)):
-            n, k = ir.node(i), kinds[i]
-            total = " + ".join(d[i] for d in (read_leaves, gate_leaves) if i in d)
-            value = f"({total} + tl.zeros({tiles.shape(k, extent)}, dtype=tl.float32))"
-            if n.op == "input" and "D" in k:
-                out.append(f"tl.store({tiles.address(f'd_{n.args[0]}', k, TILE_ROW0, rows)}, "
-                           f"{value}.to(d_{n.args[0]}.dtype.element_ty), mask={tiles.mask(k)})")
-            elif n.op == "input":   # one partial sum per D block, added up on the host
-                if n.args[0] not in partial_inputs:
-                    partial_inputs.append(n.args[0])
-                block_ptr = f"d_{n.args[0]} + i_c.to(tl.int64) * NTOK * H * N"
-                out.append(f"tl.store({tiles.address(block_ptr, k, TILE_ROW0, rows)}, {value}, mask={tiles.mask(k)})")
-            elif n.op == "weight":
-                out.append(f"dw_{n.args[0]}_acc += {total}")
-        return out
-    grad_store = grad_stores()
+    grad_store, partial_inputs = [], []
+    for i in sorted(set(read_leaves) | set(gate_leaves)):
+        n, k = ir.node(i), kinds[i]
+        total = " + ".join(d[i] for d in (read_leaves, gate_leaves) if i in d)
+        value = f"({total} + tl.zeros({tiles.shape(k)}, dtype=tl.float32))"
+        if n.op == "input" and "D" in k:
+            grad_store.append(f"tl.store({tiles.address(f'd_{n.args[0]}', k, TILE_ROW0)}, "
+                              f"{value}.to(d_{n.args[0]}.dtype.element_ty), mask={tiles.mask(k)})")
+        elif n.op == "input":   # one partial sum per D block, added up on the host
+            partial_inputs.append(n.args[0])
+            block_ptr = f"d_{n.args[0]} + i_c.to(tl.int64) * NTOK * H * N"
+            grad_store.append(f"tl.store({tiles.address(block_ptr, k, TILE_ROW0)}, {value}, mask={tiles.mask(k)})")
+        elif n.op == "weight":
+            grad_store.append(f"dw_{n.args[0]}_acc += {total}")
 
     def w_store(row: str) -> list[str]:
         # a weight's gradient per `row` (and per D block when it does not vary along D), summed on the host
@@ -541,64 +487,6 @@ def generate(ir: IR, spec_args, backward: str = "exclusive", tile_form: str = "r
         f"        tl.store(dh0 + {state_at['seq']}, {dh0.format('(agg_b + agg_a * carry)')}, mask={state_mask})",
         *w_store("c0 + i_t"),
     ]
-    if backward == "output":
-        # the look-back's tiles one token row at a time, last row first (see fwd_rows): the readout is the
-        # state, so dL/dh_t's own term is dy_t and pass 1 reads only dy and the gate
-        a_rows = expr_block(_topo(ir, [a_id]), "", (TILE_ROW0, "r"), "mt")[0]
-        a_next = [*row_coords("BT"), *expr_block(_topo(ir, [a_id]), "", (TILE_ROW0, "BT"), "mt")[0],
-                  f"c = tl.where(m, {v(a_id)}, 1.0)   # a at the next tile's first row (1 past the sequence's end)"]
-        dy_row = [f"dy = tl.load({tiles.address('d_out', out_kind, TILE_ROW0, 'r')}, mask={tiles.mask(out_kind)}, "
-                  "other=0.0).to(tl.float32)", *read_bw, f"d = tl.where(m, {dh_direct} + zero_row, 0.0)"]
-        bwd_rows = tile_head(True) + bwd_init + [
-            f"zero_row = tl.zeros({tiles.shape(state_kind, '1')}, dtype=tl.float32)",
-            "# pass 1 (last row first): the tile as the map carry -> agg_a * carry + agg_b, where carry is dL/dh",
-            "# at the next tile's first row and dh_t = dy_t + a_(t+1) dh_(t+1)",
-            f"agg_a = tl.full({row_shape}, 1.0, tl.float32)",
-            f"agg_b = tl.zeros({row_shape}, dtype=tl.float32)",
-            *a_next,
-            "for j in tl.static_range(BT):",
-            "    r = BT - 1 - j",
-            *indent(row_coords("r") + dy_row),
-            "    agg_b = d + c * agg_b",
-            "    agg_a = c * agg_a",
-            *indent(a_rows),
-            f"    c = tl.where(m, {v(a_id)}, 1.0)",
-            f"# carry: {carry_doc} at the next chunk's first row, from the chunks after it (decoupled look-back)",
-            f"carry = tl.zeros({row_shape}, dtype=tl.float32)",
-            "if i_t < NTS - 1:",
-            "    carry = _chain_link(aggs, incs, slot, agg_a, agg_b, -(H * D * N), NTS - 1 - i_t, sm)",
-            "elif USE_DHT:",
-            f"    carry = {dht_load}",
-            "_chain_close(incs, slot, agg_b + agg_a * carry, sm)",
-            "# pass 2 (last row first): dL/dh_t row by row, h_(t-1) from the output, then the inputs' gradients",
-            *a_next,
-            "dh_t = carry",
-            "for j in tl.static_range(BT):",
-            "    r = BT - 1 - j",
-            *indent(row_coords("r")),
-            "    mt_p = (ot >= 1) & (ot < L)",
-            f"    m_p = {tiles.mask(state_kind, 'mt_p')}",
-            f"    h_prev = tl.load({tiles.address('out', state_kind, TILE_ROW0, 'r - 1')}, mask=m_p, other=0.0).to(tl.float32)",
-            "    h_prev = tl.where(ot == 0, h_first, h_prev)",
-            *indent(row_gate),
-            *[f"    v{s} = {v(a_id)} * h_prev + {v(write)}" for s in state_ids],
-            *indent(fwd_read_rows + dy_row),
-            "    dh_t = d + c * dh_t",
-            "    da = tl.where(m, dh_t * h_prev, 0.0)",
-            "    db = tl.where(m, dh_t, 0.0)",
-            "    # reverse mode through a_t and b_t",
-            *indent(gate_bw),
-            *indent(grad_stores("r", "1")),
-            f"    c = tl.where(m, {v(a_id)}, 1.0)",
-            "if USE_H0:",
-            "    if i_t == 0:   # dL/dh0 = a_0 dh_0",
-            f"        tl.store(dh0 + {state_at['seq']}, c * dh_t, mask={state_mask})",
-            *w_store("c0 + i_t"),
-        ]
-        if tile_form == "rows":
-            bwd_tiles = bwd_rows
-    if tile_form == "rows":
-        fwd_tiles = fwd_rows
     d_in = ", ".join(f"d_{x}" for x in inputs)
     d_w = ", ".join(f"dw_{x}" for x in weights)
     bwd_sig = ", ".join(p for p in (common, "h0, hc, out, d_out, dht", d_in, d_w, "dh0") if p)
