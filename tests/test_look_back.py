@@ -5,17 +5,19 @@ meets when tiles run at once."""
 import pytest
 import torch
 
+from recdsl.backends.triton.look_back import EMPTY
+
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tier runs the look-back in the scans")
 
 KERNEL = '''
 
 @triton.jit
-def carry_into(incs, aggs_a, aggs_b, agg_a, agg_b, out, i_t, epoch, BD: tl.constexpr):
+def carry_into(aggs, incs, agg_a, agg_b, out, i_t, BD: tl.constexpr):
     cols = tl.arange(0, BD)[None, :]
     slot = i_t * BD + cols
     m = cols < BD
-    carry = _chain_link(incs, aggs_a, aggs_b, epoch, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m)
+    carry = _chain_link(aggs, incs, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m)
     tl.store(out + cols, carry)
 '''
 
@@ -29,9 +31,8 @@ def module():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
-    """Words of an earlier launch (another epoch) count as unpublished, whatever they hold."""
     g = torch.Generator().manual_seed(seed)
-    n, BD, epoch = 6, 8, 7                         # tile 5 looks back over tiles 4..0
+    n, BD = 6, 8                                   # tile 5 looks back over tiles 4..0
     A, B = torch.rand(n, BD, generator=g) * 2 - 1, torch.randn(n, BD, generator=g)
     h0 = torch.randn(BD, generator=g)
     incl, h = [], h0
@@ -42,36 +43,22 @@ def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
     # per element, how far back the nearest inclusive value is: tile 0 always has one
     inclusive = torch.rand(n, BD, generator=g) < 0.4
     inclusive[0] = True
-    stale = words(torch.randn(n + 1, BD, generator=g), epoch - 1)    # the last launch's, and this tile's slot last
-    incs, aggs_a, aggs_b = stale.clone().flatten(), stale.clone().flatten(), stale.clone().flatten()
-    aggs_a[:n * BD] = words(A, epoch).flatten()
-    aggs_b[:n * BD] = words(B, epoch).flatten()
-    incs[:n * BD] = torch.where(inclusive, words(incl, epoch), stale[:n]).flatten()
+    aggs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)    # this tile's slot last
+    incs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)
+    aggs[:n * BD] = words(A, B).flatten()
+    incs[:n * BD] = torch.where(inclusive, words(incl, torch.zeros_like(incl)), EMPTY).flatten()
     agg_a, agg_b, out = torch.rand(BD, generator=g), torch.randn(BD, generator=g), torch.empty(BD)
-    module().carry_into[(1,)](incs, aggs_a, aggs_b, agg_a, agg_b, out, n, epoch, BD=BD)
+    module().carry_into[(1,)](aggs, incs, agg_a, agg_b, out, n, BD=BD)
     assert torch.allclose(out, incl[-1], atol=1e-5, rtol=1e-5)
     # this tile published its aggregate before looking back, and no inclusive value yet
-    assert torch.equal(aggs_a[n * BD:], words(agg_a, epoch)) and torch.equal(aggs_b[n * BD:], words(agg_b, epoch))
-    assert torch.equal(incs[n * BD:], stale[n])
+    assert torch.equal(aggs[n * BD:], words(agg_a, agg_b))
+    assert (incs[n * BD:] == EMPTY).all()
 
 
-def words(value, epoch):
-    """fp32 values tagged with an epoch, as the look-back's 64-bit words (the value in the upper half)."""
-    return (value.float().view(torch.int32).to(torch.int64) << 32) | epoch
-
-
-def test_workspaces_keep_words_per_stream_and_count_epochs():
-    from recdsl.backends.triton.look_back import Workspaces
-    ws = Workspaces()
-    w1, e1 = ws.take(4, torch.device("cpu"))
-    w1.fill_(123)
-    w2, e2 = ws.take(3, torch.device("cpu"))            # the same words (no fill), the next epoch
-    assert (e1, e2) == (1, 2) and w2.data_ptr() == w1.data_ptr() and (w2 == 123).all()
-    w3, e3 = ws.take(5, torch.device("cpu"))            # more slots: new words, zeroed, epochs from 1 again
-    assert w3.numel() == 15 and e3 == 1 and (w3 == 0).all()
-    ws.release()
-    assert ws.take(5, torch.device("cpu"))[1] == 1
-
+def words(hi, lo):
+    """fp32 pairs as the look-back's 64-bit words (hi in the upper half)."""
+    as_int = lambda x: x.float().view(torch.int32).to(torch.int64)
+    return (as_int(hi) << 32) | (as_int(lo) & 0xFFFFFFFF)
 
 def test_walk_and_look_back_schedules_agree(monkeypatch):
     """The same spec under both schedules: many tiles per sequence, varlen with an empty sequence."""

@@ -28,19 +28,19 @@ SCAN_FLAGS = {
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets and chunk_seq int32, the look-back's words (incs, aggs_a, aggs_b) int64, sizes and its epoch int32,
+    chunk_offsets and chunk_seq int32, the look-back's words (aggs, incs) int64, sizes int32,
     opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
         if n in constexprs:
             sig[n] = "constexpr"
-        elif n in ("T", "NTOK", "H", "D", "N", "NC", "epoch"):
+        elif n in ("T", "NTOK", "H", "D", "N", "NC"):
             sig[n] = "i32"
         elif n.startswith("opt_"):
             sig[n] = "fp32"
         elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq"):
             sig[n] = "*i32"
-        elif n in ("incs", "aggs_a", "aggs_b"):
+        elif n in ("aggs", "incs"):
             sig[n] = "*i64"
         elif n.startswith(("in_", "d_")) or n == "out":
             sig[n] = f"*{data}"

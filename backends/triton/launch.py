@@ -13,7 +13,7 @@ import triton
 import recdsl
 
 from .cache import load_module
-from .look_back import Workspaces
+from .look_back import EMPTY
 from .scan import generate
 from .ints import cdiv, next_power_of_2
 
@@ -67,7 +67,6 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
     H, D, N = geometry
     BN = next_power_of_2(N)
     state_size = H * D * N
-    workspaces = Workspaces()   # the look-back's words, shared by this op's forward and backward launches
 
     def chunk_offsets_of(cu, B, T):
         """Each sequence's first chunk (an empty sequence has one, so every sequence has a tile to pass
@@ -85,12 +84,12 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         num_warps = warps[kernel == "scan_bwd"]
         if schedule == "walk":
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=num_warps)
-        # the look-back's words: each tile's published inclusive value and aggregate per element, tagged
-        # with this launch's epoch (look_back.py), kept per stream so that no launch fills them
+        # the look-back's workspace: each tile's published aggregate and inclusive value per element
+        # (64-bit words, EMPTY until published)
         n = n_chunks * state_size
-        words, epoch = workspaces.take(n, device)
+        words = torch.full((2 * n,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, words[:n], words[n:2 * n], words[2 * n:3 * n], epoch, n_chunks, **flags, num_warps=num_warps)
+            *args, seq, words[:n], words[n:], n_chunks, **flags, num_warps=num_warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
@@ -201,7 +200,6 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         return EagerScan.apply(options, h0, cu, output_final_state, *ins, *ws)
 
     call.custom_op = forward
-    call.workspaces = workspaces
     return call
 
 

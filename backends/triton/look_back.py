@@ -15,24 +15,17 @@ single-pass scan (behind torch.cumsum on CUDA) relies on the same order. An atom
 as they start, taken before, cost 0.011-0.016 ms of hgrn's 0.13 ms forward at B=4, T=4096, C=2048
 (benchmarks/results/2026-11-26zza_h100_proto_scan_tile_order.jsonl).
 
-Each published value carries its own status: a 64-bit word holds one fp32 value in its upper half and
-the launch's epoch in its lower half, and counts as published only when that epoch is the reader's. An
-aggregate takes two words (A and B); an inclusive value one. Publishing is one store per word and polling
-one volatile load, with no fence between a value and its status: on an H100 packing value and status in
-one word took the hgrn forward from 0.142 to 0.119 ms at B=4, T=4096, C=2048
-(benchmarks/results/2026-11-26zc_h100_proto_scan_look_back.jsonl).
+Each published value carries its own status: a 64-bit word holds an aggregate's two fp32 halves (A, B)
+or an inclusive value (h, 0), and the all-ones word means "not yet" (two NaN halves of a pattern
+arithmetic does not produce; a GPU's NaNs are 0x7fffffff). Publishing is one store and polling one
+volatile load, with no fence between a value and its flag: on an H100 this took the hgrn forward from
+0.142 to 0.119 ms at B=4, T=4096, C=2048 (benchmarks/results/2026-11-26zc_h100_proto_scan_look_back.jsonl).
 
-Workspace: `words` int64 [3 * n] (n = tiles in chains * state): the inclusive values (`incs`), then the
-aggregates' A and B halves (`aggs_a`, `aggs_b`). Because a word of an earlier launch carries an older epoch, the words are kept per stream
-from launch to launch and never refilled (`Workspaces`); a launch captured into a CUDA graph, whose
-replays repeat its epoch, takes fresh zeroed words instead. Epochs start at 1; zero-filled words and the
--1 of a masked poll are never current.
+Workspace, per launch: `aggs` and `incs` int64 [n_tiles_in_chains * state], filled with -1 (EMPTY) in
+one allocation and one fill.
 """
-from __future__ import annotations
 
-import threading
-
-import torch
+EMPTY = -1
 
 LOOK_BACK = '''
 @triton.jit
@@ -41,19 +34,19 @@ def _any(mask):
 
 
 @triton.jit
-def _word(value, epoch):
-    # an fp32 value and the launch's epoch as one 64-bit word, published (and read) at once
-    return (value.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (epoch.to(tl.int64) & 0xFFFFFFFF)
+def _word(hi, lo):
+    # two fp32 values as one 64-bit word, published (and read) at once
+    return (hi.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (lo.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF)
 
 
 @triton.jit
-def _value(w):
+def _word_hi(w):
     return (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _current(w, epoch):
-    return w.to(tl.int32) == epoch
+def _word_lo(w):
+    return w.to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -69,13 +62,11 @@ def _read(words, mask):
 
 
 @triton.jit
-def _chain_link(incs, aggs_a, aggs_b, epoch, slot, agg_a, agg_b, step, n_back, m):
-    """Publish this tile's aggregate (its halves in aggs_a, aggs_b), then return the carry into it: the
-    inclusive value of the nearest predecessor that has one (incs), mapped through the aggregates of the
-    tiles in between. `step` is the slot offset from one tile of the chain to the next, `n_back` how many
-    tiles precede this one."""
-    tl.store(aggs_a + slot, _word(agg_a, epoch), mask=m)
-    tl.store(aggs_b + slot, _word(agg_b, epoch), mask=m)
+def _chain_link(aggs, incs, slot, agg_a, agg_b, step, n_back, m):
+    """Publish this tile's aggregate, then return the carry into it: the inclusive value of the nearest
+    predecessor that has one, mapped through the aggregates of the tiles in between. `step` is the
+    slot offset from one tile of the chain to the next, `n_back` how many tiles precede this one."""
+    tl.store(aggs + slot, _word(agg_a, agg_b), mask=m)
     acc_a = tl.full(agg_a.shape, 1.0, tl.float32)   # tiles between the found predecessor and this one
     acc_b = tl.zeros(agg_a.shape, dtype=tl.float32)
     carry = tl.zeros(agg_a.shape, dtype=tl.float32)
@@ -83,64 +74,32 @@ def _chain_link(incs, aggs_a, aggs_b, epoch, slot, agg_a, agg_b, step, n_back, m
     k = 1
     while _any(pending) & (k <= n_back):
         src = slot - k * step
-        inc = tl.zeros(slot.shape, dtype=tl.int64)   # epoch 0: nothing published yet
-        wa = tl.zeros(slot.shape, dtype=tl.int64)
-        wb = tl.zeros(slot.shape, dtype=tl.int64)
+        inc = tl.full(slot.shape, -1, tl.int64)   # -1: EMPTY, nothing published yet
+        agg = tl.full(slot.shape, -1, tl.int64)
         waiting = pending
         while _any(waiting):   # spin on plain volatile loads
             inc = tl.where(waiting, _poll(incs + src, waiting), inc)
-            look = waiting & ~_current(inc, epoch)
-            wa = tl.where(look, _poll(aggs_a + src, look), wa)
-            wb = tl.where(look, _poll(aggs_b + src, look), wb)
-            waiting = look & ~(_current(wa, epoch) & _current(wb, epoch))
+            look = waiting & (inc == -1)
+            agg = tl.where(look, _poll(aggs + src, look), agg)
+            waiting = look & (agg == -1)
         # Warps holding copies of one element may have polled it at different moments (one saw the inclusive
-        # value, another only the aggregate): the loop ends once one copy saw a word, so read the words
+        # value, another only the aggregate): the loop ends once one copy saw a word, so read both words
         # again atomically, one read shared by all copies, before acting on them. Without this, hgrn at
         # BT=64, BD=32 with 2 warps on an H100 lost carries (benchmarks/results/2026-11-26zzb_*).
         inc = _read(incs + src, pending)
-        done = pending & _current(inc, epoch)
-        partial = pending & ~done
-        wa = tl.where(partial, _read(aggs_a + src, partial), wa)
-        wb = tl.where(partial, _read(aggs_b + src, partial), wb)
-        carry = tl.where(done, acc_a * _value(inc) + acc_b, carry)
-        acc_b = tl.where(partial, acc_a * _value(wb) + acc_b, acc_b)
-        acc_a = tl.where(partial, acc_a * _value(wa), acc_a)
+        agg = tl.where(pending & (inc == -1), _read(aggs + src, pending & (inc == -1)), agg)
+        done = pending & (inc != -1)
+        partial = pending & (inc == -1)
+        carry = tl.where(done, acc_a * _word_hi(inc) + acc_b, carry)
+        acc_b = tl.where(partial, acc_a * _word_lo(agg) + acc_b, acc_b)
+        acc_a = tl.where(partial, acc_a * _word_hi(agg), acc_a)
         pending = partial
         k += 1
     return carry
 
 
 @triton.jit
-def _chain_close(incs, epoch, slot, value, m):
+def _chain_close(incs, slot, value, m):
     """Publish this tile's inclusive value (the carry after it)."""
-    tl.store(incs + slot, _word(value, epoch), mask=m)
+    tl.store(incs + slot, _word(value, tl.zeros(value.shape, dtype=tl.float32)), mask=m)
 '''
-
-
-class Workspaces:
-    """The look-back's words per (device, stream), kept from launch to launch with the epoch of the last
-    one: a launch takes the next epoch and needs no fill. Launches on one stream run in order, so each
-    finds only older epochs in the words; other streams get words of their own. Under CUDA graph capture
-    a launch takes fresh zeroed words (its replays repeat its epoch). The words grow to the largest call
-    (24 bytes per tile and state element) and are held until `release()`."""
-
-    def __init__(self):
-        self._kept: dict = {}
-        self._lock = threading.Lock()
-
-    def take(self, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
-        """(words, epoch) for one launch over n slots; words holds at least 3 n."""
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return torch.zeros(3 * n, dtype=torch.int64, device=device), 1
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-        key = (str(device), stream)
-        with self._lock:
-            words, epoch = self._kept.get(key, (None, 0))
-            if words is None or words.numel() < 3 * n or epoch >= 2**31 - 1:
-                words, epoch = torch.zeros(3 * n, dtype=torch.int64, device=device), 0
-            self._kept[key] = (words, epoch + 1)
-        return words, epoch + 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._kept.clear()
