@@ -180,7 +180,6 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
     i_n, i_h = i_nh // H, i_nh % H
     bos, L, s0 = _seq_coords(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
     DT = h.dtype.element_ty
-    rows = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
@@ -188,10 +187,7 @@ def chunk_fwd_h(k, v, g, sgn, h0, h, ht, cu_seqlens, chunk_offsets, T,
     m_kv, off_kv, b_S = _state_block(h0, i_nh, m_k, m_v, o_k, o_v, K, V, BK, BV, USE_H0)
     for i_t in range(0, tl.cdiv(L, BT)):
         tl.store(h + ((s0 + i_t) * H + i_h) * K * V + off_kv, b_S.to(DT), mask=m_kv)
-        o_t = i_t * BT + rows
-        m_t = o_t < L
-        p_row = _step_row(bos, o_t, i_h, H, NH)
-        p_last = _last_row(bos, L, i_t, i_h, H, BT, NH)
+        o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_t, i_h, H, BT, NH)
         b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_v = tl.load(v + p_row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
 #if delta
@@ -226,10 +222,7 @@ def chunk_fwd_o(q, k, v, g, sgn, h, o, cu_seqlens, chunk_indices, scale, T,
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = h.dtype.element_ty
     rows = tl.arange(0, BT)
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H, NH)
-    p_last = _last_row(bos, L, i_c, i_h, H, BT, NH)
+    o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_c, i_h, H, BT, NH)
     p_qrow, m_q = _query_rows(bos, o_t, i_h, m_t, H, NH)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
@@ -298,12 +291,9 @@ def chunk_fwd_fused(q, k, v, g, sgn, h0, o, ht, cu_seqlens, chunk_offsets, scale
     m_v = o_v < V
     m_kv, off_kv, b_S = _state_block(h0, i_nh, m_k, m_v, o_k, o_v, K, V, BK, BV, USE_H0)
     for i_t in range(0, tl.cdiv(L, BT)):
-        o_t = i_t * BT + rows
-        m_t = o_t < L
+        o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_t, i_h, H, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        p_row = _step_row(bos, o_t, i_h, H)
-        p_last = _last_row(bos, L, i_t, i_h, H, BT)
         b_q = tl.load(q + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
         b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
         b_v = tl.load(v + p_row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
@@ -338,9 +328,7 @@ def chunk_gate_cumsum(g, G, cu_seqlens, chunk_indices, T, H: tl.constexpr, BT: t
     (fp32), once per call; the other kernels of this variant (and the WY kernels) read it as G."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
-    o_t = i_c * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H, NH)
+    o_t, m_t, p_row, _ = _chunk_rows(bos, L, i_c, i_h, H, BT, NH)
     tl.store(G + p_row, tl.cumsum(tl.load(g + p_row, mask=m_t, other=0.0).to(tl.float32), axis=0), mask=m_t)
 #endif
 #if signed
@@ -361,9 +349,7 @@ def chunk_sign_parity(sgn, par, cu_seqlens, chunk_indices, T, H: tl.constexpr, K
     itself: in the sequential passes that scan sat on each chunk's critical path."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
-    o_t = i_c * BT + tl.arange(0, BT)
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H)
+    o_t, m_t, p_row, _ = _chunk_rows(bos, L, i_c, i_h, H, BT)
 #if perkey
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)

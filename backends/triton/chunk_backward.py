@@ -28,7 +28,6 @@ def chunk_bwd_dh(q, g, sgn, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale, 
     i_n, i_h = i_nh // H, i_nh % H
     bos, L, s0 = _seq_coords(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
     DT = dh.dtype.element_ty
-    rows = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
@@ -38,10 +37,7 @@ def chunk_bwd_dh(q, g, sgn, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale, 
     for j in range(0, NT):
         i_t = NT - 1 - j
         tl.store(dh + ((s0 + i_t) * H + i_h) * K * V + off_kv, b_dS.to(DT), mask=m_kv)
-        o_t = i_t * BT + rows
-        m_t = o_t < L
-        p_row = _step_row(bos, o_t, i_h, H, NH)
-        p_last = _last_row(bos, L, i_t, i_h, H, BT, NH)
+        o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_t, i_h, H, BT, NH)
         p_qrow, m_q = _query_rows(bos, o_t, i_h, m_t, H, NH)
         b_q = tl.load(q + p_qrow[:, None] * K + o_k[None, :], mask=m_q[:, None] & m_k[None, :], other=0.0)
         b_do = tl.load(do + p_qrow[:, None] * V + o_v[None, :], mask=m_q[:, None] & m_v[None, :], other=0.0)
@@ -105,10 +101,7 @@ def chunk_bwd_dv(q, k, g, sgn, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H, NH)
-    p_last = _last_row(bos, L, i_c, i_h, H, BT, NH)
+    o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_c, i_h, H, BT, NH)
     p_qrow, m_q = _query_rows(bos, o_t, i_h, m_t, H, NH)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
@@ -181,10 +174,7 @@ def chunk_bwd_dqkg(q, k, v, g, sgn, h, do, dh, dq, dk, dg, cu_seqlens, chunk_ind
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H, NH)
-    p_last = _last_row(bos, L, i_c, i_h, H, BT, NH)
+    o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_c, i_h, H, BT, NH)
     p_qrow, m_q = _query_rows(bos, o_t, i_h, m_t, H, NH)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K

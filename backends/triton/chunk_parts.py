@@ -77,6 +77,14 @@ def _last_row(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr, NH: tl.conste
     return _step_row(bos, tl.minimum(L, (i_c + 1) * BT) - 1, i_h, H, NH)
 
 
+@triton.jit
+def _chunk_rows(bos, L, i_c, i_h, H: tl.constexpr, BT: tl.constexpr, NH: tl.constexpr = 1):
+    """Chunk i_c of a sequence of L steps from bos: its steps' indices within the sequence (o_t), which of
+    them are real (m_t), their rows (_step_row) and its last real step's row (_last_row)."""
+    o_t = i_c * BT + tl.arange(0, BT)
+    return o_t, o_t < L, _step_row(bos, o_t, i_h, H, NH), _last_row(bos, L, i_c, i_h, H, BT, NH)
+
+
 #if scalar
 @triton.jit
 def _chunk_cumulative(G, p_row, p_last, m_t):

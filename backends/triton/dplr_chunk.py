@@ -106,10 +106,7 @@ def _intra_chunk(r, w, k, v, a, b, Wm, U, Arb, Ark, Rq, Bd, Kd, Dl, cu_seqlens, 
     DT = U.dtype.element_ty
     rows = tl.arange(0, BT)
     ri, cj = rows[:, None], rows[None, :]
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H)
-    p_last = _last_row(bos, L, i_c, i_h, H, BT)
+    o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_c, i_h, H, BT)
     strong = False
     # Two passes over the keys, two [BT, BT] accumulators each (four at once spilled at 4 warps).
     A_rb = tl.zeros([BT, BT], dtype=tl.float32)
@@ -184,12 +181,9 @@ def dplr_chunk_state(v, Bd, Kd, Dl, Wm, U, h0, ck, ht, E, cu_seqlens, chunk_offs
     else:
         s0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
     DT = E.dtype.element_ty
-    rows = tl.arange(0, BT)
     for i_t in range(0, tl.cdiv(L, BT)):
         tl.store(ck + ((s0 + i_t) * H + i_h) * K * V + off_kv, b_S, mask=m_kv)
-        o_t = i_t * BT + rows
-        m_t = o_t < L
-        p_row = _step_row(bos, o_t, i_h, H)
+        o_t, m_t, p_row, _ = _chunk_rows(bos, L, i_t, i_h, H, BT)
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         # IR rank1(b, a): the chunk's reads, E = U + W S0
@@ -217,9 +211,7 @@ def dplr_chunk_out(Rq, v, ck, E, Arb, Ark, o, cu_seqlens, chunk_indices, scale, 
     bos, L, i_c, i_s, i_h = _chunk_coords(i_t, i_bh, cu_seqlens, chunk_indices, T, H, BT, IS_VARLEN)
     DT = E.dtype.element_ty
     rows = tl.arange(0, BT)
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H)
+    o_t, m_t, p_row, _ = _chunk_rows(bos, L, i_c, i_h, H, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]

@@ -286,9 +286,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     rows = tl.arange(0, BT)
     ri = rows[:, None]
     cj = rows[None, :]
-    o_t = i_c * BT + rows
-    m_t = o_t < L
-    p_row = _step_row(bos, o_t, i_h, H, NH)
+    o_t, m_t, p_row, p_last = _chunk_rows(bos, L, i_c, i_h, H, BT, NH)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -317,7 +315,7 @@ def wy_bwd(k, v, beta, g, Tm, h, dvn, dk, dv, dbeta, dg, dg_part, cu_seqlens, ch
     b_dw = -b_dw
     b_k = tl.load(k + p_row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
 #if scalar
-    b_g, b_G, b_Gl = _gate(g, g, p_row, _last_row(bos, L, i_c, i_h, H, BT, NH), rows, m_t, m_t, K, BT)
+    b_g, b_G, b_Gl = _gate(g, g, p_row, p_last, rows, m_t, m_t, K, BT)
     b_e = tl.exp(b_G)
     b_Gam = tl.exp(tl.where(ri > cj, b_G[:, None] - b_G[None, :], float("-inf")))
 #else
