@@ -93,7 +93,8 @@ def test_matrix_state_with_heads_and_varlen():
 @pytest.mark.parametrize("backward,name,schedule", [
     ("exclusive", "hgrn", "walk"), ("shifted", "hgrn", "walk"), ("exclusive", "mamba", "walk"),
     ("shifted", "mamba", "walk"), ("output", "hgrn", "walk"), ("output", "hgrn", "look_back"),
-    ("output", "lru", "look_back")])
+    ("output", "lru", "look_back"), ("exclusive", "hgrn", "look_back"), ("shifted", "hgrn", "look_back"),
+    ("shifted", "mamba", "look_back")])
 def test_backward_forms(name, backward, schedule, monkeypatch):
     """Each backward form on vector and matrix states (the output form where the readout is the state):
     several blocks per sequence, varlen with an empty sequence, an initial state and the final state's

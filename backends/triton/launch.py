@@ -88,8 +88,10 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         # (64-bit words, EMPTY until published)
         n = n_chunks * state_size
         words = torch.full((2 * n,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs
+        # the backward's carries on their way into each tile's layout (written before they are read: no fill)
+        bridge = (torch.empty(n, dtype=torch.float32, device=device),) if kernel == "scan_bwd" else ()
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, words[:n], words[n:], n_chunks, **flags, num_warps=num_warps)
+            *args, seq, words[:n], words[n:], n_chunks, *bridge, **flags, num_warps=num_warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 

@@ -63,13 +63,19 @@ def _read(words, mask):
 
 @triton.jit
 def _chain_link(aggs, incs, slot, agg_a, agg_b, step, n_back, m):
-    """Publish this tile's aggregate, then return the carry into it: the inclusive value of the nearest
+    """Publish this tile's aggregate, then return the carry into it (_chain_carry)."""
+    tl.store(aggs + slot, _word(agg_a, agg_b), mask=m)
+    return _chain_carry(aggs, incs, slot, step, n_back, m)
+
+
+@triton.jit
+def _chain_carry(aggs, incs, slot, step, n_back, m):
+    """The carry into this tile, its aggregate published: the inclusive value of the nearest
     predecessor that has one, mapped through the aggregates of the tiles in between. `step` is the
     slot offset from one tile of the chain to the next, `n_back` how many tiles precede this one."""
-    tl.store(aggs + slot, _word(agg_a, agg_b), mask=m)
-    acc_a = tl.full(agg_a.shape, 1.0, tl.float32)   # tiles between the found predecessor and this one
-    acc_b = tl.zeros(agg_a.shape, dtype=tl.float32)
-    carry = tl.zeros(agg_a.shape, dtype=tl.float32)
+    acc_a = tl.full(slot.shape, 1.0, tl.float32)   # tiles between the found predecessor and this one
+    acc_b = tl.zeros(slot.shape, dtype=tl.float32)
+    carry = tl.zeros(slot.shape, dtype=tl.float32)
     pending = m
     k = 1
     while _any(pending) & (k <= n_back):

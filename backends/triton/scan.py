@@ -383,7 +383,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             "Ar, Br, Pr, Qr = tl.associative_scan((a, a * d, one, zero), 0, _combine_excl, reverse=True)",
         ]
         dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
-        carry_doc, dh0 = "a_t dL/dh_t", "{}"
+        carry_doc, dh0, dh0_tile = "a_t dL/dh_t", "{}", "{}"
     else:
         # h_{t-1} and a_{t+1} from the neighbouring rows: fewer live values per scan
         if backward == "output":
@@ -416,7 +416,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
         ]
         dh_line, agg = "dh_t = Br + Cr * carry", ("Cr", "Br")
-        carry_doc, dh0 = "dL/dh_t", f"{{}} * {first_row('a')}"
+        carry_doc, dh0, dh0_tile = "dL/dh_t", f"{{}} * {first_row('a')}", "{} * a"
     bwd_block = [
         "ot = i_t * BT + rows",
         "mt = ot < L",
@@ -471,20 +471,34 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
     ]
     if backward != "exclusive":   # a_0 (1 for an empty sequence)
         bwd.insert(len(walk_head) + len(bwd_init), f"a_first = tl.full({tiles.shape(no_time)}, 1.0, tl.float32)")
+    # The backward's tile never changes layout: it publishes from its own rows (stores masked to the first
+    # row, which holds the aggregate and, once the carry is in, the inclusive value), and the carry, found
+    # by the look-back in a [1, BD] layout of its own, reaches the tile's layout through memory (`bridge`,
+    # a barrier between). Reducing the first row to [1, BD] instead made Triton move the scanned tiles and
+    # the loaded inputs between layouts; on an H100 at B=4, T=4096, C=2048 the kernel took 0.237 ms that
+    # way and 0.208 ms this way (benchmarks/results/2026-11-26zzm_h100_overhead_hgrn_*.jsonl). The
+    # forward kept the reduction: 0.103 against 0.115 ms in the same runs.
     bwd_tiles = tile_head(True) + bwd_init + [
         *([f"h_start = tl.load(hc + slot, mask=sm, other=0.0)"] if backward != "output" else []),
-        *bwd_block,
+        *bwd_block[:-1],
+        f"first = (rows == 0) & sm   # ({agg[0]}, {agg[1]}) there: the tile as the map carry -> {agg[0]} carry + {agg[1]}",
+        "at_first = slot + 0 * rows   # every row addresses the tile's slot; only the first stores",
         f"# carry: {carry_doc} at the next chunk's first row, from the chunks after it (decoupled look-back)",
         f"carry = tl.zeros({tiles.shape(no_time)}, dtype=tl.float32)",
         "if i_t < NTS - 1:",
-        "    carry = _chain_link(aggs, incs, slot, agg_a, agg_b, -(H * D * N), NTS - 1 - i_t, sm)",
+        f"    tl.store(aggs + at_first, _word({agg[0]}, {agg[1]}), mask=first)",
+        "    carry = _chain_carry(aggs, incs, slot, -(H * D * N), NTS - 1 - i_t, sm)",
         "elif USE_DHT:",
         f"    carry = {dht_load}",
-        "_chain_close(incs, slot, agg_b + agg_a * carry, sm)",
+        "tl.store(bridge + slot, carry, mask=sm)",
+        "tl.debug_barrier()   # the carry, stored by the threads that found it, read by those holding the tile",
+        "carry = tl.load(bridge + at_first, mask=sm, other=0.0)",
+        f"closed = {agg[1]} + {agg[0]} * carry",
+        "tl.store(incs + at_first, _word(closed, tl.zeros_like(closed)), mask=first)",
         *bwd_finish,
         "if USE_H0:",
         "    if i_t == 0:",
-        f"        tl.store(dh0 + {state_at['seq']}, {dh0.format('(agg_b + agg_a * carry)')}, mask={state_mask})",
+        f"        tl.store(dh0 + {state_at['seq']} + 0 * rows, {dh0_tile.format('closed')}, mask=first)",
         *w_store("c0 + i_t"),
     ]
     d_in = ", ".join(f"d_{x}" for x in inputs)
@@ -539,7 +553,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "",
         "",
         "@triton.jit",
-        f"def scan_bwd_tiles({bwd_sig}, cu_seqlens, chunk_offsets, {chain}, {consts},",
+        f"def scan_bwd_tiles({bwd_sig}, cu_seqlens, chunk_offsets, {chain}, bridge, {consts},",
         "                   USE_H0: tl.constexpr, USE_DHT: tl.constexpr):",
         *indent(bwd_tiles),
         "",
