@@ -494,7 +494,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "tl.debug_barrier()   # the carry, stored by the threads that found it, read by those holding the tile",
         "carry = tl.load(bridge + at_first, mask=sm, other=0.0)",
         f"closed = {agg[1]} + {agg[0]} * carry",
-        "tl.store(incs + at_first, _word(closed, tl.zeros_like(closed)), mask=first)",
+        "_chain_close(incs, at_first, closed, first)",
         *bwd_finish,
         "if USE_H0:",
         "    if i_t == 0:",
