@@ -19,6 +19,12 @@ def carry_into(aggs, incs, agg_a, agg_b, out, i_t, BD: tl.constexpr):
     m = cols < BD
     carry = _chain_link(aggs, incs, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m)
     tl.store(out + cols, carry)
+
+
+@triton.jit
+def inc_words(x, out, BD: tl.constexpr):
+    cols = tl.arange(0, BD)
+    tl.store(out + cols, _inc_word(tl.load(x + cols)))
 '''
 
 
@@ -44,9 +50,9 @@ def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
     inclusive = torch.rand(n, BD, generator=g) < 0.4
     inclusive[0] = True
     aggs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)    # this tile's slot last
-    incs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)
+    incs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int32)
     aggs[:n * BD] = words(A, B).flatten()
-    incs[:n * BD] = torch.where(inclusive, words(incl, torch.zeros_like(incl)), EMPTY).flatten()
+    incs[:n * BD] = torch.where(inclusive, incl.float().view(torch.int32), EMPTY).flatten()
     agg_a, agg_b, out = torch.rand(BD, generator=g), torch.randn(BD, generator=g), torch.empty(BD)
     module().carry_into[(1,)](aggs, incs, agg_a, agg_b, out, n, BD=BD)
     assert torch.allclose(out, incl[-1], atol=1e-5, rtol=1e-5)
@@ -97,3 +103,13 @@ def test_scan_blocks_override_sets_each_kernels_warps(monkeypatch):
     monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8")
     with pytest.raises(ValueError, match="RECDSL_SCAN_BLOCKS='16,8'"):
         recdsl.load(example("hgrn"), D=8).plan("triton", tokens=130)
+
+
+def test_no_inclusive_value_publishes_as_empty():
+    """An inclusive value is published as its fp32 bits; a NaN whose bits are all ones would read as EMPTY
+    and leave its successors waiting for ever, so NaNs are published canonical."""
+    x = torch.tensor([-1, 0x7FC00000, 0x3F800000, -4194303], dtype=torch.int32).view(torch.float32)   # NaN, NaN, 1, NaN
+    out = torch.zeros(4, dtype=torch.int32)
+    module().inc_words[(1,)](x, out, BD=4)
+    assert (out != EMPTY).all() and torch.isnan(out.view(torch.float32)[[0, 1, 3]]).all()
+    assert out[2] == 0x3F800000                      # other values keep their bits

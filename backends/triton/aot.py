@@ -28,7 +28,7 @@ SCAN_FLAGS = {
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets and chunk_seq int32, the look-back's words (aggs, incs) int64, sizes int32,
+    chunk_offsets and chunk_seq int32, the look-back's words int64 (aggs) and int32 (incs), sizes int32,
     opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
@@ -40,8 +40,10 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
             sig[n] = "fp32"
         elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq"):
             sig[n] = "*i32"
-        elif n in ("aggs", "incs"):
+        elif n == "aggs":
             sig[n] = "*i64"
+        elif n == "incs":
+            sig[n] = "*i32"
         elif n.startswith(("in_", "d_")) or n == "out":
             sig[n] = f"*{data}"
         else:
@@ -62,12 +64,13 @@ def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float
     blocks = dict(BT=plan.block_t, BD=plan.block_d, BN=next_power_of_2(scan_geometry(spec)[2]))
     out = []
     for name, flags in SCAN_FLAGS.items():
+        warps = (plan.bwd_warps or plan.num_warps) if "bwd" in name else plan.num_warps
         constexprs = {**blocks, **flags}
         fn = getattr(mod, name)
         for cc in capabilities:
             t = time.perf_counter()
             k = triton.compile(ASTSource(fn, signature(fn, constexprs), constexprs), target=GPUTarget("cuda", cc, 32),
-                               options=dict(num_warps=(plan.bwd_warps or plan.num_warps) if "bwd" in name else plan.num_warps))
+                               options=dict(num_warps=warps))
             out.append((name, cc, len(k.asm["cubin"]), time.perf_counter() - t))
     return out
 

@@ -84,14 +84,15 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         num_warps = warps[kernel == "scan_bwd"]
         if schedule == "walk":
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=num_warps)
-        # the look-back's workspace: each tile's published aggregate and inclusive value per element
-        # (64-bit words, EMPTY until published)
+        # the look-back's workspace: each tile's published aggregate (a 64-bit word) and inclusive value (32
+        # bits) per element, EMPTY until published: one allocation, one fill
         n = n_chunks * state_size
-        words = torch.full((2 * n,), EMPTY, dtype=torch.int64, device=device)   # aggs, incs
+        words = torch.full((3 * n,), EMPTY, dtype=torch.int32, device=device)
+        aggs, incs = words[:2 * n].view(torch.int64), words[2 * n:]
         # the backward's carries on their way into each tile's layout (written before they are read: no fill)
         bridge = (torch.empty(n, dtype=torch.float32, device=device),) if kernel == "scan_bwd" else ()
         getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, words[:n], words[n:], n_chunks, *bridge, **flags, num_warps=num_warps)
+            *args, seq, aggs, incs, n_chunks, *bridge, **flags, num_warps=num_warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 

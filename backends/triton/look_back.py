@@ -15,14 +15,15 @@ single-pass scan (behind torch.cumsum on CUDA) relies on the same order. An atom
 as they start, taken before, cost 0.011-0.016 ms of hgrn's 0.13 ms forward at B=4, T=4096, C=2048
 (benchmarks/results/2026-11-26zza_h100_proto_scan_tile_order.jsonl).
 
-Each published value carries its own status: a 64-bit word holds an aggregate's two fp32 halves (A, B)
-or an inclusive value (h, 0), and the all-ones word means "not yet" (two NaN halves of a pattern
-arithmetic does not produce; a GPU's NaNs are 0x7fffffff). Publishing is one store and polling one
-volatile load, with no fence between a value and its flag: on an H100 this took the hgrn forward from
-0.142 to 0.119 ms at B=4, T=4096, C=2048 (benchmarks/results/2026-11-26zc_h100_proto_scan_look_back.jsonl).
+Each published value carries its own status: a 64-bit word holds an aggregate's two fp32 halves (A, B),
+a 32-bit word an inclusive value's bits, and the all-ones word means "not yet" (NaN halves of a pattern
+arithmetic does not produce: a GPU's NaNs are 0x7fffffff, and an inclusive value's NaNs are made
+canonical before it is published). Publishing is one store and polling one volatile load, with no fence
+between a value and its flag: on an H100 this took the hgrn forward from 0.142 to 0.119 ms at B=4,
+T=4096, C=2048 (benchmarks/results/2026-11-26zc_h100_proto_scan_look_back.jsonl).
 
-Workspace, per launch: `aggs` and `incs` int64 [n_tiles_in_chains * state], filled with -1 (EMPTY) in
-one allocation and one fill.
+Workspace, per launch: `aggs` int64 and `incs` int32 [n_tiles_in_chains * state], filled with -1 (EMPTY)
+in one allocation and one fill.
 """
 
 EMPTY = -1
@@ -47,6 +48,12 @@ def _word_hi(w):
 @triton.jit
 def _word_lo(w):
     return w.to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _inc_word(value):
+    # an inclusive value as its fp32 bits; NaNs canonical, so that no value is the EMPTY pattern (all ones)
+    return tl.where(value == value, value, float("nan")).to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -80,7 +87,7 @@ def _chain_carry(aggs, incs, slot, step, n_back, m):
     k = 1
     while _any(pending) & (k <= n_back):
         src = slot - k * step
-        inc = tl.full(slot.shape, -1, tl.int64)   # -1: EMPTY, nothing published yet
+        inc = tl.full(slot.shape, -1, tl.int32)   # -1: EMPTY, nothing published yet
         agg = tl.full(slot.shape, -1, tl.int64)
         waiting = pending
         while _any(waiting):   # spin on plain volatile loads
@@ -91,12 +98,14 @@ def _chain_carry(aggs, incs, slot, step, n_back, m):
         # Warps holding copies of one element may have polled it at different moments (one saw the inclusive
         # value, another only the aggregate): the loop ends once one copy saw a word, so read both words
         # again atomically, one read shared by all copies, before acting on them. Without this, hgrn at
-        # BT=64, BD=32 with 2 warps on an H100 lost carries (benchmarks/results/2026-11-26zzb_*).
+        # BT=64, BD=32 with 2 warps on an H100 lost carries (benchmarks/results/2026-11-26zzb_*). With one
+        # warp the polled words would do, but skipping this read made the hgrn forward slower, 0.1041 against
+        # 0.1030 ms (benchmarks/results/2026-11-26zzp_h100_overhead_hgrn_{prev,exp}.jsonl).
         inc = _read(incs + src, pending)
         agg = tl.where(pending & (inc == -1), _read(aggs + src, pending & (inc == -1)), agg)
         done = pending & (inc != -1)
         partial = pending & (inc == -1)
-        carry = tl.where(done, acc_a * _word_hi(inc) + acc_b, carry)
+        carry = tl.where(done, acc_a * inc.to(tl.float32, bitcast=True) + acc_b, carry)
         acc_b = tl.where(partial, acc_a * _word_lo(agg) + acc_b, acc_b)
         acc_a = tl.where(partial, acc_a * _word_hi(agg), acc_a)
         pending = partial
@@ -107,5 +116,5 @@ def _chain_carry(aggs, incs, slot, step, n_back, m):
 @triton.jit
 def _chain_close(incs, slot, value, m):
     """Publish this tile's inclusive value (the carry after it)."""
-    tl.store(incs + slot, _word(value, tl.zeros(value.shape, dtype=tl.float32)), mask=m)
+    tl.store(incs + slot, _inc_word(value), mask=m)
 '''
