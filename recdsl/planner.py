@@ -470,9 +470,10 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
                 f"(aim: >= {target}); " if few else "") +
                "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
                "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)",
-               *(("at B=4, T=4096, C=2048 with the backward from the output the forward kernel took 0.103 ms with "
-                  "one warp (0.113 with two; benchmarks/results/2026-11-26zze_h100_overhead_hgrn_blocks.jsonl) and "
-                  "the backward 0.208 ms with two (0.212 with one; 2026-11-26zzm_h100_overhead_hgrn_bridge.jsonl)",)
+               *(("at B=4, T=4096, C=2048 with the backward from the output the forward kernel took 0.100 ms with "
+                  "one warp and the backward 0.201 ms with two (benchmarks/results/2026-11-26zzq_h100_overhead_hgrn_"
+                  "main.jsonl); two forward warps took 0.113 against 0.103 ms (zze), one backward warp 0.212 against "
+                  "0.208 ms (zzm), and 64-row tiles were slower both ways (zzo)",)
                  if from_output else ()))
     else:
         # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming
