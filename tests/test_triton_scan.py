@@ -250,3 +250,13 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert r.returncode == 0, r.stderr[-2000:]
     # four scan kernels (walked and look-back, forward and backward) per scan spec; rwkv7's two
     assert r.stdout.count("ok ") == 8 * 4 + 4 and "sm_90" in r.stdout and "sm_80" in r.stdout
+
+
+def test_exp_is_the_special_function_unit_outside_the_interpreter(monkeypatch):
+    """Generated modules define _exp: ex2.approx.ftz on a GPU, tl.exp under Triton's interpreter."""
+    from recdsl.backends.triton.exprs import FORWARD, exp_function
+    assert FORWARD["exp"].startswith("_exp(")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "ex2.approx.ftz.f32" in exp_function()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "tl.exp(x)" in exp_function() and "asm" not in exp_function()

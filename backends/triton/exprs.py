@@ -8,13 +8,29 @@ each contribution over the axes its operand does not vary along.
 """
 from __future__ import annotations
 
+import os
+
 from recdsl.ir import IR
+
+
+def exp_function() -> str:
+    """The `_exp` device function every module that uses FORWARD defines. On a GPU it is the special-function
+    unit's ex2 with subnormal results flushed to zero: tl.exp keeps them through a range fix-up of three
+    instructions per element (FSETP and two FMULs in the sm_90 SASS), and a decay or gate below 2^-126 is
+    zero for every purpose here. Triton's interpreter runs no inline PTX, so there `_exp` is tl.exp."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        body = "return tl.exp(x)"
+    else:
+        body = ('return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634], '
+                'dtype=tl.float32, is_pure=True, pack=1)')
+    return f"@triton.jit\ndef _exp(x):\n    {body}\n"
+
 
 # op -> Triton expression over operand names
 FORWARD = {
-    "neg": "-{0}", "exp": "tl.exp({0})", "log": "tl.log({0})", "sigmoid": "tl.sigmoid({0})",
-    "logsigmoid": "(tl.minimum({0}, 0.0) - tl.log(1.0 + tl.exp(-tl.abs({0}))))",
-    "softplus": "(tl.maximum({0}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({0}))))",
+    "neg": "-{0}", "exp": "_exp({0})", "log": "tl.log({0})", "sigmoid": "tl.sigmoid({0})",
+    "logsigmoid": "(tl.minimum({0}, 0.0) - tl.log(1.0 + _exp(-tl.abs({0}))))",
+    "softplus": "(tl.maximum({0}, 0.0) + tl.log(1.0 + _exp(-tl.abs({0}))))",
     "silu": "({0} * tl.sigmoid({0}))", "tanh": "(2.0 * tl.sigmoid(2.0 * {0}) - 1.0)",
     "relu": "tl.maximum({0}, 0.0)", "sqrt": "tl.sqrt({0})", "abs": "tl.abs({0})",
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",

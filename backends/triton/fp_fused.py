@@ -41,6 +41,7 @@ import torch
 from recdsl.ir import IR
 
 from . import fp_operands
+from .exprs import exp_function
 from .fp_operands import InlineOperands
 from .recurrent import SEQUENCE_COORDS
 from .template import load_source
@@ -263,7 +264,7 @@ def match(ir: IR) -> FusedPattern | str:
 
 
 def generate(pattern: FusedPattern) -> str:
-    text = _TEMPLATE.replace("@PRELUDE@", PRELUDE)
+    text = _TEMPLATE.replace("@PRELUDE@", PRELUDE + exp_function())
     text = text.replace("@OPERANDS@", "\n".join(" " * 8 + line for line in pattern.inline.lines))
     text = text.replace("@LEAF_ARGS@", pattern.inline.signature())
     for key, value in pattern.labels:

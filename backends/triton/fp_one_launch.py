@@ -19,6 +19,7 @@ import functools
 
 import torch
 
+from .exprs import exp_function
 from .fp_fused import PRELUDE
 from .template import load_source
 from .ints import next_power_of_2
@@ -96,7 +97,7 @@ def fits(D: int) -> str | None:
 
 
 def generate(pattern) -> str:
-    text = _TEMPLATE.replace("@PRELUDE@", PRELUDE)
+    text = _TEMPLATE.replace("@PRELUDE@", PRELUDE + exp_function())
     for key, value in pattern.labels:
         text = text.replace(key, value)
     return text.lstrip("\n")

@@ -18,7 +18,7 @@ import networkx as nx
 
 from recdsl.ir import IR
 
-from .exprs import SUPPORTED, Emitter
+from .exprs import SUPPORTED, Emitter, exp_function
 from .look_back import LOOK_BACK
 
 
@@ -533,6 +533,8 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "    return a1 * a2, a2 * b1 + b2, a1 * p2, p2 * b1 + q2",
         "",
         LOOK_BACK,
+        "",
+        exp_function(),
         "",
         "@triton.jit",
         f"def scan_fwd({common}, h0, out, ht, hc, cu_seqlens, chunk_offsets, {consts},",
