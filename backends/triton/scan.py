@@ -383,7 +383,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             "Ar, Br, Pr, Qr = tl.associative_scan((a, a * d, one, zero), 0, _combine_excl, reverse=True)",
         ]
         dh_line, agg = "dh_t = d + Qr + Pr * carry", ("Ar", "Br")
-        carry_doc, dh0, dh0_tile = "a_t dL/dh_t", "{}", "{}"
+        carry_doc, dh0 = "a_t dL/dh_t", "{0}"   # dL/dh0 from the carry out of the first row ({0}; {1}: a_0)
     else:
         # h_{t-1} and a_{t+1} from the neighbouring rows: fewer live values per scan
         if backward == "output":
@@ -416,7 +416,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
             "Cr, Br = tl.associative_scan((c, d), 0, _combine, reverse=True)",
         ]
         dh_line, agg = "dh_t = Br + Cr * carry", ("Cr", "Br")
-        carry_doc, dh0, dh0_tile = "dL/dh_t", f"{{}} * {first_row('a')}", "{} * a"
+        carry_doc, dh0 = "dL/dh_t", "{0} * {1}"
     bwd_block = [
         "ot = i_t * BT + rows",
         "mt = ot < L",
@@ -465,7 +465,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         "    carry = agg_b + agg_a * carry",
         *(["    a_first = " + first_row("a")] if backward != "exclusive" else []),
         "if USE_H0:",
-        f"    tl.store(dh0 + {state_at['seq']}, {dh0.format('carry') if backward == 'exclusive' else 'carry * a_first'}, "
+        f"    tl.store(dh0 + {state_at['seq']}, {dh0.format('carry', 'a_first')}, "
         f"mask={state_mask})",
         *w_store("i_n"),
     ]
@@ -498,7 +498,7 @@ def generate(ir: IR, spec_args, backward: str = "exclusive") -> str:
         *bwd_finish,
         "if USE_H0:",
         "    if i_t == 0:",
-        f"        tl.store(dh0 + {state_at['seq']} + 0 * rows, {dh0_tile.format('closed')}, mask=first)",
+        f"        tl.store(dh0 + {state_at['seq']} + 0 * rows, {dh0.format('closed', 'a')}, mask=first)",
         *w_store("c0 + i_t"),
     ]
     d_in = ", ".join(f"d_{x}" for x in inputs)
