@@ -23,7 +23,8 @@
 # TAG resumes every unfinished run from its checkpoint (they are kept unless KEEP_CHECKPOINTS=0).
 #
 # SEEDS (default "0 1 2": the papers report the best of three) picks the seeds, SEEDS_<part> (SEEDS_s3=0)
-# a part's own; MODARITH_SPECS the modarith part's specs (default "deltanet_negeig deltanet"). SMOKE=1 shrinks every
+# a part's own; MODARITH_SPECS the modarith part's specs (default "deltanet_negeig deltanet"; a name is an
+# example, a path a spec file such as benchmarks/specs/deltanet_negeig_conv.rec). SMOKE=1 shrinks every
 # case to a few steps, tiny models and short lengths (CPU, about a minute): it checks that every part
 # runs end to end, not that anything is learnt.
 set -u
@@ -106,8 +107,9 @@ for part in $PARTS; do
       # the paper's protocol (Grazzi et al. configs): d_model 128, 4 heads, batch 256, lr 1e-3, weight decay
       # 0.1, 10k warm-up steps then a cosine decay, 100k steps
       for s in ${MODARITH_SPECS:-deltanet_negeig deltanet}; do
+        case $s in */*) path=$s ;; *) path=examples/$s.rec ;; esac
         for seed in $seeds; do
-          grazzi "$dir" mod_arithmetic "${MINUTES:-8}" "examples/$s.rec:seed=$seed" --d-model "$(S 128 8)" \
+          grazzi "$dir" mod_arithmetic "${MINUTES:-8}" "$path:seed=$seed" --d-model "$(S 128 8)" \
             $DELTA_128 --steps "$(S 100000 3)" --batch "$(S 256 8)" --lr 1e-3 --weight-decay 0.1 \
             --warmup "$(S 10000 1)" --lr-decay cosine
         done

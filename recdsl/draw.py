@@ -12,7 +12,7 @@ COLORS = {"value": "#dbe9f6", "linmap": "#f6e3c8", "leaf": "#d9f2d9", "root": "#
 
 def _label(ir: IR, i: int) -> str:
     n = ir.node(i)
-    head = n.op if not n.args or n.op in ("linear", "mlp") else f"{n.op} {n.args[0]}"
+    head = n.op if not n.args or n.op in ("linear", "mlp", "shortconv") else f"{n.op} {n.args[0]}"
     if n.op == "const":
         head = f"{n.args[0]:g}"
     return f"{head}\\n{list(n.shape)}" if n.shape else head

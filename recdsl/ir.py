@@ -30,7 +30,7 @@ OPS: dict[str, tuple[str, int | None]] = {
     "delta": ("value", 3),          # sum_j beta_j k_j v_j^T, interleaved with the paired householder
     # layer
     "linear": ("value", 1), "mlp": ("value", 1), "rmsnorm": ("value", 1), "layernorm": ("value", 1),
-    "colnorm": ("value", 1),
+    "colnorm": ("value", 1), "shortconv": ("value", 1),
     # transition factors
     "identity": ("linmap", 0), "diag": ("linmap", 1), "householder": ("linmap", 2), "rank1": ("linmap", 2),
     "blockdiag": ("linmap", 1), "kron": ("linmap", 2), "compose": ("linmap", 2), "lsum": ("linmap", 2),

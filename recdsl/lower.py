@@ -18,7 +18,7 @@ from .ir import ELEMENTWISE_UNARY, IR, Builder
 
 MAX_DIM = 1 << 16
 VALUE_FUNCS = ELEMENTWISE_UNARY | {"l2norm", "outer", "mix", "prev"}
-LAYER_FUNCS = {"linear", "mlp", "rmsnorm", "layernorm", "colnorm"}
+LAYER_FUNCS = {"linear", "mlp", "rmsnorm", "layernorm", "colnorm", "shortconv"}
 INIT_FUNCS = {"uniform", "normal"}
 LINMAP_FUNCS = {"diag", "householder", "outer", "blockdiag", "kron"}
 # fixed-point settings (recdsl/solve.py): damping is the first step size, quantile the fraction of the
@@ -261,6 +261,17 @@ class _Lowerer:
             if len(self.b.node(x).shape) < 2 or p < 1:
                 raise self.err(e.pos, "colnorm needs blocks [..., b, b] and p >= 1")
             return self.b.add("colnorm", (x,), args=(p,), shape=self.b.node(x).shape, pos=e.pos)
+        if fn == "shortconv":
+            self._arity(e, 1, kw, ("size",))
+            x = self.value(args[0], "layer", target)
+            size = self.const(kw["size"]) if "size" in kw else 4
+            if not self.b.node(x).shape:
+                raise self.err(e.pos, "shortconv needs a per-token vector (it mixes each channel over tokens)")
+            if not float(size).is_integer() or not 2 <= size <= 64:
+                raise self.err(e.pos, f"shortconv(e, size = k) takes an integer k in [2, 64], got {size:g}")
+            self.n_proj += 1       # its own weights, labelled like a projection's
+            label = f"{self.stmt_name}_{self.n_proj}"
+            return self.b.add("shortconv", (x,), args=(label, int(size)), shape=self.b.node(x).shape, pos=e.pos)
         if fn in INIT_FUNCS:
             names = ("lo", "hi") if fn == "uniform" else ("std",)
             if len(args) != len(names) or kw:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .evaluate import Evaluator
+from .short_conv import LayerState, short_conv
 from .spec import Spec
 
 
@@ -25,6 +26,8 @@ class RecModule(nn.Module):
         ir = spec.ir
         self.proj = nn.ModuleDict()
         self.norms = nn.ModuleDict()
+        self.convs = nn.ModuleDict()
+        self._conv_order: list[tuple[str, int, int]] = []    # (label, size, channels) in the layer's order
         for i in ir.order():
             n = ir.node(i)
             if n.op in ("linear", "mlp"):
@@ -40,6 +43,11 @@ class RecModule(nn.Module):
             elif n.op in ("rmsnorm", "layernorm"):
                 cls = nn.RMSNorm if n.op == "rmsnorm" else nn.LayerNorm
                 self.norms[str(i)] = cls(n.shape[-1], eps=1e-5, **kw)
+            elif n.op == "shortconv":
+                label, size = n.args
+                C = math.prod(n.shape)
+                self.convs[label] = nn.Conv1d(C, C, size, groups=C, bias=False, **kw)
+                self._conv_order.append((label, size, C))
         H = spec.heads
         self.weights = nn.ParameterDict({
             a.name: nn.Parameter(torch.empty(((H,) if H else ()) + a.shape, **kw))
@@ -79,15 +87,31 @@ class RecModule(nn.Module):
     def dtype(self):
         return next(self.parameters()).dtype
 
-    def init_state(self, batch: int) -> torch.Tensor:
-        return torch.zeros(self.spec.state_shape(batch), dtype=torch.float32, device=self.device)
+    def init_state(self, batch: int):
+        """The state before a sequence: the core's zero state, or with short convolutions in the layer a
+        LayerState that also holds their (zero) inputs before the sequence."""
+        core = torch.zeros(self.spec.state_shape(batch), dtype=torch.float32, device=self.device)
+        if not self._conv_order:
+            return core
+        return LayerState(core, tuple(torch.zeros(batch, size - 1, C, dtype=self.dtype, device=self.device)
+                                      for _, size, C in self._conv_order))
 
     def forward(self, x: torch.Tensor, initial_state=None, output_final_state: bool = False, cu_seqlens=None):
+        """x [B, T, d_model] -> (y [B, T, d_model], the final state or None). With short convolutions in the
+        layer, states are LayerStates (init_state's form): the core's state and the convolutions' inputs."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected shape [B, T, d_model={self.d_model}], got {list(x.shape)}")
         ir, spec = self.spec.ir, self.spec
         B, T = x.shape[:2]
         core = {}
+        conv_tails, conv_finals = None, {}
+        if self._conv_order and initial_state is not None:
+            if not isinstance(initial_state, LayerState):
+                raise ValueError("initial_state: this layer has short convolutions, so its state is a LayerState "
+                                 "(the core's state and the convolutions' last inputs); take it from init_state() "
+                                 "or from a call with output_final_state=True")
+            initial_state, conv_tails = initial_state.core, dict(zip((c[0] for c in self._conv_order),
+                                                                     initial_state.convs))
 
         def leaf(i, n):
             if n.op == "hidden":
@@ -104,6 +128,11 @@ class RecModule(nn.Module):
                 return self.norms[str(i)](vals[0])
             if n.op == "colnorm":
                 return colnorm(vals[0], n.args[0])
+            if n.op == "shortconv":
+                label = n.args[0]
+                y, conv_finals[label] = short_conv(vals[0].reshape(B, T, -1), self.convs[label].weight,
+                                                   conv_tails[label] if conv_tails else None, cu_seqlens)
+                return y.reshape(vals[0].shape)
             raise ValueError(f"unexpected op {n.op} in the layer")
 
         ev = Evaluator(ir, leaf, layer_op)
@@ -116,7 +145,10 @@ class RecModule(nn.Module):
                 core["o"], final, self.last_solve = call_op(spec, (), {**inputs, **weights}, initial_state,
                                                             output_final_state, cu_seqlens, self.backend)
             ev(i)
-        return ev(self._out_root), final
+        out = ev(self._out_root)
+        if self._conv_order and output_final_state:
+            final = LayerState(final, tuple(conv_finals[label] for label, _, _ in self._conv_order))
+        return out, final
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token: x_t [B, d_model], state as from init_state. Returns (y_t [B, d_model], new state)."""

@@ -53,6 +53,12 @@ REFERENCES: tuple[Reference, ...] = (
     _grazzi("mod_arithmetic", "mamba_negeig", 0.241),
     _grazzi("mod_arithmetic", "deltanet", 0.314),
     _grazzi("mod_arithmetic", "deltanet_negeig", 0.971, (">=", 0.9)),
+    # the same recurrences in the layer the paper trained (flash-linear-attention's DeltaNet, short
+    # convolutions on q, k and v): benchmarks/specs/deltanet{,_negeig}_conv.rec
+    _grazzi("parity", "deltanet_conv", 0.017, ("<=", 0.1)),
+    _grazzi("parity", "deltanet_negeig_conv", 1.000, (">=", 0.99)),
+    _grazzi("mod_arithmetic", "deltanet_conv", 0.314),
+    _grazzi("mod_arithmetic", "deltanet_negeig_conv", 0.971, (">=", 0.9)),
     # S3 word problem: two reflections per token suffice in one layer, one does not
     # (issue 6 says "generalises" / "does not": read as the mean all-prefix sequence accuracy over the
     # test lengths 128-512 at least 0.9, and at most 0.1)
