@@ -86,24 +86,6 @@ def test_look_back_blocks_every_call(blocks, monkeypatch):
             assert rel(spec.op(**args, backend="triton")[0], want) < 1e-5
 
 
-@pytest.mark.parametrize("schedule", ["walk", "look_back"])
-def test_relaunches_keep_their_specialisation(schedule, monkeypatch):
-    """Launcher (backends/triton/fast_launch.py) skips Triton's binding once a kernel has run. Calls with
-    inputs at 16-byte-aligned addresses, then 4 bytes further, then at another length, alternating, each
-    against the reference: a kernel compiled for aligned pointers or another length is never reused for
-    arguments it was not specialised on."""
-    monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", schedule)
-    spec = recdsl.load(example("hgrn"), D=64)
-    flat = {k: v.detach().reshape(-1) for k, v in cuda_args(spec, 1, 301, torch.float32, seed=4).items()}
-    for offset, T in ((0, 300), (1, 300), (0, 300), (1, 299), (0, 17), (1, 300)):
-        args = {k: v[offset:offset + T * 64].view(1, T, 64) for k, v in flat.items()}
-        assert all((a.data_ptr() % 16 == 0) == (offset == 0) for a in args.values())
-        with torch.no_grad():
-            got = spec.op(**args, backend="triton")[0]
-            want = spec.op(**args, backend="reference")[0]
-        assert rel(got, want) < 1e-5, (offset, T)
-
-
 def test_hgrn_matches_fla():
     fla_hgrn = pytest.importorskip("fla.ops.hgrn")
     spec = recdsl.load(example("hgrn"), D=512)

@@ -13,7 +13,6 @@ import triton
 import recdsl
 
 from .cache import load_module
-from .fast_launch import Launcher
 from .look_back import EMPTY
 from .scan import generate
 from .ints import cdiv, next_power_of_2
@@ -81,13 +80,10 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
                                       output_size=n_chunks) if schedule == "look_back" else None
         return co, n_chunks, seq
 
-    launchers = {name: Launcher(getattr(mod, name)) for name in ("scan_fwd", "scan_bwd")}
-    launchers.update({name + "_tiles": Launcher(getattr(mod, name + "_tiles")) for name in ("scan_fwd", "scan_bwd")})
-
     def launch(kernel, walk_grid, n_chunks, args, seq, device, **flags):
         num_warps = warps[kernel == "scan_bwd"]
         if schedule == "walk":
-            return launchers[kernel](walk_grid, *args, **flags, num_warps=num_warps)
+            return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=num_warps)
         # the look-back's workspace: each tile's published aggregate (a 64-bit word) and inclusive value (32
         # bits) per element, EMPTY until published: one allocation, one fill
         n = n_chunks * state_size
@@ -95,8 +91,8 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         aggs, incs = words[:2 * n].view(torch.int64), words[2 * n:]
         # the backward's carries on their way into each tile's layout (written before they are read: no fill)
         bridge = (torch.empty(n, dtype=torch.float32, device=device),) if kernel == "scan_bwd" else ()
-        launchers[kernel + "_tiles"]((n_chunks * H * cdiv(D, BD),), *args, seq, aggs, incs, n_chunks, *bridge,
-                                     **flags, num_warps=num_warps)
+        getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
+            *args, seq, aggs, incs, n_chunks, *bridge, **flags, num_warps=num_warps)
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
