@@ -14,6 +14,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "backends")) and \
     __path__.append(_root)
 
 from .errors import RecError, RecNotConverged, RecSemanticError, RecSyntaxError
+from .short_conv import LayerState
 from .spec import Spec, load
 
 __version__ = "0.1.0"
@@ -25,4 +26,4 @@ def compile(path_or_text, backend: str = "auto", device=None, dtype=None, **para
     return RecModule(load(path_or_text, **params), backend=backend, device=device, dtype=dtype)
 
 
-__all__ = ["load", "compile", "Spec", "RecError", "RecSyntaxError", "RecSemanticError", "RecNotConverged"]
+__all__ = ["load", "compile", "Spec", "LayerState", "RecError", "RecSyntaxError", "RecSemanticError", "RecNotConverged"]

@@ -150,8 +150,9 @@ class RecModule(nn.Module):
             final = LayerState(final, tuple(conv_finals[label] for label, _, _ in self._conv_order))
         return out, final
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor):
-        """One token: x_t [B, d_model], state as from init_state. Returns (y_t [B, d_model], new state)."""
+    def step(self, x_t: torch.Tensor, state):
+        """One token: x_t [B, d_model], state as from init_state (a tensor, or a LayerState where the layer
+        has short convolutions). Returns (y_t [B, d_model], the new state in the same form)."""
         y, S = self.forward(x_t.unsqueeze(1), initial_state=state, output_final_state=True)
         return y.squeeze(1), S
 

@@ -27,13 +27,16 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None 
     B, T, C = x.shape
     k = weight.shape[-1]
     w = weight.to(x.dtype)
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if tail is not None and tuple(tail.shape) != (N, k - 1, C):
+        raise ValueError(f"initial_state: a convolution's last inputs must have shape [N={N}, size - 1={k - 1}, "
+                         f"channels={C}], got {list(tail.shape)}")
     if cu_seqlens is None:
         before = x.new_zeros(B, k - 1, C) if tail is None else tail.to(x.dtype)
         padded = torch.cat([before, x], dim=1)
         y = F.conv1d(padded.transpose(1, 2), w, groups=C).transpose(1, 2)
         return y, padded[:, T:]
     # packed sequences: gather each token's window from [tails of all sequences; tokens]
-    N = cu_seqlens.numel() - 1
     before = x.new_zeros(N, k - 1, C) if tail is None else tail.to(x.dtype)
     rows = torch.cat([before.reshape(N * (k - 1), C), x[0]], dim=0)
     cu = cu_seqlens.to(device=x.device, dtype=torch.long)

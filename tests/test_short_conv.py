@@ -105,6 +105,9 @@ def test_layer_without_convolution_state_is_refused():
     x = torch.randn(1, 4, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="LayerState"):
         m(x, initial_state=m.init_state(1).core)
+    with pytest.raises(ValueError, match=r"initial_state: a convolution's last inputs must have shape \[N=1"):
+        m(x, initial_state=m.init_state(2)._replace(core=m.init_state(1).core))
+    assert isinstance(m.init_state(1), recdsl.LayerState)
 
 
 @pytest.mark.parametrize("expr, words", [
