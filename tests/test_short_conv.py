@@ -126,3 +126,19 @@ def test_shortconv_belongs_in_the_layer():
     text = open(SPEC).read().replace("output o = q @ S * scale", "output o = shortconv(q) @ S * scale")
     with pytest.raises(recdsl.RecSemanticError, match="unknown function 'shortconv'"):
         recdsl.load(text)
+
+
+def test_layer_on_the_triton_backend_matches_the_reference():
+    # the Triton kernels (the interpreter without a GPU) behind a layer with convolutions, output and a
+    # convolution's weight gradient, against the reference backend with the same weights
+    torch.manual_seed(1)
+    m = recdsl.compile(SPEC, backend="triton", H=2, K=8, V=8, d_model=16)
+    r = recdsl.compile(SPEC, backend="reference", H=2, K=8, V=8, d_model=16)
+    r.load_state_dict(m.state_dict())
+    x = torch.randn(2, 20, 16)
+    y, S = m(x, output_final_state=True)
+    yr, Sr = r(x, output_final_state=True)
+    assert rel(y, yr) < 1e-5 and rel(S.core, Sr.core) < 1e-5
+    y.square().sum().backward()
+    yr.square().sum().backward()
+    assert rel(m.convs["k_2"].weight.grad, r.convs["k_2"].weight.grad) < 1e-4
