@@ -26,8 +26,7 @@ class RecModule(nn.Module):
         ir = spec.ir
         self.proj = nn.ModuleDict()
         self.norms = nn.ModuleDict()
-        self.convs = nn.ModuleDict()
-        self._conv_order: list[tuple[str, int, int]] = []    # (label, size, channels) in the layer's order
+        self.convs = nn.ModuleDict()     # in the layer's order: a LayerState lists their inputs in it
         for i in ir.order():
             n = ir.node(i)
             if n.op in ("linear", "mlp"):
@@ -47,7 +46,6 @@ class RecModule(nn.Module):
                 label, size = n.args
                 C = math.prod(n.shape)
                 self.convs[label] = nn.Conv1d(C, C, size, groups=C, bias=False, **kw)
-                self._conv_order.append((label, size, C))
         H = spec.heads
         self.weights = nn.ParameterDict({
             a.name: nn.Parameter(torch.empty(((H,) if H else ()) + a.shape, **kw))
@@ -91,10 +89,10 @@ class RecModule(nn.Module):
         """The state before a sequence: the core's zero state, or with short convolutions in the layer a
         LayerState that also holds their (zero) inputs before the sequence."""
         core = torch.zeros(self.spec.state_shape(batch), dtype=torch.float32, device=self.device)
-        if not self._conv_order:
+        if not self.convs:
             return core
-        return LayerState(core, tuple(torch.zeros(batch, size - 1, C, dtype=self.dtype, device=self.device)
-                                      for _, size, C in self._conv_order))
+        return LayerState(core, tuple(torch.zeros(batch, c.kernel_size[0] - 1, c.in_channels, dtype=self.dtype,
+                                                  device=self.device) for c in self.convs.values()))
 
     def forward(self, x: torch.Tensor, initial_state=None, output_final_state: bool = False, cu_seqlens=None):
         """x [B, T, d_model] -> (y [B, T, d_model], the final state or None). With short convolutions in the
@@ -105,13 +103,12 @@ class RecModule(nn.Module):
         B, T = x.shape[:2]
         core = {}
         conv_tails, conv_finals = None, {}
-        if self._conv_order and initial_state is not None:
+        if self.convs and initial_state is not None:
             if not isinstance(initial_state, LayerState):
                 raise ValueError("initial_state: this layer has short convolutions, so its state is a LayerState "
                                  "(the core's state and the convolutions' last inputs); take it from init_state() "
                                  "or from a call with output_final_state=True")
-            initial_state, conv_tails = initial_state.core, dict(zip((c[0] for c in self._conv_order),
-                                                                     initial_state.convs))
+            initial_state, conv_tails = initial_state.core, dict(zip(self.convs, initial_state.convs))
 
         def leaf(i, n):
             if n.op == "hidden":
@@ -146,8 +143,8 @@ class RecModule(nn.Module):
                                                             output_final_state, cu_seqlens, self.backend)
             ev(i)
         out = ev(self._out_root)
-        if self._conv_order and output_final_state:
-            final = LayerState(final, tuple(conv_finals[label] for label, _, _ in self._conv_order))
+        if self.convs and output_final_state:
+            final = LayerState(final, tuple(conv_finals[label] for label in self.convs))
         return out, final
 
     def step(self, x_t: torch.Tensor, state):
