@@ -3,6 +3,10 @@
     python benchmarks/sweep_scan.py --spec examples/hgrn.rec --batch 4 --length 4096 --width 2048
     python benchmarks/sweep_scan.py --spec examples/mamba.rec --width 2048 --bt 16,32 --bd 4,8,16 --warps 4,8
     python benchmarks/sweep_scan.py --schedules walk,look_back   # both schedules side by side
+    python benchmarks/sweep_scan.py --warps 1,2 --bwd-warps 1,2,4 --graphs   # device time, the host left out
+
+--graphs times each call replayed from a CUDA graph (recdsl.bench._graphed), the copy too: on a host
+that takes longer to issue a call than the device takes to run it, plain calls time the host.
 """
 import argparse
 import itertools
@@ -13,6 +17,7 @@ from triton.testing import do_bench
 
 import recdsl
 from recdsl.backends.triton.launch import scan_op
+from recdsl.bench import _graphed
 from recdsl.planner import _scan_plan
 
 
@@ -29,6 +34,8 @@ def main():
     ap.add_argument("--bt", type=ints, default=[32, 64, 128, 256])
     ap.add_argument("--bd", type=ints, default=[8, 16, 32])
     ap.add_argument("--warps", type=ints, default=[2, 4, 8])
+    ap.add_argument("--bwd-warps", type=ints, default=[0], help="the backward kernel's warps (0: as the forward)")
+    ap.add_argument("--graphs", action="store_true", help="time calls replayed from CUDA graphs")
     ap.add_argument("--backward", default=None, choices=["exclusive", "shifted", "output"],
                     help="the backward scans' form (default: the planner's choice)")
     ap.add_argument("--schedules", default="look_back",
@@ -55,15 +62,20 @@ def main():
     moved = sum(x.numel() * x.element_size() for x in ins) + ins[0].numel() * ins[0].element_size()
     src = torch.empty(moved // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    copy_ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
+    timed = _graphed if a.graphs else (lambda f: f)
+    copy_ms = do_bench(timed(lambda: dst.copy_(src)), warmup=25, rep=100, return_mode="median")
     print(f"device copy of {moved / 1e6:.0f} MB: {copy_ms:.4f} ms")
     rows = []
-    for schedule, BT, BD, warps in itertools.product(a.schedules.split(","), a.bt, a.bd, a.warps):
-        op = scan_op(spec, BT, BD, warps, backward, schedule)
-        fwd = lambda: op(ins, ws, [], None, None, False)
+    for schedule, BT, BD, warps, bwd_warps in itertools.product(a.schedules.split(","), a.bt, a.bd, a.warps,
+                                                                 a.bwd_warps):
+        op = scan_op(spec, BT, BD, warps, backward, schedule, bwd_warps)
+
+        def fwd():
+            with torch.no_grad():
+                op(ins, ws, [], None, None, False)
         try:
             fwd()
-            ms_f = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+            ms_f = do_bench(timed(fwd), warmup=25, rep=100, return_mode="median")
             xs = [x.detach().requires_grad_(True) for x in ins]
 
             upstream = []
@@ -76,13 +88,13 @@ def main():
                     upstream.append(torch.ones_like(out))
                 out.backward(upstream[0])
             fb()
-            ms_b = do_bench(fb, warmup=25, rep=100, return_mode="median")
+            ms_b = do_bench(timed(fb), warmup=25, rep=100, return_mode="median")
         except Exception as e:  # a config the compiler rejects is reported, not fatal
-            print(f"{schedule} BT={BT} BD={BD} warps={warps}: {type(e).__name__}: {str(e)[:120]}")
+            print(f"{schedule} BT={BT} BD={BD} warps={warps}/{bwd_warps}: {type(e).__name__}: {str(e)[:120]}")
             continue
-        rows.append({"schedule": schedule, "BT": BT, "BD": BD, "warps": warps, "backward": backward,
-                     "fwd_ms": ms_f, "fwdbwd_ms": ms_b, "copy_ms": copy_ms})
-        print(f"{schedule:9s} BT={BT:4d} BD={BD:3d} warps={warps}: fwd {ms_f:.4f} ms ({ms_f / copy_ms:.2f}x copy)  "
+        rows.append({"schedule": schedule, "BT": BT, "BD": BD, "warps": warps, "bwd_warps": bwd_warps,
+                     "backward": backward, "graphs": a.graphs, "fwd_ms": ms_f, "fwdbwd_ms": ms_b, "copy_ms": copy_ms})
+        print(f"{schedule:9s} BT={BT:4d} BD={BD:3d} warps={warps}/{bwd_warps}: fwd {ms_f:.4f} ms ({ms_f / copy_ms:.2f}x copy)  "
               f"fwd+bwd {ms_b:.4f} ms", flush=True)
     best_f = min(rows, key=lambda r: r["fwd_ms"])
     best_b = min(rows, key=lambda r: r["fwdbwd_ms"])

@@ -71,18 +71,44 @@ def median_ms(per_round: list) -> float:
     return float(statistics.median(per_round))
 
 
-def time_contestants(runs: dict, tensors: list, add, on_error) -> None:
+def time_contestants(runs: dict, tensors: list, add, on_error, graphs: bool = False) -> None:
     """Forward (no gradient), then forward+backward through `tensors`, of every contestant in `runs`
     ({name: fn}), each mode in alternating rounds (side_by_side): add(name, mode, median, peak,
-    rounds_ms=[..]) per contestant, on_error(name, mode, exception) for one that raises."""
-    for mode in ("fwd", "fwd+bwd"):
-        fns = ({n: _no_grad(f) for n, f in runs.items()} if mode == "fwd"
+    rounds_ms=[..]) per contestant, on_error(name, mode, exception) for one that raises. With `graphs`,
+    also both modes replayed from CUDA graphs ("fwd graph", "fwd+bwd graph"): the device's time alone,
+    where calls cost the host more than the kernels take."""
+    for mode in ("fwd", "fwd+bwd") + (("fwd graph", "fwd+bwd graph") if graphs else ()):
+        fns = ({n: _no_grad(f) for n, f in runs.items()} if mode.split()[0] == "fwd"
                else {n: _fwd_bwd(f, tensors) for n, f in runs.items()})
+        if mode.endswith("graph"):
+            fns = {n: _graphed(f) for n, f in fns.items()}
         for name, times in side_by_side(fns).items():
             if isinstance(times, Exception):
                 on_error(name, mode, times)
             else:
                 add(name, mode, median_ms(times), _peak(fns[name]), rounds_ms=[round(t, 5) for t in times])
+
+
+def _graphed(fn):
+    """fn replayed from a CUDA graph, captured at its first call (after warm-up calls on a side stream, as
+    torch.cuda.graphs asks): one launch of the host per call. A capture that fails raises from that call,
+    which side_by_side records as the contestant's error."""
+    replay = []
+
+    def f():
+        if not replay:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            replay.append(graph)
+        replay[0].replay()
+    return f
 
 
 def _once(fn) -> float:
@@ -195,8 +221,10 @@ def elementwise_case(path: str, B: int, T: int, width: int, dtype=torch.bfloat16
             x, gg = args["x"], args["g"]
             runs["fla chunk_hgrn"] = lambda: chunk_hgrn(x, gg)
             runs["fla fused_recurrent_hgrn"] = lambda: fused_recurrent_hgrn(x, gg)
+    # element-wise scans take the device tens of microseconds: the graphs show it without the host's time
     time_contestants(runs, tensors, add, lambda name, mode, e: rows.append(
-        {"case": spec.name, "contestant": name, "mode": mode, "error": str(e)[:200], **shape}))
+        {"case": spec.name, "contestant": name, "mode": mode, "error": str(e)[:200], **shape}),
+        graphs=torch.cuda.is_available())
     # the sequential reference (a PyTorch loop over T), one forward call
     if T * B <= 65536:
         with torch.no_grad():

@@ -462,7 +462,7 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
     # where too few walking programs fill the GPU
     schedule = _schedule_override() or ("look_back" if (few or from_output) and not short else "walk")
     if schedule == "look_back":
-        BT, BD, warps, bwd_warps = _blocks_override((32, 32, 1, 2))
+        BT, BD, warps, bwd_warps = _blocks_override((32, 32, 1, 1))
         how = (f"tiles of BT={BT} tokens x BD={BD} channels, each its own program, chained along the tokens by a "
                "decoupled look-back (backends/triton/look_back.py): inputs are read once and the tiles stream in "
                "parallel however few sequences and channels the call has",
@@ -470,10 +470,10 @@ def _scan_plan(spec, batch_channels: int | None, tokens: int | None = None) -> P
                 f"(aim: >= {target}); " if few else "") +
                "on an H100 at B=1, T=65536, C=256 the look-back took 0.167 / 0.637 ms forward / forward+backward "
                "against 1.40 / 7.06 ms for the best walk (benchmarks/results/2026-11-25d_h100_sweep_hgrn_long.jsonl)",
-               *(("at B=4, T=4096, C=2048 with the backward from the output the forward kernel took 0.100 ms with "
-                  "one warp and the backward 0.201 ms with two (benchmarks/results/2026-11-26zzq_h100_overhead_hgrn_"
-                  "main.jsonl); two forward warps took 0.113 against 0.103 ms (zze), one backward warp 0.212 against "
-                  "0.208 ms (zzm), and 64-row tiles were slower both ways (zzo)",)
+               *(("at B=4, T=4096, C=2048 with the backward from the output, replayed from CUDA graphs on an H100, "
+                  "one warp each took 0.1075 ms forward and 0.2988 ms forward+backward; two backward warps 0.3054, "
+                  "two forward warps 0.1122 / 0.3021, 64-row tiles 0.1063 / 0.3181 at their best and 64 channels "
+                  "0.1088 / 0.3221 (benchmarks/results/2026-11-26zzy_h100_sweep_hgrn_graphs.jsonl)",)
                  if from_output else ()))
     else:
         # one program per (sequence, BD channels) walks T; enough programs keep every SM streaming

@@ -67,6 +67,45 @@ def test_look_back_against_walk(B, T, D, monkeypatch):
         assert rel(y, x) < 1e-5
 
 
+def test_look_back_words_across_calls_of_changing_sizes_and_graphs(monkeypatch):
+    """The look-back's words are kept per stream without a fill (look_back.Words): calls that shrink and
+    grow, forward and backward, each against the walk; then a call captured into a CUDA graph (filled
+    words) replayed with new values, against eager calls."""
+    D = 512
+    shapes = [(4, 4096), (1, 300), (2, 8192), (1, 300), (4, 4096)]
+    want = []
+    for schedule in ("walk", "look_back"):
+        monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", schedule)
+        spec = recdsl.load(example("hgrn"), D=D)
+        got = []
+        for i, (B, T) in enumerate(shapes):
+            args = cuda_args(spec, B, T, torch.float32, seed=10 + i)
+            o, _ = spec.op(**args, backend="triton")
+            o.square().sum().backward()
+            got.append([o.detach()] + [args[k].grad for k in sorted(args)])
+        want.append(got)
+    for call, (w, g) in enumerate(zip(*want)):
+        for x, y in zip(w, g):
+            assert rel(y, x) < 1e-5, call
+    spec = recdsl.load(example("hgrn"), D=D)
+    args = {k: v.detach() for k, v in cuda_args(spec, 4, 4096, torch.float32, seed=3).items()}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        spec.op(**args, backend="triton")       # compiled before the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out, _ = spec.op(**args, backend="triton")
+    for seed in (4, 5, 6):
+        new = cuda_args(spec, 4, 4096, torch.float32, seed=seed)
+        for k in args:
+            args[k].copy_(new[k].detach())
+        graph.replay()
+        with torch.no_grad():
+            assert rel(out, spec.op(**args, backend="triton")[0]) < 1e-6, seed
+
+
 @pytest.mark.parametrize("blocks", ["64,32,2", "32,32,2", "32,64,2", "32,32,1"])
 def test_look_back_blocks_every_call(blocks, monkeypatch):
     """Several calls per block size against the walk, in fp32: where a layout puts one

@@ -5,7 +5,7 @@ meets when tiles run at once."""
 import pytest
 import torch
 
-from recdsl.backends.triton.look_back import EMPTY
+from recdsl.backends.triton.look_back import FILL_STALE, MARKS
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tier runs the look-back in the scans")
@@ -13,18 +13,18 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tier 
 KERNEL = '''
 
 @triton.jit
-def carry_into(aggs, incs, agg_a, agg_b, out, i_t, BD: tl.constexpr):
+def carry_into(words, agg_a, agg_b, out, i_t, stale, mark, BD: tl.constexpr):
     cols = tl.arange(0, BD)[None, :]
     slot = i_t * BD + cols
     m = cols < BD
-    carry = _chain_link(aggs, incs, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m)
+    carry = _chain_link(words, slot, tl.load(agg_a + cols), tl.load(agg_b + cols), BD, i_t, m, stale, mark)
     tl.store(out + cols, carry)
 
 
 @triton.jit
-def inc_words(x, out, BD: tl.constexpr):
+def agg_words(a, b, out, BD: tl.constexpr):
     cols = tl.arange(0, BD)
-    tl.store(out + cols, _inc_word(tl.load(x + cols)))
+    tl.store(out + cols, _agg_word(tl.load(a + cols), tl.load(b + cols)))
 '''
 
 
@@ -35,8 +35,23 @@ def module():
     return load_module("test_look_back_" + str(abs(hash(src)) % 10**12), src)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
+def as_int(x):
+    return x.float().view(torch.int32).to(torch.int64)
+
+
+def words(hi, lo):
+    """fp32 pairs as the look-back's 64-bit words (hi in the upper half)."""
+    return (as_int(hi) << 32) | (as_int(lo) & 0xFFFFFFFF)
+
+
+def marked(mark, lo):
+    return (torch.full_like(as_int(lo), mark) << 32) | (as_int(lo) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("seed, stale, mark", [(0, FILL_STALE, MARKS[0]), (1, MARKS[0], MARKS[1]),
+                                               (2, MARKS[1], MARKS[0])])
+def test_carry_composes_aggregates_back_to_an_inclusive_value(seed, stale, mark):
+    """Words left stale by a fill or by the launch before (its inclusive values under the other mark)."""
     g = torch.Generator().manual_seed(seed)
     n, BD = 6, 8                                   # tile 5 looks back over tiles 4..0
     A, B = torch.rand(n, BD, generator=g) * 2 - 1, torch.randn(n, BD, generator=g)
@@ -49,22 +64,47 @@ def test_carry_composes_aggregates_back_to_an_inclusive_value(seed):
     # per element, how far back the nearest inclusive value is: tile 0 always has one
     inclusive = torch.rand(n, BD, generator=g) < 0.4
     inclusive[0] = True
-    aggs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int64)    # this tile's slot last
-    incs = torch.full(((n + 1) * BD,), EMPTY, dtype=torch.int32)
-    aggs[:n * BD] = words(A, B).flatten()
-    incs[:n * BD] = torch.where(inclusive, incl.float().view(torch.int32), EMPTY).flatten()
+    ws = marked(stale, torch.randn((n + 1) * BD, generator=g))   # this tile's slot last, stale
+    ws[:n * BD] = torch.where(inclusive, marked(mark, incl), words(A, B)).flatten()
     agg_a, agg_b, out = torch.rand(BD, generator=g), torch.randn(BD, generator=g), torch.empty(BD)
-    module().carry_into[(1,)](aggs, incs, agg_a, agg_b, out, n, BD=BD)
+    module().carry_into[(1,)](ws, agg_a, agg_b, out, n, stale, mark, BD=BD)
     assert torch.allclose(out, incl[-1], atol=1e-5, rtol=1e-5)
     # this tile published its aggregate before looking back, and no inclusive value yet
-    assert torch.equal(aggs[n * BD:], words(agg_a, agg_b))
-    assert (incs[n * BD:] == EMPTY).all()
+    assert torch.equal(ws[n * BD:], words(agg_a, agg_b))
 
 
-def words(hi, lo):
-    """fp32 pairs as the look-back's 64-bit words (hi in the upper half)."""
-    as_int = lambda x: x.float().view(torch.int32).to(torch.int64)
-    return (as_int(hi) << 32) | (as_int(lo) & 0xFFFFFFFF)
+def test_no_aggregate_reads_as_stale_or_inclusive():
+    """An aggregate's A is published canonical: a NaN with a mark's bits, or the fill's, would read as an
+    inclusive value or leave the successors waiting for ever."""
+    bits = [FILL_STALE, MARKS[0], MARKS[1], 0x3F800000]   # NaN, NaN, NaN, 1.0
+    a = torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+    b = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = torch.zeros(4, dtype=torch.int64)
+    module().agg_words[(1,)](a, b, out, BD=4)
+    hi = (out >> 32).to(torch.int32)
+    assert not any(int(h) in (FILL_STALE, *MARKS) for h in hi[:3]) and torch.isnan(hi[:3].view(torch.float32)).all()
+    assert int(hi[3]) == 0x3F800000 and torch.equal(out.to(torch.int32).view(torch.float32), b)
+
+
+def test_words_flip_marks_and_make_an_older_launchs_elements_stale():
+    """Words.take: each launch gets the last one's mark as `stale`; elements a shorter launch left with an
+    older mark are made stale before a longer launch reads them."""
+    from recdsl.backends.triton.look_back import Words
+    ws, cpu = Words(), torch.device("cpu")
+    w, stale, mark = ws.take(10, cpu)
+    assert (w.numel(), stale, mark) == (10, MARKS[0], MARKS[1]) and (w == MARKS[0] << 32).all()
+    w[:] = marked(mark, torch.zeros(10))            # the launch publishes every element's inclusive value
+    w, stale, mark = ws.take(4, cpu)
+    assert (stale, mark) == (MARKS[1], MARKS[0])
+    w[:4] = marked(mark, torch.zeros(4))             # elements 4..9 keep MARKS[1], the new `mark`'s other
+    w, stale, mark = ws.take(10, cpu)
+    assert (stale, mark) == (MARKS[0], MARKS[1]) and ((w >> 32) == MARKS[0]).all()
+    big, _, _ = ws.take(20, cpu)                  # a larger launch: new words, all stale
+    assert big.numel() == 20 and ((big >> 32).to(torch.int32) == MARKS[1]).sum() == 0
+    ws.discard(cpu)                                 # after a launch that raised: new words, all stale
+    w, stale, mark = ws.take(20, cpu)
+    assert (stale, mark) == (MARKS[0], MARKS[1]) and (w == MARKS[0] << 32).all()
+
 
 def test_walk_and_look_back_schedules_agree(monkeypatch):
     """The same spec under both schedules: many tiles per sequence, varlen with an empty sequence."""
@@ -105,11 +145,17 @@ def test_scan_blocks_override_sets_each_kernels_warps(monkeypatch):
         recdsl.load(example("hgrn"), D=8).plan("triton", tokens=130)
 
 
-def test_no_inclusive_value_publishes_as_empty():
-    """An inclusive value is published as its fp32 bits; a NaN whose bits are all ones would read as EMPTY
-    and leave its successors waiting for ever, so NaNs are published canonical."""
-    x = torch.tensor([-1, 0x7FC00000, 0x3F800000, -4194303], dtype=torch.int32).view(torch.float32)   # NaN, NaN, 1, NaN
-    out = torch.zeros(4, dtype=torch.int32)
-    module().inc_words[(1,)](x, out, BD=4)
-    assert (out != EMPTY).all() and torch.isnan(out.view(torch.float32)[[0, 1, 3]]).all()
-    assert out[2] == 0x3F800000                      # other values keep their bits
+def test_look_back_scans_of_changing_sizes_share_the_words(monkeypatch):
+    """Scans one after another on one stream keep the look-back's words without a fill: shorter, longer,
+    packed and repeated calls each match the reference (forward and backward launches both flip marks)."""
+    import recdsl
+    from conftest import check_against_reference, example, random_args
+    monkeypatch.setenv("RECDSL_SCAN_SCHEDULE", "look_back")
+    monkeypatch.setenv("RECDSL_SCAN_BLOCKS", "16,8,2")
+    spec = recdsl.load(example("hgrn"), D=8)
+    for i, (B, T, cu) in enumerate([(2, 130, None), (1, 20, None), (1, 130, [0, 5, 5, 64, 130]),
+                                    (2, 130, None), (3, 47, None)]):
+        args = {k: v.float().requires_grad_(True) for k, v in random_args(spec, B=B, T=T, seed=i).items()}
+        cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+        h0 = torch.randn(B if cu is None else len(cu) - 1, 8, requires_grad=True)
+        check_against_reference(spec, args, h0, cu_t, label=(B, T, cu))

@@ -28,7 +28,7 @@ SCAN_FLAGS = {
 
 def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     """Argument types by recdsl's naming convention: in_*/out/d_* hold data, cu_seqlens and
-    chunk_offsets and chunk_seq int32, the look-back's words int64 (aggs) and int32 (incs), sizes int32,
+    chunk_offsets and chunk_seq int32, the look-back's words int64 and its marks int32, sizes int32,
     opt_* fp32 scalars, every other pointer fp32."""
     sig = {}
     for n in fn.arg_names:
@@ -40,10 +40,10 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
             sig[n] = "fp32"
         elif n in ("cu_seqlens", "chunk_offsets", "chunk_seq"):
             sig[n] = "*i32"
-        elif n == "aggs":
+        elif n == "words":
             sig[n] = "*i64"
-        elif n == "incs":
-            sig[n] = "*i32"
+        elif n in ("stale", "mark"):
+            sig[n] = "i32"
         elif n.startswith(("in_", "d_")) or n == "out":
             sig[n] = f"*{data}"
         else:

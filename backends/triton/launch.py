@@ -13,11 +13,12 @@ import triton
 import recdsl
 
 from .cache import load_module
-from .look_back import EMPTY
+from .look_back import Words
 from .scan import generate
 from .ints import cdiv, next_power_of_2
 
 _OPS: dict[str, object] = {}     # kernel key -> registered custom op (one registration per process)
+WORDS = Words()                  # the look-back's words, shared by every scan launched on a stream
 
 
 def kernel_key(src: str) -> str:
@@ -84,15 +85,17 @@ def _register(mod, key, spec_name, BT, BD, warps, geometry, schedule, backward):
         num_warps = warps[kernel == "scan_bwd"]
         if schedule == "walk":
             return getattr(mod, kernel)[walk_grid](*args, **flags, num_warps=num_warps)
-        # the look-back's workspace: each tile's published aggregate (a 64-bit word) and inclusive value (32
-        # bits) per element, EMPTY until published: one allocation, one fill
         n = n_chunks * state_size
-        words = torch.full((3 * n,), EMPTY, dtype=torch.int32, device=device)
-        aggs, incs = words[:2 * n].view(torch.int64), words[2 * n:]
         # the backward's carries on their way into each tile's layout (written before they are read: no fill)
         bridge = (torch.empty(n, dtype=torch.float32, device=device),) if kernel == "scan_bwd" else ()
-        getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
-            *args, seq, aggs, incs, n_chunks, *bridge, **flags, num_warps=num_warps)
+        with WORDS.lock:   # the look-back's words, one per element, kept per stream (look_back.Words)
+            words, stale, mark = WORDS.take(n, device)
+            try:
+                getattr(mod, kernel + "_tiles")[(n_chunks * H * cdiv(D, BD),)](
+                    *args, seq, words, stale, mark, n_chunks, *bridge, **flags, num_warps=num_warps)
+            except BaseException:
+                WORDS.discard(device)
+                raise
 
     out_tail = (H, D) + ((N,) if "N" in mod.OUT_KIND else ())   # the readout: [tokens, H, D(, N)]
 
