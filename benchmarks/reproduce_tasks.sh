@@ -24,7 +24,8 @@
 #
 # SEEDS (default "0 1 2": the papers report the best of three) picks the seeds, SEEDS_<part> (SEEDS_s3=0)
 # a part's own; MODARITH_SPECS the modarith part's specs (default "deltanet_negeig deltanet"; a name is an
-# example, a path a spec file such as benchmarks/specs/deltanet_negeig_conv.rec). SMOKE=1 shrinks every
+# example, a path a spec file such as benchmarks/specs/deltanet_negeig_conv.rec), MODARITH_ARGS more options
+# for its runs (later ones win: MODARITH_ARGS="--block fla --precision bf16 --steps 50000"). SMOKE=1 shrinks every
 # case to a few steps, tiny models and short lengths (CPU, about a minute): it checks that every part
 # runs end to end, not that anything is learnt.
 set -u
@@ -111,7 +112,7 @@ for part in $PARTS; do
         for seed in $seeds; do
           grazzi "$dir" mod_arithmetic "${MINUTES:-8}" "$path:seed=$seed" --d-model "$(S 128 8)" \
             $DELTA_128 --steps "$(S 100000 3)" --batch "$(S 256 8)" --lr 1e-3 --weight-decay 0.1 \
-            --warmup "$(S 10000 1)" --lr-decay cosine
+            --warmup "$(S 10000 1)" --lr-decay cosine ${MODARITH_ARGS:-}
         done
       done ;;
     s3)

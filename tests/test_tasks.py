@@ -372,3 +372,36 @@ def test_suites_sharing_a_folder_keep_each_others_runs(tmp_path):
     assert set(saved["results"]["sum_5"]) == {"hgrn", "lru"} and set(saved["runs"]["sum_5"]) == {"hgrn", "lru"}
     rows = [r.split(" | ")[0] for r in (tmp_path / "suite.md").read_text().splitlines() if r.startswith("| ")]
     assert "| hgrn" in rows and "| lru" in rows
+
+
+def test_fla_block_has_its_norms_mlp_and_initialisation(tmp_path):
+    """--block fla: RMSNorm, a SwiGLU MLP 512 wide at d_model 128, no biases, weights with std 0.02 and the
+    two residual outputs of each block scaled by 1 / sqrt(2 * layers); it trains and resumes from its
+    checkpoint; an unknown block is refused by name."""
+    import io
+    import dataclasses
+    from torch import nn
+    from recdsl.tasks.train import SwiGLU, TaskModel, load_checkpoint, train
+    cfg = _cfg("deltanet_negeig", task="mod_arithmetic", d_model=128, layers=2, block="fla",
+               params=(("H", 4.0), ("K", 32.0), ("V", 32.0)), steps=3, batch=4, train_len=(3, 9))
+    torch.manual_seed(0)
+    model = TaskModel(cfg, vocab=10)
+    assert all(isinstance(n, nn.RMSNorm) and n.eps == 1e-6 for n in model.norms)
+    assert all(isinstance(m, SwiGLU) and m.down.in_features == 512 for m in model.mlps)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(m.bias is None for m in linears)
+    residual_outs = {id(core.output_projection()) for core in model.cores} | {id(m.down) for m in model.mlps}
+    assert len(residual_outs) == 4
+    for m in linears:
+        want = 0.02 / 2 if id(m) in residual_outs else 0.02
+        assert abs(m.weight.std().item() - want) < 0.15 * want, (m, m.weight.std().item())
+    assert abs(model.embed.weight.std().item() - 0.02) < 0.01
+    x = torch.randn(2, 7, 16)
+    m = SwiGLU(16)
+    gate, up = m.gate_up(x).chunk(2, dim=-1)
+    assert torch.allclose(m(x), m.down(torch.nn.functional.silu(gate) * up))
+    train(cfg, str(tmp_path / "fla"), log=io.StringIO())
+    loaded, loaded_cfg = load_checkpoint(str(tmp_path / "fla" / "checkpoint.pt"), device="cpu")
+    assert loaded_cfg.block == "fla" and isinstance(loaded.mlps[0], SwiGLU)
+    with pytest.raises(ValueError, match="block must be one of"):
+        TaskModel(dataclasses.replace(cfg, block="gpt"), vocab=10)

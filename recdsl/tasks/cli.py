@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .data import TASK_NAMES, task
-from .train import CUDA_GRAPH, LR_DECAYS, PRECISIONS
+from .train import BLOCKS, CUDA_GRAPH, LR_DECAYS, PRECISIONS
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -54,6 +54,9 @@ def _train_options(p) -> None:
                    help="replay each training step as one CUDA graph (auto: where the spec allows it)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocasts the layers around the recurrence (which computes in fp32)")
+    p.add_argument("--block", choices=BLOCKS, default="default",
+                   help="the residual blocks: default (LayerNorm, GELU MLP) or fla (flash-linear-attention's: "
+                        "RMSNorm, SwiGLU MLP, weights drawn with std 0.02)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
     p.add_argument("-p", "--param", action="append", help="override a spec parameter: NAME=VALUE")
@@ -77,7 +80,7 @@ def _config(args, spec: str, task_name: str):
     return TrainConfig(spec, task_name, args.layers, args.d_model, args.steps, args.lr, args.batch,
                        args.train_len, args.test_len, args.seed, args.backend, _params(args.param),
                        weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
-                       curriculum=args.curriculum, lr_decay=args.lr_decay)
+                       curriculum=args.curriculum, lr_decay=args.lr_decay, block=args.block)
 
 
 def main(argv) -> int:

@@ -49,10 +49,12 @@ class TrainConfig:
     precision: str = "fp32"                          # fp32 | bf16 (autocast; the recurrences stay in fp32)
     curriculum: int = 0                              # steps over which the longest train length ramps up
     lr_decay: str = "none"                           # none | cosine (after the warm-up, down to 1e-3 lr)
+    block: str = "default"                           # default | fla (TaskModel says what each is)
 
 
 PRECISIONS = ("fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
+BLOCKS = ("default", "fla")
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -69,15 +71,41 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 class TaskModel(nn.Module):
+    """Embedding, `layers` pre-norm residual blocks (the compiled spec, then an MLP), a final norm and a
+    linear head. cfg.block picks the blocks:
+    - "default": LayerNorm, a GELU MLP of width 4 d_model, PyTorch's initialisation;
+    - "fla": flash-linear-attention's language-model block, which Grazzi et al. trained: RMSNorm (eps 1e-6),
+      a SwiGLU MLP (`SwiGLU`), no biases, every linear, convolution and embedding weight drawn with std 0.02,
+      and the blocks' two output maps (the spec's `out` linear, the MLP's down map) divided by
+      sqrt(2 * layers), as GPT-2 does for residual branches."""
+
     def __init__(self, cfg: TrainConfig, vocab: int):
         super().__init__()
-        self.embed = nn.Embedding(vocab, cfg.d_model)
-        params = {**dict(cfg.params), "d_model": cfg.d_model}
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {cfg.block!r}")
+        fla, d = cfg.block == "fla", cfg.d_model
+        self.embed = nn.Embedding(vocab, d)
+        params = {**dict(cfg.params), "d_model": d}
         self.cores = nn.ModuleList(recdsl.compile(cfg.spec, backend=cfg.backend, **params) for _ in range(cfg.layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(2 * cfg.layers + 1))
-        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                                nn.Linear(4 * cfg.d_model, cfg.d_model)) for _ in range(cfg.layers))
-        self.head = nn.Linear(cfg.d_model, vocab)
+        self.norms = nn.ModuleList((nn.RMSNorm(d, eps=1e-6) if fla else nn.LayerNorm(d))
+                                   for _ in range(2 * cfg.layers + 1))
+        self.mlps = nn.ModuleList((SwiGLU(d) if fla else nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)))
+                                  for _ in range(cfg.layers))
+        self.head = nn.Linear(d, vocab, bias=not fla)
+        if fla:
+            self._init_as_fla(cfg.layers)
+
+    def _init_as_fla(self, layers: int) -> None:
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
+                    nn.init.normal_(m.weight, std=0.02)
+                    if getattr(m, "bias", None) is not None:
+                        nn.init.zeros_(m.bias)
+            for core, mlp in zip(self.cores, self.mlps):
+                for out in (core.output_projection(), mlp.down):
+                    if out is not None:
+                        out.weight /= math.sqrt(2 * layers)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -85,6 +113,21 @@ class TaskModel(nn.Module):
             x = x + core(self.norms[2 * i](x))[0]
             x = x + mlp(self.norms[2 * i + 1](x))
         return self.head(self.norms[-1](x))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) with a hidden width of 2/3 * 4 * d rounded up to a multiple of 256
+    (flash-linear-attention's MLP: as many weights as a GELU MLP of width 4 d)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        width = 256 * -(-int(d * 4 * 2 / 3) // 256)
+        self.gate_up = nn.Linear(d, 2 * width, bias=False)
+        self.down = nn.Linear(width, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 def train_lengths(cfg: TrainConfig, step: int) -> tuple[int, int]:
