@@ -106,6 +106,22 @@ def test_words_flip_marks_and_make_an_older_launchs_elements_stale():
     assert (stale, mark) == (MARKS[0], MARKS[1]) and (w == MARKS[0] << 32).all()
 
 
+def test_words_kept_are_bounded_in_bytes_and_streams():
+    """A launch larger than max_bytes takes filled words of its own (stale = the fill) and leaves the kept
+    ones alone; a new stream beyond max_streams drops the oldest stream's words."""
+    from recdsl.backends.triton.look_back import Words
+    ws, cpu = Words(max_bytes=8 * 16, max_streams=1), torch.device("cpu")
+    w, stale, mark = ws.take(16, cpu)
+    assert (stale, mark) == (MARKS[0], MARKS[1])
+    own, stale, mark = ws.take(17, cpu)
+    assert own is not w and (stale, mark) == (FILL_STALE, MARKS[0]) and (own == -1).all()
+    assert ws.take(16, cpu)[0] is w                 # the kept words, marks flipped once more
+    ws._kept[("cuda", 0, 123)] = ws._kept[ws._key(cpu)]     # pretend another stream holds the one place
+    ws._kept.pop(ws._key(cpu))
+    w2, stale, _ = ws.take(4, cpu)
+    assert w2 is not w and stale == MARKS[0] and list(ws._kept) == [ws._key(cpu)]
+
+
 def test_walk_and_look_back_schedules_agree(monkeypatch):
     """The same spec under both schedules: many tiles per sequence, varlen with an empty sequence."""
     import recdsl

@@ -46,18 +46,27 @@ FILL_STALE = -1                    # the high half of the all-ones fill
 class Words:
     """The look-back's words per device and stream, kept between launches so that they need no fill.
     `take(n, device)` returns (words, stale, mark) for one launch over n elements (words: at least n) and
-    must be called with the launch inside `lock`: launches on one stream take marks in the order they run."""
+    must be called with the launch inside `lock`: launches on one stream take marks in the order they run.
 
-    def __init__(self):
+    Kept words cost 8 bytes per element of a tile's state (1/BT of a token's), held until the process
+    ends: a stream keeps at most `max_bytes` of them (larger launches take filled words of their own, as
+    captured ones do), and at most `max_streams` streams keep words (the oldest is dropped first; a stream
+    that launches again takes new, filled words)."""
+
+    def __init__(self, max_bytes: int = 256 << 20, max_streams: int = 8):
         self.lock = threading.RLock()
+        self.max_bytes, self.max_streams = max_bytes, max_streams
         self._kept: dict = {}   # (device, stream) -> [words, mark of their last launch, elements it wrote]
 
     def take(self, n: int, device: torch.device) -> tuple[torch.Tensor, int, int]:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if 8 * n > self.max_bytes or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             return torch.full((max(n, 1),), -1, dtype=torch.int64, device=device), FILL_STALE, MARKS[0]
         key = self._key(device)
         kept = self._kept.get(key)
         if kept is None or kept[0].numel() < n:   # words grow to the largest launch and stay
+            self._kept.pop(key, None)
+            while len(self._kept) >= self.max_streams:
+                self._kept.pop(next(iter(self._kept)))
             words = torch.empty(max(n, 1), dtype=torch.int64, device=device)
             kept = self._kept[key] = [words.fill_(MARKS[0] << 32), MARKS[0], words.numel()]
         words, last, valid = kept
@@ -78,7 +87,6 @@ class Words:
             return device.type, device.index, 0
         index = device.index if device.index is not None else torch.cuda.current_device()
         return "cuda", index, torch._C._cuda_getCurrentRawStream(index)   # as Triton's launcher reads it
-
 
 
 LOOK_BACK = '''
