@@ -75,8 +75,8 @@ class TaskModel(nn.Module):
     linear head. cfg.block picks the blocks:
     - "default": LayerNorm, a GELU MLP of width 4 d_model, PyTorch's initialisation;
     - "fla": flash-linear-attention's language-model block, which Grazzi et al. trained: RMSNorm (eps 1e-6),
-      a SwiGLU MLP (`SwiGLU`), no biases, every linear, convolution and embedding weight drawn with std 0.02,
-      and the blocks' two output maps (the spec's `out` linear, the MLP's down map) divided by
+      a SwiGLU MLP (`SwiGLU`) and a head without biases, every linear, convolution and embedding weight
+      drawn with std 0.02 (biases the spec's layer has start at 0), and the blocks' two output maps (the spec's `out` linear, the MLP's down map) divided by
       sqrt(2 * layers), as GPT-2 does for residual branches."""
 
     def __init__(self, cfg: TrainConfig, vocab: int):
