@@ -61,13 +61,6 @@ class RecModule(nn.Module):
             prepare(spec)
         self.reset_parameters()
 
-    def output_projection(self) -> nn.Linear | None:
-        """The linear map that makes the layer's output (`out = linear(...)`), None where `out` is
-        something else: model builders that scale residual branches at initialisation look for it."""
-        n = self.spec.ir.node(self._out_root)
-        proj = self.proj[n.args[0]] if n.op == "linear" else None
-        return proj if isinstance(proj, nn.Linear) else None
-
     def reset_parameters(self):
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):

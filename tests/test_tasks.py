@@ -286,6 +286,53 @@ def test_suite_entries_merge_and_show_the_papers_numbers(tmp_path):
     assert json.loads((tmp_path / "parity" / "mamba" / "eval.json").read_text())["budget"]["steps_done"] == 1
 
 
+def test_validation_keeps_the_best_model_and_the_suite_reports_it(tmp_path):
+    """--val-every: the model is scored every N steps on a validation split (other sequences than the
+    test's), the best is kept in best.pt with its step and score, a resumed run keeps its pick, a fresh
+    run drops an old one, and the suite evaluates that model too, as '<label> picked'."""
+    import io
+    import json
+    import dataclasses
+    from recdsl.tasks.suite import run_suite
+    from recdsl.tasks.train import evaluate, load_run, train, validation_lengths
+    cfg = _cfg("mamba_negeig", steps=12, batch=8, val_every=4, checkpoint_every=4)
+    log = io.StringIO()
+    train(cfg, str(tmp_path / "r"), log=log, stop_at=8)
+    lines = [l for l in log.getvalue().splitlines() if "validation" in l]
+    assert [l.split()[2] for l in lines] == ["4/12", "8/12"]
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=False)
+    assert best["step"] in (4, 8) and "optimizer" not in best
+    scores = [float(l.split("validation ")[1].split()[0]) for l in lines]
+    assert best["validation"] == pytest.approx(max(scores), abs=1e-4)
+    log = io.StringIO()
+    train(cfg, str(tmp_path / "r"), resume=True, log=log)
+    assert "(best" in log.getvalue() and "12/12 validation" in log.getvalue()
+    assert torch.load(tmp_path / "r" / "best.pt", weights_only=False)["validation"] >= best["validation"]
+    train(dataclasses.replace(cfg, val_every=0, steps=2), str(tmp_path / "r"), log=io.StringIO())
+    assert not (tmp_path / "r" / "best.pt").exists()
+    model, c, _ = load_run(str(tmp_path / "r" / "checkpoint.pt"))
+    lengths = validation_lengths(cfg)
+    assert lengths[0] == cfg.test_len[0] and lengths[-1] == cfg.test_len[1]
+    val = evaluate(model, c, lengths, samples=8, split="validation")
+    assert evaluate(model, c, lengths, samples=8, split="validation") == val     # the same sequences each time
+    with pytest.raises(ValueError, match="split must be one of"):
+        evaluate(model, c, lengths, samples=8, split="train")
+    example_entry = _entry("mamba_negeig")
+    run_suite(cfg, [example_entry], ["parity"], str(tmp_path / "s"), [8, 12], samples=4, log=io.StringIO())
+    saved = json.loads((tmp_path / "s" / "suite.json").read_text())
+    runs = saved["runs"]["parity"]
+    assert set(runs) == {example_entry.label, f"{example_entry.label} picked"}
+    assert runs[f"{example_entry.label} picked"]["checkpoint"] == "best.pt"
+    assert (tmp_path / "s" / "parity" / example_entry.folder / "eval_picked.json").exists()
+    assert "picked" in (tmp_path / "s" / "suite.md").read_text()
+
+
+def _entry(spec):
+    from recdsl.tasks.suite import parse_entry
+    from conftest import example
+    return parse_entry(example(spec))
+
+
 def test_mod_arithmetic_evaluates_at_odd_lengths(tmp_path):
     import io
     from recdsl.tasks.train import evaluate, load_checkpoint, train
@@ -307,6 +354,26 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(_cfg("mamba", steps=110, warmup=10), 100) == 1.0
     with pytest.raises(ValueError, match="lr_decay must be one of"):
         lr_factor(_cfg("mamba", lr_decay="linear"), 0)
+
+
+def test_gradient_clipping_is_an_option_and_zero_turns_it_off():
+    """Grazzi et al.'s runs do not clip; ours clip to 1 unless told (--clip, or clip= in a suite entry)."""
+    from recdsl.tasks.graphed import clip_gradients
+    from recdsl.tasks.suite import parse_entry
+    from conftest import example
+    layer = torch.nn.Linear(4, 4)
+
+    def norm_after(clip):
+        layer.weight.grad = torch.full((4, 4), 3.0)
+        layer.bias.grad = torch.full((4,), 3.0)
+        clip_gradients(layer, clip)
+        return torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm().item()
+    assert norm_after(0.0) == pytest.approx(3.0 * 20 ** 0.5)
+    assert norm_after(1.0) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="clip must be >= 0"):
+        norm_after(-1.0)
+    assert parse_entry(example("mamba") + ":clip=0").config(_cfg("mamba"), "parity").clip == 0.0
+    assert _cfg("mamba").clip == 1.0
 
 
 @pytest.mark.parametrize("name", ["parity", "mod_arithmetic", "word_S3", "copy"])
@@ -375,11 +442,13 @@ def test_suites_sharing_a_folder_keep_each_others_runs(tmp_path):
 
 
 def test_fla_block_has_its_norms_mlp_and_initialisation(tmp_path):
-    """--block fla: RMSNorm, a SwiGLU MLP 512 wide at d_model 128, no biases, weights with std 0.02 and the
-    two residual outputs of each block scaled by 1 / sqrt(2 * layers); it trains and resumes from its
-    checkpoint; an unknown block is refused by name."""
+    """--block fla: RMSNorm, a SwiGLU MLP 512 wide at d_model 128, no biases; the spec layer's linears
+    Xavier-uniform with gain 2^-2.5 and its convolutions PyTorch's, the rest std 0.02 with the MLP's down
+    map scaled by 1 / sqrt(2 * layers); it trains and resumes from its checkpoint; an unknown block is
+    refused by name."""
     import io
     import dataclasses
+    from pathlib import Path
     from torch import nn
     from recdsl.tasks.train import SwiGLU, TaskModel, load_checkpoint, train
     cfg = _cfg("deltanet_negeig", task="mod_arithmetic", d_model=128, layers=2, block="fla",
@@ -390,12 +459,20 @@ def test_fla_block_has_its_norms_mlp_and_initialisation(tmp_path):
     assert all(isinstance(m, SwiGLU) and m.down.in_features == 512 for m in model.mlps)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert all(m.bias is None for m in linears)
-    residual_outs = {id(core.output_projection()) for core in model.cores} | {id(m.down) for m in model.mlps}
-    assert len(residual_outs) == 4
+    in_layers = {id(m) for m in model.cores.modules()}
+    downs = {id(m.down) for m in model.mlps}
+    assert sum(id(m) in in_layers for m in linears) == 2 * 5        # q, k, v, beta, out in each layer
     for m in linears:
-        want = 0.02 / 2 if id(m) in residual_outs else 0.02
+        if id(m) in in_layers:
+            want = 2 ** -2.5 * (2 / (m.in_features + m.out_features)) ** 0.5
+        else:
+            want = 0.02 / 2 if id(m) in downs else 0.02
         assert abs(m.weight.std().item() - want) < 0.15 * want, (m, m.weight.std().item())
     assert abs(model.embed.weight.std().item() - 0.02) < 0.01
+    conv_spec = str(Path(__file__).parents[1] / "benchmarks" / "specs" / "deltanet_negeig_conv.rec")
+    convs = [m for m in TaskModel(dataclasses.replace(cfg, spec=conv_spec), vocab=10).modules()
+             if isinstance(m, nn.Conv1d)]
+    assert len(convs) == 6 and all(0.4 < c.weight.abs().max().item() <= 0.5 for c in convs)   # U(-1/2, 1/2)
     x = torch.randn(2, 7, 16)
     m = SwiGLU(16)
     gate, up = m.gate_up(x).chunk(2, dim=-1)

@@ -48,6 +48,10 @@ def _train_options(p) -> None:
     p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                    help="grow the longest train length from its lower bound to its upper over STEPS steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--val-every", type=int, default=0, metavar="STEPS",
+                   help="score a validation set of the test lengths every STEPS steps and keep the best model "
+                        "(best.pt); a suite then also reports that model, as '<spec> picked'")
+    p.add_argument("--clip", type=float, default=1.0, help="clip the gradients' norm to this (0: no clipping)")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",
                    help="after the warm-up: constant, or a cosine decay to 1e-3 of --lr at the last step")
     p.add_argument("--cuda-graph", choices=CUDA_GRAPH, default="auto",
@@ -56,7 +60,7 @@ def _train_options(p) -> None:
                    help="bf16 autocasts the layers around the recurrence (which computes in fp32)")
     p.add_argument("--block", choices=BLOCKS, default="default",
                    help="the residual blocks: default (LayerNorm, GELU MLP) or fla (flash-linear-attention's: "
-                        "RMSNorm, SwiGLU MLP, weights drawn with std 0.02)")
+                        "RMSNorm, SwiGLU MLP, initialised as Grazzi et al.'s copy of fla)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
     p.add_argument("-p", "--param", action="append", help="override a spec parameter: NAME=VALUE")
@@ -80,7 +84,8 @@ def _config(args, spec: str, task_name: str):
     return TrainConfig(spec, task_name, args.layers, args.d_model, args.steps, args.lr, args.batch,
                        args.train_len, args.test_len, args.seed, args.backend, _params(args.param),
                        weight_decay=args.weight_decay, warmup=args.warmup, precision=args.precision,
-                       curriculum=args.curriculum, lr_decay=args.lr_decay, block=args.block)
+                       curriculum=args.curriculum, lr_decay=args.lr_decay, block=args.block,
+                       clip=args.clip, val_every=args.val_every)
 
 
 def main(argv) -> int:
@@ -101,7 +106,7 @@ def main(argv) -> int:
     p = sub.add_parser("suite", help="every spec on every task: suite.md, suite.json, one plot per task")
     p.add_argument("--specs", nargs="+", required=True,
                    help="PATH or PATH:NAME=VALUE,... (spec parameters, or layers/d_model/lr/steps/batch/warmup/"
-                        "weight_decay for this spec only), e.g. examples/deltaproduct.rec:n_h=1")
+                        "weight_decay/clip/val_every for this spec only), e.g. examples/deltaproduct.rec:n_h=1")
     p.add_argument("--tasks", nargs="+", required=True, choices=TASK_NAMES)
     _train_options(p)
     p.add_argument("--points", type=int, default=8)

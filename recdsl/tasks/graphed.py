@@ -53,13 +53,23 @@ def set_capturable(opt: torch.optim.Optimizer, on: bool, device) -> None:
             s["step"] = s["step"].to(device=device if on else "cpu", dtype=torch.float32)
 
 
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the gradients' global norm to max_norm (0: leave them; Grazzi et al.'s runs do not clip)."""
+    if max_norm < 0:
+        raise ValueError(f"clip must be >= 0 (0 turns clipping off), got {max_norm}")
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
 class GraphedStep:
     """Call with a batch's (tokens, labels) on the host; returns the device tensors (loss, logits) of that
     step, logits padded to `width`. The first WARM_STEPS calls run eagerly, the next captures and replays.
     A capture that fails raises when `strict`, else warns and leaves every later step eager."""
 
-    def __init__(self, model, opt, batch: int, width: int, device, autocast, strict: bool = False):
+    def __init__(self, model, opt, batch: int, width: int, device, autocast, strict: bool = False,
+                 clip: float = 1.0):
         self.model, self.opt, self.width, self.autocast, self.strict = model, opt, width, autocast, strict
+        self.clip = clip
         self.eager = False       # set when the capture failed (and not strict): every step runs eagerly
         self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)
         self.labels = torch.full((batch, width), IGNORE, dtype=torch.long, device=device)
@@ -74,7 +84,7 @@ class GraphedStep:
             logits = self.model(self.tokens)
             loss = F.cross_entropy(logits.float().flatten(0, 1), self.labels.flatten(), ignore_index=IGNORE)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        clip_gradients(self.model, self.clip)
         self.opt.step()
         return loss, logits
 

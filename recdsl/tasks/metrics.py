@@ -6,6 +6,19 @@ import torch
 from .data import IGNORE, Batch, Task
 
 
+HEADLINE = ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy")
+
+
+def headline(row: dict) -> str:
+    """The metric a task is judged by, among those a row of `evaluate` holds."""
+    return next(k for k in HEADLINE if k in row)
+
+
+def mean_headline(rows: list[dict]) -> float:
+    """The headline metric averaged over evaluated lengths: what tables and targets quote."""
+    return sum(r[headline(r)] for r in rows) / len(rows)
+
+
 def scaled_accuracy(accuracy: float, num_classes: int) -> float:
     """(acc - 1/C) / (1 - 1/C): 1 is perfect, 0 is chance (Deletang et al.; Grazzi et al. Table 3)."""
     chance = 1.0 / num_classes

@@ -15,16 +15,12 @@ import sys
 from pathlib import Path
 
 from .data import task as get_task
+from .metrics import headline, mean_headline
 from .papers import meets, reference
-from .train import TrainConfig, evaluate, load_run, train, write_eval
+from .train import BEST, TrainConfig, evaluate, load_run, train, write_eval
 
-HEADLINE = ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy")
 TRAIN_KEYS = {"layers": int, "d_model": int, "steps": int, "batch": int, "warmup": int, "lr": float,
-              "weight_decay": float, "seed": int}
-
-
-def headline(row: dict) -> str:
-    return next(k for k in HEADLINE if k in row)
+              "weight_decay": float, "clip": float, "val_every": int, "seed": int}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +86,20 @@ def run_suite(base: TrainConfig, specs: list, tasks: list[str], out_dir: str, le
             run = out / t / e.folder
             print(f"== {e.label} on {t}", file=log, flush=True)
             train(cfg, str(run), resume=True, log=log, max_seconds=max_seconds, cuda_graph=cuda_graph)
-            model, cfg, budget = load_run(str(run / "checkpoint.pt"), params=eval_params)
-            rows = evaluate(model, cfg, lengths, samples, log=log)
-            write_eval(rows, cfg, str(run), budget)
-            ref = reference(t, Path(cfg.spec).stem, run_settings(cfg))
-            record = {
-                "config": dataclasses.asdict(cfg), "eval_params": dict(eval_params), "budget": budget,
-                "mean": _mean(rows),
-                "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
-                                                   "target": ref.target, "passes": ref.passes(_mean(rows))}}
-            results = _merge(out, base, lengths, t, e.label, rows, record)
+            picks = [("checkpoint.pt", e.label, "eval")]
+            if cfg.val_every and (run / BEST).exists():    # also the model the validation split picked
+                picks.append((BEST, f"{e.label} picked", "eval_picked"))
+            for ckpt, label, name in picks:
+                model, cfg, budget = load_run(str(run / ckpt), params=eval_params)
+                rows = evaluate(model, cfg, lengths, samples, log=log)
+                write_eval(rows, cfg, str(run), budget, name=name)
+                ref = reference(t, Path(cfg.spec).stem, run_settings(cfg))
+                record = {
+                    "config": dataclasses.asdict(cfg), "eval_params": dict(eval_params), "budget": budget,
+                    "mean": mean_headline(rows), "checkpoint": ckpt,
+                    "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
+                                                       "target": ref.target, "passes": ref.passes(mean_headline(rows))}}
+                results = _merge(out, base, lengths, t, label, rows, record)
     return results
 
 
@@ -129,10 +129,6 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _mean(rows: list[dict]) -> float:
-    return sum(r[headline(r)] for r in rows) / len(rows)
-
-
 def table(results: dict, runs: dict | None = None) -> str:
     """Mean of each task's headline metric over the evaluated lengths, one row per spec, with the
     paper's number beside it where one is known; then each run's budget and the paper's source."""
@@ -150,7 +146,7 @@ def table(results: dict, runs: dict | None = None) -> str:
         for t in tasks:
             rows = results[t].get(s)
             paper = (runs.get(t, {}).get(s) or {}).get("paper")
-            cell = f"{_mean(rows):.3f}" if rows else ""
+            cell = f"{mean_headline(rows):.3f}" if rows else ""
             if rows and paper:
                 cell += f" (paper {paper['value']:.3f})" if paper["value"] is not None else f" (paper: {paper['claim']})"
             cells.append(cell)
@@ -195,7 +191,7 @@ def _best_of_seeds(results: dict, runs: dict) -> list[str]:
             lines = ["", "Best of the seeds (the papers' convention: best of three):", "",
                      "| task | spec | best | every seed | target (issue 6) |", "|---" * 5 + "|"]
         for g, labels in groups.items():
-            means = {label: _mean(by[label]) for label in labels}
+            means = {label: mean_headline(by[label]) for label in labels}
             best = max(means, key=means.get)
             paper = (runs.get(t, {}).get(best) or {}).get("paper") or {}
             target = (_target_text(paper["target"], meets(paper["target"], means[best]))

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import recdsl
 
 from .data import IGNORE, task as get_task
-from .graphed import GraphedStep, graphable, set_capturable
-from .metrics import score
+from .graphed import GraphedStep, clip_gradients, graphable, set_capturable
+from .metrics import headline, mean_headline, score
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class TrainConfig:
     curriculum: int = 0                              # steps over which the longest train length ramps up
     lr_decay: str = "none"                           # none | cosine (after the warm-up, down to 1e-3 lr)
     block: str = "default"                           # default | fla (TaskModel says what each is)
+    clip: float = 1.0                                # gradient-norm clipping; 0 turns it off
+    val_every: int = 0                               # steps between validations (best.pt keeps the best); 0: none
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -74,9 +76,10 @@ class TaskModel(nn.Module):
     """Embedding, `layers` pre-norm residual blocks (the compiled spec, then an MLP), a final norm and a
     linear head. cfg.block picks the blocks:
     - "default": LayerNorm, a GELU MLP of width 4 d_model, PyTorch's initialisation;
-    - "fla": flash-linear-attention's language-model block, which Grazzi et al. trained: RMSNorm (eps 1e-6),
-      a SwiGLU MLP (`SwiGLU`) and a head without biases, every linear, convolution and embedding weight
-      drawn with std 0.02 (biases the spec's layer has start at 0), and the blocks' two output maps (the spec's `out` linear, the MLP's down map) divided by
+    - "fla": flash-linear-attention's language-model block as Grazzi et al. trained it (their copy of fla):
+      RMSNorm (eps 1e-6), a SwiGLU MLP (`SwiGLU`) and a head without biases. Initialised as that copy
+      does: the spec layer's linear maps Xavier-uniform with gain 2^-2.5 (biases at 0) and its short
+      convolutions as PyTorch draws them; embedding, MLP and head std 0.02, the MLP's down map divided by
       sqrt(2 * layers), as GPT-2 does for residual branches."""
 
     def __init__(self, cfg: TrainConfig, vocab: int):
@@ -96,16 +99,22 @@ class TaskModel(nn.Module):
             self._init_as_fla(cfg.layers)
 
     def _init_as_fla(self, layers: int) -> None:
+        # fla's layers of that version initialise their own linears (and mark them done, so the model's
+        # std-0.02 pass and its residual rescaling skip them); the convolutions keep PyTorch's draw
         with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
-                    nn.init.normal_(m.weight, std=0.02)
-                    if getattr(m, "bias", None) is not None:
+            for m in self.cores.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight, gain=2 ** -2.5)
+                    if m.bias is not None:
                         nn.init.zeros_(m.bias)
-            for core, mlp in zip(self.cores, self.mlps):
-                for out in (core.output_projection(), mlp.down):
-                    if out is not None:
-                        out.weight /= math.sqrt(2 * layers)
+            for part in (self.embed, self.mlps, self.head):
+                for m in part.modules():
+                    if isinstance(m, (nn.Linear, nn.Embedding)):
+                        nn.init.normal_(m.weight, std=0.02)
+                        if getattr(m, "bias", None) is not None:
+                            nn.init.zeros_(m.bias)
+            for mlp in self.mlps:
+                mlp.down.weight /= math.sqrt(2 * layers)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -177,9 +186,29 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)        # a reader never sees half a checkpoint
 
 
+BEST = "best.pt"
+
+
+def _validate(model: TaskModel, cfg: TrainConfig, path: Path, best, budget: dict, log):
+    """Score the model on the validation split of the test lengths; save it to `path` (as a checkpoint
+    without optimiser) when it beats `best`, (score, step) of the one kept so far. Returns the best."""
+    step = budget["steps_done"]
+    model.eval()
+    value = mean_headline(evaluate(model, cfg, validation_lengths(cfg), VALIDATION_SAMPLES, split="validation"))
+    model.train()
+    if best is None or value > best[0]:
+        best = (value, step)
+        _save(path, {"model": model.state_dict(), "step": step, "config": dataclasses.asdict(cfg),
+                     "budget": budget, "validation": value})
+    print(f"[{cfg.task} {Path(cfg.spec).stem}] {step}/{cfg.steps} validation {value:.4g} "
+          f"(best {best[0]:.4g} at step {best[1]})", file=log, flush=True)
+    return best
+
+
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | None = None, log=sys.stderr,
           stop_at: int | None = None, max_seconds: float | None = None, cuda_graph: str = "auto") -> dict:
-    """Train; checkpoints (model, optimiser, step, config, budget) to out_dir/checkpoint.pt. Returns the
+    """Train; checkpoints (model, optimiser, step, config, budget) to out_dir/checkpoint.pt, and with
+    cfg.val_every the best model on the validation split so far to out_dir/best.pt. Returns the
     last training metrics and the budget. `stop_at` ends the run early at that step; `max_seconds` once
     this call has trained that long (checked after every step). Either way the run is checkpointed and
     a later resume goes on. `cuda_graph`: "auto" replays each step as a CUDA graph (graphed.py) where the
@@ -193,7 +222,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     model = TaskModel(cfg, len(task.vocab)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-    start, spent = 0, 0.0
+    start, spent, best = 0, 0.0, None      # best: (validation score, step) of out_dir/best.pt
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state["config"] != dataclasses.asdict(cfg):
@@ -204,6 +233,9 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
         set_capturable(opt, False, device)     # as eager; a checkpoint may come from a graphed run
         start = state["step"]
         spent = state.get("budget", {}).get("train_seconds", 0.0)
+        best = state.get("best")
+    elif (out / BEST).exists():
+        (out / BEST).unlink()                  # an earlier run's pick, not this run's
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     where = device_name(device)
     if cuda_graph not in CUDA_GRAPH:
@@ -215,7 +247,8 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     if cuda_graph != "off" and can_graph:
         set_capturable(opt, True, device)
         graphed = GraphedStep(model, opt, cfg.batch, padded_width(task, cfg), device,
-                              lambda: _autocast(cfg, device, cache=False), strict=cuda_graph == "on")
+                              lambda: _autocast(cfg, device, cache=False), strict=cuda_graph == "on",
+                              clip=cfg.clip)
     if start < end:
         limit = f", at most {max_seconds / 60:.3g} min" if max_seconds else ""
         mode = f", CUDA graph (batches padded to {graphed.width})" if graphed else ""
@@ -240,7 +273,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
                                        ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip_gradients(model, cfg.clip)
             opt.step()
         sched.step()
         done = step + 1
@@ -257,9 +290,11 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
             shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
             print(f"[{cfg.task} {Path(cfg.spec).stem}] {done}/{cfg.steps} {shown} ({ms:.1f} ms/step, "
                   f"{now - t0:.0f} s)", file=log, flush=True)
+        if cfg.val_every and done % cfg.val_every == 0:
+            best = _validate(model, cfg, out / BEST, best, budget(), log)
         if done % cfg.checkpoint_every == 0 or done == end or stopped == "time":
             _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "step": done, "config": dataclasses.asdict(cfg), "budget": budget()})
+                         "step": done, "config": dataclasses.asdict(cfg), "budget": budget(), "best": best})
         if stopped == "time":
             print(f"[{cfg.task} {Path(cfg.spec).stem}] stopped by the time limit after {done} of {cfg.steps} "
                   f"steps", file=log, flush=True)
@@ -295,11 +330,25 @@ def load_run(path: str, device: str | None = None, params: tuple = ()) -> tuple[
     return model.eval(), cfg, state.get("budget", {})
 
 
+SPLITS = {"test": 10**9, "validation": 2 * 10**9}     # each split's seed stream, apart from training's
+VALIDATION_POINTS, VALIDATION_SAMPLES = 8, 256
+
+
+def validation_lengths(cfg: TrainConfig) -> list[int]:
+    """VALIDATION_POINTS lengths spread evenly over the test lengths."""
+    lo, hi = cfg.test_len
+    return sorted({round(lo + (hi - lo) * i / (VALIDATION_POINTS - 1)) for i in range(VALIDATION_POINTS)})
+
+
 @torch.no_grad()
-def evaluate(model: TaskModel, cfg: TrainConfig, lengths: list[int], samples: int = 256, log=None) -> list[dict]:
+def evaluate(model: TaskModel, cfg: TrainConfig, lengths: list[int], samples: int = 256, log=None,
+             split: str = "test") -> list[dict]:
     """The task's metric at each length (one batch of `samples` sequences of exactly that length). Tasks
     of odd lengths only (number op number ...) move an even length to the odd one above it, or below it
-    at the top of the range; each row records the length it used."""
+    at the top of the range; each row records the length it used. `split` "validation" draws other
+    sequences than "test" does, so that a model picked on the one is scored on the other."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     task = get_task(cfg.task)
     device = next(model.parameters()).device
     top = max(lengths)
@@ -307,7 +356,7 @@ def evaluate(model: TaskModel, cfg: TrainConfig, lengths: list[int], samples: in
     for n in lengths:
         if task.odd_only and n % 2 == 0:
             n = n + 1 if n + 1 <= top else n - 1
-        b = task.batch(samples, n, n, np.random.default_rng([cfg.seed, 10**9, n]))
+        b = task.batch(samples, n, n, np.random.default_rng([cfg.seed, SPLITS[split], n]))
         with _autocast(cfg, device):
             pred = model(b.tokens.to(device)).argmax(-1).cpu()
         rows.append({"length": n, **score(task, pred, b)})
@@ -321,7 +370,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    key = next(k for k in ("scaled_accuracy", "sequence_accuracy", "character_accuracy", "accuracy") if k in rows[0])
+    key = headline(rows[0])
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([r["length"] for r in rows], [r[key] for r in rows], marker="o")
     ax.set_xlabel("sequence length")
@@ -333,13 +382,15 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write_eval(rows: list[dict], cfg: TrainConfig, out_dir: str, budget: dict | None = None) -> Path:
+def write_eval(rows: list[dict], cfg: TrainConfig, out_dir: str, budget: dict | None = None,
+               name: str = "eval") -> Path:
+    """out_dir/<name>.json (config, rows, budget) and out_dir/<name>.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "eval.json"
+    path = out / f"{name}.json"
     record = {"config": dataclasses.asdict(cfg), "results": rows}
     if budget:
         record["budget"] = budget
     path.write_text(json.dumps(record, indent=1))
-    plot(rows, str(out / "eval.png"), f"{Path(cfg.spec).stem} on {cfg.task}")
+    plot(rows, str(out / f"{name}.png"), f"{Path(cfg.spec).stem} on {cfg.task}")
     return path
