@@ -513,6 +513,29 @@ def test_graphed_training_matches_eager(tmp_path, spec, params):
     assert (runs[0]["head.weight"] - start["head.weight"]).abs().max() > 1e-3
 
 
+def test_validation_between_graph_replays_leaves_training_unchanged(tmp_path):
+    """--val-every runs eager evaluations between a graph's replays: the trained weights are those of the
+    same run without them, and a graphed run without clipping matches its eager twin."""
+    import dataclasses
+    import io
+    from recdsl.tasks.train import TrainConfig, load_run, train
+    cfg = TrainConfig(example("deltanet_negeig"), "parity", layers=2, d_model=16, steps=12, lr=3e-3, batch=32,
+                      train_len=(3, 20), test_len=(20, 40), seed=0, params=(("H", 2.0), ("K", 8.0), ("V", 8.0)),
+                      warmup=4, checkpoint_every=100)
+    log = io.StringIO()
+    train(dataclasses.replace(cfg, val_every=4), str(tmp_path / "val"), log=log, cuda_graph="on")
+    assert "12/12 validation" in log.getvalue() and (tmp_path / "val" / "best.pt").exists()
+    train(cfg, str(tmp_path / "plain"), log=io.StringIO(), cuda_graph="on")
+    noclip = dataclasses.replace(cfg, clip=0.0)
+    train(noclip, str(tmp_path / "noclip_graph"), log=io.StringIO(), cuda_graph="on")
+    train(noclip, str(tmp_path / "noclip_eager"), log=io.StringIO(), cuda_graph="off")
+    w = {r: load_run(str(tmp_path / r / "checkpoint.pt"))[0].state_dict()
+         for r in ("val", "plain", "noclip_graph", "noclip_eager")}
+    for k in w["val"]:
+        torch.testing.assert_close(w["val"][k], w["plain"][k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(w["noclip_graph"][k], w["noclip_eager"][k], rtol=2e-3, atol=2e-4, msg=k)
+
+
 def test_fixed_point_training_stays_eager():
     from recdsl.tasks.graphed import graphable
     from recdsl.tasks.train import TaskModel, TrainConfig
