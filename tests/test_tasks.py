@@ -310,6 +310,15 @@ def test_validation_keeps_the_best_model_and_the_suite_reports_it(tmp_path):
     assert torch.load(tmp_path / "r" / "best.pt", weights_only=False)["validation"] >= best["validation"]
     train(dataclasses.replace(cfg, val_every=0, steps=2), str(tmp_path / "r"), log=io.StringIO())
     assert not (tmp_path / "r" / "best.pt").exists()
+    # a checkpoint written before clip and val_every existed resumes as a run with their defaults
+    old = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    for key in ("clip", "val_every"):
+        del old["config"][key]
+    old["step"] = 1
+    torch.save(old, tmp_path / "r" / "checkpoint.pt")
+    log = io.StringIO()
+    train(dataclasses.replace(cfg, val_every=0, steps=2), str(tmp_path / "r"), resume=True, log=log)
+    assert "steps 1->2" in log.getvalue()
     model, c, _ = load_run(str(tmp_path / "r" / "checkpoint.pt"))
     lengths = validation_lengths(cfg)
     assert lengths[0] == cfg.test_len[0] and lengths[-1] == cfg.test_len[1]

@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     start, spent, best = 0, 0.0, None      # best: (validation score, step) of out_dir/best.pt
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != dataclasses.asdict(cfg):
+        if saved_config(state["config"]) != cfg:
             raise ValueError(f"{ckpt}: written by another configuration; start a new --out or drop --resume")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -304,6 +304,13 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, device: str | No
     return {**metrics, "budget": budget()}
 
 
+def saved_config(c: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint stored (as a dict); fields added since it was written take their
+    defaults, which are what such a run did."""
+    return TrainConfig(**{**c, "train_len": tuple(c["train_len"]), "test_len": tuple(c["test_len"]),
+                          "params": tuple(tuple(p) for p in c["params"])})
+
+
 def load_checkpoint(path: str, device: str | None = None) -> tuple[TaskModel, TrainConfig]:
     model, cfg, _ = load_run(path, device)
     return model, cfg
@@ -316,9 +323,7 @@ def load_run(path: str, device: str | None = None, params: tuple = ()) -> tuple[
     configuration carries them."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     state = torch.load(path, map_location=device, weights_only=False)
-    c = state["config"]
-    cfg = TrainConfig(**{**c, "train_len": tuple(c["train_len"]), "test_len": tuple(c["test_len"]),
-                         "params": tuple(tuple(p) for p in c["params"])})
+    cfg = saved_config(state["config"])
     if params:
         cfg = dataclasses.replace(cfg, params=tuple({**dict(cfg.params), **dict(params)}.items()))
     model = TaskModel(cfg, len(get_task(cfg.task).vocab)).to(device)
