@@ -221,8 +221,10 @@ def test_tasks_cli(tmp_path, capsys):
                  "--out", out]) == 0
     assert main(["tasks", "eval", f"{out}/checkpoint.pt", "--samples", "4"]) == 0
     assert "wrote" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["tasks", "train", "--spec", example("hgrn"), "--task", "sum_5", "--train-len", "9-3", "--out", out])
+    for bad in (["--train-len", "9-3"], ["--clip", "-1"], ["--val-every", "-5"], ["--val-every", "1e3"]):
+        with pytest.raises(SystemExit):
+            main(["tasks", "train", "--spec", example("hgrn"), "--task", "sum_5", *bad, "--out", out])
+        assert bad[1] in capsys.readouterr().err
     suite = tmp_path / "suite"
     assert main(["tasks", "suite", "--specs", example("hgrn"), example("lru"), "--tasks", "sum_5", "parity",
                  "--steps", "2", "--batch", "4", "--train-len", "3-5", "--test-len", "4-6", "--points", "2",

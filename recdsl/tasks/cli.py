@@ -48,10 +48,11 @@ def _train_options(p) -> None:
     p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                    help="grow the longest train length from its lower bound to its upper over STEPS steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--val-every", type=int, default=0, metavar="STEPS",
+    p.add_argument("--val-every", type=_count, default=0, metavar="STEPS",
                    help="score a validation set of the test lengths every STEPS steps and keep the best model "
                         "(best.pt); a suite then also reports that model, as '<spec> picked'")
-    p.add_argument("--clip", type=float, default=1.0, help="clip the gradients' norm to this (0: no clipping)")
+    p.add_argument("--clip", type=_non_negative, default=1.0,
+                   help="clip the gradients' norm to this (0: no clipping)")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",
                    help="after the warm-up: constant, or a cosine decay to 1e-3 of --lr at the last step")
     p.add_argument("--cuda-graph", choices=CUDA_GRAPH, default="auto",
@@ -67,6 +68,22 @@ def _train_options(p) -> None:
     p.add_argument("--max-minutes", type=_minutes, default=None,
                    help="stop training after this long (per run), checkpointed; a suite still evaluates it")
     p.add_argument("--out", required=True, help="output folder (checkpoints, eval.json, plots)")
+
+
+def _non_negative(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return x
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def _minutes(text: str) -> float:
