@@ -5,7 +5,7 @@
     python benchmarks/sweep_scan.py --schedules walk,look_back   # both schedules side by side
     python benchmarks/sweep_scan.py --warps 1,2 --bwd-warps 1,2,4 --graphs   # device time, the host left out
 
---graphs times each call replayed from a CUDA graph (recdsl.bench._graphed), the copy too: on a host
+--graphs times each call replayed from a CUDA graph (recdsl.bench.graph_replayed), the copy too: on a host
 that takes longer to issue a call than the device takes to run it, plain calls time the host.
 """
 import argparse
@@ -17,7 +17,7 @@ from triton.testing import do_bench
 
 import recdsl
 from recdsl.backends.triton.launch import scan_op
-from recdsl.bench import _graphed
+from recdsl.bench import graph_replayed
 from recdsl.planner import _scan_plan
 
 
@@ -62,7 +62,7 @@ def main():
     moved = sum(x.numel() * x.element_size() for x in ins) + ins[0].numel() * ins[0].element_size()
     src = torch.empty(moved // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    timed = _graphed if a.graphs else (lambda f: f)
+    timed = graph_replayed if a.graphs else (lambda f: f)
     copy_ms = do_bench(timed(lambda: dst.copy_(src)), warmup=25, rep=100, return_mode="median")
     print(f"device copy of {moved / 1e6:.0f} MB: {copy_ms:.4f} ms")
     rows = []

@@ -81,7 +81,7 @@ def time_contestants(runs: dict, tensors: list, add, on_error, graphs: bool = Fa
         fns = ({n: _no_grad(f) for n, f in runs.items()} if mode.split()[0] == "fwd"
                else {n: _fwd_bwd(f, tensors) for n, f in runs.items()})
         if mode.endswith("graph"):
-            fns = {n: _graphed(f) for n, f in fns.items()}
+            fns = {n: graph_replayed(f) for n, f in fns.items()}
         for name, times in side_by_side(fns).items():
             if isinstance(times, Exception):
                 on_error(name, mode, times)
@@ -89,7 +89,7 @@ def time_contestants(runs: dict, tensors: list, add, on_error, graphs: bool = Fa
                 add(name, mode, median_ms(times), _peak(fns[name]), rounds_ms=[round(t, 5) for t in times])
 
 
-def _graphed(fn):
+def graph_replayed(fn):
     """fn replayed from a CUDA graph, captured at its first call (after warm-up calls on a side stream, as
     torch.cuda.graphs asks): one launch of the host per call. A capture that fails raises from that call,
     which side_by_side records as the contestant's error."""

@@ -90,12 +90,12 @@ def run_suite(base: TrainConfig, specs: list, tasks: list[str], out_dir: str, le
             if cfg.val_every and (run / BEST).exists():    # also the model the validation split picked
                 picks.append((BEST, f"{e.label} picked", "eval_picked"))
             for ckpt, label, name in picks:
-                model, cfg, budget = load_run(str(run / ckpt), params=eval_params)
-                rows = evaluate(model, cfg, lengths, samples, log=log)
-                write_eval(rows, cfg, str(run), budget, name=name)
-                ref = reference(t, Path(cfg.spec).stem, run_settings(cfg))
+                model, run_cfg, budget = load_run(str(run / ckpt), params=eval_params)
+                rows = evaluate(model, run_cfg, lengths, samples, log=log)
+                write_eval(rows, run_cfg, str(run), budget, name=name)
+                ref = reference(t, Path(run_cfg.spec).stem, run_settings(run_cfg))
                 record = {
-                    "config": dataclasses.asdict(cfg), "eval_params": dict(eval_params), "budget": budget,
+                    "config": dataclasses.asdict(run_cfg), "eval_params": dict(eval_params), "budget": budget,
                     "mean": mean_headline(rows), "checkpoint": ckpt,
                     "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
                                                        "target": ref.target, "passes": ref.passes(mean_headline(rows))}}
