@@ -69,6 +69,7 @@ REFERENCES: tuple[Reference, ...] = (
     # A5 word problem: a one-layer fixed-point RNN generalises beyond 16, two-layer Mamba does not
     Reference("word_A5", "fp_rnn", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "fp_rnn_contractive", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
+    Reference("word_A5", "fp_rnn_hdep", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "mamba", MOVAHEDI, claim="fails even at length 16", match=(("layers", 2),)),
 )
 
