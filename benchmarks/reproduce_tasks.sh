@@ -27,7 +27,8 @@
 # SEEDS (default "0 1 2": the papers report the best of three) picks the seeds, SEEDS_<part> (SEEDS_s3=0)
 # a part's own; MODARITH_SPECS the modarith part's specs (default "benchmarks/specs/deltanet_negeig_conv.rec
 # deltanet"; a name is an example, a path a spec file), MODARITH_ARGS more options for its runs (later
-# ones win: MODARITH_ARGS="--lr 1e-3 --steps 50000"), A5_ARGS likewise for the a5 part's fp_rnn runs. SMOKE=1 shrinks every
+# ones win: MODARITH_ARGS="--lr 1e-3 --steps 50000"), A5_SPECS and A5_ARGS likewise for the a5 part's
+# fixed-point runs (default "fp_rnn benchmarks/specs/fp_rnn_hdep.rec"). SMOKE=1 shrinks every
 # case to a few steps, tiny models and short lengths (CPU, about a minute): it checks that every part
 # runs end to end, not that anything is learnt.
 set -u
@@ -138,11 +139,12 @@ for part in $PARTS; do
       # at most 24 times per training call and 200 at test (the paper: up to 1000 at test, until every
       # sequence has converged); its driver reads residuals on the host, so it trains eagerly. The same
       # with the paper's shifted hidden-state dependence (benchmarks/specs/fp_rnn_hdep.rec, unfused, about
-      # 3x slower a step). A5_ARGS adds options (A5_ARGS="--steps 80000"). The two-layer mamba keeps the
+      # 3x slower a step); A5_SPECS picks other spec files. A5_ARGS adds options (A5_ARGS="--steps 80000"). The two-layer mamba keeps the
       # protocol it was measured with (d_model 64, batch 256, lr 3e-3, 100k steps).
-      for spec in examples/fp_rnn.rec benchmarks/specs/fp_rnn_hdep.rec; do
+      for s in ${A5_SPECS:-fp_rnn benchmarks/specs/fp_rnn_hdep.rec}; do
+        case $s in */*) path=$s ;; *) path=examples/$s.rec ;; esac
         for seed in $seeds; do
-          case_bg "$dir" word_A5 "$(S "${MINUTES:-8}" 0.5)" "$spec:seed=$seed" --layers 1 \
+          case_bg "$dir" word_A5 "$(S "${MINUTES:-8}" 0.5)" "$path:seed=$seed" --layers 1 \
             --d-model "$(S 512 8)" -p "D=$(S 512 4)" -p "max_iter=$(S 24 4)" -p tol=0.01 --eval-param "max_iter=$(S 200 8)" \
             --steps "$(S 125000 3)" --batch "$(S 512 8)" --lr 1e-4 --weight-decay 0.01 --val-every "$(S 2500 1)" \
             --train-len "$(S 1-16 2-4)" --test-len "$(S 4-48 4-6)" --points "$(S 12 2)" --samples "$(S 256 8)" \

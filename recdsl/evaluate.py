@@ -96,9 +96,9 @@ class Evaluator:
 
 
 def matmul(a, b, ra: int, rb: int):
-    pattern = {(1, 2): "...k,...kv->...v", (2, 1): "...dn,...n->...d", (1, 1): "...k,...k->...",
-               (2, 2): "...ij,...jk->...ik"}[(ra, rb)]
-    return torch.einsum(pattern, a, b)
+    """a @ b for IR ranks ra, rb: a's last axis contracted with b's first; leading (batch, head) axes broadcast."""
+    left, right = "ijk"[:ra - 1], "pq"[:rb - 1]
+    return torch.einsum(f"...{left}n,...n{right}->...{left}{right}", a, b)
 
 
 def apply_linmap(ir: IR, i: int, S: torch.Tensor, value, steps: slice | None = None) -> torch.Tensor:

@@ -151,8 +151,10 @@ class _Lowerer:
 
     def _matmul(self, x: int, y: int, pos: Pos) -> int:
         sx, sy = self.b.node(x).shape, self.b.node(y).shape
-        if not (1 <= len(sx) <= 2 and 1 <= len(sy) <= 2):
-            raise self.err(pos, f"`@` needs vectors or matrices, got shapes {list(sx)} and {list(sy)}")
+        if not (1 <= len(sx) <= 3 and 1 <= len(sy) <= 2):
+            raise self.err(pos, f"`@` takes a tensor of rank 1 to 3 on the left and a vector or matrix on the right, "
+                                f"got shapes {list(sx)} and {list(sy)}",
+                           "W[r, D, D] @ h[D] maps one vector to r of them")
         if sx[-1] != sy[0]:
             raise self.err(pos, f"`@` contracts the last axis of {list(sx)} with the first of {list(sy)}: "
                                 f"{sx[-1]} != {sy[0]}")

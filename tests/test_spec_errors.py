@@ -78,6 +78,10 @@ def test_golden_file_name_in_message(tmp_path):
     (GOOD.replace("diag(exp(g))", "expp(g)"), 4, 16, "unknown function 'expp'"),
     (GOOD.replace("g[K] log", "g[K] in (1, 0)"), 3, 22, "empty interval"),
     (GOOD.replace("write x", "write x @ x"), 5, 11, "the write has shape []"),
+    (GOOD.replace("log\n", "log\n    weight W[2, 2, K, K]\n").replace("write x", "write W @ x"), 6, 11,
+     "a tensor of rank 1 to 3 on the left"),
+    (GOOD.replace("log\n", "log\n    weight W[2, K, 3]\n").replace("write x", "write W @ x"), 6, 11,
+     "contracts the last axis of [2, 4, 3] with the first of [4]: 3 != 4"),
 ])
 def test_positioned_errors(text, line, col, words):
     e = error(text)

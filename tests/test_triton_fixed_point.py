@@ -235,22 +235,26 @@ def test_shifted_dependence_solves_its_equations():
     assert rel(op, torch.cat([o[:1], o[1:]], 1)) < 1e-5
 
 
-def test_hdep_benchmark_spec_solves_its_equations_and_trains_its_maps():
-    """benchmarks/specs/fp_rnn_hdep.rec (the paper's shifted dependence through linear maps Wl, Wa): at the
-    fixed point h*_t = lam_t h*_(t-1) + (1 - lam_t) (Q_t (x_t - h*_t) + h*_t), lam_t = sigmoid(lam_in_t +
-    Wl h*_(t-1)), alpha_t = sigmoid(alpha_in_t + Wa h*_(t-1)) (written here from the equation); the Triton
-    path agrees with the reference; one training step's gradient reaches Wl and Wa."""
+@pytest.mark.parametrize("name", ["fp_rnn_hdep", "fp_rnn_hdep_full"])
+def test_hdep_benchmark_specs_solve_their_equations_and_train_their_maps(name):
+    """benchmarks/specs/fp_rnn_hdep*.rec (the paper's shifted dependence through linear maps): at the fixed
+    point h*_t = lam_t h*_(t-1) + (1 - lam_t) (Q_t (x_t - h*_t) + h*_t) with lam_t = sigmoid(lam_in_t +
+    Wl h*_(t-1)), alpha_t = sigmoid(alpha_in_t + Wa h*_(t-1)) and, in the full spec, u_t,i = l2norm(u_in_t,i +
+    Wu_i h*_(t-1)) (written here from the equation); the Triton path agrees with the reference; one
+    training step's gradient reaches every map."""
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_hdep.rec"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / f"{name}.rec"
     spec = recdsl.load(path, D=6, r=2, tol=1e-12)
     assert "shift = 1" in triton_reason(spec)
-    args = random_args(spec, B=2, T=7, dtype=torch.float64, seed=4)     # Wl and Wa among them
+    args = random_args(spec, B=2, T=7, dtype=torch.float64, seed=4)     # the maps Wl, Wa (, Wu) among them
     ro, _ = spec.op(**args, backend="reference")
     h = ro / args["c"]
     prev_h = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
     lam = torch.sigmoid(args["lam_in"] + prev_h @ args["Wl"].T)
     alpha = torch.sigmoid(args["alpha_in"] + prev_h @ args["Wa"].T)
-    u = F.normalize(args["u"], dim=-1)
+    maps = ("Wl", "Wa", "Wu") if "Wu" in args else ("Wl", "Wa")
+    u = F.normalize(args["u_in"] + torch.einsum("rdn,btn->btrd", args["Wu"], prev_h) if "Wu" in args
+                    else args["u"], dim=-1)
     v = args["x"] - h
     for i in range(2):                              # reflection 0 acts first
         v = v - 2 * alpha[..., i, None] * u[..., i, :] * (u[..., i, :] * v).sum(-1, keepdim=True)
@@ -260,7 +264,7 @@ def test_hdep_benchmark_spec_solves_its_equations_and_trains_its_maps():
     assert rel(o, ro) < 1e-5
     layer = recdsl.compile(path, backend="triton", D=6, r=2, d_model=8, tol=1e-6)
     layer(torch.randn(2, 5, 8))[0].square().sum().backward()     # (output, state)
-    assert all(layer.weights[n].grad.abs().sum() > 0 for n in ("Wl", "Wa"))
+    assert all(layer.weights[n].grad.abs().sum() > 0 for n in maps)
 
 
 def triton_reason(spec):

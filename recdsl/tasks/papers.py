@@ -70,6 +70,7 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("word_A5", "fp_rnn", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "fp_rnn_contractive", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "fp_rnn_hdep", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
+    Reference("word_A5", "fp_rnn_hdep_full", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "mamba", MOVAHEDI, claim="fails even at length 16", match=(("layers", 2),)),
 )
 
