@@ -70,14 +70,19 @@ def _train_options(p) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoints, eval.json, plots)")
 
 
-def _non_negative(text: str) -> float:
+def _number(text: str, ok, expected: str) -> float:
+    """float(text) when ok(value), else an argparse error saying what was expected (NaN is never ok)."""
     try:
         x = float(text)
     except ValueError:
-        x = -1.0
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        x = float("nan")
+    if not ok(x):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return x
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, lambda x: x >= 0, "a number >= 0")
 
 
 def _count(text: str) -> int:
@@ -87,13 +92,7 @@ def _count(text: str) -> int:
 
 
 def _minutes(text: str) -> float:
-    try:
-        m = float(text)
-    except ValueError:
-        m = -1.0
-    if not m > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
-    return m
+    return _number(text, lambda x: x > 0, "a positive number of minutes")
 
 
 def _config(args, spec: str, task_name: str):

@@ -94,11 +94,12 @@ def run_suite(base: TrainConfig, specs: list, tasks: list[str], out_dir: str, le
                 rows = evaluate(model, run_cfg, lengths, samples, log=log)
                 write_eval(rows, run_cfg, str(run), budget, name=name)
                 ref = reference(t, Path(run_cfg.spec).stem, run_settings(run_cfg))
+                mean = mean_headline(rows)
                 record = {
                     "config": dataclasses.asdict(run_cfg), "eval_params": dict(eval_params), "budget": budget,
-                    "mean": mean_headline(rows), "checkpoint": ckpt,
+                    "mean": mean, "checkpoint": ckpt,
                     "paper": None if ref is None else {"value": ref.value, "claim": ref.claim, "source": ref.source,
-                                                       "target": ref.target, "passes": ref.passes(mean_headline(rows))}}
+                                                       "target": ref.target, "passes": ref.passes(mean)}}
                 results = _merge(out, base, lengths, t, label, rows, record)
     return results
 
