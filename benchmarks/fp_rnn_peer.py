@@ -9,7 +9,10 @@ Contestants, each at B, T, d_inner (= D), r reflections, fp32 and bf16:
             (ITERS iterations and the closing step, no grad), and a training call (the solve, one
             differentiable step, backward). RECDSL_FIXED_POINT selects the path.
 The peer's mixer computes u and alpha from x by its own projections on every iteration (mixer_h_dep off:
-u free of the iterate, as in fp_rnn.rec); recdsl takes u and alpha as inputs. Its files are read from
+u free of the iterate, as in fp_rnn.rec); recdsl takes u and alpha as inputs. With --hdep the peer's mixer
+reads [x_t ; h^(l-1)_(t-1)] (mixer_h_dep on, its default) and recdsl runs benchmarks/specs/fp_rnn_mixer_hdep.rec
+(u and alpha from inputs plus maps Wu, Wa of h^(l-1)_(t-1), evaluated again every iteration; the maps drawn
+with std 1/sqrt(D)). --tf32 lets float32 matrix products of both use TF32. Its files are read from
 .peer/fp-rnn (git-ignored; copy models/{fp_rnn_block,mixer,model_utils}.py and models/ops/ there).
 
     python benchmarks/fp_rnn_peer.py --out benchmarks/results/fp_rnn_peer.jsonl        # on an H100
@@ -94,7 +97,7 @@ def peer_rows(FPRNN, args, dtype, dev, out, shape):
     if dev != "cuda":
         shape = {**shape, "note": "CPU smoke: the peer's linrec_ref scan, no torch.compile" if args.no_compile
                  else "CPU smoke: the peer's linrec_ref scan"}
-    block = FPRNN(d_model=D // 2, d_mixer=D, expand=2, mixer_rank=r, mixer_proj_rank=-1, mixer_h_dep=False,
+    block = FPRNN(d_model=D // 2, d_mixer=D, expand=2, mixer_rank=r, mixer_proj_rank=-1, mixer_h_dep=args.hdep,
                   max_iter=args.iters, device=dev).to(dev, dtype)
     assert block.d_inner == D
     block.train()                       # eval mode lifts max_iter to 1000
@@ -133,15 +136,18 @@ def peer_rows(FPRNN, args, dtype, dev, out, shape):
 def recdsl_rows(args, dtype, dev, out, shape):
     import recdsl
     from recdsl.bench import _fixed_point_mode, _with_env, elementwise_args
-    path = ROOT / "examples" / "fp_rnn.rec"
+    path = ROOT / ("benchmarks/specs/fp_rnn_mixer_hdep.rec" if args.hdep else "examples/fp_rnn.rec")
     spec = recdsl.load(path, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
     a = elementwise_args(spec, args.B, args.T, dev, dtype)
+    for w in (w.name for w in spec.args if w.kind == "weight"):   # the maps of h: std 1/sqrt(D), not 1
+        a[w] = (a[w].detach() * args.D ** -0.5).requires_grad_(True)
     backend = "triton" if dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
     import warnings
     from recdsl import RecNotConverged
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count, as the paper times
     gout = None
-    for mode, graphs in (("fused", "1"), ("fused", "0"), ("unfused", "1")):
+    # with --hdep the fused solve replays no CUDA graphs (fp_shifted.py): one fused row
+    for mode, graphs in (("fused", "1"),) + (() if args.hdep else (("fused", "0"),)) + (("unfused", "1"),):
         run = _fixed_point_mode(mode, _with_env("RECDSL_FP_GRAPH", graphs, lambda: spec.op(**a, backend=backend)))
         name = f"recdsl {mode}" + (", no CUDA graphs" if graphs == "0" else "")
         name = name if backend == "triton" else "recdsl reference (no Triton here)"
@@ -172,10 +178,13 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=60.0, help="seconds a contestant may take per mode (roughly)")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file too")
     ap.add_argument("--no-compile", action="store_true", help="run the peer without torch.compile (CPU smoke)")
+    ap.add_argument("--hdep", action="store_true", help="the mixer reads the previous token's iterate (see above)")
+    ap.add_argument("--tf32", action="store_true", help="float32 matrix products in TF32 (both contestants)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-recdsl", action="store_true")
     args = ap.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     env = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
            "peer_commit": (PEER / "COMMIT").read_text().strip() if (PEER / "COMMIT").exists() else None}
     log(args.out, {"env": env, "args": vars(args)})
@@ -188,7 +197,7 @@ def main(argv=None) -> int:
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
         shape = {"B": args.B, "T": args.T, "D": args.D, "r": args.r, "iters": args.iters, "dtype": name,
-                 "device": env["device"]}
+                 "hdep": args.hdep, "tf32": args.tf32, "device": env["device"]}
         for label, fn, ok in (("peer fp-rnn", lambda: peer_rows(FPRNN, args, dtype, dev, args.out, shape), FPRNN),
                               ("recdsl", lambda: recdsl_rows(args, dtype, dev, args.out, shape), not args.skip_recdsl)):
             if not ok:

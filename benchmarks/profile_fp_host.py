@@ -1,5 +1,5 @@
 """Where the host's time goes in the fused fixed-point solve and training call of examples/fp_rnn.rec
-(issue 5's shape by default): wall time (do_bench), the kernels' sum (torch.profiler), the host's time to
+(or --spec; issue 5's shape by default): wall time (do_bench), the kernels' sum (torch.profiler), the host's time to
 return from a call, then cProfile's top functions by their own time and by cumulative time, and a
 Chrome trace of two calls (CPU and CUDA rows: the gaps in the CUDA row are the device waiting for the host).
 
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--B", type=int, default=8)
     ap.add_argument("--T", type=int, default=2048)
     ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--spec", default=str(ROOT / "examples" / "fp_rnn.rec"),
+                    help="a fixed-point spec with D and r; its weights are drawn with std 1/sqrt(D)")
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--iters", type=int, default=17)
     ap.add_argument("--dtype", default="float32")
@@ -38,8 +40,10 @@ def main() -> None:
     from overhead import cprofile_table, cprofiled, emit, host_ms, kernel_times
     from triton.testing import do_bench
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
-    spec = recdsl.load(ROOT / "examples" / "fp_rnn.rec", D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
+    spec = recdsl.load(args.spec, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
     a = elementwise_args(spec, args.B, args.T, "cuda", getattr(torch, args.dtype))
+    for w in (w.name for w in spec.args if w.kind == "weight"):   # as benchmarks/fp_rnn_peer.py --hdep
+        a[w] = (a[w].detach() * args.D ** -0.5).requires_grad_(True)
     run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
     gout = torch.randn_like(run()[0])
 
@@ -52,7 +56,7 @@ def main() -> None:
         with torch.no_grad():
             run()
     stages = _host_stages()
-    shape = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+    shape = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": args.B, "T": args.T, "D": args.D, "r": args.r,
              "iters": args.iters, "dtype": args.dtype}
     for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
         fn()
@@ -86,7 +90,7 @@ def _host_stages() -> dict:
     """Wrap the solve's stages so that each call adds its host seconds (inclusive, no device sync of its
     own) to the returned dict under the stage's name."""
     from recdsl import opcall, planner, solve
-    from recdsl.backends.triton import fixed_point, fp_fused, fp_graph
+    from recdsl.backends.triton import fixed_point, fp_fused, fp_graph, fp_shifted
     seconds: dict = {}
 
     def wrap(owner, name, label):
@@ -104,6 +108,7 @@ def _host_stages() -> dict:
     wrap(opcall, "call_op", "opcall.call_op (all)")
     wrap(fixed_point, "run_fixed_point", "run_fixed_point")
     wrap(fp_fused.FusedIteration, "build", "FusedIteration.build")
+    wrap(fp_shifted.ShiftedIteration, "at", "ShiftedIteration.at")
     wrap(fp_graph.SolveGraphs, "bind", "SolveGraphs.bind")
     wrap(solve, "fixed_point", "solve.fixed_point (waits included)")
     wrap(solve, "_copy_to_host", "solve._copy_to_host")

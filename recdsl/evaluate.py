@@ -98,7 +98,17 @@ class Evaluator:
 def matmul(a, b, ra: int, rb: int):
     """a @ b for IR ranks ra, rb: a's last axis contracted with b's first; leading (batch, head) axes broadcast."""
     left, right = "ijk"[:ra - 1], "pq"[:rb - 1]
-    return torch.einsum(f"...{left}n,...n{right}->...{left}{right}", a, b)
+    return torch.einsum(f"...{left}n,...n{right}->...{left}{right}", _unexpanded(a, ra), _unexpanded(b, rb))
+
+
+def _unexpanded(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """x with its broadcast (stride-0) leading axes cut to length 1. A weight comes expanded over the tokens;
+    einsum would take each token as a batch of its own (a weight [D, D] applied to B vectors, T times over)
+    where the cut leaves one product over every token."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    cut = tuple(slice(0, 1) if x.stride(k) == 0 and x.shape[k] > 1 else slice(None) for k in range(x.dim() - rank))
+    return x[cut] if any(c.stop == 1 for c in cut) else x
 
 
 def apply_linmap(ir: IR, i: int, S: torch.Tensor, value, steps: slice | None = None) -> torch.Tensor:

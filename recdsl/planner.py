@@ -107,10 +107,13 @@ def _make_plan(spec, backend: str, batch_channels: int | None, on_cuda: bool | N
                 ) + gradient + ("the step's write is one token-parallel kernel with its own backward "
                                 "(backends/triton/fp_fused_step.py)",))
             if fused:
+                varying = spec.memo["fp_fused_pattern"].varying
                 return Plan("triton", "fixed_point_fused", 0, 0, 4, False, why + (
                     "diag(a) transition and write g * (mix(householder products, x - prev(h)) + prev(h)): each "
                     "iteration is one generated launch that applies the reflections on chip, scans, and writes the "
                     "damped iterate, the residual and the next iteration's dot products (backends/triton/fp_fused.py)",
+                    f"{_VARYING} in PyTorch, with the reflections' coefficients and dot products "
+                    "(backends/triton/fp_shifted.py)" if varying else
                     "the reflections' coefficients (their Gram matrix) are set once per solve",
                     "the driver reads the residuals once per 4 launches (RECDSL_FP_PER_CALL): 3.6 ms against "
                     "4.3 ms one by one for the solve below",
@@ -181,6 +184,9 @@ FIXED_POINT_ENV = "RECDSL_FIXED_POINT"
 FIXED_POINT_MODES = ("auto", "fused", "unfused", "one_launch")
 
 
+_VARYING = ("operands read prev(h, shift = 1), so they are evaluated again between iterations (one launch "
+            "per iteration)")
+
 ONE_LAUNCH_MIN_SEQUENCES = 132   # one program per sequence: at least one per SM of an H100
 
 
@@ -205,11 +211,11 @@ def _fixed_point_fused(spec, sequences: int | None = None) -> tuple[bool | str, 
         return False, f"{FIXED_POINT_ENV}=unfused"
     if mode == "one_launch":
         from recdsl.backends.triton.fp_one_launch import fits
-        reason = fits(spec.ir.state[1][0])
+        reason = fits(spec.ir.state[1][0]) or (pattern.varying and _VARYING)
         if reason:
             raise ValueError(f"{spec.name}: {FIXED_POINT_ENV}=one_launch, but {reason}")
         return "one_launch", ""
-    if mode == "auto" and sequences is not None and sequences >= ONE_LAUNCH_MIN_SEQUENCES:
+    if mode == "auto" and sequences is not None and sequences >= ONE_LAUNCH_MIN_SEQUENCES and not pattern.varying:
         from recdsl.backends.triton.fp_one_launch import fits
         if fits(spec.ir.state[1][0]) is None:
             return "one_launch", ""

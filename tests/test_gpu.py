@@ -303,14 +303,42 @@ def test_fixed_point_on_gpu(mode, monkeypatch):
         assert rel(a, b) < 1e-4, k
 
 
+def test_fixed_point_shifted_dependence_on_gpu(monkeypatch):
+    """benchmarks/specs/fp_rnn_mixer_hdep.rec (the reflections read h^(l-1)_(t-1) through Wu, Wa): the fused
+    path, its operands evaluated again before each launch (fp_shifted.py), against the fp64 reference, with
+    an initial state; its gradient, the maps' included, against the unfused path's."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
+    spec = recdsl.load(path, D=512, r=2)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    args = {k: (v.detach() * 512 ** -0.5).requires_grad_(True) if k in ("Wa", "Wu") else v for k, v in args.items()}
+    h0 = torch.randn(2, 512, device="cuda")
+    grads = {}
+    for mode in ("fused", "unfused"):
+        monkeypatch.setenv("RECDSL_FIXED_POINT", mode)
+        assert spec.plan("triton").algorithm == {"fused": "fixed_point_fused", "unfused": "fixed_point_scan"}[mode]
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
+        if mode == "fused":
+            o_r, S_r = spec.op(**{k: v.detach().double() for k, v in args.items()}, initial_state=h0.double(),
+                               output_final_state=True, backend="reference")
+            assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
+            do = torch.randn_like(o)
+        grads[mode] = torch.autograd.grad((o * do).sum(), list(args.values()))
+    for k, a, b in zip(args, grads["fused"], grads["unfused"]):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-4, k
+
+
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
-def test_fixed_point_graphs_replay_the_eager_calls(monkeypatch):
+@pytest.mark.parametrize("path", ["examples/fp_rnn.rec", "benchmarks/specs/fp_rnn_mixer_hdep.rec"])
+def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
     """The fused solve replayed as CUDA graphs (fp_graph.py: the operands' evaluation, then the driver
     calls) gives the eager calls' outputs bit for bit, over solves that run each kind of call eagerly,
     capture both of its graphs and replay them (9 iterations: calls of 4, 4, 1), with new argument values
-    on each solve (read, not stale), bf16 arguments, an initial state, with and without a gradient."""
+    on each solve (read, not stale), bf16 arguments, an initial state, with and without a gradient. The
+    second spec's operands read prev(h, shift = 1): its graphs replay their evaluation before each launch."""
+    from pathlib import Path
     monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
-    spec = recdsl.load(example("fp_rnn"), D=512, r=2, max_iter=9, tol=1e-30)
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / path, D=512, r=2, max_iter=9, tol=1e-30)
     sets = [cuda_args(spec, 2, 256, torch.float32, seed=s) for s in (0, 1)] + [
         cuda_args(spec, 2, 256, torch.bfloat16, seed=2)]
     h0 = torch.randn(2, 512, device="cuda", requires_grad=True)

@@ -208,13 +208,14 @@ recurrence fp_shift(D = 6, tol = 1e-10):
 """
 
 
-def test_shifted_dependence_solves_its_equations():
+def test_shifted_dependence_solves_its_equations(monkeypatch):
     """With prev(h, shift = 1) the fixed point h* satisfies, token by token (h*_(-1) = h0),
     h*_t = a_t h*_(t-1) + (1 - lam_t) (Q_t (x_t - h*_t) + h*_t) with a_t = lam_t sigmoid(h*_(t-1)) and
-    Q_t = I - 2 alpha_t sigmoid(u_t . h*_(t-1)) u_t u_t^T (written here from the equation); the Triton path
-    agrees with the reference, packed sequences with separate calls."""
+    Q_t = I - 2 alpha_t sigmoid(u_t . h*_(t-1)) u_t u_t^T (written here from the equation); the fused
+    Triton path (the decay and the reflection's coefficients evaluated again before each launch) and the
+    unfused one agree with the reference, packed sequences with separate calls."""
     spec = recdsl.load(SHIFTED)
-    assert "shift = 1" in triton_reason(spec)
+    assert triton_reason(spec).varying == ("a", "w")     # u reads the input only
     args = random_args(spec, B=2, T=9, dtype=torch.float64, seed=2)
     h0 = torch.randn(2, 6, dtype=torch.float64)
     ro, rS = spec.op(**args, initial_state=h0, output_final_state=True, backend="reference")
@@ -227,12 +228,26 @@ def test_shifted_dependence_solves_its_equations():
     rhs = args["lam"] * gate * prev_h + (1 - args["lam"]) * (Qv(args["x"] - h) + h)
     assert rel(rhs, h) < 1e-8 and rel(rS, h[:, -1]) < 1e-12
     fp32 = recdsl.load(SHIFTED, tol=1e-6)
-    o, _ = fp32.op(**{k: v.float() for k, v in args.items()}, initial_state=h0.float(), backend="triton")
-    assert rel(o, ro) < 1e-5
-    packed = {k: torch.cat([v[:1], v[1:]], 1).float() for k, v in args.items()}   # the two rows, end to end
-    cu = torch.tensor([0, 9, 18], dtype=torch.int32)
-    op, _ = fp32.op(**packed, initial_state=h0.float(), cu_seqlens=cu, backend="triton")
-    assert rel(op, torch.cat([o[:1], o[1:]], 1)) < 1e-5
+    for path in ("fused", "unfused"):
+        monkeypatch.setenv("RECDSL_FIXED_POINT", path)
+        assert fp32.plan("triton").algorithm == {"fused": "fixed_point_fused", "unfused": "fixed_point_scan"}[path]
+        o, S = fp32.op(**{k: v.float() for k, v in args.items()}, initial_state=h0.float(), output_final_state=True,
+                       backend="triton")
+        assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+        packed = {k: torch.cat([v[:1], v[1:]], 1).float() for k, v in args.items()}   # the two rows, end to end
+        cu = torch.tensor([0, 9, 18], dtype=torch.int32)
+        op, _ = fp32.op(**packed, initial_state=h0.float(), cu_seqlens=cu, backend="triton")
+        assert rel(op, torch.cat([o[:1], o[1:]], 1)) < 1e-5
+    grads = {}
+    for path in ("fused", "unfused"):     # the one step at the fixed point: the same gradient either way
+        monkeypatch.setenv("RECDSL_FIXED_POINT", path)
+        leaves = {k: v.float().requires_grad_(True) for k, v in args.items()}
+        fp32.op(**leaves, backend="triton")[0].square().sum().backward()
+        grads[path] = torch.cat([leaves[k].grad.flatten() for k in sorted(leaves)])
+    assert grads["fused"].abs().sum() > 0 and rel(grads["fused"], grads["unfused"]) < 1e-4
+    with pytest.raises(ValueError, match=r"one_launch, but operands read prev\(h, shift = 1\)"):
+        monkeypatch.setenv("RECDSL_FIXED_POINT", "one_launch")
+        fp32.plan("triton")
 
 
 @pytest.mark.parametrize("name", ["fp_rnn_hdep", "fp_rnn_hdep_full"])
@@ -245,7 +260,7 @@ def test_hdep_benchmark_specs_solve_their_equations_and_train_their_maps(name):
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / f"{name}.rec"
     spec = recdsl.load(path, D=6, r=2, tol=1e-12)
-    assert "shift = 1" in triton_reason(spec)
+    assert triton_reason(spec).varying == (("a", "g", "u", "w") if name.endswith("full") else ("a", "g", "w"))
     args = random_args(spec, B=2, T=7, dtype=torch.float64, seed=4)     # the maps Wl, Wa (, Wu) among them
     ro, _ = spec.op(**args, backend="reference")
     h = ro / args["c"]

@@ -105,20 +105,25 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     if fused is not None:
         from . import fp_graph
 
-        def prepare(args, h_in):   # with autograd where enabled: the differentiable step below reuses them
+        def prepare(args, h_in):
+            """The solve's operands: with autograd where enabled (the differentiable step reuses them), or, where
+            they read prev(h, shift = 1), a ShiftedIteration that evaluates them again for each launch."""
+            if fused.varying:
+                return shifted_operands(spec, fused, args, options, B, T, h_in, cu)
             return fused_operands(spec, fused, args, options, B, T, h_in, cu)
         if not one_launch and fp_graph.usable(ref, cu):    # replayed as CUDA graphs (fp_graph.py)
             solve_args = {k: raw[k] for k in fused.reads}
             with torch.no_grad():
                 graphs = _graphs(spec, fp_graph.SolveGraphs.key(solve_args, h_init, options),
                                  lambda: fp_graph.SolveGraphs(prepare, solve_args, h_init))
-            if training:    # the differentiable operands, evaluated while the device runs the solve
+            if training and not fused.varying:    # the differentiable operands, evaluated while the solve runs
                 def differentiable_operands():
                     with torch.enable_grad():
                         holder.append(prepare(raw, h_init))
                 while_waiting = differentiable_operands
         else:
-            step = prepare(raw, h_init)
+            with torch.set_grad_enabled(training and not fused.varying):
+                step = prepare(raw, h_init)
     with torch.no_grad():
         if fused is None:
             _, last, info = fixed_point(lambda it: ({"h": iterate(it["h"], h_init, False)[0]}, None), start,
@@ -162,6 +167,8 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             continue
         # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
         from .fp_fused_step import mix_write
+        if fused.varying:    # the operands at this step's iterate, with autograd
+            step = fused_operands(spec, fused, raw, options, B, T, h_init, cu, states)
         b = mix_write(fused, step.x, step.g, step.u, step.w, states)
         y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
                         output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
@@ -169,19 +176,49 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
 
 
-def fused_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0, cu):
+def fused_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0, cu, prev=None):
     """The fused kernels' operands (fp_fused.FusedIteration) evaluated from the spec arguments `args`
-    (op layout) and the initial state h0 [N, D] (or None)."""
-    from recdsl.backends.reference import leaf_values
-    from recdsl.evaluate import Evaluator
-
+    (op layout), the initial state h0 [N, D] (or None) and, for operands that read prev(h, shift = 1), the
+    iterate prev [B, T, 1, D]."""
     from .fp_fused import FusedIteration
+    ev = operand_evaluator(spec, args, options, T, h0, cu, prev)
+    return FusedIteration.build(pattern, spec.ir, ev, B, T, None if h0 is None else h0.contiguous(), cu,
+                                args, options)
+
+
+def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0, cu):
+    """fp_shifted.ShiftedIteration for a pattern whose operands read prev(h, shift = 1): the operands evaluated
+    once from the start of the solve (h^0 = 0) and the values that do not read the iterate, kept for the
+    evaluations before the later launches."""
+    from .fp_fused import FusedIteration
+    from .fp_shifted import ShiftedIteration
+    ir, D = spec.ir, spec.ir.state[1][0]
+    ref = next(args[a.name] for a in spec.args if a.kind == "input")
+    ev = operand_evaluator(spec, args, options, T, h0, cu, torch.zeros(B, T, 1, D, device=ref.device))
+    step = FusedIteration.build(pattern, ir, ev, B, T, None if h0 is None else h0.contiguous(), cu, args, options)
+    kept = {i: v for i, v in ev.memo.items() if not ir.reads(i, "prev")}
+    return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, T, h0, cu, prev), kept)
+
+
+def operand_evaluator(spec, args: dict, options: dict, T: int, h0, cu, prev=None):
+    """An Evaluator of the spec's iterate-free nodes and of those reading prev(h, shift = 1), the iterate
+    `prev` [B, T, 1, D] one token back (each sequence's first token reads h0 [N, D], or zeros)."""
+    from recdsl.backends.reference import leaf_values
+    from recdsl.evaluate import Evaluator, shift_tokens
+
     from .matrix import _LazyLayout
     ir = spec.ir
-    ev = Evaluator(ir, leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"),
-                                   _LazyLayout(spec, args, torch.float32, "weight"), options, T))
-    return FusedIteration.build(pattern, ir, lambda i: ev(i), B, T, None if h0 is None else h0.contiguous(), cu,
-                                args, options)
+    base = leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"),
+                       _LazyLayout(spec, args, torch.float32, "weight"), options, T)
+    first = None if h0 is None else h0.reshape(h0.shape[0], 1, -1).float()
+
+    def leaf(i, n):
+        if n.op == "prev":    # fp_fused.match lets only prev(h, shift = 1) into an operand
+            if prev is None:
+                raise ValueError(f"{ir.name}: an operand reads prev(h, shift = 1); pass the iterate")
+            return shift_tokens(prev, first, cu)
+        return base(i, n)
+    return Evaluator(ir, leaf)
 
 
 def _graphs(spec, key, make, shapes: int = 4):

@@ -195,6 +195,9 @@ class FusedPattern:
     labels: tuple[tuple[str, str], ...]      # template placeholders -> canonical IR names (%n), for comments
     reads: tuple[str, ...] = ()              # the spec arguments these operands are evaluated from
     inline: Optional[InlineOperands] = None  # which of a, g, x the kernel evaluates itself (fp_operands.py)
+    # the FusedIteration fields that read the previous token's iterate, prev(h, shift = 1) (the paper's
+    # hidden-state dependence): evaluated again from each iterate before its launch (fp_shifted.py)
+    varying: tuple[str, ...] = ()
 
 
 def match(ir: IR) -> FusedPattern | str:
@@ -205,10 +208,14 @@ def match(ir: IR) -> FusedPattern | str:
         return reason
     if ir.heads:
         return "heads: the residual takes one maximum over every head's channels (only head-free specs are fused)"
-    if any(ir.node(i).op == "prev" and len(ir.node(i).args) > 1 for i in ir.graph.nodes):
-        return "the spec reads the previous token's iterate (prev(h, shift = 1)): only the unfused path"
     S = ir.state[1]
-    free = lambda i: not ir.reads(i, "prev", "state")   # noqa: E731 (a value the iteration cannot change)
+    shifted = {i for i in ir.graph.nodes if ir.node(i).op == "prev" and len(ir.node(i).args) > 1}
+
+    def free(i):
+        """Whether node i is set by the previous token's iterate at most (prev(h, shift = 1)): such an operand
+        is evaluated again before each launch; the current token's (prev(h)) is the kernel's own input."""
+        return not ir.reads(i, "state") and all(
+            j in shifted for j in nx.ancestors(ir.graph, i) | {i} if ir.node(j).op == "prev")
     trans, write = ir.root("transition"), ir.root("write")
     a = ir.operands(trans)[0]
     if not free(a):
@@ -260,7 +267,10 @@ def match(ir: IR) -> FusedPattern | str:
     below = set(operands).union(*(nx.ancestors(ir.graph, i) for i in operands))
     reads = tuple(sorted({ir.node(i).args[0] for i in below if ir.node(i).op in ("input", "weight")}))
     inline = fp_operands.plan(ir, [(x, "b_x", "0.0"), (g, "b_g", "0.0"), (a, "b_a", "1.0")])
-    return FusedPattern(a, g, x, tuple(refl), r, labels, reads, inline)
+    moving = lambda i: ir.reads(i, "prev")   # noqa: E731 (free() holds, so only the previous token's)
+    varying = tuple(name for name, nodes in (("a", [a]), ("g", [g]), ("x", [x]), ("u", [u for u, _ in refl]),
+                                             ("w", operands[3:])) if any(map(moving, nodes)))
+    return FusedPattern(a, g, x, tuple(refl), r, labels, reads, inline, varying)
 
 
 def generate(pattern: FusedPattern) -> str:
@@ -348,6 +358,33 @@ class _Coefficients(torch.autograd.Function):
         return torch.stack(du, -2), torch.stack(ds, -1)
 
 
+def _operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names) -> dict:
+    """The FusedIteration fields `names` (of a, g, x, u, w) evaluated by value(node) in the reference
+    layout: a, g, x [NTOK, D], u [NTOK, R, D], w [NTOK, R, R] (from u and the strengths s), fp32."""
+    D = ir.state[1][0]
+    device = value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
+
+    def full(i, shape):
+        v = torch.as_tensor(value(i), dtype=torch.float32, device=device)
+        # [B, T, 1, *node shape] (or a constant): a lower rank broadcasts aligned left, as in the IR;
+        # no expand where nothing broadcasts (each op is one more node in a training call's backward)
+        v = v.reshape(v.shape + (1,) * (3 + len(shape) - v.dim())) if v.dim() else v
+        if tuple(v.shape) != (B, T, 1) + shape:
+            v = v.expand((B, T, 1) + shape)
+        return v.reshape((B * T,) + shape).contiguous()
+    out = {name: full(getattr(pattern, name), (D,)) for name in ("a", "g", "x") if name in names}
+    if "u" in names or "w" in names:
+        us, ss = [], []
+        for u, s in pattern.reflections:
+            k = ir.node(u).shape[0] if len(ir.node(u).shape) == 2 else 0
+            us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
+            ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
+        # one reflection group (the usual u[r, D]) needs no concatenation: it would copy u
+        u, s = (us[0], ss[0]) if len(us) == 1 else (torch.cat(us, 1).contiguous(), torch.cat(ss, 1))
+        out["u"], out["w"] = u, coefficients(u, s).contiguous()
+    return out
+
+
 @dataclass(frozen=True)
 class FusedIteration:
     """The per-solve operands of the fused kernel (evaluated once) and the launch."""
@@ -368,27 +405,10 @@ class FusedIteration:
     @staticmethod
     def build(pattern: FusedPattern, ir: IR, value, B: int, T: int, h0, cu, args: Optional[dict] = None,
               options: Optional[dict] = None) -> "FusedIteration":
-        """value(node) evaluates an iterate-free IR node in the reference layout (fp32); args (op layout)
+        """value(node) evaluates an operand's IR node in the reference layout (fp32); args (op layout)
         and options are the spec's, read by the operands the kernel evaluates itself."""
-        D = ir.state[1][0]
-        device = value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
-
-        def full(i, shape):
-            v = torch.as_tensor(value(i), dtype=torch.float32, device=device)
-            # [B, T, 1, *node shape] (or a constant): a lower rank broadcasts aligned left, as in the IR;
-            # no expand where nothing broadcasts (each op is one more node in a training call's backward)
-            v = v.reshape(v.shape + (1,) * (3 + len(shape) - v.dim())) if v.dim() else v
-            if tuple(v.shape) != (B, T, 1) + shape:
-                v = v.expand((B, T, 1) + shape)
-            return v.reshape((B * T,) + shape).contiguous()
-        us, ss = [], []
-        for u, s in pattern.reflections:
-            k = ir.node(u).shape[0] if len(ir.node(u).shape) == 2 else 0
-            us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
-            ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
-        # one reflection group (the usual u[r, D]) needs no concatenation: it would copy u
-        u, s = (us[0], ss[0]) if len(us) == 1 else (torch.cat(us, 1).contiguous(), torch.cat(ss, 1))
-        x = full(pattern.x, (D,))
+        ops = _operands(pattern, ir, value, B, T, ("a", "g", "x", "u", "w"))
+        x = ops["x"]
         if cu is None:
             seq = torch.arange(B, dtype=torch.int32, device=x.device).repeat_interleave(T)
         else:
@@ -397,8 +417,14 @@ class FusedIteration:
         if pattern.inline.leaves and args is None:
             raise ValueError("FusedIteration.build: this pattern's kernel reads spec arguments; pass args")
         leaves = fp_operands.leaf_values(pattern.inline, args, options or {}, B * T) if pattern.inline.leaves else ()
-        return FusedIteration(pattern, full(pattern.a, (D,)), full(pattern.g, (D,)), x,
-                              u, coefficients(u, s).contiguous(), h0, cu, seq, B, T, load(pattern), leaves)
+        return FusedIteration(pattern, ops["a"], ops["g"], x, ops["u"], ops["w"], h0, cu, seq, B, T, load(pattern),
+                              leaves)
+
+    def at(self, ir: IR, value) -> "FusedIteration":
+        """The same iteration with its varying operands (pattern.varying: those reading prev(h, shift = 1))
+        evaluated by value(node), which reads the iterate the launch starts from."""
+        ops = _operands(self.pattern, ir, value, self.B, self.T, self.pattern.varying)
+        return dataclasses.replace(self, **ops)
 
     def detached(self) -> "FusedIteration":
         """The same operands outside autograd (for the no-grad solve)."""

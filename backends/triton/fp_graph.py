@@ -20,6 +20,11 @@ allocations, a fill) about as long, so the solve was bound by the host. A graph 
   the residual, and in a training call the last iterate (the differentiable step keeps it); an inference
   call's closing launch reads the iterate at once.
 
+Where the operands read prev(h, shift = 1) (fp_shifted.py), the solve's operands are those that do not
+move and each graph replays, before every launch, the evaluation of those that do (at issue 5's shape with
+the authors' dependence, their host work was about 0.8 ms an iteration). Such launches take no dot products
+in, so their kinds of call never have them.
+
 Used where the call is on CUDA, not varlen (the grid follows the number of sequences) and not inside
 another capture; RECDSL_FP_GRAPH=0 turns it off. A training call evaluates its differentiable operands
 (autograd's, for the step at the fixed point) while the device runs the solve's first calls.
@@ -80,7 +85,8 @@ class SolveGraphs:
         return self.run
 
     def run(self, iterates: dict, delta: float, K: int):
-        dots = iterates.get("dots")
+        # an iteration whose operands read prev(h, shift = 1) takes no dot products in (fp_shifted.py)
+        dots = None if self.step.pattern.varying else iterates.get("dots")
         kind = (K, float(delta), dots is not None)
         if kind not in self.seen:                     # compiles the kernels this kind launches
             self.seen.add(kind)
@@ -103,7 +109,7 @@ class SolveGraphs:
             pair[self.turn] = self._capture(src, dst, dots is not None, delta, K)
         graph, residuals = pair[self.turn]
         graph.replay()
-        return {"h": dst["h"], "dots": dst["dots"]}, residuals
+        return {"h": dst["h"], "dots": None if self.step.pattern.varying else dst["dots"]}, residuals
 
     def _capture(self, src, dst, dots_in: bool, delta, K):
         graph = torch.cuda.CUDAGraph()

@@ -1,0 +1,66 @@
+"""The fused fixed-point iteration (fp_fused.py) for specs whose operands read the previous token's iterate,
+prev(h, shift = 1): the paper's hidden-state dependence (Movahedi et al. 2025, Sec. 3.4; the authors'
+`mixer_h_dep`), e.g. benchmarks/specs/fp_rnn_hdep.rec, where
+
+    lam_t = sigmoid(lam_in_t + Wl h^(l-1)_(t-1)),   alpha_t = sigmoid(alpha_in_t + Wa h^(l-1)_(t-1)).
+
+Such an operand changes with every iterate, so it cannot be set once per solve. Before each launch the
+varying operands (FusedPattern.varying) are evaluated again from the iterate the launch starts from, in
+PyTorch: their maps are matrix products over all tokens, which cuBLAS does better than a program that owns a
+few channels of one sequence. Every value that does not read the iterate is kept from the first evaluation.
+The reflections' dot products d_i = u_i . (x - h^(l-1)) come from torch too: the previous launch left
+them for the previous iterate's u. The launch itself (mixer, scan, damping, residual) is fp_fused's kernel,
+unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from recdsl.ir import IR
+
+from .fp_fused import FusedIteration
+
+
+class ShiftedIteration:
+    """Launches of a FusedIteration whose varying operands are evaluated from each launch's iterate.
+    `evaluator(prev)` is an Evaluator of the spec's nodes reading `prev` [B, T, 1, D] as h^(l-1); `step`
+    holds the operands that do not move and `kept` the values (by IR node) that do not read the iterate.
+    Has FusedIteration's launch() and iterations(), so fp_graph.SolveGraphs replays them as CUDA graphs
+    (the evaluations included: their host work, about 0.8 ms an iteration at issue 5's shape, is most of
+    an eager solve's)."""
+
+    def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict):
+        self.ir, self.step, self.evaluator, self.kept = ir, step, evaluator, kept
+
+    @property
+    def pattern(self):
+        return self.step.pattern
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.step.x
+
+    @property
+    def u(self) -> torch.Tensor:
+        return self.step.u
+
+    def detached(self) -> "ShiftedIteration":
+        return self     # built without autograd: the differentiable step evaluates its own operands
+
+    def at(self, prev: torch.Tensor) -> FusedIteration:
+        ev = self.evaluator(prev)
+        ev.memo.update(self.kept)
+        return self.step.at(self.ir, ev)
+
+    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
+        """FusedIteration.launch from prev, its operands evaluated from prev (`dots` is ignored: those of
+        the previous launch were taken against the previous u)."""
+        return self.at(prev).launch(prev, delta, store_ht=store_ht, out=out)
+
+    def iterations(self, iterates: dict, delta: float, K: int, out=None):
+        """K iterations (solve.Batched's run), as FusedIteration.iterations."""
+        h, rows = iterates["h"], []
+        for k in range(K):
+            h, res, _, _ = self.launch(h, delta, out=out if k == K - 1 else None)
+            rows.append(res)
+        return {"h": h}, torch.stack(rows)
