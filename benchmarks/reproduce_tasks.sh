@@ -138,8 +138,8 @@ for part in $PARTS; do
       # train length 16 (every prefix supervised), test to 48, validation every 2500 steps. fp_rnn iterates
       # at most 24 times per training call and 200 at test (the paper: up to 1000 at test, until every
       # sequence has converged); its driver reads residuals on the host, so it trains eagerly. The same
-      # with the paper's shifted hidden-state dependence (benchmarks/specs/fp_rnn_hdep.rec, unfused, about
-      # 3x slower a step). A5_SPECS picks other specs, A5_ARGS adds options (A5_ARGS="--steps 80000"). The
+      # with the paper's shifted hidden-state dependence (benchmarks/specs/fp_rnn_hdep.rec, about 2x slower
+      # a step). A5_SPECS picks other specs, A5_ARGS adds options (A5_ARGS="--steps 80000"). The
       # two-layer mamba keeps the protocol it was measured with (d_model 64, batch 256, lr 3e-3, 100k steps).
       for s in ${A5_SPECS:-fp_rnn benchmarks/specs/fp_rnn_hdep.rec}; do
         case $s in */*) path=$s ;; *) path=examples/$s.rec ;; esac
