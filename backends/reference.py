@@ -34,16 +34,22 @@ def step_program(ir: IR) -> list[tuple[str, int]]:
 
 
 
+def weight_leaf(n, weights: dict) -> torch.Tensor:
+    """Weight node n as [1, 1, *shape] (batch and token axes of length 1), l2-normalised where declared."""
+    w = weights[n.args[0]]
+    w = l2norm(w) if any(c[0] == "l2norm" for c in n.args[1]) else w
+    return w.unsqueeze(0).unsqueeze(0)
+
+
 def leaf_values(ir: IR, inputs: dict, weights: dict, options: dict, T: int):
     """Leaf supplier for the evaluator in the time-batched layout [B, T, H, *shape]."""
     def leaf(i, n):
         if n.op == "input":
             x = inputs[n.args[0]]
             return l2norm(x) if any(c[0] == "l2norm" for c in n.args[1]) else x
-        if n.op == "weight":
-            w = weights[n.args[0]]
-            w = l2norm(w) if any(c[0] == "l2norm" for c in n.args[1]) else w
-            return w.unsqueeze(0).unsqueeze(0).expand(1, T, *w.shape)
+        if n.op == "weight":   # expanded over the tokens: the loop below takes token t of every value
+            w = weight_leaf(n, weights)
+            return w.expand(1, T, *w.shape[2:])
         if n.op == "option":
             return options[n.args[0]]
         raise ValueError(f"leaf {n.op!r} has no value outside the loop")

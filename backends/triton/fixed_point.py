@@ -203,13 +203,13 @@ def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h
 def operand_evaluator(spec, args: dict, options: dict, T: int, h0, cu, prev=None):
     """An Evaluator of the spec's iterate-free nodes and of those reading prev(h, shift = 1), the iterate
     `prev` [B, T, 1, D] one token back (each sequence's first token reads h0 [N, D], or zeros)."""
-    from recdsl.backends.reference import leaf_values
+    from recdsl.backends.reference import leaf_values, weight_leaf
     from recdsl.evaluate import Evaluator, shift_tokens
 
     from .matrix import _LazyLayout
     ir = spec.ir
-    base = leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"),
-                       _LazyLayout(spec, args, torch.float32, "weight"), options, T)
+    weights = _LazyLayout(spec, args, torch.float32, "weight")
+    base = leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"), weights, options, T)
     first = None if h0 is None else h0.reshape(h0.shape[0], 1, -1).float()
 
     def leaf(i, n):
@@ -217,6 +217,10 @@ def operand_evaluator(spec, args: dict, options: dict, T: int, h0, cu, prev=None
             if prev is None:
                 raise ValueError(f"{ir.name}: an operand reads prev(h, shift = 1); pass the iterate")
             return shift_tokens(prev, first, cu)
+        if n.op == "weight":
+            # broadcast over the tokens, not expanded: expanded, Wu [r, D, D]'s gradient went through a
+            # [T, r, D, D] buffer (4.3 GB at issue 5's shape; its fill and sum 2.8 ms of a training call)
+            return weight_leaf(n, weights)
         return base(i, n)
     return Evaluator(ir, leaf)
 
