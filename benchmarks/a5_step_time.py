@@ -1,0 +1,65 @@
+"""Wall time of one eager training step on the A5 task at the paper's width (one layer, d_model 512, batch
+512, every sequence of length 16, at most 24 fixed-point iterations), and its GPU time by kernel
+(task_step_time.profile_step). RECDSL_FIXED_POINT picks the fixed-point path. One JSON line, appended to OUT.
+
+    RECDSL_FIXED_POINT=fused python benchmarks/a5_step_time.py OUT [--spec benchmarks/specs/fp_rnn_hdep.rec]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from task_step_time import profile_step  # noqa: E402
+
+from recdsl.tasks.data import IGNORE, task as get_task  # noqa: E402
+from recdsl.tasks.train import TaskModel, TrainConfig  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--spec", default="benchmarks/specs/fp_rnn_hdep.rec")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps, after 3 of warm-up")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")      # 24 iterations often stop short of the tolerance, as in training
+    cfg = TrainConfig(args.spec, "word_A5", 1, 512, batch=512, train_len=(1, 16),
+                      params=(("D", 512.0), ("max_iter", 24.0), ("tol", 0.01)))
+    task = get_task(cfg.task)
+    model = TaskModel(cfg, len(task.vocab)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b = task.batch(cfg.batch, 16, 16, np.random.default_rng(0))
+    tokens, labels = b.tokens.cuda(), b.labels.cuda()
+
+    def step():
+        loss = F.cross_entropy(model(tokens).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    row = {"mode": os.environ.get("RECDSL_FIXED_POINT", "auto"), "spec": args.spec, "gpu": torch.cuda.get_device_name(),
+           "wall_ms_per_step": round(1000 * (time.perf_counter() - t0) / args.steps, 2),
+           "profile": profile_step(cfg, top=15)}
+    print(json.dumps(row), flush=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
