@@ -146,8 +146,7 @@ def recdsl_rows(args, dtype, dev, out, shape):
     from recdsl import RecNotConverged
     warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count, as the paper times
     gout = None
-    # with --hdep the fused solve replays no CUDA graphs (fp_shifted.py): one fused row
-    for mode, graphs in (("fused", "1"),) + (() if args.hdep else (("fused", "0"),)) + (("unfused", "1"),):
+    for mode, graphs in (("fused", "1"), ("fused", "0"), ("unfused", "1")):
         run = _fixed_point_mode(mode, _with_env("RECDSL_FP_GRAPH", graphs, lambda: spec.op(**a, backend=backend)))
         name = f"recdsl {mode}" + (", no CUDA graphs" if graphs == "0" else "")
         name = name if backend == "triton" else "recdsl reference (no Triton here)"
