@@ -14,15 +14,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from task_step_time import profile_step  # noqa: E402
+from task_step_time import eager_step, profile_step  # noqa: E402
 
-from recdsl.tasks.data import IGNORE, task as get_task  # noqa: E402
-from recdsl.tasks.train import TaskModel, TrainConfig  # noqa: E402
+from recdsl.tasks.train import TrainConfig  # noqa: E402
 
 
 def main() -> int:
@@ -34,17 +31,7 @@ def main() -> int:
     warnings.simplefilter("ignore")      # 24 iterations often stop short of the tolerance, as in training
     cfg = TrainConfig(args.spec, "word_A5", 1, 512, batch=512, train_len=(1, 16),
                       params=(("D", 512.0), ("max_iter", 24.0), ("tol", 0.01)))
-    task = get_task(cfg.task)
-    model = TaskModel(cfg, len(task.vocab)).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b = task.batch(cfg.batch, 16, 16, np.random.default_rng(0))
-    tokens, labels = b.tokens.cuda(), b.labels.cuda()
-
-    def step():
-        loss = F.cross_entropy(model(tokens).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    step = eager_step(cfg, lr=1e-4)
     for _ in range(3):
         step()
     torch.cuda.synchronize()

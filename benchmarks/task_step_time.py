@@ -44,16 +44,16 @@ def step_ms(cfg: TrainConfig, steps: int, mode: str) -> float:
     return statistics.median(later)
 
 
-def profile_step(cfg: TrainConfig, top: int = 12) -> dict:
-    """The GPU time of one eager training step (forward, loss, backward, AdamW) by kernel, in ms."""
+def eager_step(cfg: TrainConfig, lr: float = 1e-3):
+    """A function running one eager training step (forward, loss, backward, AdamW) of a fresh model on one
+    fixed batch at the longest training length, on CUDA."""
     import numpy as np
     import torch.nn.functional as F
-    from overhead import kernel_times
     from recdsl.tasks.data import IGNORE, task as get_task
     from recdsl.tasks.train import TaskModel
     task = get_task(cfg.task)
     model = TaskModel(cfg, len(task.vocab)).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     n = cfg.train_len[1] - int(task.odd_only and cfg.train_len[1] % 2 == 0)
     b = task.batch(cfg.batch, n, n, np.random.default_rng(0))
     tokens, labels = b.tokens.cuda(), b.labels.cuda()
@@ -63,7 +63,13 @@ def profile_step(cfg: TrainConfig, top: int = 12) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    per = kernel_times(step, iters=5)
+    return step
+
+
+def profile_step(cfg: TrainConfig, top: int = 12) -> dict:
+    """The GPU time of one eager training step (eager_step) by kernel, in ms."""
+    from overhead import kernel_times
+    per = kernel_times(eager_step(cfg), iters=5)
     return {"total_ms": round(sum(per.values()), 3), "kernels": {k[:90]: round(v, 4) for k, v in list(per.items())[:top]}}
 
 
