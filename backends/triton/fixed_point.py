@@ -70,7 +70,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
 
     def leaves():   # the inputs in the reference layout, converted on first use (and then kept)
         return leaf_values(ir, _LazyLayout(spec, raw, torch.float32, "input"),
-                           _LazyLayout(spec, raw, torch.float32, "weight"), options, T)
+                           _LazyLayout(spec, raw, torch.float32, "weight"), options)   # weights broadcast
     base = leaves()
     a_id, write, out = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.roots_with("output:")[0][1]
     varying = {i for i in ir.graph.nodes if ir.reads(i, "prev", "state")}
@@ -181,7 +181,7 @@ def fused_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0,
     (op layout), the initial state h0 [N, D] (or None) and, for operands that read prev(h, shift = 1), the
     iterate prev [B, T, 1, D]."""
     from .fp_fused import FusedIteration
-    ev = operand_evaluator(spec, args, options, T, h0, cu, prev)
+    ev = operand_evaluator(spec, args, options, h0, cu, prev)
     return FusedIteration.build(pattern, spec.ir, ev, B, T, None if h0 is None else h0.contiguous(), cu,
                                 args, options)
 
@@ -194,22 +194,22 @@ def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h
     from .fp_shifted import ShiftedIteration
     ir, D = spec.ir, spec.ir.state[1][0]
     ref = next(args[a.name] for a in spec.args if a.kind == "input")
-    ev = operand_evaluator(spec, args, options, T, h0, cu, torch.zeros(B, T, 1, D, device=ref.device))
+    ev = operand_evaluator(spec, args, options, h0, cu, torch.zeros(B, T, 1, D, device=ref.device))
     step = FusedIteration.build(pattern, ir, ev, B, T, None if h0 is None else h0.contiguous(), cu, args, options)
     kept = {i: v for i, v in ev.memo.items() if not ir.reads(i, "prev")}
-    return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, T, h0, cu, prev), kept)
+    return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, h0, cu, prev), kept)
 
 
-def operand_evaluator(spec, args: dict, options: dict, T: int, h0, cu, prev=None):
+def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):
     """An Evaluator of the spec's iterate-free nodes and of those reading prev(h, shift = 1), the iterate
     `prev` [B, T, 1, D] one token back (each sequence's first token reads h0 [N, D], or zeros)."""
-    from recdsl.backends.reference import leaf_values, weight_leaf
+    from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator, shift_tokens
 
     from .matrix import _LazyLayout
     ir = spec.ir
-    weights = _LazyLayout(spec, args, torch.float32, "weight")
-    base = leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"), weights, options, T)
+    base = leaf_values(ir, _LazyLayout(spec, args, torch.float32, "input"),
+                       _LazyLayout(spec, args, torch.float32, "weight"), options)   # weights broadcast
     first = None if h0 is None else h0.reshape(h0.shape[0], 1, -1).float()
 
     def leaf(i, n):
@@ -217,10 +217,6 @@ def operand_evaluator(spec, args: dict, options: dict, T: int, h0, cu, prev=None
             if prev is None:
                 raise ValueError(f"{ir.name}: an operand reads prev(h, shift = 1); pass the iterate")
             return shift_tokens(prev, first, cu)
-        if n.op == "weight":
-            # broadcast over the tokens, not expanded: expanded, Wu [r, D, D]'s gradient went through a
-            # [T, r, D, D] buffer (4.3 GB at issue 5's shape; its fill and sum 2.8 ms of a training call)
-            return weight_leaf(n, weights)
         return base(i, n)
     return Evaluator(ir, leaf)
 

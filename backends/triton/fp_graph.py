@@ -63,6 +63,8 @@ class SolveGraphs:
         self.slots = [{"h": None, "dots": self.step.x.new_empty(NTOK, _padded(R))}
                       for _ in range(2)]    # the iterate (allocated at the first capture) and its dot products
         self.graphs: dict = {}       # (K, delta, dots in) -> [graph, graph]; a graph: (CUDAGraph, residuals)
+        # an iteration whose operands read prev(h, shift = 1) takes no dot products in (fp_shifted.py)
+        self.carries_dots = not self.step.pattern.varying
         self.seen: set = set()       # kinds of call run once eagerly (their kernels compiled)
         self.turn = 0
 
@@ -85,8 +87,7 @@ class SolveGraphs:
         return self.run
 
     def run(self, iterates: dict, delta: float, K: int):
-        # an iteration whose operands read prev(h, shift = 1) takes no dot products in (fp_shifted.py)
-        dots = None if self.step.pattern.varying else iterates.get("dots")
+        dots = iterates.get("dots") if self.carries_dots else None
         kind = (K, float(delta), dots is not None)
         if kind not in self.seen:                     # compiles the kernels this kind launches
             self.seen.add(kind)
@@ -109,7 +110,7 @@ class SolveGraphs:
             pair[self.turn] = self._capture(src, dst, dots is not None, delta, K)
         graph, residuals = pair[self.turn]
         graph.replay()
-        return {"h": dst["h"], "dots": None if self.step.pattern.varying else dst["dots"]}, residuals
+        return {"h": dst["h"], "dots": dst["dots"] if self.carries_dots else None}, residuals
 
     def _capture(self, src, dst, dots_in: bool, delta, K):
         graph = torch.cuda.CUDAGraph()
