@@ -45,10 +45,11 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 
 class Evaluator:
     """Memoised evaluation of value nodes. `leaf(i, node)` supplies leaves; `layer_op(i, node, x)`
-    the layer's parametrised ops (linear, mlp, norms); `linmap_arg(i)` nothing else is needed."""
+    the layer's parametrised ops (linear, mlp, norms); `kernels` {op: fn(*operand values)} replaces the
+    torch expression of an op (a backend's kernel for it)."""
 
-    def __init__(self, ir: IR, leaf, layer_op=None):
-        self.ir, self.leaf, self.layer_op = ir, leaf, layer_op
+    def __init__(self, ir: IR, leaf, layer_op=None, kernels: dict | None = None):
+        self.ir, self.leaf, self.layer_op, self.kernels = ir, leaf, layer_op, kernels or {}
         self.memo: dict[int, torch.Tensor] = {}
 
     def __call__(self, i: int):
@@ -60,6 +61,8 @@ class Evaluator:
             v = self.leaf(i, n)
         elif n.op == "const":
             v = n.args[0]
+        elif n.op in self.kernels:
+            v = self.kernels[n.op](*(self(o) for o in ops))
         elif n.op in UNARY:
             v = UNARY[n.op](self(ops[0]))
         elif n.op in BINARY:

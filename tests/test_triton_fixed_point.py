@@ -282,6 +282,63 @@ def test_hdep_benchmark_specs_solve_their_equations_and_train_their_maps(name):
     assert all(layer.weights[n].grad.abs().sum() > 0 for n in maps)
 
 
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_iterate_products_fold_their_addends(monkeypatch):
+    """fp_products.py on the authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec): Wa @ h_last and
+    Wu @ h_last, each with its input addend (alpha_in, u_in) folded into one addmm, give the evaluator's
+    sums, and with half inputs the operands rounded to that dtype (the sums within its precision); from
+    h^0 = 0 the sums are the addends. The fused path, which uses them, takes the unfused path's iterates
+    (8 iterations each; the unfused path evaluates the products node by node in fp32)."""
+    from pathlib import Path
+
+    from recdsl.backends.triton.fixed_point import operand_evaluator
+    from recdsl.backends.triton.fp_products import IterateProducts, products
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
+    spec = recdsl.load(path, D=6, r=2, tol=1e-30, max_iter=8)
+    ir = spec.ir
+    args = random_args(spec, B=2, T=5, dtype=torch.float32, seed=3)
+    prev = torch.randn(2, 5, 1, 6)
+    full = operand_evaluator(spec, args, {}, None, None, prev)
+    assert all(p.addend is None for p in products(ir, None, 2, 5))     # no addend evaluated: nothing folded
+    found = products(ir, full, 2, 5)
+    assert [ir.node(p.weight).args[0] for p in found] == ["Wa", "Wu"] and all(p.addend is not None for p in found)
+    assert [p.width for p in found] == [2, 12]
+    for p in found:
+        full(p.result)
+    kept = {i: v for i, v in full.memo.items() if not ir.reads(i, "prev")}
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)):
+        ev = operand_evaluator(spec, args, {}, None, None, prev)
+        ev.memo.update(kept)
+        sums = IterateProducts(ir, ev, 2, 5, dtype)
+        sums.fill(ev)
+        for p in found:
+            assert ev.memo[p.result].shape == full(p.result).shape and rel(ev.memo[p.result], full(p.result)) < tol
+        sums.fill(ev, zero_iterate=True)                       # h^0 = 0: the sums are the addends
+        for p in found:
+            assert torch.equal(ev.memo[p.result], full(p.addend))
+    # the products of prev(h, shift = 1) from the unshifted iterate: with initial states, and packed
+    # sequences (one of them empty) whose first tokens read their own state
+    h0 = torch.randn(3, 6)
+    packed = {k: v.reshape(1, 10, *v.shape[2:]) if v.dim() > 2 and v.shape[:2] == (2, 5) else v
+              for k, v in args.items()}
+    for a, h, cu, (B, T) in ((args, None, None, (2, 5)), (args, h0[:2], None, (2, 5)),
+                             (packed, h0, torch.tensor([0, 4, 4, 10]), (1, 10))):
+        it = prev.reshape(B, T, 1, 6)
+        want = operand_evaluator(spec, a, {}, h, cu, it)
+        ev = operand_evaluator(spec, a, {}, h, cu, it)
+        sums = IterateProducts(ir, ev, B, T, torch.float32, h, cu)
+        sums.fill(ev, it)
+        for p in found:
+            assert rel(ev.memo[p.result], want(p.result)) < 1e-6
+    monkeypatch.setenv("RECDSL_FP_BLOCKS", "8,8,1")     # the interpreter walks every row of a block
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
+        outs = {}
+        for mode in ("fused", "unfused"):
+            monkeypatch.setenv("RECDSL_FIXED_POINT", mode)
+            outs[mode] = spec.op(**{k: v.to(dtype) for k, v in args.items()}, backend="triton")[0].float()
+        assert rel(outs["fused"], outs["unfused"]) < tol
+
+
 def triton_reason(spec):
     from recdsl.backends.triton.fp_fused import match
     return match(spec.ir)

@@ -305,6 +305,6 @@ def test_generated_source_names_the_ir():
 
 def test_kernel_builds_for_sm90():
     res = compile_sm90("recdsl.backends.triton.fp_fused", "aot_jobs", 512, 2)
-    assert sorted(n for n, size, secs in res) == ["fp_fused_iter BD=16", "fp_fused_iter BD=32",
+    assert sorted(n for n, size, secs in res) == ["fp_fused_dots", "fp_fused_iter BD=16", "fp_fused_iter BD=32",
                                                           "mix_write_bwd", "mix_write_fwd"]
     assert all(size > 0 for n, size, secs in res)

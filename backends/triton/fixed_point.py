@@ -151,8 +151,13 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     prev = last["h"]
     if fused is not None and not training:
         # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
-        states, dots = prev, last.get("dots")
+        states, dots, ht = prev, last.get("dots"), None
         for _ in range(steps):
+            if graphs is not None and not output_final_state:   # replayed too: an eager shifted launch's host
+                # work (its operands' evaluation, about 2 ms at issue 5's shape) left the device idle
+                nxt, _ = graphs.run({"h": states, "dots": dots}, 1.0, 1)
+                prev, states, dots = states, nxt["h"], nxt["dots"]
+                continue
             prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
         return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
     # k differentiable iterations from the fixed point (its value held constant): their gradient is the
@@ -191,13 +196,17 @@ def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h
     once from the start of the solve (h^0 = 0) and the values that do not read the iterate, kept for the
     evaluations before the later launches."""
     from .fp_fused import FusedIteration
+    from .fp_products import IterateProducts
     from .fp_shifted import ShiftedIteration
     ir, D = spec.ir, spec.ir.state[1][0]
     ref = next(args[a.name] for a in spec.args if a.kind == "input")
     ev = operand_evaluator(spec, args, options, h0, cu, torch.zeros(B, T, 1, D, device=ref.device))
+    products = IterateProducts(ir, ev, B, T, ref.dtype, None if h0 is None else h0.float(), cu)
+    products.fill(ev, zero_iterate=h0 is None)
     step = FusedIteration.build(pattern, ir, ev, B, T, None if h0 is None else h0.contiguous(), cu, args, options)
     kept = {i: v for i, v in ev.memo.items() if not ir.reads(i, "prev")}
-    return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, h0, cu, prev), kept)
+    return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, h0, cu, prev), kept,
+                            products)
 
 
 def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):
@@ -218,7 +227,16 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):
                 raise ValueError(f"{ir.name}: an operand reads prev(h, shift = 1); pass the iterate")
             return shift_tokens(prev, first, cu)
         return base(i, n)
-    return Evaluator(ir, leaf)
+    # l2norm as one Triton pass (l2norm.py): F.normalize (a norm, then a division by the broadcast norm on
+    # torch's strided element-wise path) took about 1.9 ms of a 17-iteration shifted solve at issue 5's shape,
+    # the kernel 0.8 ms (H100 profiles 2026-11-27t and 27u)
+    return Evaluator(ir, leaf, kernels={"l2norm": _l2norm})
+
+
+def _l2norm(x):
+    from recdsl.evaluate import l2norm
+    from .l2norm import l2norm as kernel
+    return kernel(x)[0] if isinstance(x, torch.Tensor) and x.is_cuda else l2norm(x)
 
 
 def _graphs(spec, key, make, shapes: int = 4):

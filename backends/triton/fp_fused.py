@@ -21,7 +21,7 @@ c = W d for a lower-triangular W per token that depends on u and s only, so it i
 only its channels: the dot products of h^(l-1) come in from the previous launch, which, having just
 written h^(l-1), left each channel block's share of u_i . (x - h^(l-1)); a small second kernel
 (fp_fused_finish) adds the shares up and folds the per-token row maxima of the residual into each
-sequence's value. The first iteration's dot products come from torch. With BD = D (FULL_ROWS) a
+sequence's value. The first iteration's dot products come from a third kernel (fp_fused_dots). With BD = D (FULL_ROWS) a
 program owns whole rows and needs no second kernel.
 
 Forward only: the solve runs under no_grad; the gradient is the differentiable step at the fixed point
@@ -153,6 +153,26 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
         tl.store(res + i_n, tl.max(worst, axis=0))
     if STORE_HT:
         tl.store(ht + i_n.to(tl.int64) * D + o_d[None, :], carry, mask=m_d[None, :])
+
+
+@triton.jit
+def fp_fused_dots(u, x, hp, dots, NTOK, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
+                  BD: tl.constexpr):
+    """dots [NTOK, RP] (padding zero): d_i = u_i . (x - hp) over whole rows, for an iterate that no launch
+    wrote its dot products for: the solve's first, or every one where u moves with the iterate
+    (fp_shifted.py). From torch it was a subtraction and a batched GEMV, 0.09 ms an iteration at issue
+    5's shape on an H100."""
+    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    m_t = p < NTOK
+    o_r = tl.arange(0, RP)
+    acc = tl.zeros([BT, RP], dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        o_d = d0 + tl.arange(0, BD)
+        m_td = m_t[:, None] & (o_d < D)[None, :]
+        off = p[:, None] * D + o_d[None, :]
+        v = tl.load(x + off, mask=m_td, other=0.0) - tl.load(hp + off, mask=m_td, other=0.0)
+        acc += _dots(u, p, o_d, m_td, o_r, v, D, R, RP, BT)
+    tl.store(dots + p[:, None] * RP + o_r[None, :], acc, mask=m_t[:, None])
 
 
 @triton.jit
@@ -434,11 +454,14 @@ class FusedIteration:
 
     def dots(self, prev: torch.Tensor) -> torch.Tensor:
         """[NTOK, RP]: d_i = u_i . (x - prev), the kernel's input for an iterate it did not write itself
-        (the first iteration's)."""
+        (the first iteration's; every one where u reads the iterate), from fp_fused_dots."""
         NTOK, D = self.x.shape
-        R = self.u.shape[1]
-        d = prev.new_zeros(NTOK, _padded(R))
-        d[:, :R] = torch.einsum("nrd,nd->nr", self.u, self.x - prev.reshape(NTOK, D))
+        R, RP = self.u.shape[1], _padded(self.u.shape[1])
+        d = prev.new_empty(NTOK, RP)
+        BT, BD = 32, min(128, next_power_of_2(D))
+        if NTOK:
+            self.module.fp_fused_dots[(cdiv(NTOK, BT),)](self.u, self.x, prev.reshape(NTOK, D).contiguous(), d, NTOK,
+                                                         D=D, R=R, RP=RP, BT=BT, BD=BD, num_warps=4)
         return d
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
@@ -531,6 +554,12 @@ def aot_jobs_for(spec, varlen: bool = False):
         sig.update(scalars)
         attrs = {k: v for k, v in attrs.items() if fn.arg_names[k[0]] not in scalars}
         jobs[name] = (name, fn_, sig, const_, attrs, opts)
+    dots = load(pattern).fp_fused_dots
+    name, fn_, sig, const_, attrs, opts = _aot_job("fp_fused_dots", dots, dict(
+        D=D, R=pattern.r, RP=_padded(pattern.r), BT=32, BD=min(128, next_power_of_2(D))), "fp32", "fp32",
+        dict(num_warps=4))
+    sig.update(NTOK="i32")
+    jobs[name] = (name, fn_, sig, const_, {k: v for k, v in attrs.items() if dots.arg_names[k[0]] != "NTOK"}, opts)
     from .fp_fused_step import _blocks, generate as generate_step   # the differentiable step's kernels
     step = load_source(generate_step(pattern))
     BT, BK = _blocks(D)

@@ -7,7 +7,8 @@ prev(h, shift = 1): the paper's hidden-state dependence (Movahedi et al. 2025, S
 Such an operand changes with every iterate, so it cannot be set once per solve. Before each launch the
 varying operands (FusedPattern.varying) are evaluated again from the iterate the launch starts from, in
 PyTorch: their maps are matrix products over all tokens, which cuBLAS does better than a program that owns a
-few channels of one sequence. Every value that does not read the iterate is kept from the first evaluation.
+few channels of one sequence, each with its addend in one addmm (fp_products.py). Every value that
+does not read the iterate is kept from the first evaluation.
 The reflections' dot products d_i = u_i . (x - h^(l-1)) come from torch too: the previous launch left
 them for the previous iterate's u. The launch itself (mixer, scan, damping, residual) is fp_fused's kernel,
 unchanged.
@@ -19,18 +20,20 @@ import torch
 from recdsl.ir import IR
 
 from .fp_fused import FusedIteration
+from .fp_products import IterateProducts
 
 
 class ShiftedIteration:
     """Launches of a FusedIteration whose varying operands are evaluated from each launch's iterate.
     `evaluator(prev)` is an Evaluator of the spec's nodes reading `prev` [B, T, 1, D] as h^(l-1); `step`
-    holds the operands that do not move and `kept` the values (by IR node) that do not read the iterate.
+    holds the operands that do not move and `kept` the values (by IR node) that do not read the iterate;
+    `products` (fp_products.IterateProducts) evaluates the weight products of the iterate.
     Has FusedIteration's launch() and iterations(), so fp_graph.SolveGraphs replays them as CUDA graphs
     (the evaluations included: their host work, about 0.8 ms an iteration at issue 5's shape, is most of
     an eager solve's)."""
 
-    def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict):
-        self.ir, self.step, self.evaluator, self.kept = ir, step, evaluator, kept
+    def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict, products: IterateProducts):
+        self.ir, self.step, self.evaluator, self.kept, self.products = ir, step, evaluator, kept, products
 
     @property
     def pattern(self):
@@ -50,6 +53,7 @@ class ShiftedIteration:
     def at(self, prev: torch.Tensor) -> FusedIteration:
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
+        self.products.fill(ev, prev)
         return self.step.at(self.ir, ev)
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):

@@ -1,0 +1,154 @@
+"""The weight products of the iterate in a shifted fixed-point spec, each one addmm per launch with its
+iterate-free addend folded in (fp_shifted.py evaluates the varying operands before each launch).
+
+The authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec)
+
+    u = l2norm(u_in + Wu @ h_last),   alpha = sigmoid(alpha_in + Wa @ h_last),   h_last = prev(h, shift = 1)
+
+evaluated node by node is a GEMM per weight and an add per addend, each over every token: the add of u_in
+took 1.81 ms of a 17-iteration solve at issue 5's shape (H100 profile 2026-11-27o). Here the weight
+[*out, D] becomes one [D, out] matrix and the addend one [NTOK, out] bias, both once per solve, and each
+launch takes torch.addmm. (A first version took all products of one iterate value in one GEMM; its
+results were column slices of one matrix, which torch's element-wise kernels read on their slower strided
+path.)
+
+Half-precision inputs multiply in their own dtype with fp32 accumulation and an fp32 result (tensor
+cores), as the layer's linear maps do; fp32 inputs follow torch's float32 matmul precision
+(torch.backends.cuda.matmul.allow_tf32).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from recdsl.ir import IR
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Product:
+    """W @ v for a weight node and a value v that reads the iterate; its result is the value of node
+    `result`: the product itself, or the add that took the iterate-free `addend` in."""
+    matmul: int
+    weight: int
+    vector: int
+    addend: int | None
+    result: int
+    width: int
+
+
+def products(ir: IR, value, B: int, T: int) -> tuple[Product, ...]:
+    """The weight products of values [D] that read the iterate. An add whose other operand is iterate-free,
+    has the sum's shape and is a value per token ([B, T, 1, *shape] by `value(node)`, an Evaluator; None:
+    no addend is taken) is folded in."""
+    roots = {i for _, i in ir.roots}
+    found = []
+    for m in ir.order():
+        if ir.node(m).op != "matmul":
+            continue
+        w, v = ir.operands(m)
+        if ir.node(w).op != "weight" or not ir.reads(v, "prev") or len(ir.node(v).shape) != 1:
+            continue
+        addend, result = None, m
+        users = list(ir.graph.successors(m))
+        if len(users) == 1 and m not in roots and ir.node(users[0]).op == "add":
+            other = [o for o in ir.operands(users[0]) if o != m]
+            if (len(other) == 1 and not ir.reads(other[0], "prev")
+                    and ir.node(other[0]).shape == ir.node(m).shape == ir.node(users[0]).shape
+                    and value is not None and isinstance(value(other[0]), torch.Tensor)
+                    and tuple(value(other[0]).shape) == (B, T, 1) + ir.node(m).shape):
+                addend, result = other[0], users[0]
+        found.append(Product(m, w, v, addend, result, math.prod(ir.node(m).shape)))
+    return tuple(found)
+
+
+class IterateProducts:
+    """The weights [D, out] and biases [NTOK, out] of a spec's products for one solve; fill(ev) puts their
+    sums into the evaluator's memo. `value(node)` evaluates the weights and the addends (an Evaluator);
+    `dtype` is the inputs' dtype; h0 [N, D] (or None) and cu (or None) are the solve's."""
+
+    def __init__(self, ir: IR, value, B: int, T: int, dtype: torch.dtype, h0=None, cu=None):
+        self.ir, self.B, self.T = ir, B, T
+        self.products = products(ir, value, B, T)
+        self.mats, self.biases, self.later = [], [], []
+        for p in self.products:
+            W = value(p.weight).reshape(p.width, ir.node(p.vector).shape[0])
+            self.mats.append(W.t().to(dtype if dtype in HALF else torch.float32))
+            # no addend: a zero broadcast (addmm's epilogue then reads nothing)
+            bias = (W.new_zeros(()).expand(B * T, p.width) if p.addend is None
+                    else value(p.addend).reshape(B * T, p.width))
+            self.biases.append(bias)
+            # for the product of the iterate itself (below): row n holds the bias of token n + 1
+            self.later.append(torch.cat([bias[1:], bias[:1]]) if _of_last_token(ir, p) else None)
+        self.firsts = self.h0_first = None
+        if any(b is not None for b in self.later):   # each sequence's first token (non-empty ones) and state
+            if cu is None:
+                self.firsts, self.h0_first = torch.arange(B, device=W.device) * T, h0
+            else:
+                real = cu[1:] > cu[:-1]
+                self.firsts, self.h0_first = cu[:-1][real].long(), None if h0 is None else h0[real]
+
+    def fill(self, ev, iterate=None, zero_iterate: bool = False) -> None:
+        """The sums from the iterate ev reads (`iterate` [B, T, 1, D]: the same, unshifted); with
+        `zero_iterate` (the solve's start, h^0 = 0 and no initial state) the products are zero and the sums
+        are the biases, with no product taken."""
+        for p, W, bias, later in zip(self.products, self.mats, self.biases, self.later):
+            if zero_iterate:
+                out = bias
+            elif later is not None and iterate is not None:
+                out = self._of_last_token(iterate, W, bias, later)
+            else:
+                out = _addmm(bias, ev(p.vector).reshape(self.B * self.T, -1).to(W.dtype), W)
+            ev.memo[p.result] = out.view((self.B, self.T, 1) + self.ir.node(p.result).shape)
+
+    def _of_last_token(self, iterate, W, bias, later):
+        """bias + W @ prev(h, shift = 1) without shifting the iterate (a copy of it per launch, 0.98 ms of
+        a 17-iteration solve at issue 5's shape): token n's product lands in row n + 1 of a buffer one row
+        longer, whose first NTOK rows are then the shifted sums, except at each sequence's first token,
+        which reads h0 (or zeros) and is written after."""
+        N = self.B * self.T
+        if N == 0:
+            return bias
+        buf = bias.new_empty(N + 1, bias.shape[1])
+        _addmm(later, iterate.reshape(N, -1).to(W.dtype), W, out=buf[1:])
+        out = buf[:N]
+        start = bias[self.firsts]
+        if self.h0_first is not None:
+            start = _addmm(start, self.h0_first.to(W.dtype), W)
+        out[self.firsts] = start
+        return out
+
+
+def _of_last_token(ir: IR, p: Product) -> bool:
+    """Whether p multiplies prev(h, shift = 1) itself, the previous token's iterate."""
+    n = ir.node(p.vector)
+    return n.op == "prev" and len(n.args) > 1
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out=None) -> torch.Tensor:
+    """bias + a @ b in fp32 (bias fp32; a, b fp32 or both half precision, accumulated in fp32), into `out`
+    when given."""
+    if a.dtype not in HALF:
+        return torch.addmm(bias, a, b, out=out)
+    if _mixed_addmm(a.device.type, a.dtype):
+        return torch.addmm(bias, a, b, out_dtype=torch.float32, out=out)
+    return torch.addmm(bias, a.float(), b.float(), out=out)   # the operands rounded alike, multiplied in fp32
+
+
+@functools.lru_cache(maxsize=None)
+def _mixed_addmm(device: str, dtype: torch.dtype) -> bool:
+    """Whether torch.addmm takes half operands with out_dtype=float32 (and out=) here (CUDA, torch >= 2.8).
+    Probed on the first launch, which runs eagerly before any graph capture (fp_graph.py)."""
+    if device != "cuda":
+        return False
+    try:
+        x = torch.ones(16, 16, device=device, dtype=dtype)
+        out = torch.empty(17, 16, device=device)
+        torch.addmm(torch.zeros(16, 16, device=device), x, x, out_dtype=torch.float32, out=out[1:])
+        return bool((out[1:] == 16).all())
+    except (TypeError, RuntimeError):
+        return False
