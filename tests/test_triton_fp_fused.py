@@ -173,6 +173,30 @@ def test_reflection_coefficients_and_their_gradient(r):
     assert torch.autograd.gradcheck(coefficients, (u, s))
 
 
+@pytest.mark.parametrize("r, D", [(1, 7), (2, 40), (3, 130)])
+def test_dots_kernel_gives_dot_and_gram_products(r, D):
+    """fp_fused_dots: d_i = u_i . (x - hp) and the Gram products u_i . u_j (j < i, zero elsewhere, over
+    several channel blocks when D > 128), and the coefficients from them (coefficients_from_gram) equal to
+    coefficients(u, s)."""
+    from recdsl.backends.triton.fp_fused import FusedIteration, coefficients, coefficients_from_gram, load, match
+    spec = recdsl.load(example("fp_rnn"), D=D, r=r)
+    pattern = match(spec.ir)
+    g = torch.Generator().manual_seed(D)
+    NTOK = 37
+    u, x, hp = (torch.randn(*shape, generator=g) for shape in ((NTOK, r, D), (NTOK, D), (NTOK, D)))
+    s = torch.rand(NTOK, r, generator=g)
+    step = FusedIteration(pattern, x, x, x, u, u, None, None, torch.zeros(NTOK, dtype=torch.int32), 1, NTOK,
+                          load(pattern))      # only x, u and the module matter to dots()
+    d, G = step.dots(hp, gram=True)
+    RP = d.shape[1]
+    want = torch.zeros(NTOK, RP)
+    want[:, :r] = torch.einsum("nrd,nd->nr", u, x - hp)
+    gram = torch.einsum("nid,njd->nij", u, u).tril(-1)
+    assert rel(d, want) < 1e-6 and torch.equal(step.dots(hp), d)
+    assert (G[:, :r, :r] - gram).abs().max() < 1e-4 and not G[:, r:].any() and not G[:, :, r:].any()
+    assert rel(coefficients_from_gram(G, s), coefficients(u, s)) < 1e-6
+
+
 def test_layer_trains_and_warns_when_not_converged(monkeypatch):
     monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
     torch.manual_seed(3)

@@ -156,23 +156,34 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
 
 
 @triton.jit
-def fp_fused_dots(u, x, hp, dots, NTOK, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
-                  BD: tl.constexpr):
+def fp_fused_dots(u, x, hp, dots, gram, NTOK, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr,
+                  BD: tl.constexpr, GRAM: tl.constexpr):
     """dots [NTOK, RP] (padding zero): d_i = u_i . (x - hp) over whole rows, for an iterate that no launch
     wrote its dot products for: the solve's first, or every one where u moves with the iterate
-    (fp_shifted.py). From torch it was a subtraction and a batched GEMV, 0.09 ms an iteration at issue
-    5's shape on an H100."""
+    (fp_shifted.py). With GRAM also gram [NTOK, RP, RP]: u_i . u_j for j < i (zero elsewhere), which the
+    reflections' coefficients need when u moves. From torch they were a subtraction and a batched GEMV
+    (0.09 ms an iteration at issue 5's shape on an H100) and products of strided slices of u."""
     p = tl.program_id(0) * BT + tl.arange(0, BT)
     m_t = p < NTOK
     o_r = tl.arange(0, RP)
+    o_g = tl.arange(0, RP * RP)
     acc = tl.zeros([BT, RP], dtype=tl.float32)
+    pairs = tl.zeros([BT, RP * RP], dtype=tl.float32)
     for d0 in range(0, D, BD):
         o_d = d0 + tl.arange(0, BD)
         m_td = m_t[:, None] & (o_d < D)[None, :]
         off = p[:, None] * D + o_d[None, :]
         v = tl.load(x + off, mask=m_td, other=0.0) - tl.load(hp + off, mask=m_td, other=0.0)
         acc += _dots(u, p, o_d, m_td, o_r, v, D, R, RP, BT)
+        if GRAM:
+            for i in tl.static_range(1, R):
+                u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0)
+                for j in tl.static_range(i):
+                    u_j = tl.load(u + (p[:, None] * R + j) * D + o_d[None, :], mask=m_td, other=0.0)
+                    pairs += tl.where(o_g[None, :] == i * RP + j, tl.sum(u_i * u_j, axis=1)[:, None], 0.0)
     tl.store(dots + p[:, None] * RP + o_r[None, :], acc, mask=m_t[:, None])
+    if GRAM:
+        tl.store(gram + p[:, None] * (RP * RP) + o_g[None, :], pairs, mask=m_t[:, None])
 
 
 @triton.jit
@@ -343,16 +354,9 @@ class _Coefficients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, s):
         r = u.shape[-2]
-        eye = torch.eye(r, dtype=u.dtype, device=u.device)
         vectors = u.unbind(-2)
         gram = {(i, j): torch.linalg.vecdot(vectors[i], vectors[j]) for i in range(r) for j in range(i)}
-        pre, rows = [], []
-        for i in range(r):
-            p = eye[i].expand(u.shape[:-2] + (r,))
-            for j in range(i):
-                p = p - gram[i, j][..., None] * rows[j]
-            pre.append(p)
-            rows.append(s[..., i, None] * p)
+        pre, rows = _recursion(gram, s)
         ctx.save_for_backward(u, s, torch.stack(pre, -2), torch.stack(rows, -2),
                               *(gram[i, j] for i in range(r) for j in range(i)))
         return torch.stack(rows, -2)
@@ -378,9 +382,31 @@ class _Coefficients(torch.autograd.Function):
         return torch.stack(du, -2), torch.stack(ds, -1)
 
 
-def _operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names) -> dict:
+def _recursion(gram: dict, s: torch.Tensor) -> tuple[list, list]:
+    """The rows p_i and W_i = s_i p_i of coefficients() from the Gram products gram[i, j] = u_i . u_j (j < i)
+    and the strengths s [..., r]."""
+    r = s.shape[-1]
+    eye = torch.eye(r, dtype=s.dtype, device=s.device)
+    pre, rows = [], []
+    for i in range(r):
+        p = eye[i].expand(s.shape[:-1] + (r,))
+        for j in range(i):
+            p = p - gram[i, j][..., None] * rows[j]
+        pre.append(p)
+        rows.append(s[..., i, None] * p)
+    return pre, rows
+
+
+def coefficients_from_gram(gram: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """coefficients() without autograd from the Gram products gram [..., RP, RP] (fp_fused_dots's) and s."""
+    r = s.shape[-1]
+    return torch.stack(_recursion({(i, j): gram[..., i, j] for i in range(r) for j in range(i)}, s)[1], -2)
+
+
+def evaluate_operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names, strengths: bool = False) -> dict:
     """The FusedIteration fields `names` (of a, g, x, u, w) evaluated by value(node) in the reference
-    layout: a, g, x [NTOK, D], u [NTOK, R, D], w [NTOK, R, R] (from u and the strengths s), fp32."""
+    layout: a, g, x [NTOK, D], u [NTOK, R, D], w [NTOK, R, R] (from u and the strengths s), fp32. With
+    `strengths`, the strengths [NTOK, R] instead of w (for coefficients_from_gram)."""
     D = ir.state[1][0]
     device = value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
 
@@ -401,7 +427,10 @@ def _operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names) -> di
             ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
         # one reflection group (the usual u[r, D]) needs no concatenation: it would copy u
         u, s = (us[0], ss[0]) if len(us) == 1 else (torch.cat(us, 1).contiguous(), torch.cat(ss, 1))
-        out["u"], out["w"] = u, coefficients(u, s).contiguous()
+        if strengths:    # the caller makes w from its own Gram products
+            out["u"], out["strengths"] = u, s
+        else:
+            out["u"], out["w"] = u, coefficients(u, s).contiguous()
     return out
 
 
@@ -427,7 +456,7 @@ class FusedIteration:
               options: Optional[dict] = None) -> "FusedIteration":
         """value(node) evaluates an operand's IR node in the reference layout (fp32); args (op layout)
         and options are the spec's, read by the operands the kernel evaluates itself."""
-        ops = _operands(pattern, ir, value, B, T, ("a", "g", "x", "u", "w"))
+        ops = evaluate_operands(pattern, ir, value, B, T, ("a", "g", "x", "u", "w"))
         x = ops["x"]
         if cu is None:
             seq = torch.arange(B, dtype=torch.int32, device=x.device).repeat_interleave(T)
@@ -443,7 +472,7 @@ class FusedIteration:
     def at(self, ir: IR, value) -> "FusedIteration":
         """The same iteration with its varying operands (pattern.varying: those reading prev(h, shift = 1))
         evaluated by value(node), which reads the iterate the launch starts from."""
-        ops = _operands(self.pattern, ir, value, self.B, self.T, self.pattern.varying)
+        ops = evaluate_operands(self.pattern, ir, value, self.B, self.T, self.pattern.varying)
         return dataclasses.replace(self, **ops)
 
     def detached(self) -> "FusedIteration":
@@ -452,17 +481,20 @@ class FusedIteration:
                                    u=self.u.detach(), w=self.w.detach(),
                                    h0=None if self.h0 is None else self.h0.detach())
 
-    def dots(self, prev: torch.Tensor) -> torch.Tensor:
+    def dots(self, prev: torch.Tensor, gram: bool = False):
         """[NTOK, RP]: d_i = u_i . (x - prev), the kernel's input for an iterate it did not write itself
-        (the first iteration's; every one where u reads the iterate), from fp_fused_dots."""
+        (the first iteration's; every one where u reads the iterate), from fp_fused_dots. With `gram`
+        (d, the Gram products [NTOK, RP, RP] of u, as fp_fused_dots)."""
         NTOK, D = self.x.shape
         R, RP = self.u.shape[1], _padded(self.u.shape[1])
         d = prev.new_empty(NTOK, RP)
+        G = prev.new_empty((NTOK, RP, RP) if gram else (0,))
         BT, BD = 32, min(128, next_power_of_2(D))
         if NTOK:
-            self.module.fp_fused_dots[(cdiv(NTOK, BT),)](self.u, self.x, prev.reshape(NTOK, D).contiguous(), d, NTOK,
-                                                         D=D, R=R, RP=RP, BT=BT, BD=BD, num_warps=4)
-        return d
+            self.module.fp_fused_dots[(cdiv(NTOK, BT),)](self.u, self.x, prev.reshape(NTOK, D).contiguous(), d, G,
+                                                         NTOK, D=D, R=R, RP=RP, BT=BT, BD=BD, GRAM=gram,
+                                                         num_warps=4)
+        return (d, G) if gram else d
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
         """One iteration from prev [B, T, 1, D] (and its dot products, when the last launch wrote them):
@@ -556,7 +588,7 @@ def aot_jobs_for(spec, varlen: bool = False):
         jobs[name] = (name, fn_, sig, const_, attrs, opts)
     dots = load(pattern).fp_fused_dots
     name, fn_, sig, const_, attrs, opts = _aot_job("fp_fused_dots", dots, dict(
-        D=D, R=pattern.r, RP=_padded(pattern.r), BT=32, BD=min(128, next_power_of_2(D))), "fp32", "fp32",
+        D=D, R=pattern.r, RP=_padded(pattern.r), BT=32, BD=min(128, next_power_of_2(D)), GRAM=True), "fp32", "fp32",
         dict(num_warps=4))
     sig.update(NTOK="i32")
     jobs[name] = (name, fn_, sig, const_, {k: v for k, v in attrs.items() if dots.arg_names[k[0]] != "NTOK"}, opts)

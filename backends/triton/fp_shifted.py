@@ -9,17 +9,20 @@ varying operands (FusedPattern.varying) are evaluated again from the iterate the
 PyTorch: their maps are matrix products over all tokens, which cuBLAS does better than a program that owns a
 few channels of one sequence, each with its addend in one addmm (fp_products.py). Every value that
 does not read the iterate is kept from the first evaluation.
-The reflections' dot products d_i = u_i . (x - h^(l-1)) come from torch too: the previous launch left
-them for the previous iterate's u. The launch itself (mixer, scan, damping, residual) is fp_fused's kernel,
-unchanged.
+The reflections' dot products d_i = u_i . (x - h^(l-1)) come from fp_fused_dots (the previous launch left
+them for the previous iterate's u), together with the Gram products u_i . u_j where u moves, from which the
+coefficients follow in a few small torch ops. The launch itself (mixer, scan, damping, residual) is
+fp_fused's kernel, unchanged.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from recdsl.ir import IR
 
-from .fp_fused import FusedIteration
+from .fp_fused import FusedIteration, coefficients_from_gram, evaluate_operands
 from .fp_products import IterateProducts
 
 
@@ -34,6 +37,9 @@ class ShiftedIteration:
 
     def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict, products: IterateProducts):
         self.ir, self.step, self.evaluator, self.kept, self.products = ir, step, evaluator, kept, products
+        # reflection vectors that stay put while their strengths move: their Gram products once per solve
+        varying = step.pattern.varying
+        self.gram = step.dots(step.x, gram=True)[1] if "w" in varying and "u" not in varying else None
 
     @property
     def pattern(self):
@@ -50,16 +56,26 @@ class ShiftedIteration:
     def detached(self) -> "ShiftedIteration":
         return self     # built without autograd: the differentiable step evaluates its own operands
 
-    def at(self, prev: torch.Tensor) -> FusedIteration:
+    def at(self, prev: torch.Tensor) -> tuple[FusedIteration, torch.Tensor | None]:
+        """(the FusedIteration of a launch from prev, its dot products or None). Where the coefficients
+        move, they come from the Gram products of fp_fused_dots, which gives the dot products with them."""
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
         self.products.fill(ev, prev)
-        return self.step.at(self.ir, ev)
+        varying = self.pattern.varying
+        if "w" not in varying:
+            return self.step.at(self.ir, ev), None
+        ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, varying, strengths=True)
+        s = ops.pop("strengths")
+        step = dataclasses.replace(self.step, **ops)
+        dots, gram = step.dots(prev, gram=True) if self.gram is None else (None, self.gram)
+        return dataclasses.replace(step, w=coefficients_from_gram(gram, s).contiguous()), dots
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
         """FusedIteration.launch from prev, its operands evaluated from prev (`dots` is ignored: those of
         the previous launch were taken against the previous u)."""
-        return self.at(prev).launch(prev, delta, store_ht=store_ht, out=out)
+        step, dots = self.at(prev)
+        return step.launch(prev, delta, store_ht=store_ht, dots=dots, out=out)
 
     def iterations(self, iterates: dict, delta: float, K: int, out=None):
         """K iterations (solve.Batched's run), as FusedIteration.iterations."""
