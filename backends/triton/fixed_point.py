@@ -156,7 +156,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             if graphs is not None and not output_final_state:   # replayed too: an eager shifted launch's host
                 # work (its operands' evaluation, about 2 ms at issue 5's shape) left the device idle
                 nxt, _ = graphs.run({"h": states, "dots": dots}, 1.0, 1)
-                prev, states, dots = states, nxt["h"], nxt["dots"]
+                prev, states, dots = states, nxt["h"], nxt.get("dots")   # a first, eager call gives none
                 continue
             prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
         return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
