@@ -373,6 +373,25 @@ def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_fixed_point_graphs_closing_launch_of_a_new_kind(monkeypatch):
+    """An inference call whose closing launch is a kind of call the solve did not run (8 iterations: calls of
+    4 and 4, then one of 1): its first, eager run and its replays give the eager path's output."""
+    from pathlib import Path
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2, max_iter=8, tol=1e-30)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    outs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+        spec.memo.pop("fp_graphs", None)
+        with torch.no_grad():
+            outs[mode] = [spec.op(**args, backend="triton")[0] for _ in range(3)]
+    for a, b in zip(outs["0"], outs["1"]):
+        assert torch.equal(a, b)
+
+
 def test_fp_mamba_on_gpu():
     """The matrix-state fixed point (fixed_point_matrix.py) against the fp64 reference, with varlen."""
     spec = recdsl.load(example("fp_mamba"), D=128, N=16, r=2)
