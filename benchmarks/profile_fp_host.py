@@ -127,4 +127,3 @@ def _short_names(kernels: dict) -> dict:
 
 if __name__ == "__main__":
     main()
-

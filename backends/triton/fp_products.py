@@ -6,7 +6,7 @@ The authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec)
     u = l2norm(u_in + Wu @ h_last),   alpha = sigmoid(alpha_in + Wa @ h_last),   h_last = prev(h, shift = 1)
 
 evaluated node by node is a GEMM per weight and an add per addend, each over every token: the add of u_in
-took 1.81 ms of a 17-iteration solve at issue 5's shape (H100 profile 2026-11-27o). Here the weight
+took about 1.8 ms of a 17-iteration solve at issue 5's shape (H100 profile 2026-11-27o). Here the weight
 [*out, D] becomes one [D, out] matrix and the addend one [NTOK, out] bias, both once per solve, and each
 launch takes torch.addmm. (A first version took all products of one iterate value in one GEMM; its
 results were column slices of one matrix, which torch's element-wise kernels read on their slower strided
