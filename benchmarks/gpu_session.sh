@@ -45,7 +45,7 @@ elif [ "$1" = mamba ]; then
   RECDSL_SCAN_BLOCKS=$b timeout 120 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start \
     --out "$OUT" --tag "${TAG}_mamba"
 elif [ "$1" = tests ]; then
-  timeout 300 python -m pytest -q tests/test_gpu.py 2>&1 | tail -6
+  timeout 300 python -m pytest -q tests/test_gpu.py tests/test_gpu_fixed_point.py 2>&1 | tail -6
   timeout 150 python -m recdsl.cli bench examples/mamba.rec --width 2048 --no-cold-start --out "$OUT" \
     --tag "${TAG}_mamba"
 elif [ "$1" = recurrent ]; then
@@ -62,7 +62,7 @@ elif [ "$1" = delta-bench ]; then
   timeout 560 python benchmarks/bench_delta_all.py --out "$OUT/${TAG}_delta.jsonl" --shapes "${SHAPES:-4,4096,16,128}" \
     ${CASES:+--cases $CASES} ${NH:+--n-h $NH}
 elif [ "$1" = fp ]; then
-  timeout 150 python -m pytest -q tests/test_gpu.py -k "fixed_point or fp_mamba" 2>&1 | tail -3
+  timeout 150 python -m pytest -q tests/test_gpu_fixed_point.py 2>&1 | tail -3
   timeout 100 python benchmarks/sweep_fp_fused.py --blocks "" --profile --out "$OUT/${TAG}_fp_fused_sweep.jsonl" \
     | cut -c1-200
   timeout 60 python benchmarks/sweep_fp_fused.py --B 256 --T 16 --D 64 --iters 24 --blocks "" --per-call 1,4 \

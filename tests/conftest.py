@@ -51,6 +51,12 @@ def random_args(spec, B=2, T=6, dtype=torch.float64, seed=0):
     return out
 
 
+def cuda_args(spec, B, T, dtype, seed=0):
+    """random_args on the GPU in `dtype`, leaves that require grad."""
+    return {k: v.to("cuda", dtype).requires_grad_(True) for k, v in
+            random_args(spec, B=B, T=T, dtype=torch.float32, seed=seed).items()}
+
+
 def check_against_reference(spec, args: dict, h0, cu_seqlens, fwd_tol=1e-5, grad_tol=1e-4, label=""):
     """spec.op on the Triton backend (args and h0 fp32, requiring grad) against the reference in fp64: the
     output and final state, then the gradient of every argument and of h0 through both."""

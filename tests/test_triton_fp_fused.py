@@ -157,9 +157,9 @@ def test_iterations_write_into_given_buffers(blocks, monkeypatch):
 
 @pytest.mark.parametrize("r", [1, 2, 3, 4])
 def test_reflection_coefficients_and_their_gradient(r):
-    """fp_fused.coefficients (one autograd node with a hand-written backward) against the recursion written
+    """fp_coefficients.coefficients (one autograd node with a hand-written backward) against the recursion written
     with torch ops, and gradcheck in fp64."""
-    from recdsl.backends.triton.fp_fused import coefficients
+    from recdsl.backends.triton.fp_coefficients import coefficients
     g = torch.Generator().manual_seed(r)
     u = torch.randn(5, r, 7, dtype=torch.float64, generator=g, requires_grad=True)
     s = torch.rand(5, r, dtype=torch.float64, generator=g, requires_grad=True)
@@ -178,7 +178,8 @@ def test_dots_kernel_gives_dot_and_gram_products(r, D):
     """fp_fused_dots: d_i = u_i . (x - hp) and the Gram products u_i . u_j (j < i, zero elsewhere, over
     several channel blocks when D > 128), and the coefficients from them (coefficients_from_gram) equal to
     coefficients(u, s)."""
-    from recdsl.backends.triton.fp_fused import FusedIteration, coefficients, coefficients_from_gram, load, match
+    from recdsl.backends.triton.fp_coefficients import coefficients, coefficients_from_gram
+    from recdsl.backends.triton.fp_fused import FusedIteration, load, match
     spec = recdsl.load(example("fp_rnn"), D=D, r=r)
     pattern = match(spec.ir)
     g = torch.Generator().manual_seed(D)

@@ -4,7 +4,7 @@ backward, under an autograd.Function; the scan after it is the generated element
 backward. The unfused path evaluates the same write with a dozen PyTorch passes over [B, T, r, D], and
 autograd keeps their intermediates.
 
-With v = x - hp, d = U v (the r dot products over the row), c = W d (W from u and s, fp_fused.coefficients)
+With v = x - hp, d = U v (the r dot products over the row), c = W d (W from u and s, fp_coefficients.coefficients)
 and Q v = v - sum_i c_i u_i, the gradient of b given db is, with e = db * g:
 
     dg = db * (Q v + hp)            dc_i = -e . u_i       dW = dc d^T       dd = W^T dc

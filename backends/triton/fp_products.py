@@ -83,7 +83,7 @@ class IterateProducts:
                     else value(p.addend).reshape(B * T, p.width))
             self.biases.append(bias)
             # for the product of the iterate itself (below): row n holds the bias of token n + 1
-            self.later.append(torch.cat([bias[1:], bias[:1]]) if _of_last_token(ir, p) else None)
+            self.later.append(torch.cat([bias[1:], bias[:1]]) if _reads_last_token(ir, p) else None)
         self.firsts = self.h0_first = None
         if any(b is not None for b in self.later):   # each sequence's first token (non-empty ones) and state
             if cu is None:
@@ -123,7 +123,7 @@ class IterateProducts:
         return out
 
 
-def _of_last_token(ir: IR, p: Product) -> bool:
+def _reads_last_token(ir: IR, p: Product) -> bool:
     """Whether p multiplies prev(h, shift = 1) itself, the previous token's iterate."""
     n = ir.node(p.vector)
     return n.op == "prev" and len(n.args) > 1

@@ -22,7 +22,8 @@ import torch
 
 from recdsl.ir import IR
 
-from .fp_fused import FusedIteration, coefficients_from_gram, evaluate_operands
+from .fp_coefficients import coefficients_from_gram
+from .fp_fused import FusedIteration, evaluate_operands
 from .fp_products import IterateProducts
 
 

@@ -1,0 +1,136 @@
+"""GPU tier of the fixed-point paths (backends/triton/fixed_point.py, fp_fused.py, fp_shifted.py, fp_graph.py,
+fixed_point_matrix.py): against the fp64 reference, fused against unfused, CUDA-graph replay against eager
+calls. Skipped without a CUDA device."""
+import pytest
+import torch
+
+import recdsl
+
+from conftest import cuda_args, example
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("mode", ["fused", "unfused", "one_launch"])
+def test_fixed_point_on_gpu(mode, monkeypatch):
+    """Both paths against the fp64 reference; the fused step's gradient against the unfused step's."""
+    monkeypatch.setenv("RECDSL_FIXED_POINT", mode)
+    spec = recdsl.load(example("fp_rnn"), D=512, r=2)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    o, S = spec.op(**args, output_final_state=True, backend="triton")
+    o_r, S_r = spec.op(**{k: v.detach().double() for k, v in args.items()}, output_final_state=True,
+                       backend="reference")
+    assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad((o * do).sum(), list(args.values()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "unfused")
+    o_u, _ = spec.op(**args, output_final_state=True, backend="triton")
+    for k, a, b in zip(args, grads, torch.autograd.grad((o_u * do).sum(), list(args.values()))):
+        assert rel(a, b) < 1e-4, k
+
+
+def test_fixed_point_shifted_dependence_on_gpu(monkeypatch):
+    """benchmarks/specs/fp_rnn_mixer_hdep.rec (the reflections read h^(l-1)_(t-1) through Wu, Wa): the fused
+    path, its operands evaluated again before each launch (fp_shifted.py), against the fp64 reference, with
+    an initial state; its gradient, the maps' included, against the unfused path's."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
+    spec = recdsl.load(path, D=512, r=2)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    args = {k: (v.detach() * 512 ** -0.5).requires_grad_(True) if k in ("Wa", "Wu") else v for k, v in args.items()}
+    h0 = torch.randn(2, 512, device="cuda")
+    grads = {}
+    for mode in ("fused", "unfused"):
+        monkeypatch.setenv("RECDSL_FIXED_POINT", mode)
+        assert spec.plan("triton").algorithm == {"fused": "fixed_point_fused", "unfused": "fixed_point_scan"}[mode]
+        o, S = spec.op(**args, initial_state=h0, output_final_state=True, backend="triton")
+        if mode == "fused":
+            o_r, S_r = spec.op(**{k: v.detach().double() for k, v in args.items()}, initial_state=h0.double(),
+                               output_final_state=True, backend="reference")
+            assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
+            do = torch.randn_like(o)
+        grads[mode] = torch.autograd.grad((o * do).sum(), list(args.values()))
+    for k, a, b in zip(args, grads["fused"], grads["unfused"]):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-4, k
+    # bf16 arguments: the products of the iterate on bf16 tensor cores, fp32 accumulation (fp_products.py)
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    half = {k: v.detach().bfloat16() for k, v in args.items()}
+    o, _ = spec.op(**half, initial_state=h0, backend="triton")
+    o_r, _ = spec.op(**{k: v.double() for k, v in half.items()}, initial_state=h0.double(), backend="reference")
+    assert rel(o.double(), o_r) < 2e-2
+
+
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+@pytest.mark.parametrize("path", ["examples/fp_rnn.rec", "benchmarks/specs/fp_rnn_mixer_hdep.rec"])
+def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
+    """The fused solve replayed as CUDA graphs (fp_graph.py: the operands' evaluation, then the driver
+    calls) gives the eager calls' outputs bit for bit, over solves that run each kind of call eagerly,
+    capture both of its graphs and replay them (9 iterations: calls of 4, 4, 1; an inference call's closing
+    launch is replayed as well), with new argument values
+    on each solve (read, not stale), bf16 arguments, an initial state, with and without a gradient. The
+    second spec's operands read prev(h, shift = 1): its graphs replay their evaluation before each launch."""
+    from pathlib import Path
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / path, D=512, r=2, max_iter=9, tol=1e-30)
+    sets = [cuda_args(spec, 2, 256, torch.float32, seed=s) for s in (0, 1)] + [
+        cuda_args(spec, 2, 256, torch.bfloat16, seed=2)]
+    h0 = torch.randn(2, 512, device="cuda", requires_grad=True)
+    do = torch.randn(2, 256, 512, device="cuda")
+    runs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+        spec.memo.pop("fp_graphs", None)
+        outs = []
+        for k in (0, 1, 0, 1, 2, 2, 2):
+            with torch.no_grad():
+                outs.append(spec.op(**sets[k], backend="triton")[0])
+        for k, state in ((1, None), (0, h0), (1, h0), (0, h0)):
+            o, _ = spec.op(**sets[k], initial_state=state, backend="triton")
+            leaves = list(sets[k].values()) + ([] if state is None else [state])
+            outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), leaves))
+        runs[mode] = outs
+    graphs = [g.graphs for g in spec.memo["fp_graphs"].values()]
+    pairs = [pair for kinds in graphs for pair in kinds.values()]
+    # every kind replayed; the solve's own kinds in both turns (an inference call's closing launch, one
+    # more kind of call, may have used one turn only)
+    assert len(graphs) == 3 and all(any(pair) for pair in pairs) and sum(all(pair) for pair in pairs) >= 2
+    assert not torch.equal(runs["1"][0], runs["1"][1])
+    for a, b in zip(runs["0"], runs["1"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_fixed_point_graphs_closing_launch_of_a_new_kind(monkeypatch):
+    """An inference call whose closing launch is a kind of call the solve did not run (8 iterations: calls of
+    4 and 4, then one of 1): its first, eager run and its replays give the eager path's output."""
+    from pathlib import Path
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2, max_iter=8, tol=1e-30)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    outs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+        spec.memo.pop("fp_graphs", None)
+        with torch.no_grad():
+            outs[mode] = [spec.op(**args, backend="triton")[0] for _ in range(3)]
+    for a, b in zip(outs["0"], outs["1"]):
+        assert torch.equal(a, b)
+
+
+def test_fp_mamba_on_gpu():
+    """The matrix-state fixed point (fixed_point_matrix.py) against the fp64 reference, with varlen."""
+    spec = recdsl.load(example("fp_mamba"), D=128, N=16, r=2)
+    args = cuda_args(spec, 1, 300, torch.float32)
+    cu = torch.tensor([0, 120, 300], dtype=torch.int32, device="cuda")
+    o, S = spec.op(**args, output_final_state=True, cu_seqlens=cu, backend="triton")
+    o_r, S_r = spec.op(**{k: v.detach().double() for k, v in args.items()}, output_final_state=True,
+                       cu_seqlens=cu, backend="reference")
+    assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
+    o.square().mean().backward()
+    assert all(torch.isfinite(v.grad).all() for v in args.values())
