@@ -134,3 +134,17 @@ def test_fp_mamba_on_gpu():
     assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4
     o.square().mean().backward()
     assert all(torch.isfinite(v.grad).all() for v in args.values())
+
+
+@pytest.mark.parametrize("dtype, tf32, fp32, tol", [(torch.float32, False, "tf32x3", 1e-5),
+                                                    (torch.float32, False, "ieee", 1e-5),
+                                                    (torch.float32, True, "tf32x3", 3e-3),
+                                                    (torch.bfloat16, False, "tf32x3", 2e-2)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_reflection_kernels_on_gpu(dtype, tf32, fp32, tol, packed, monkeypatch):
+    """fp_reflections' kernels against torch's passes at issue 5's width (B = 2, T = 256, D = 512, r = 2): fp32
+    products as 3xTF32 and on FMA units, in TF32 where allowed, bf16 ones on tensor cores; packed sequences."""
+    from test_triton_fp_reflections import check_against_torch
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
+    check_against_torch(True, 2, 512, dtype, packed, monkeypatch, "cuda", tol, B=2, T=256)

@@ -206,7 +206,19 @@ def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h
     step = FusedIteration.build(pattern, ir, ev, B, T, None if h0 is None else h0.contiguous(), cu, args, options)
     kept = {i: v for i, v in ev.memo.items() if not ir.reads(i, "prev")}
     return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, h0, cu, prev), kept,
-                            products)
+                            products, reflection_launches(ir, pattern, products, step, ref.dtype))
+
+
+def reflection_launches(ir, pattern, products, step, dtype):
+    """fp_reflections.ReflectionLaunches where the reflection vectors are a weight product of prev(h, shift = 1)
+    (and RECDSL_FP_REFLECTIONS is not "torch", which keeps them on torch's passes for a comparison), else None."""
+    import os
+    from . import fp_reflections
+    choice = os.environ.get("RECDSL_FP_REFLECTIONS", "triton")
+    if choice not in ("triton", "torch"):
+        raise ValueError(f"RECDSL_FP_REFLECTIONS={choice!r}: expected 'triton' or 'torch'")
+    m = fp_reflections.match(ir, pattern, products) if "u" in pattern.varying and choice == "triton" else None
+    return None if m is None else fp_reflections.ReflectionLaunches(m, products, step, dtype)
 
 
 def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):

@@ -50,10 +50,11 @@ from .ints import cdiv, next_power_of_2
 
 REFLECTION_FUNCTIONS = '''@triton.jit
 def _dots(u, p, o_d, m_td, o_r, v, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
-    """[BT, RP]: u_i . v over the channels o_d of the tokens p, for each reflection i (u [NTOK, R, D])."""
+    """[BT, RP]: u_i . v over the channels o_d of the tokens p, for each reflection i (u [NTOK, R, D], fp32 or,
+    from fp_reflections.py, the inputs' half dtype)."""
     dots = tl.zeros([BT, RP], dtype=tl.float32)
     for i in tl.static_range(R):
-        u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0)
+        u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
         dots += tl.where(o_r[None, :] == i, tl.sum(u_i * v, axis=1)[:, None], 0.0)
     return dots
 
@@ -65,7 +66,7 @@ def _reflect(u, w, p, o_d, m_td, m_tr, o_r, v, dots, D: tl.constexpr, R: tl.cons
     for i in tl.static_range(R):
         w_i = tl.load(w + (p[:, None] * R + i) * R + o_r[None, :], mask=m_tr, other=0.0)
         c_i = tl.sum(w_i * dots, axis=1)
-        u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0)
+        u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
         mix -= c_i[:, None] * u_i
     return mix'''
 
@@ -99,7 +100,8 @@ See recdsl backends/triton/fp_fused.py.
 @triton.jit
 def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK,
                   delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                  FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr):
+                  FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                  NEXT_DOTS: tl.constexpr = True):
     """Program (channel block, sequence): spec arguments the operands are evaluated from (fp_operands.py);
     x, g, a (those evaluated before the solve), hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
     dots_in [NTOK, RP]: u_i . (x - hp); dots_out [D / BD, NTOK, RP]: each channel block's share of u_i . (x - h);
@@ -137,9 +139,11 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
         hs = Bs + A * carry
         h_new = tl.where(m_td, delta * hs + (1.0 - delta) * b_hp, 0.0)
         tl.store(h + off, h_new, mask=m_td)
-        # the next iteration's d_i, this block's share: u_i . (x - h_new) over its channels
-        nxt = _dots(u, p, o_d, m_td, o_r, b_x - h_new, D, R, RP, BT)
-        tl.store(dots_out + (i_d * NTOK + p[:, None]) * RP + o_r[None, :], nxt, mask=m_tr)
+        # the next iteration's d_i, this block's share: u_i . (x - h_new) over its channels (not where the next
+        # launch's u is another: fp_shifted.py)
+        if NEXT_DOTS:
+            nxt = _dots(u, p, o_d, m_td, o_r, b_x - h_new, D, R, RP, BT)
+            tl.store(dots_out + (i_d * NTOK + p[:, None]) * RP + o_r[None, :], nxt, mask=m_tr)
         # the solve's residual (undamped h against hp), per token over the channels
         d_t = tl.max(tl.where(m_td, tl.abs(hs - b_hp), 0.0), axis=1)
         n_t = tl.max(tl.where(m_td, tl.abs(hs), 0.0), axis=1)
@@ -189,7 +193,7 @@ def fp_fused_dots(u, x, hp, dots, gram, NTOK, D: tl.constexpr, R: tl.constexpr, 
 
 @triton.jit
 def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.constexpr, RP: tl.constexpr,
-                    NBDP: tl.constexpr, BT: tl.constexpr):
+                    NBDP: tl.constexpr, BT: tl.constexpr, DOTS: tl.constexpr = True):
     """After fp_fused_iter with several channel blocks, per token: the blocks' partial dot products summed
     (dots [NTOK, RP]) and the residual max_c|h - hp| / max_c|h| folded into its sequence's res (zeroed;
     seq [NTOK], non-decreasing, names each token's sequence) by an atomic maximum: order-free, so
@@ -210,9 +214,10 @@ def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.cons
     first = tl.load(seq + p0)
     tl.atomic_max(res + first, tl.max(tl.where(s_t == first, ratio, 0.0), axis=0))
     tl.atomic_max(res + s_t, ratio, mask=m_t & (s_t != first))
-    for i in tl.static_range(R):
-        tl.store(dots + p * RP + i, tl.sum(tl.load(dots_part + part * RP + i, mask=m_jt, other=0.0), axis=0),
-                 mask=m_t)
+    if DOTS:
+        for i in tl.static_range(R):
+            tl.store(dots + p * RP + i, tl.sum(tl.load(dots_part + part * RP + i, mask=m_jt, other=0.0), axis=0),
+                     mask=m_t)
 '''
 
 
@@ -339,12 +344,14 @@ def blocks(D: int, N: int) -> tuple[int, int, int]:
     return BT, BD, warps
 
 
-def evaluate_operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names, strengths: bool = False) -> dict:
+def evaluate_operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, names, strengths: bool = False,
+                      device=None) -> dict:
     """The FusedIteration fields `names` (of a, g, x, u, w) evaluated by value(node) in the reference
     layout: a, g, x [NTOK, D], u [NTOK, R, D], w [NTOK, R, R] (from u and the strengths s), fp32. With
-    `strengths`, the strengths [NTOK, R] instead of w (for coefficients_from_gram)."""
+    `strengths`, the strengths [NTOK, R] instead of w (for coefficients_from_gram); name "s" alone gives
+    only them (fp_reflections.py makes u and w itself; pass `device`: a reflection vector's is taken otherwise)."""
     D = ir.state[1][0]
-    device = value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
+    device = device or value(pattern.reflections[0][0]).device     # a reflection vector is always a tensor
 
     def full(i, shape):
         v = torch.as_tensor(value(i), dtype=torch.float32, device=device)
@@ -354,19 +361,26 @@ def evaluate_operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, name
         if tuple(v.shape) != (B, T, 1) + shape:
             v = v.expand((B, T, 1) + shape)
         return v.reshape((B * T,) + shape).contiguous()
-    out = {name: full(getattr(pattern, name), (D,)) for name in ("a", "g", "x") if name in names}
-    if "u" in names or "w" in names:
+
+    def grouped(vectors: bool):
+        """(u or None, s): the reflection groups side by side (one group, the usual u[r, D], is not copied)."""
         us, ss = [], []
         for u, s in pattern.reflections:
             k = ir.node(u).shape[0] if len(ir.node(u).shape) == 2 else 0
-            us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
+            if vectors:
+                us.append(full(u, (k, D)) if k else full(u, (D,)).unsqueeze(1))
             ss.append(full(s, (k,)) if k else full(s, ()).unsqueeze(1))
-        # one reflection group (the usual u[r, D]) needs no concatenation: it would copy u
-        u, s = (us[0], ss[0]) if len(us) == 1 else (torch.cat(us, 1).contiguous(), torch.cat(ss, 1))
+        s = ss[0] if len(ss) == 1 else torch.cat(ss, 1)
+        return (None if not vectors else us[0] if len(us) == 1 else torch.cat(us, 1).contiguous()), s
+    out = {name: full(getattr(pattern, name), (D,)) for name in ("a", "g", "x") if name in names}
+    if "u" in names or "w" in names:
+        u, s = grouped(True)
         if strengths:    # the caller makes w from its own Gram products
             out["u"], out["strengths"] = u, s
         else:
             out["u"], out["w"] = u, coefficients(u, s).contiguous()
+    elif "s" in names:
+        out["s"] = grouped(False)[1]
     return out
 
 
@@ -432,10 +446,12 @@ class FusedIteration:
                                                          num_warps=4)
         return (d, G) if gram else d
 
-    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None):
+    def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None,
+               next_dots: bool = True):
         """One iteration from prev [B, T, 1, D] (and its dot products, when the last launch wrote them):
         (damped h^l like prev, residual [B] or [1] with cu_seqlens, final state [N, D] or None, h^l's dot
-        products [NTOK, RP]). Two launches: the iteration and, with several channel blocks, fp_fused_finish.
+        products [NTOK, RP], or None without `next_dots`: where the next launch's u is another, fp_shifted.py).
+        Two launches: the iteration and, with several channel blocks, fp_fused_finish.
         `out` {"h": like prev, "dots": [NTOK, RP]} receives h^l and its dot products instead of new tensors."""
         NTOK, D = self.x.shape
         R, RP = self.u.shape[1], _padded(self.u.shape[1])
@@ -446,7 +462,10 @@ class FusedIteration:
         hp = prev.reshape(NTOK, D)
         dots_in = self.dots(prev) if dots is None else dots
         into = out is not None
-        dots_part = out["dots"][None] if into and full_rows else hp.new_empty(NBD, NTOK, RP)
+        if not next_dots:
+            dots_part = hp.new_empty(0)
+        else:
+            dots_part = out["dots"][None] if into and full_rows else hp.new_empty(NBD, NTOK, RP)
         h = out["h"].view(NTOK, D) if into else torch.empty_like(hp)
         res = hp.new_zeros(N)
         dmax = hp.new_empty((NBD, NTOK) if not full_rows else (0,))
@@ -458,17 +477,19 @@ class FusedIteration:
                 *self.leaves, self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res,
                 self.h0, ht, self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
                 FULL_ROWS=full_rows, USE_H0=self.h0 is not None, STORE_HT=store_ht, IS_VARLEN=self.cu is not None,
-                num_warps=warps)
-        dots = dots_part[0]
+                NEXT_DOTS=next_dots, num_warps=warps)
+        dots = dots_part[0] if next_dots else None
         if not full_rows and NTOK:
             # the channel blocks' shares added up in a second small launch: a loop over them inside the next
             # iteration serialised NBD dependent loads per block of tokens (0.8 ms an iteration at B = 8,
             # D = 512 on an H100); the residual's row maxima likewise
-            dots = out["dots"] if into else hp.new_empty(NTOK, RP)
+            if next_dots:
+                dots = out["dots"] if into else hp.new_empty(NTOK, RP)
             NBDP = next_power_of_2(NBD)
             BTF = max(16, 4096 // NBDP)
             module.fp_fused_finish[(cdiv(NTOK, BTF),)](
-                dots_part, dots, dmax, hmax, res, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP, BT=BTF)
+                dots_part, dots, dmax, hmax, res, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP, BT=BTF,
+                DOTS=next_dots)
         if self.cu is not None:   # packed sequences are one batch row to the solve
             res = res.amax().reshape(1) if N else res.new_zeros(1)
         return h.reshape(prev.shape), res, (ht if store_ht else None), dots

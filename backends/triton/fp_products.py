@@ -27,6 +27,7 @@ import torch
 from recdsl.ir import IR
 
 HALF = (torch.float16, torch.bfloat16)
+NARROW = 64    # products with fewer outputs multiply in fp32 whatever the inputs' dtype
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ class IterateProducts:
         self.mats, self.biases, self.later = [], [], []
         for p in self.products:
             W = value(p.weight).reshape(p.width, ir.node(p.vector).shape[0])
-            self.mats.append(W.t().to(dtype if dtype in HALF else torch.float32))
+            # a narrow product (alpha's, r outputs) reads the fp32 iterate as it is: it is bound by that read,
+            # and a half copy of the iterate for it cost 0.56 ms of a bf16 solve at issue 5's shape
+            half = dtype in HALF and p.width >= NARROW
+            self.mats.append(W.t().to(dtype if half else torch.float32))
             # no addend: a zero broadcast (addmm's epilogue then reads nothing)
             bias = (W.new_zeros(()).expand(B * T, p.width) if p.addend is None
                     else value(p.addend).reshape(B * T, p.width))
@@ -92,11 +96,14 @@ class IterateProducts:
                 real = cu[1:] > cu[:-1]
                 self.firsts, self.h0_first = cu[:-1][real].long(), None if h0 is None else h0[real]
 
-    def fill(self, ev, iterate=None, zero_iterate: bool = False) -> None:
+    def fill(self, ev, iterate=None, zero_iterate: bool = False, skip=()) -> None:
         """The sums from the iterate ev reads (`iterate` [B, T, 1, D]: the same, unshifted); with
         `zero_iterate` (the solve's start, h^0 = 0 and no initial state) the products are zero and the sums
-        are the biases, with no product taken."""
-        for p, W, bias, later in zip(self.products, self.mats, self.biases, self.later):
+        are the biases, with no product taken. Products whose index is in `skip` are left out (a kernel
+        takes them: fp_reflections.py)."""
+        for k, (p, W, bias, later) in enumerate(zip(self.products, self.mats, self.biases, self.later)):
+            if k in skip:
+                continue
             if zero_iterate:
                 out = bias
             elif later is not None and iterate is not None:

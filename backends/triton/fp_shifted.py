@@ -9,10 +9,11 @@ varying operands (FusedPattern.varying) are evaluated again from the iterate the
 PyTorch: their maps are matrix products over all tokens, which cuBLAS does better than a program that owns a
 few channels of one sequence, each with its addend in one addmm (fp_products.py). Every value that
 does not read the iterate is kept from the first evaluation.
-The reflections' dot products d_i = u_i . (x - h^(l-1)) come from fp_fused_dots (the previous launch left
-them for the previous iterate's u), together with the Gram products u_i . u_j where u moves, from which the
-coefficients follow in a few small torch ops. The launch itself (mixer, scan, damping, residual) is
-fp_fused's kernel, unchanged.
+Where the reflection vectors are themselves such a product, u = [l2norm](u_in + Wu @ h_last) (the authors'
+dependence), two generated kernels give u with its dot products and coefficients (fp_reflections.py).
+Otherwise the reflections' dot products d_i = u_i . (x - h^(l-1)) come from fp_fused_dots, together with the
+Gram products u_i . u_j where u moves, from which the coefficients follow in a few small torch ops. The launch
+itself (mixer, scan, damping, residual) is fp_fused's kernel, without the next launch's dot products.
 """
 from __future__ import annotations
 
@@ -36,11 +37,14 @@ class ShiftedIteration:
     (the evaluations included: their host work, about 0.8 ms an iteration at issue 5's shape, is most of
     an eager solve's)."""
 
-    def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict, products: IterateProducts):
+    def __init__(self, ir: IR, step: FusedIteration, evaluator, kept: dict, products: IterateProducts,
+                 reflections=None):
         self.ir, self.step, self.evaluator, self.kept, self.products = ir, step, evaluator, kept, products
         # reflection vectors that stay put while their strengths move: their Gram products once per solve
         varying = step.pattern.varying
         self.gram = step.dots(step.x, gram=True)[1] if "w" in varying and "u" not in varying else None
+        # u = l2norm(u_in + Wu @ h_last) in two generated launches (fp_reflections.ReflectionLaunches), or None
+        self.reflections = reflections
 
     @property
     def pattern(self):
@@ -62,8 +66,14 @@ class ShiftedIteration:
         move, they come from the Gram products of fp_fused_dots, which gives the dot products with them."""
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
-        self.products.fill(ev, prev)
         varying = self.pattern.varying
+        if self.reflections is not None:    # u, w and the dot products from fp_reflections' kernels
+            self.products.fill(ev, prev, skip=(self.reflections.m.product,))
+            names = [n for n in varying if n not in ("u", "w")] + ["s"]
+            ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names, device=prev.device)
+            u, w, dots = self.reflections(prev, ops.pop("s"))
+            return dataclasses.replace(self.step, u=u, w=w, **ops), dots
+        self.products.fill(ev, prev)
         if "w" not in varying:
             return self.step.at(self.ir, ev), None
         ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, varying, strengths=True)
@@ -76,7 +86,8 @@ class ShiftedIteration:
         """FusedIteration.launch from prev, its operands evaluated from prev (`dots` is ignored: those of
         the previous launch were taken against the previous u)."""
         step, dots = self.at(prev)
-        return step.launch(prev, delta, store_ht=store_ht, dots=dots, out=out)
+        # no dot products for the next launch: its own evaluation gives them (u or w move with the iterate)
+        return step.launch(prev, delta, store_ht=store_ht, dots=dots, out=out, next_dots=False)
 
     def iterations(self, iterates: dict, delta: float, K: int, out=None):
         """K iterations (solve.Batched's run), as FusedIteration.iterations."""

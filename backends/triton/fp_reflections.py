@@ -1,0 +1,315 @@
+"""Reflection vectors that read the previous token's iterate, u = l2norm(u_in + Wu @ prev(h, shift = 1)) (the
+authors' mixer_h_dep, benchmarks/specs/fp_rnn_mixer_hdep.rec), as two generated launches per iteration of a
+shifted fixed point (fp_shifted.py) in place of an addmm, an l2norm pass, fp_fused_dots and the coefficients'
+small torch ops:
+
+- `fp_reflection_products`: a program owns BM tokens and BC channels of every reflection. It multiplies the
+  iterate one token back (read shifted in place: a sequence's first token reads h0, or zeros) with the
+  weight's columns on tensor cores, adds u_in, writes the raw vectors and leaves its channels' shares of
+  |u_i|^2, u_i . (x - hp) and u_i . u_j.
+- `fp_reflection_finish`: per token, the shares added up, the norms, the normalised dot products and the
+  coefficients W (fp_coefficients' recursion over the normalised Gram products and the strengths), row i
+  divided by |u_i|, so that the fused kernel, reading the raw vectors, applies the normalised ones.
+
+Where they replace torch's passes at issue 5's shape (H100, bf16, 17 iterations): the iterate's cast to
+bf16 for cuBLAS (0.56 ms), addmm's copy of its bias (0.77 ms), l2norm (0.89 ms) and fp_fused_dots with Gram
+products (1.04 ms), besides the GEMM itself (1.29 ms; profile 2026-11-27w).
+
+The products take the inputs' precision: half inputs multiply in that dtype (fp32 accumulation), fp32 ones
+in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32) and in full fp32 otherwise.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+from recdsl.ir import IR
+
+from .fp_products import HALF, IterateProducts, _reads_last_token
+from .ints import cdiv, next_power_of_2
+from .template import load_source
+
+EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
+
+
+@dataclass(frozen=True)
+class MovingReflections:
+    """The reflection vectors of a fixed-point pattern as a weight product of prev(h, shift = 1): `product`
+    indexes IterateProducts.products, `normalise` whether u is l2norm of it, r the reflections, labels the
+    IR names for the generated comments."""
+    product: int
+    normalise: bool
+    r: int
+    labels: tuple[tuple[str, str], ...]
+
+
+def match(ir: IR, pattern, products: IterateProducts) -> MovingReflections | None:
+    """MovingReflections where the pattern's single reflection group has u = [l2norm](addend + W @ prev(h, 1))
+    with W [r, D, D] (a product IterateProducts takes), else None (fp_shifted then evaluates u in torch)."""
+    if len(pattern.reflections) != 1:
+        return None
+    u = pattern.reflections[0][0]
+    shape = ir.node(u).shape
+    if len(shape) != 2:
+        return None
+    normalise = ir.node(u).op == "l2norm"
+    inner = ir.operands(u)[0] if normalise else u
+    for k, p in enumerate(products.products):
+        if p.result == inner and _reads_last_token(ir, p) and p.width == shape[0] * shape[1]:
+            num = {i: f"%{n}" for n, i in enumerate(ir.order())}
+            labels = (("@NAME@", ir.name), ("@U@", num[u]), ("@SUM@", num[inner]), ("@PRODUCT@", num[p.matmul]),
+                      ("@PREV@", num[p.vector]))
+            return MovingReflections(k, normalise, shape[0], labels)
+    return None
+
+
+def precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision for fp32 data (half data multiplies in its own dtype): TF32 where torch allows
+    it, else three TF32 products per fp32 one ("tf32x3": each operand split into a TF32 value and a TF32
+    remainder, only the remainders' product dropped; about fp32's accuracy on tensor cores, 0.30 ms a launch
+    at issue 5's shape on an H100 against 0.53 ms on FMA units), or FMA products (RECDSL_FP_REFLECTION_FP32=ieee)."""
+    if dtype in HALF:
+        return "ieee"
+    if torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    choice = os.environ.get("RECDSL_FP_REFLECTION_FP32", "tf32x3")
+    if choice not in ("ieee", "tf32x3"):
+        raise ValueError(f"RECDSL_FP_REFLECTION_FP32={choice!r}: expected 'ieee' or 'tf32x3'")
+    return choice
+
+
+_PRODUCTS = r'''
+@triton.jit
+def fp_reflection_products(it, h0, seq, bias, wk, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
+                           BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           PREC: tl.constexpr, K_MAJOR: tl.constexpr):
+    """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
+    of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
+    bias, u [NTOK, R, D]; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D], whose [BK, BC]
+    tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA products read
+    faster); part [D / BC, NTOK, NS]: this block's shares
+    @SLOTS@."""
+    i_c, i_m = tl.program_id(0), tl.program_id(1)
+    p = i_m * BM + tl.arange(0, BM)
+    m_t = p < NTOK
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < D
+    # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
+    # token reads h0 (or zeros)
+    s_t = tl.load(seq + p, mask=m_t, other=-1)
+    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
+    inner = m_t & (s_t == s_b)
+    first = m_t & (s_t != s_b)
+    if K_MAJOR:   # from one reflection's weight to the next
+        W_STEP: tl.constexpr = D * D
+    else:
+        W_STEP: tl.constexpr = D
+@ZEROS@
+    for k0 in range(0, D, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < D
+        a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
+                    other=0.0)
+        if USE_H0:
+            a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
+                         other=0.0)
+        a = a.to(wk.dtype.element_ty)
+        m_kc = m_k[:, None] & m_c[None, :]
+        if K_MAJOR:
+            w_kc = wk + o_c[None, :] * D + o_k[:, None]
+        else:
+            w_kc = wk + o_k[:, None] * (R * D) + o_c[None, :]
+        # IR @PRODUCT@ = W @ prev(h, shift = 1), each reflection's columns
+@DOTS@
+    m_tc = m_t[:, None] & m_c[None, :]
+    row = p.to(tl.int64)[:, None] * (R * D) + o_c[None, :]
+    # IR @SUM@ = the addend + the product, the raw reflection vectors (written in u's dtype)
+@WRITE@
+    # the shares over this block's channels, of the dot products with v = x - hp and of the Gram products
+    off = p.to(tl.int64)[:, None] * D + o_c[None, :]
+    v = tl.load(x + off, mask=m_tc, other=0.0) - tl.load(hp + off, mask=m_tc, other=0.0)
+    base = part + (i_c * NTOK + p.to(tl.int64)) * NS
+@SHARES@
+
+
+@triton.jit
+def fp_reflection_finish(part, s, w, dots, NTOK, NC, BT: tl.constexpr, NORMALISE: tl.constexpr):
+    """Per token, from the NC channel blocks' shares: d_i = u_i . (x - hp) / |u_i| into dots [NTOK, RP] (padding
+    zero) and w [NTOK, R, R] = W / |u_i| by rows, W the coefficients of fp_coefficients for the normalised
+    vectors (IR @U@) and the strengths s [NTOK, R]."""
+    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    m_t = p < NTOK
+@SUMS@
+    for c in range(NC):
+        base = part + (c * NTOK + p.to(tl.int64)) * NS
+@ADD@
+    # IR @U@: the norms (l2norm: max(|u_i|, EPS); 1 where u is not normalised)
+@NORMS@
+    # the coefficients: W_i = s_i (e_i - sum_(j<i) G_ij W_j) over the normalised Gram products G
+@COEFFICIENTS@
+'''
+
+
+def _slots(r: int) -> list[tuple[str, str, str]]:
+    """(name, its share's expression in fp_reflection_products, what it is) for each share a program leaves:
+    |u_i|^2, u_i . v, and u_i . u_j for j < i."""
+    slots = [(f"sq{i}", f"acc{i} * acc{i}", f"|u_{i}|^2") for i in range(r)]
+    slots += [(f"d{i}", f"acc{i} * v", f"u_{i} . v") for i in range(r)]
+    slots += [(f"g{i}{j}", f"acc{i} * acc{j}", f"u_{i} . u_{j}") for i in range(r) for j in range(i)]
+    return slots
+
+
+def generate(m: MovingReflections) -> str:
+    """The module text of the two kernels for r reflections (one accumulator, share and coefficient per
+    reflection written out: readable, and no tensor indexing inside the kernels)."""
+    r, RP = m.r, max(2, next_power_of_2(m.r))
+    slots = _slots(r)
+    ind4, ind8 = " " * 4, " " * 8
+    zeros = [f"{ind4}acc{i} = tl.zeros([BM, BC], dtype=tl.float32)" for i in range(r)]
+    dots = [f"{ind8}acc{i} = tl.dot(a, tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
+            f"input_precision=PREC)" for i in range(r)]
+    write = []
+    for i in range(r):
+        write += [f"{ind4}if HAS_BIAS:",
+                  f"{ind8}acc{i} += tl.load(bias + row + {i} * D, mask=m_tc, other=0.0).to(tl.float32)",
+                  f"{ind4}tl.store(u + row + {i} * D, acc{i}.to(u.dtype.element_ty), mask=m_tc)"]
+    shares = [f"{ind4}tl.store(base + {k}, tl.sum({expr}, axis=1), mask=m_t)   # {what}"
+              for k, (_, expr, what) in enumerate(slots)]
+    sums = [f"{ind4}{name} = tl.zeros([BT], dtype=tl.float32)" for name, _, _ in slots]
+    add = [f"{ind8}{name} += tl.load(base + {k}, mask=m_t, other=0.0)" for k, (name, _, _) in enumerate(slots)]
+    norms = []
+    for i in range(r):
+        norms += [f"{ind4}if NORMALISE:",
+                  f"{ind8}n{i} = tl.maximum(tl.sqrt(sq{i}), EPS)",
+                  f"{ind4}else:",
+                  f"{ind8}n{i} = tl.full([BT], 1.0, tl.float32)"]
+    coeff = [f"{ind4}s{i} = tl.load(s + p.to(tl.int64) * R + {i}, mask=m_t, other=0.0)" for i in range(r)]
+    for i in range(r):
+        for k in range(r):
+            terms = "".join(f" - g{i}{j} / (n{i} * n{j}) * w{j}_{k}" for j in range(i))
+            coeff.append(f"{ind4}w{i}_{k} = s{i} * ({1.0 if i == k else 0.0}{terms})")
+    for i in range(r):
+        for k in range(r):
+            coeff.append(f"{ind4}tl.store(w + (p.to(tl.int64) * R + {i}) * R + {k}, w{i}_{k} / n{i}, mask=m_t)")
+    for i in range(RP):
+        value = f"d{i} / n{i}" if i < r else "tl.zeros([BT], dtype=tl.float32)"
+        coeff.append(f"{ind4}tl.store(dots + p.to(tl.int64) * RP + {i}, {value}, mask=m_t)")
+    text = _PRODUCTS
+    for key, lines in (("@ZEROS@", zeros), ("@DOTS@", dots), ("@WRITE@", write), ("@SHARES@", shares),
+                       ("@SUMS@", sums), ("@ADD@", add), ("@NORMS@", norms), ("@COEFFICIENTS@", coeff)):
+        text = text.replace(key, "\n".join(lines))
+    text = text.replace("@SLOTS@", ", ".join(what for _, _, what in slots))
+    for key, value in m.labels:
+        text = text.replace(key, value)
+    head = (f'"""Generated by recdsl: the moving reflection vectors of spec {dict(m.labels)["@NAME@"]} '
+            f'(r = {r}). See recdsl backends/triton/fp_reflections.py."""\n')
+    consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
+              f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n")
+    return head + "import triton\nimport triton.language as tl\n" + consts + text
+
+
+@functools.lru_cache(maxsize=16)
+def load(m: MovingReflections):
+    return load_source(generate(m))
+
+
+def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int, int]:
+    """(BM, BC, BK, num_warps) of fp_reflection_products for tl.dot's input precision `prec` (half: half
+    data): tiles tl.dot takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the
+    fastest of a sweep at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py, 2026-11-27zd): a launch
+    took 0.117 ms in bf16, 0.145 ms in TF32, 0.300 ms as 3xTF32 and 0.454 ms on FMA units (where 128 x 128 tiles
+    took 19 ms). The half and TF32 tiles spill a few registers in sm_90 builds (288 and 328 bytes), and are
+    still faster than the 8-warp tiles that spill none (0.150 and 0.172 ms).
+    RECDSL_FP_REFLECTION_BLOCKS="BM,BC,BK,warps" overrides it for a sweep."""
+    DP = max(16, next_power_of_2(D))
+    if half or prec == "tf32":
+        tiles = (128, min(64, DP), min(32, DP), 4)
+    elif prec == "tf32x3":
+        tiles = (128, min(64, DP), min(64, DP), 8 if DP >= 64 else 4)
+    else:
+        tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4)
+    text = os.environ.get("RECDSL_FP_REFLECTION_BLOCKS")
+    if text:
+        try:
+            tiles = tuple(map(int, text.split(",")))
+            assert len(tiles) == 4
+        except (ValueError, AssertionError):
+            raise ValueError(f"RECDSL_FP_REFLECTION_BLOCKS={text!r}: expected four integers 'BM,BC,BK,warps'") from None
+    return tiles
+
+
+class ReflectionLaunches:
+    """The two launches for one solve: the weight [R * D, D] and bias [NTOK, R * D] come from IterateProducts
+    (its product `m.product`), the sequence map, x and h0 from the solve's FusedIteration `step`."""
+
+    def __init__(self, m: MovingReflections, products: IterateProducts, step, dtype: torch.dtype):
+        self.m, self.step, self.prec = m, step, precision(dtype)
+        # K-major tiles for tensor cores (mats holds the transpose of the rows [R * D, D]), N-major for FMA
+        self.k_major = dtype in HALF or self.prec != "ieee"
+        self.wk = (products.mats[m.product].t() if self.k_major else products.mats[m.product]).contiguous()
+        self.half = dtype in HALF
+        p = products.products[m.product]
+        self.bias = products.biases[m.product] if p.addend is not None else None
+        # half inputs: the raw vectors are written in their dtype (the fused kernel reads them twice a launch;
+        # their norms, dot and Gram products are taken before the rounding), and an addend that is an input
+        # is read in it (exactly its values: the layout made them fp32 from that dtype)
+        self.udtype = dtype if dtype in HALF else torch.float32
+        if self.bias is not None:
+            exact = dtype in HALF and products.ir.node(p.addend).op == "input"
+            self.bias = (self.bias.to(dtype) if exact else self.bias).contiguous()
+        self.module = load(m)
+
+    def __call__(self, prev: torch.Tensor, s: torch.Tensor):
+        """(raw u [NTOK, R, D] (fp32, or the inputs' half dtype), w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev
+        [B, T, 1, D] with the strengths s [NTOK, R]."""
+        step, r = self.step, self.m.r
+        NTOK, D = step.x.shape
+        RP = max(2, next_power_of_2(r))
+        hp = prev.reshape(NTOK, D)
+        BM, BC, BK, warps = blocks(D, self.prec, self.half)
+        NC = cdiv(D, BC)
+        NS = len(_slots(r))
+        u = hp.new_empty(NTOK, r, D, dtype=self.udtype)
+        part = hp.new_empty(NC, NTOK, NS)
+        w = hp.new_empty(NTOK, r, r)
+        dots = hp.new_empty(NTOK, RP)
+        if NTOK:
+            h0 = step.h0
+            self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
+                hp, h0, step.seq, self.bias, self.wk, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC, BK=BK,
+                USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.prec, K_MAJOR=self.k_major,
+                num_warps=warps)
+            BT = 256
+            self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
+                                                               NORMALISE=self.m.normalise)
+        return u, w, dots
+
+
+def aot_jobs(D: int = 512, r: int = 2):
+    """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
+    (bf16 weights; fp32 ones in TF32, 3xTF32 and on FMA units) with their tiles, and the finishing kernel."""
+    m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
+                                       ("@PREV@", "prev(h, shift = 1)")))
+    module = load(m)
+    jobs = []
+    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "ieee")):
+        half = wdtype == "bf16"
+        BM, BC, BK, warps = blocks(D, prec, half)
+        fn = module.fp_reflection_products
+        sig = {a: "*fp32" for a in fn.arg_names}
+        sig.update(seq="*i32", wk=f"*{wdtype}", NTOK="i32")
+        const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=prec, K_MAJOR=half or prec != "ieee")
+        sig.update({k: "constexpr" for k in const})
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+        label = "bf16" if half else prec
+        jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs, dict(num_warps=warps)))
+    fn = module.fp_reflection_finish
+    const = dict(BT=256, NORMALISE=True)
+    sig = {a: "*fp32" for a in fn.arg_names}
+    sig.update(NTOK="i32", NC="i32", **{k: "constexpr" for k in const})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+    jobs.append(("fp_reflection_finish", fn, sig, const, attrs, dict(num_warps=4)))
+    return jobs
