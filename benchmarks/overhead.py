@@ -39,6 +39,16 @@ def emit(row: dict, out=None) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def fixed_point_shape_args(ap, iters: bool = True) -> None:
+    """The fixed-point benchmarks' shape options, issue 5's shape by default."""
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--T", type=int, default=2048)
+    ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--r", type=int, default=2)
+    if iters:
+        ap.add_argument("--iters", type=int, default=17)
+
+
 def cprofiled(fn, calls: int):
     """A cProfile.Profile of `calls` calls of fn, up to the device finishing them (for cprofile_table)."""
     import cProfile

@@ -20,18 +20,14 @@ import torch
 import recdsl
 from recdsl import RecNotConverged
 from recdsl.bench import _fixed_point_mode, elementwise_args
-from overhead import emit      # benchmarks/ is this script's folder
+from overhead import emit, fixed_point_shape_args      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=8)
-    ap.add_argument("--T", type=int, default=2048)
-    ap.add_argument("--D", type=int, default=512)
-    ap.add_argument("--r", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=17)
+    fixed_point_shape_args(ap)
     ap.add_argument("--blocks", default="64,16,2;64,8,2;64,32,4;128,16,4;32,16,2")
     ap.add_argument("--per-call", default="1,2,4,8", help="fused iterations per driver call to time")
     ap.add_argument("--profile", action="store_true")

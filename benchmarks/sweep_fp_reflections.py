@@ -9,24 +9,22 @@ products, RECDSL_FP_REFLECTION_FP32=tf32x3), TF32 and bf16; then the two kernels
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import recdsl
 from recdsl.bench import elementwise_args
+from overhead import emit, fixed_point_shape_args      # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=8)
-    ap.add_argument("--T", type=int, default=2048)
-    ap.add_argument("--D", type=int, default=512)
-    ap.add_argument("--r", type=int, default=2)
+    fixed_point_shape_args(ap, iters=False)
     ap.add_argument("--blocks", default="128,64,32,8;64,128,32,8;128,128,32,8;128,64,32,4;128,64,64,8",
                     help="BM,BC,BK,warps tile configs, separated by ';'")
     ap.add_argument("--out", default=None)
@@ -37,11 +35,6 @@ def main() -> None:
     from recdsl.backends.triton.fp_fused import match
     spec = recdsl.load(ROOT / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec", D=args.D, r=args.r)
     pattern = match(spec.ir)
-    def emit(row):
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
     for label, dtype, tf32, fp32 in (("fp32", torch.float32, False, "ieee"), ("fp32 tf32x3", torch.float32, False,
                                       "tf32x3"), ("tf32", torch.float32, True, "ieee"),
                                      ("bf16", torch.bfloat16, False, "ieee")):
@@ -61,7 +54,7 @@ def main() -> None:
             with torch.no_grad():
                 it = shifted_operands(spec, pattern, a, {}, args.B, args.T, None, None)
                 emit({**shape, "what": "at(prev)", "path": choice,
-                      "ms": round(do_bench(lambda: it.at(prev), warmup=5, rep=100, return_mode="median"), 4)})
+                      "ms": round(do_bench(lambda: it.at(prev), warmup=5, rep=100, return_mode="median"), 4)}, args.out)
         # the two kernels alone, per tile config
         for blocks in args.blocks.split(";"):
             os.environ["RECDSL_FP_REFLECTION_BLOCKS"] = blocks
@@ -69,29 +62,13 @@ def main() -> None:
             try:
                 with torch.no_grad():
                     it = shifted_operands(spec, pattern, a, {}, args.B, args.T, None, None)
-                    row["ms"] = round(do_bench(lambda: it.reflections(prev, s), warmup=5, rep=100,
+                    memo = SimpleNamespace(memo={})     # receives the riders' sums (alpha's product)
+                    row["ms"] = round(do_bench(lambda: it.reflections(prev, memo, lambda: s), warmup=5, rep=100,
                                                return_mode="median"), 4)
             except Exception as e:   # noqa: BLE001 (a config that does not build is a row, not the end)
                 row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
-            emit(row)
+            emit(row, args.out)
     os.environ.pop("RECDSL_FP_REFLECTION_BLOCKS", None)
-    # alpha's narrow product Wa @ h [N, D] x [D, r], fp32 (fp_products.NARROW), several ways
-    torch.backends.cuda.matmul.allow_tf32 = False
-    N = args.B * args.T
-    h = torch.randn(N, args.D, device="cuda")
-    Wa = torch.randn(args.r, args.D, device="cuda")
-    bias = torch.randn(N, args.r, device="cuda")
-    ways = {"addmm fp32": lambda: torch.addmm(bias, h, Wa.t()),
-            "mm transposed fp32": lambda: torch.mm(Wa, h.t()).t() + bias,
-            "addmm bf16 with cast": lambda: torch.addmm(bias, h.bfloat16(), Wa.t().bfloat16(),
-                                                        out_dtype=torch.float32),
-            "mul sum fp32": lambda: (h[:, None, :] * Wa).sum(-1) + bias}
-    for name, fn in ways.items():
-        try:
-            emit({"gpu": torch.cuda.get_device_name(), "N": N, "D": args.D, "r": args.r, "what": "narrow product",
-                  "way": name, "ms": round(do_bench(fn, warmup=5, rep=100, return_mode="median"), 4)})
-        except Exception as e:   # noqa: BLE001
-            emit({"what": "narrow product", "way": name, "error": f"{type(e).__name__}: {str(e)[:160]}"})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from recdsl import RecNotConverged
 from conftest import compile_sm90, random_args
 
 pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs in test_gpu_fixed_point.py")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="interpreter tier; GPU runs in test_gpu_fixed_point.py")
 
 MIXER_HDEP = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
 
