@@ -24,9 +24,13 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def spec_text(normalise: bool) -> str:
+def spec_text(normalise: bool, addends: bool = True) -> str:
+    """The authors' dependence; without l2norm on u; without the addends u_in, alpha_in (products alone)."""
     text = MIXER_HDEP.read_text()
-    return text if normalise else text.replace("l2norm(u_in + Wu @ h_last)", "u_in + Wu @ h_last")
+    if not addends:
+        text = text.replace("u_in + Wu @ h_last", "Wu @ h_last").replace("alpha_in + Wa @ h_last", "Wa @ h_last")
+    return text if normalise else text.replace("l2norm(u_in + Wu @ h_last)", "u_in + Wu @ h_last").replace(
+        "l2norm(Wu @ h_last)", "Wu @ h_last")
 
 
 def shifted(spec, args, h0, cu, B, T, monkeypatch, choice):
@@ -51,9 +55,14 @@ def test_kernels_give_the_vectors_coefficients_and_dot_products(normalise, r, D,
     check_against_torch(normalise, r, D, dtype, packed, monkeypatch, "cpu", 1e-5 if dtype == torch.float32 else 3e-3)
 
 
-def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol, B=2, T=11):
+def test_products_without_addends(monkeypatch):
+    """u = l2norm(Wu @ h_last) and alpha = sigmoid(Wa @ h_last): the kernel adds no bias (and the rider a zero one)."""
+    check_against_torch(True, 2, 20, torch.float32, True, monkeypatch, "cpu", 1e-5, addends=False)
+
+
+def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol, B=2, T=11, addends=True):
     """The test above on `device` (test_gpu_fixed_point.py runs it on CUDA at issue 5's width)."""
-    spec = recdsl.load(spec_text(normalise), D=D, r=r)
+    spec = recdsl.load(spec_text(normalise, addends), D=D, r=r)
     cu = torch.tensor([0, 4 * T // 5, 4 * T // 5, 2 * T], dtype=torch.int32, device=device) if packed else None
     B, T, N = (1, 2 * T, 3) if packed else (B, T, B)
     args = {k: v.to(device=device, dtype=dtype) for k, v in
@@ -63,6 +72,7 @@ def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol
     ours = shifted(spec, args, h0, cu, B, T, monkeypatch, "triton")
     assert ours.reflections is not None and ours.reflections.m.normalise == normalise
     assert ours.reflections.m.riders and ours.reflections.m.rn == r     # alpha's Wa @ h_last rides along
+    assert (ours.reflections.bias is not None) == addends
     assert ours.reflections.k_major == (dtype != torch.float32 or ours.reflections.prec != "ieee")
     theirs = shifted(spec, args, h0, cu, B, T, monkeypatch, "torch")
     assert theirs.reflections is None
@@ -75,7 +85,9 @@ def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol
     h_last = torch.cat([torch.cat([h0[n:n + 1], rows[s:s + L - 1]]) for n, (s, L) in enumerate(zip(starts, lengths))
                         if L > 0])
     Wu = args["Wu"].float()
-    raw = args["u_in"].float().reshape(B * T, r, D) + torch.einsum("rdk,nk->nrd", Wu, h_last.to(dtype).float())
+    raw = torch.einsum("rdk,nk->nrd", Wu, h_last.to(dtype).float())
+    if addends:
+        raw = raw + args["u_in"].float().reshape(B * T, r, D)
     assert rel(step.u, raw) < tol
     norms = raw.norm(dim=-1).clamp_min(1e-12) if normalise else torch.ones(B * T, r, device=device)
     assert rel(step.u / norms[..., None], want.u) < tol
