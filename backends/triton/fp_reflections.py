@@ -264,7 +264,7 @@ def generate(m: MovingReflections) -> str:
     consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
               f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n"
               f"RN = tl.constexpr({m.rn})   # outputs of the narrow products riding along\n"
-              f"RNP = tl.constexpr({max(16, next_power_of_2(m.rn))})   # padded for tl.dot\n")
+              f"RNP = tl.constexpr({max(16, next_power_of_2(m.rn))})   # padded for tl.dot\n\n")
     return head + "import triton\nimport triton.language as tl\n" + consts + text
 
 
