@@ -47,8 +47,7 @@ def shifted(spec, args, h0, cu, B, T, monkeypatch, choice):
                                                        (2, 40, torch.float32, True, "ieee")])
 def test_kernels_give_the_vectors_coefficients_and_dot_products(normalise, r, D, dtype, packed, fp32, monkeypatch):
     """From one iterate: the raw vectors u_in + Wu @ h_(t-1) (a sequence's first token reads its initial state;
-    packed sequences, one of them empty), alpha's product riding along in the same kernel (through the
-    strengths in the coefficients), and the coefficients and dot products that, applied to the raw
+    packed sequences, one of them empty), and the coefficients and dot products that, applied to the raw
     vectors, are torch's for the normalised ones (l2norm; the vectors as they are without it); several
     channel blocks where D > 16; fp32 weights read K-major (for tensor cores) and N-major (FMA products)."""
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
@@ -56,7 +55,7 @@ def test_kernels_give_the_vectors_coefficients_and_dot_products(normalise, r, D,
 
 
 def test_products_without_addends(monkeypatch):
-    """u = l2norm(Wu @ h_last) and alpha = sigmoid(Wa @ h_last): the kernel adds no bias (and the rider a zero one)."""
+    """u = l2norm(Wu @ h_last) and alpha = sigmoid(Wa @ h_last): the kernel adds no bias."""
     check_against_torch(True, 2, 20, torch.float32, True, monkeypatch, "cpu", 1e-5, addends=False)
 
 
@@ -71,7 +70,6 @@ def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol
     prev = torch.randn(B, T, 1, D, device=device)
     ours = shifted(spec, args, h0, cu, B, T, monkeypatch, "triton")
     assert ours.reflections is not None and ours.reflections.m.normalise == normalise
-    assert ours.reflections.m.riders and ours.reflections.m.rn == r     # alpha's Wa @ h_last rides along
     assert (ours.reflections.bias is not None) == addends
     assert ours.reflections.k_major == (dtype != torch.float32 or ours.reflections.prec != "ieee")
     theirs = shifted(spec, args, h0, cu, B, T, monkeypatch, "torch")

@@ -6,8 +6,7 @@ small torch ops:
 - `fp_reflection_products`: a program owns BM tokens and BC channels of every reflection. It multiplies the
   iterate one token back (read shifted in place: a sequence's first token reads h0, or zeros) with the
   weight's columns on tensor cores, adds u_in, writes the raw vectors and leaves its channels' shares of
-  |u_i|^2, u_i . (x - hp) and u_i . u_j. One more program column takes the narrow products of the same
-  iterate (alpha = sigmoid(alpha_in + Wa @ h_last)'s), whose sums torch then finishes into the strengths.
+  |u_i|^2, u_i . (x - hp) and u_i . u_j.
 - `fp_reflection_finish`: per token, the shares added up, the norms, the normalised dot products and the
   coefficients W (fp_coefficients' recursion over the normalised Gram products and the strengths), row i
   divided by |u_i|, so that the fused kernel, reading the raw vectors, applies the normalised ones.
@@ -17,12 +16,17 @@ What they replace, at issue 5's shape (H100, bf16, 17 iterations; profile 2026-1
 - addmm's copy of its bias, 0.77 ms;
 - l2norm, 0.89 ms;
 - fp_fused_dots with Gram products, 1.04 ms;
-- the GEMM itself, 1.29 ms, and alpha's product, 0.24 ms.
-In their place the two kernels took 2.02 ms (profile 2026-11-27zf).
+- the GEMM itself, 1.29 ms.
+In their place the two kernels took 1.92 ms (profile 2026-11-27ze).
 
 The products take the inputs' precision (precision()): half inputs multiply in that dtype with fp32
 accumulation, fp32 ones in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32) and as 3xTF32
 otherwise.
+
+alpha's narrow product of the same iterate (Wa @ h_last) stays a separate fp32 addmm (fp_products.py), 0.45 ms
+of a bf16 solve. An extra program column of the product kernel was tried for it:
+- in bf16, the bf16 solve's residual stalled near 1e-4 and a converging solve ran to max_iter (2026-11-27zf);
+- in fp32 on FMA units, it cost 0.046 ms a launch, more than the separate product (27zj).
 """
 from __future__ import annotations
 
@@ -39,24 +43,17 @@ from .ints import cdiv, next_power_of_2
 from .template import load_source
 
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
-# narrow products of the shifted iterate (alpha's, r outputs) ride along in the product kernel, up to this many
-# outputs: taken apart, cuBLAS ran alpha's [16384, 512] x [512, 2] as a 32 x 32 FMA kernel, 0.45 ms of a bf16
-# solve's 4.8 ms at issue 5's shape on an H100 (2026-11-27ze)
-RIDERS = 64
 
 
 @dataclass(frozen=True)
 class MovingReflections:
     """The reflection vectors of a fixed-point pattern as a weight product of prev(h, shift = 1): `product`
     indexes IterateProducts.products, `normalise` whether u is l2norm of it, r the reflections, labels the
-    IR names for the generated comments; `riders` the narrow products of the same shifted iterate (alpha's
-    Wa @ h_last) that the product kernel computes too, `rn` their outputs in all."""
+    IR names for the generated comments."""
     product: int
     normalise: bool
     r: int
     labels: tuple[tuple[str, str], ...]
-    riders: tuple[int, ...] = ()
-    rn: int = 0
 
 
 def match(ir: IR, pattern, products: IterateProducts) -> MovingReflections | None:
@@ -73,15 +70,9 @@ def match(ir: IR, pattern, products: IterateProducts) -> MovingReflections | Non
     for k, p in enumerate(products.products):
         if p.result == inner and _reads_last_token(ir, p) and p.width == shape[0] * shape[1]:
             num = {i: f"%{n}" for n, i in enumerate(ir.order())}
-            riders, rn = [], 0
-            for j, q in enumerate(products.products):   # narrow ones, up to RIDERS outputs in all
-                if j != k and _reads_last_token(ir, q) and rn + q.width <= RIDERS:
-                    riders.append(j)
-                    rn += q.width
             labels = (("@NAME@", ir.name), ("@U@", num[u]), ("@SUM@", num[inner]), ("@PRODUCT@", num[p.matmul]),
-                      ("@PREV@", num[p.vector]),
-                      ("@RIDERS@", ", ".join(num[products.products[j].result] for j in riders) or "none"))
-            return MovingReflections(k, normalise, shape[0], labels, tuple(riders), rn)
+                      ("@PREV@", num[p.vector]))
+            return MovingReflections(k, normalise, shape[0], labels)
     return None
 
 
@@ -102,42 +93,26 @@ def precision(dtype: torch.dtype) -> str:
 
 _PRODUCTS = r'''
 @triton.jit
-def _shifted_rows(it, h0, p, s_t, inner, first, o_k, m_k, D: tl.constexpr, USE_H0: tl.constexpr):
-    """[BM, BK] of IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1 (fp32), a
-    sequence's first token reads h0 (or zeros)."""
-    a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :], other=0.0)
-    if USE_H0:
-        a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
-                     other=0.0)
-    return a
-
-
-@triton.jit
-def _riders(it, h0, wk, wn, bn, pn, p, m_t, s_t, inner, first, D: tl.constexpr, BM: tl.constexpr,
-            BK: tl.constexpr, USE_H0: tl.constexpr, PREC: tl.constexpr):
-    """The narrow products of the same shifted iterate riding along (IR @RIDERS@): pn = bn + prev(h, 1) @ wn^T
-    for BM tokens (wn [RN, D] in the products' dtype; bn, pn [NTOK, RN] fp32)."""
-    o_n = tl.arange(0, RNP)
-    m_n = o_n < RN
-    acc = tl.zeros([BM, RNP], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        o_k = k0 + tl.arange(0, BK)
-        m_k = o_k < D
-        a = _shifted_rows(it, h0, p, s_t, inner, first, o_k, m_k, D, USE_H0).to(wk.dtype.element_ty)
-        acc = tl.dot(a, tl.load(wn + o_n[None, :] * D + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0),
-                     acc, input_precision=PREC)
-    off = p.to(tl.int64)[:, None] * RN + o_n[None, :]
-    m_tn = m_t[:, None] & m_n[None, :]
-    tl.store(pn + off, acc + tl.load(bn + off, mask=m_tn, other=0.0), mask=m_tn)
-
-
-@triton.jit
-def _reflection_block(it, h0, bias, wk, x, hp, u, part, p, m_t, s_t, inner, first, i_c, NTOK, D: tl.constexpr,
-                      BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr):
-    """The BC channels i_c of every reflection for BM tokens (see fp_reflection_products)."""
+def fp_reflection_products(it, h0, seq, bias, wk, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
+                           BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           PREC: tl.constexpr, K_MAJOR: tl.constexpr):
+    """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
+    of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
+    bias, u [NTOK, R, D]; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D], whose [BK, BC]
+    tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA products read
+    faster); part [D / BC, NTOK, NS]: this block's shares
+    @SLOTS@."""
+    i_c, i_m = tl.program_id(0), tl.program_id(1)
+    p = i_m * BM + tl.arange(0, BM)
+    m_t = p < NTOK
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < D
+    # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
+    # token reads h0 (or zeros)
+    s_t = tl.load(seq + p, mask=m_t, other=-1)
+    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
+    inner = m_t & (s_t == s_b)
+    first = m_t & (s_t != s_b)
     if K_MAJOR:   # from one reflection's weight to the next
         W_STEP: tl.constexpr = D * D
     else:
@@ -146,7 +121,12 @@ def _reflection_block(it, h0, bias, wk, x, hp, u, part, p, m_t, s_t, inner, firs
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
-        a = _shifted_rows(it, h0, p, s_t, inner, first, o_k, m_k, D, USE_H0).to(wk.dtype.element_ty)
+        a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
+                    other=0.0)
+        if USE_H0:
+            a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
+                         other=0.0)
+        a = a.to(wk.dtype.element_ty)
         m_kc = m_k[:, None] & m_c[None, :]
         if K_MAJOR:
             w_kc = wk + o_c[None, :] * D + o_k[:, None]
@@ -163,31 +143,6 @@ def _reflection_block(it, h0, bias, wk, x, hp, u, part, p, m_t, s_t, inner, firs
     v = tl.load(x + off, mask=m_tc, other=0.0) - tl.load(hp + off, mask=m_tc, other=0.0)
     base = part + (i_c * NTOK + p.to(tl.int64)) * NS
 @SHARES@
-
-
-@triton.jit
-def fp_reflection_products(it, h0, seq, bias, wk, x, hp, u, part, wn, bn, pn, NTOK, D: tl.constexpr,
-                           BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr):
-    """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
-    of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
-    bias, u [NTOK, R, D]; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D], whose [BK, BC]
-    tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA products read
-    faster); part [D / BC, NTOK, NS]: this block's shares
-    @SLOTS@.
-    With narrow products riding along (RN > 0) one more program column computes them (_riders)."""
-    i_c, i_m = tl.program_id(0), tl.program_id(1)
-    p = i_m * BM + tl.arange(0, BM)
-    m_t = p < NTOK
-    s_t = tl.load(seq + p, mask=m_t, other=-1)
-    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
-    inner = m_t & (s_t == s_b)
-    first = m_t & (s_t != s_b)
-    if RN > 0 and i_c == (D + BC - 1) // BC:
-        _riders(it, h0, wk, wn, bn, pn, p, m_t, s_t, inner, first, D, BM, BK, USE_H0, PREC)
-    else:
-        _reflection_block(it, h0, bias, wk, x, hp, u, part, p, m_t, s_t, inner, first, i_c, NTOK, D, BM, BC, BK,
-                          USE_H0, HAS_BIAS, PREC, K_MAJOR)
 
 
 @triton.jit
@@ -262,9 +217,7 @@ def generate(m: MovingReflections) -> str:
     head = (f'"""Generated by recdsl: the moving reflection vectors of spec {dict(m.labels)["@NAME@"]} '
             f'(r = {r}). See recdsl backends/triton/fp_reflections.py."""\n')
     consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
-              f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n"
-              f"RN = tl.constexpr({m.rn})   # outputs of the narrow products riding along\n"
-              f"RNP = tl.constexpr({max(16, next_power_of_2(m.rn))})   # padded for tl.dot\n\n")
+              f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n\n")
     return head + "import triton\nimport triton.language as tl\n" + consts + text
 
 
@@ -300,11 +253,10 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
 
 class ReflectionLaunches:
     """The two launches for one solve: the weight [R * D, D] and bias [NTOK, R * D] come from IterateProducts
-    (its product `m.product`, and the riders' weights and biases side by side), the sequence map, x and h0
-    from the solve's FusedIteration `step`."""
+    (its product `m.product`), the sequence map, x and h0 from the solve's FusedIteration `step`."""
 
     def __init__(self, m: MovingReflections, products: IterateProducts, step, dtype: torch.dtype):
-        self.m, self.step, self.prec, self.products = m, step, precision(dtype), products
+        self.m, self.step, self.prec = m, step, precision(dtype)
         # K-major tiles for tensor cores (mats holds the transpose of the rows [R * D, D]), N-major for FMA
         self.k_major = dtype in HALF or self.prec != "ieee"
         self.wk = (products.mats[m.product].t() if self.k_major else products.mats[m.product]).contiguous()
@@ -318,23 +270,12 @@ class ReflectionLaunches:
         if self.bias is not None:
             exact = dtype in HALF and products.ir.node(p.addend).op == "input"
             self.bias = (self.bias.to(dtype) if exact else self.bias).contiguous()
-        # the riders' rows [RN, D] in the products' dtype and their addends [NTOK, RN] (zeros where none)
-        empty = self.wk.new_empty(0)
-        self.wn = torch.cat([products.mats[j].t() for j in m.riders]).to(self.wk.dtype).contiguous() \
-            if m.riders else empty
-        self.bn = torch.cat([products.biases[j] for j in m.riders], 1).float().contiguous() if m.riders else empty
         self.module = load(m)
 
-    @property
-    def skip(self) -> tuple[int, ...]:
-        """The IterateProducts these launches take (IterateProducts.fill leaves them out)."""
-        return (self.m.product,) + self.m.riders
-
-    def __call__(self, prev: torch.Tensor, ev, strengths):
-        """(raw u [NTOK, R, D] (fp32, or the inputs' half dtype), w [NTOK, R, R], dots [NTOK, RP]) for a launch
-        from the iterate prev [B, T, 1, D]: the product kernel (which puts the riders' sums into the evaluator
-        ev's memo), then strengths() [NTOK, R] (evaluated from them), then the finishing kernel."""
-        step, r, m = self.step, self.m.r, self.m
+    def __call__(self, prev: torch.Tensor, s: torch.Tensor):
+        """(raw u [NTOK, R, D] (fp32, or the inputs' half dtype), w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev
+        [B, T, 1, D] with the strengths s [NTOK, R]."""
+        step, r = self.step, self.m.r
         NTOK, D = step.x.shape
         RP = max(2, next_power_of_2(r))
         hp = prev.reshape(NTOK, D)
@@ -343,25 +284,17 @@ class ReflectionLaunches:
         NS = len(_slots(r))
         u = hp.new_empty(NTOK, r, D, dtype=self.udtype)
         part = hp.new_empty(NC, NTOK, NS)
-        pn = hp.new_empty(NTOK, m.rn)
         w = hp.new_empty(NTOK, r, r)
         dots = hp.new_empty(NTOK, RP)
-        h0 = step.h0
         if NTOK:
-            self.module.fp_reflection_products[(NC + (m.rn > 0), cdiv(NTOK, BM))](
-                hp, h0, step.seq, self.bias, self.wk, step.x, hp, u, part, self.wn, self.bn, pn, NTOK, D=D, BM=BM,
-                BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.prec,
-                K_MAJOR=self.k_major, num_warps=warps)
-        ir, B, T, col = self.products.ir, self.products.B, self.products.T, 0
-        for j in m.riders:     # each rider's sum: its columns of pn
-            q = self.products.products[j]
-            ev.memo[q.result] = pn[:, col:col + q.width].view((B, T, 1) + ir.node(q.result).shape)
-            col += q.width
-        s = strengths()
-        if NTOK:
+            h0 = step.h0
+            self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
+                hp, h0, step.seq, self.bias, self.wk, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC, BK=BK,
+                USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.prec, K_MAJOR=self.k_major,
+                num_warps=warps)
             BT = 256
             self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
-                                                               NORMALISE=m.normalise)
+                                                               NORMALISE=self.m.normalise)
         return u, w, dots
 
 
@@ -369,7 +302,7 @@ def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
     (bf16 weights; fp32 ones in TF32, 3xTF32 and on FMA units) with their tiles, and the finishing kernel."""
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
-                                       ("@PREV@", "prev(h, shift = 1)"), ("@RIDERS@", "Wa @ h")), (1,), r)
+                                       ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
     jobs = []
     for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "ieee")):
@@ -377,7 +310,7 @@ def aot_jobs(D: int = 512, r: int = 2):
         BM, BC, BK, warps = blocks(D, prec, half)
         fn = module.fp_reflection_products
         sig = {a: "*fp32" for a in fn.arg_names}
-        sig.update(seq="*i32", wk=f"*{wdtype}", wn=f"*{wdtype}", NTOK="i32")
+        sig.update(seq="*i32", wk=f"*{wdtype}", NTOK="i32")
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=prec, K_MAJOR=half or prec != "ieee")
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}

@@ -68,15 +68,10 @@ class ShiftedIteration:
         ev.memo.update(self.kept)
         varying = self.pattern.varying
         if self.reflections is not None:    # u, w and the dot products from fp_reflections' kernels
-            self.products.fill(ev, prev, skip=self.reflections.skip)
+            self.products.fill(ev, prev, skip=(self.reflections.m.product,))
             names = [n for n in varying if n not in ("u", "w")] + ["s"]
-            ops = {}
-
-            def strengths():    # once the product kernel has given the narrow products (alpha's) too
-                ops.update(evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names,
-                                             device=prev.device))
-                return ops.pop("s")
-            u, w, dots = self.reflections(prev, ev, strengths)
+            ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names, device=prev.device)
+            u, w, dots = self.reflections(prev, ops.pop("s"))
             return dataclasses.replace(self.step, u=u, w=w, **ops), dots
         self.products.fill(ev, prev)
         if "w" not in varying:
