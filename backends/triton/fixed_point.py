@@ -196,29 +196,34 @@ def shifted_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h
     once from the start of the solve (h^0 = 0) and the values that do not read the iterate, kept for the
     evaluations before the later launches."""
     from .fp_fused import FusedIteration
-    from .fp_products import IterateProducts
+    from .fp_products import IterateProducts, products
+    from .fp_reflections import ReflectionLaunches
     from .fp_shifted import ShiftedIteration
     ir, D = spec.ir, spec.ir.state[1][0]
     ref = next(args[a.name] for a in spec.args if a.kind == "input")
     ev = operand_evaluator(spec, args, options, h0, cu, torch.zeros(B, T, 1, D, device=ref.device))
-    products = IterateProducts(ir, ev, B, T, ref.dtype, None if h0 is None else h0.float(), cu)
-    products.fill(ev, zero_iterate=h0 is None)
+    found = products(ir, ev, B, T)
+    moving = reflections(ir, pattern, found)
+    iterate_products = IterateProducts(ir, ev, B, T, ref.dtype, None if h0 is None else h0.float(), cu, found,
+                                       () if moving is None else (moving.product,))
+    iterate_products.fill(ev, zero_iterate=h0 is None)
     step = FusedIteration.build(pattern, ir, ev, B, T, None if h0 is None else h0.contiguous(), cu, args, options)
     kept = {i: v for i, v in ev.memo.items() if not ir.reads(i, "prev")}
+    launches = None if moving is None else ReflectionLaunches(moving, iterate_products, step, ref.dtype)
     return ShiftedIteration(ir, step, lambda prev: operand_evaluator(spec, args, options, h0, cu, prev), kept,
-                            products, reflection_launches(ir, pattern, products, step, ref.dtype))
+                            iterate_products, launches)
 
 
-def reflection_launches(ir, pattern, products, step, dtype):
-    """fp_reflections.ReflectionLaunches where the reflection vectors are a weight product of prev(h, shift = 1)
-    (and RECDSL_FP_REFLECTIONS is not "torch", which keeps them on torch's passes for a comparison), else None."""
+def reflections(ir, pattern, found):
+    """fp_reflections.MovingReflections where the reflection vectors are a weight product of prev(h, shift = 1)
+    among the products `found` (and RECDSL_FP_REFLECTIONS is not "torch", which keeps them on torch's passes for
+    a comparison), else None."""
     import os
     from . import fp_reflections
     choice = os.environ.get("RECDSL_FP_REFLECTIONS", "triton")
     if choice not in ("triton", "torch"):
         raise ValueError(f"RECDSL_FP_REFLECTIONS={choice!r}: expected 'triton' or 'torch'")
-    m = fp_reflections.match(ir, pattern, products) if "u" in pattern.varying and choice == "triton" else None
-    return None if m is None else fp_reflections.ReflectionLaunches(m, products, step, dtype)
+    return fp_reflections.match(ir, pattern, found) if "u" in pattern.varying and choice == "triton" else None
 
 
 def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):

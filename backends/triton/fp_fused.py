@@ -46,7 +46,7 @@ from .exprs import exp_function
 from .fp_operands import InlineOperands
 from .recurrent import SEQUENCE_COORDS
 from .template import load_source
-from .ints import cdiv, next_power_of_2
+from .ints import cdiv, env_ints, next_power_of_2
 
 REFLECTION_FUNCTIONS = '''@triton.jit
 def _dots(u, p, o_d, m_td, o_r, v, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
@@ -334,12 +334,9 @@ def blocks(D: int, N: int) -> tuple[int, int, int]:
     while BD > 8 and N * cdiv(D, BD) < 256:
         BD //= 2
     BT, warps = 128, 4
-    text = os.environ.get("RECDSL_FP_BLOCKS")
-    if text:
-        try:
-            BT, BD, warps = map(int, text.split(","))
-        except ValueError:
-            raise ValueError(f"RECDSL_FP_BLOCKS={text!r}: expected three integers 'BT,BD,warps'") from None
+    override = env_ints("RECDSL_FP_BLOCKS", "BT,BD,warps")
+    if override:
+        BT, BD, warps = override
         BD = min(BD, DP)
     return BT, BD, warps
 

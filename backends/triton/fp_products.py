@@ -70,13 +70,16 @@ def products(ir: IR, value, B: int, T: int) -> tuple[Product, ...]:
 class IterateProducts:
     """The weights [D, out] and biases [NTOK, out] of a spec's products for one solve; fill(ev) puts their
     sums into the evaluator's memo. `value(node)` evaluates the weights and the addends (an Evaluator);
-    `dtype` is the inputs' dtype; h0 [N, D] (or None) and cu (or None) are the solve's."""
+    `dtype` is the inputs' dtype; h0 [N, D] (or None) and cu (or None) are the solve's; `found` the spec's
+    products where the caller has them (products()); `taken` the indices of those a kernel computes
+    (fp_reflections.py): fill leaves them out, and their shifted biases are not made."""
 
-    def __init__(self, ir: IR, value, B: int, T: int, dtype: torch.dtype, h0=None, cu=None):
-        self.ir, self.B, self.T = ir, B, T
-        self.products = products(ir, value, B, T)
+    def __init__(self, ir: IR, value, B: int, T: int, dtype: torch.dtype, h0=None, cu=None, found=None,
+                 taken=()):
+        self.ir, self.B, self.T, self.taken = ir, B, T, tuple(taken)
+        self.products = products(ir, value, B, T) if found is None else found
         self.mats, self.biases, self.later = [], [], []
-        for p in self.products:
+        for k, p in enumerate(self.products):
             W = value(p.weight).reshape(p.width, ir.node(p.vector).shape[0])
             # a narrow product (alpha's, r outputs) reads the fp32 iterate as it is: it is bound by that read,
             # and a half copy of the iterate for it cost 0.56 ms of a bf16 solve at issue 5's shape
@@ -87,7 +90,8 @@ class IterateProducts:
                     else value(p.addend).reshape(B * T, p.width))
             self.biases.append(bias)
             # for the product of the iterate itself (below): row n holds the bias of token n + 1
-            self.later.append(torch.cat([bias[1:], bias[:1]]) if _reads_last_token(ir, p) else None)
+            shifted = _reads_last_token(ir, p) and k not in self.taken
+            self.later.append(torch.cat([bias[1:], bias[:1]]) if shifted else None)
         self.firsts = self.h0_first = None
         if any(b is not None for b in self.later):   # each sequence's first token (non-empty ones) and state
             if cu is None:
@@ -96,13 +100,13 @@ class IterateProducts:
                 real = cu[1:] > cu[:-1]
                 self.firsts, self.h0_first = cu[:-1][real].long(), None if h0 is None else h0[real]
 
-    def fill(self, ev, iterate=None, zero_iterate: bool = False, skip=()) -> None:
+    def fill(self, ev, iterate=None, zero_iterate: bool = False) -> None:
         """The sums from the iterate ev reads (`iterate` [B, T, 1, D]: the same, unshifted); with
         `zero_iterate` (the solve's start, h^0 = 0 and no initial state) the products are zero and the sums
-        are the biases, with no product taken. Products whose index is in `skip` are left out (a kernel
-        takes them: fp_reflections.py)."""
+        are the biases, with no product taken. The products a kernel takes are left out, except at the
+        solve's start."""
         for k, (p, W, bias, later) in enumerate(zip(self.products, self.mats, self.biases, self.later)):
-            if k in skip:
+            if k in self.taken and not zero_iterate:
                 continue
             if zero_iterate:
                 out = bias

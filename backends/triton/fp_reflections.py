@@ -38,8 +38,9 @@ import torch
 
 from recdsl.ir import IR
 
-from .fp_products import HALF, IterateProducts, _reads_last_token
-from .ints import cdiv, next_power_of_2
+from .fp_fused import _padded
+from .fp_products import HALF, IterateProducts, Product, _reads_last_token
+from .ints import cdiv, env_ints, next_power_of_2
 from .template import load_source
 
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
@@ -56,9 +57,10 @@ class MovingReflections:
     labels: tuple[tuple[str, str], ...]
 
 
-def match(ir: IR, pattern, products: IterateProducts) -> MovingReflections | None:
+def match(ir: IR, pattern, found: tuple[Product, ...]) -> MovingReflections | None:
     """MovingReflections where the pattern's single reflection group has u = [l2norm](addend + W @ prev(h, 1))
-    with W [r, D, D] (a product IterateProducts takes), else None (fp_shifted then evaluates u in torch)."""
+    with W [r, D, D], one of the products `found` (fp_products.products), else None (fp_shifted then evaluates
+    u in torch)."""
     if len(pattern.reflections) != 1:
         return None
     u = pattern.reflections[0][0]
@@ -67,7 +69,7 @@ def match(ir: IR, pattern, products: IterateProducts) -> MovingReflections | Non
         return None
     normalise = ir.node(u).op == "l2norm"
     inner = ir.operands(u)[0] if normalise else u
-    for k, p in enumerate(products.products):
+    for k, p in enumerate(found):
         if p.result == inner and _reads_last_token(ir, p) and p.width == shape[0] * shape[1]:
             num = {i: f"%{n}" for n, i in enumerate(ir.order())}
             labels = (("@NAME@", ir.name), ("@U@", num[u]), ("@SUM@", num[inner]), ("@PRODUCT@", num[p.matmul]),
@@ -175,7 +177,7 @@ def _slots(r: int) -> list[tuple[str, str, str]]:
 def generate(m: MovingReflections) -> str:
     """The module text of the two kernels for r reflections (one accumulator, share and coefficient per
     reflection written out: readable, and no tensor indexing inside the kernels)."""
-    r, RP = m.r, max(2, next_power_of_2(m.r))
+    r, RP = m.r, _padded(m.r)
     slots = _slots(r)
     ind4, ind8 = " " * 4, " " * 8
     zeros = [f"{ind4}acc{i} = tl.zeros([BM, BC], dtype=tl.float32)" for i in range(r)]
@@ -241,14 +243,7 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
         tiles = (128, min(64, DP), min(64, DP), 8 if DP >= 64 else 4)
     else:
         tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4)
-    text = os.environ.get("RECDSL_FP_REFLECTION_BLOCKS")
-    if text:
-        try:
-            tiles = tuple(map(int, text.split(",")))
-            assert len(tiles) == 4
-        except (ValueError, AssertionError):
-            raise ValueError(f"RECDSL_FP_REFLECTION_BLOCKS={text!r}: expected four integers 'BM,BC,BK,warps'") from None
-    return tiles
+    return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps") or tiles
 
 
 class ReflectionLaunches:
@@ -277,7 +272,7 @@ class ReflectionLaunches:
         [B, T, 1, D] with the strengths s [NTOK, R]."""
         step, r = self.step, self.m.r
         NTOK, D = step.x.shape
-        RP = max(2, next_power_of_2(r))
+        RP = _padded(r)
         hp = prev.reshape(NTOK, D)
         BM, BC, BK, warps = blocks(D, self.prec, self.half)
         NC = cdiv(D, BC)

@@ -66,14 +66,13 @@ class ShiftedIteration:
         move, they come from the Gram products of fp_fused_dots, which gives the dot products with them."""
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
+        self.products.fill(ev, prev)     # with the reflection kernels, all but the one they take
         varying = self.pattern.varying
         if self.reflections is not None:    # u, w and the dot products from fp_reflections' kernels
-            self.products.fill(ev, prev, skip=(self.reflections.m.product,))
             names = [n for n in varying if n not in ("u", "w")] + ["s"]
             ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names, device=prev.device)
             u, w, dots = self.reflections(prev, ops.pop("s"))
             return dataclasses.replace(self.step, u=u, w=w, **ops), dots
-        self.products.fill(ev, prev)
         if "w" not in varying:
             return self.step.at(self.ir, ev), None
         ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, varying, strengths=True)
