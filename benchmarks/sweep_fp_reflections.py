@@ -2,7 +2,8 @@
 issue 5's shape by default): fp_shifted.ShiftedIteration.at(prev), which evaluates u, alpha, the coefficients
 and the dot products from an iterate, with fp_reflections' kernels under several tile configs
 (RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (also as three TF32
-products, RECDSL_FP_REFLECTION_FP32=tf32x3), TF32 and bf16; then the two kernels alone per tile config.
+products, RECDSL_FP_REFLECTION_FP32=tf32x3 or tf32x3-triton), TF32 and bf16 (the iterate in --parts bf16 parts); then the two
+kernels alone per tile config.
 
     python benchmarks/sweep_fp_reflections.py --out sweep.jsonl     # a GPU
 """
@@ -26,6 +27,9 @@ def main() -> None:
     fixed_point_shape_args(ap, iters=False)
     ap.add_argument("--blocks", default="128,64,32,8;64,128,32,8;128,128,32,8;128,64,32,4;128,64,64,8",
                     help="BM,BC,BK,warps tile configs, separated by ';'")
+    ap.add_argument("--precisions", default="fp32,fp32 tf32x3,fp32 tf32x3-triton,tf32,bf16",
+                    help="of fp32, fp32 tf32x3, fp32 tf32x3-triton, tf32, bf16")
+    ap.add_argument("--parts", default="3", help="for bf16: the iterate's bf16 parts (RECDSL_FP_REFLECTION_PARTS)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from triton.testing import do_bench
@@ -34,9 +38,14 @@ def main() -> None:
     from recdsl.backends.triton.fp_fused import match
     spec = recdsl.load(ROOT / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec", D=args.D, r=args.r)
     pattern = match(spec.ir)
-    for label, dtype, tf32, fp32 in (("fp32", torch.float32, False, "ieee"), ("fp32 tf32x3", torch.float32, False,
-                                      "tf32x3"), ("tf32", torch.float32, True, "ieee"),
-                                     ("bf16", torch.bfloat16, False, "ieee")):
+    cases = [("fp32", torch.float32, False, "ieee", 1), ("fp32 tf32x3", torch.float32, False, "tf32x3", 1),
+             ("fp32 tf32x3-triton", torch.float32, False, "tf32x3-triton", 1), ("tf32", torch.float32, True, "ieee", 1)]
+    cases += [("bf16", torch.bfloat16, False, "ieee", int(n)) for n in args.parts.split(",")]
+    for label, dtype, tf32, fp32, parts in cases:
+        if label not in args.precisions.split(","):
+            continue
+        label = label if parts == 1 else f"{label} x{parts}"
+        os.environ["RECDSL_FP_REFLECTION_PARTS"] = str(parts)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         os.environ["RECDSL_FP_REFLECTION_FP32"] = fp32
         os.environ.pop("RECDSL_FP_REFLECTION_BLOCKS", None)
@@ -67,6 +76,7 @@ def main() -> None:
                 row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
             emit(row, args.out)
     os.environ.pop("RECDSL_FP_REFLECTION_BLOCKS", None)
+    os.environ.pop("RECDSL_FP_REFLECTION_PARTS", None)
 
 
 if __name__ == "__main__":

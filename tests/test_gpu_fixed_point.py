@@ -1,5 +1,5 @@
 """GPU tier of the fixed-point paths (backends/triton/fixed_point.py, fp_fused.py, fp_shifted.py, fp_graph.py,
-fixed_point_matrix.py): against the fp64 reference, fused against unfused, CUDA-graph replay against eager
+fp_tail_graph.py, fixed_point_matrix.py): against the fp64 reference, fused against unfused, CUDA-graph replay against eager
 calls. Skipped without a CUDA device."""
 import warnings
 
@@ -89,6 +89,7 @@ def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
     for mode in ("0", "1"):
         monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
         spec.memo.pop("fp_graphs", None)
+        spec.memo.pop("fp_tail_graphs", None)
         outs = []
         for k in (0, 1, 0, 1, 2, 2, 2):
             with torch.no_grad():
@@ -106,6 +107,44 @@ def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
     assert not torch.equal(runs["1"][0], runs["1"][1])
     for a, b in zip(runs["0"], runs["1"]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_training_tail_graphs_keep_each_forward(monkeypatch):
+    """fp_tail_graph.py, the differentiable tail of a shifted spec's training call as CUDA graphs: two forwards
+    of one shape before their backward (two layers of a model) take two instances and give the eager tail's
+    outputs and gradients bit for bit, over an eager first call, captures and replays; a second backward
+    through one forward replays while no later forward has used its instance, and raises after."""
+    from pathlib import Path
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2, max_iter=6, tol=1e-30)
+    sets = [cuda_args(spec, 2, 256, torch.float32, seed=s) for s in (0, 1)]
+    do = torch.randn(2, 256, 512, device="cuda")
+    leaves = [t for a in sets for t in a.values()]
+    runs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+        spec.memo.pop("fp_graphs", None)
+        spec.memo.pop("fp_tail_graphs", None)
+        outs = []
+        for _ in range(3):
+            o0, o1 = (spec.op(**a, backend="triton")[0] for a in sets)
+            outs += [o0.detach(), o1.detach()] + list(torch.autograd.grad(((o0 + o1) * do).sum(), leaves))
+        runs[mode] = outs
+    (instances,) = spec.memo["fp_tail_graphs"].values()
+    assert len(instances.made) == 2
+    assert not torch.equal(runs["1"][0], runs["1"][1])
+    for a, b in zip(runs["0"], runs["1"]):
+        assert torch.equal(a, b)
+    o = spec.op(**sets[0], backend="triton")[0]
+    loss = (o * do).sum()
+    first = torch.autograd.grad(loss, list(sets[0].values()), retain_graph=True)
+    for a, b in zip(first, torch.autograd.grad(loss, list(sets[0].values()), retain_graph=True)):
+        assert torch.equal(a, b)
+    spec.op(**sets[1], backend="triton")[0].sum().backward()    # replays the instance o's forward used
+    with pytest.raises(RuntimeError, match="second backward"):
+        torch.autograd.grad(loss, list(sets[0].values()))
 
 
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
@@ -147,7 +186,8 @@ def test_fp_mamba_on_gpu():
 @pytest.mark.parametrize("packed", [False, True])
 def test_reflection_kernels_on_gpu(dtype, tf32, fp32, tol, packed, monkeypatch):
     """fp_reflections' kernels against torch's passes at issue 5's width (B = 2, T = 256, D = 512, r = 2): fp32
-    products as 3xTF32 and on FMA units, in TF32 where allowed, bf16 ones on tensor cores; packed sequences."""
+    products as 3xTF32 and on FMA units, in TF32 where allowed, bf16 ones on tensor cores (the iterate split
+    into three bf16 parts: the raw vectors within 1e-5 of the fp32 iterate's); packed sequences."""
     from test_triton_fp_reflections import check_against_torch
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)

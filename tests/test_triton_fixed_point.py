@@ -372,3 +372,29 @@ def test_fp_mamba_matrix_state_matches_reference():
         o, _ = spec.op(**args, backend="triton")
     o.square().sum().backward()
     assert all(torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0 for a in args.values())
+
+
+def test_tail_graph_instances_are_handed_out_while_free():
+    """fp_tail_graph.Instances: a busy instance (its holder alive) is not handed out again; one is made while
+    under the limit, past it None (the caller runs eagerly); a freed holder frees its instance."""
+    import gc
+    from types import SimpleNamespace
+    import weakref
+    from recdsl.backends.triton.fp_tail_graph import Instances
+    class Holder:
+        pass
+    pool = Instances(lambda: SimpleNamespace(busy=None), 2)
+    holders = [Holder(), Holder()]
+    a = pool.acquire()
+    assert pool.acquire() is a          # not taken yet
+    a.busy = weakref.ref(holders[0])
+    b = pool.acquire()
+    assert b is not a and len(pool.made) == 2
+    b.busy = weakref.ref(holders[1])
+    assert pool.acquire() is None       # both busy, at the limit
+    b.busy = None                       # its backward ran
+    assert pool.acquire() is b
+    b.busy = weakref.ref(holders[1])
+    del holders[0]                      # a's autograd graph freed without a backward
+    gc.collect()
+    assert pool.acquire() is a

@@ -163,6 +163,13 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     # k differentiable iterations from the fixed point (its value held constant): their gradient is the
     # implicit-function gradient's Neumann series cut after k terms (k = 1: the paper's one step). The
     # inputs are converted again so that autograd sees them (the loop's copies were made without a graph)
+    if fused is not None and fused.varying:     # each step evaluates its operands again (varying_steps)
+        from . import fp_graph, fp_tail_graph
+        if fp_graph.usable(ref, cu):     # replayed as CUDA graphs, forward and backward (fp_tail_graph.py)
+            o, final = fp_tail_graph.call(spec, fused, raw, options, h_init, prev.detach(), steps, output_final_state)
+        else:
+            o, final = varying_steps(spec, fused, raw, options, h_init, cu, prev.detach(), steps, output_final_state)
+        return o, final, info
     shared.clear()
     base = leaves()
     states = prev.detach()
@@ -172,13 +179,32 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             continue
         # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
         from .fp_fused_step import mix_write
-        if fused.varying:    # the operands at this step's iterate, with autograd
-            step = fused_operands(spec, fused, raw, options, B, T, h_init, cu, states)
         b = mix_write(fused, step.x, step.g, step.u, step.w, states)
         y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
                         output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
         prev, states = states, y.reshape(full)
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
+
+
+def varying_steps(spec, pattern, args: dict, options: dict, h0, cu, states, steps: int, want_final: bool):
+    """The differentiable tail of a training call whose fused operands read prev(h, shift = 1): `steps`
+    iterations from the fixed point `states` [B, T, 1, D] (held constant), each evaluating its operands
+    again with autograd, then the readout. Returns (o in the op layout, final state [N, D] or None)."""
+    from .fp_fused_step import mix_write
+    ir = spec.ir
+    B, T, _, D = states.shape
+    scan = spec.memo["fixed_point_scan"]
+    prev, ht = states, None
+    for _ in range(steps):
+        step = fused_operands(spec, pattern, args, options, B, T, h0, cu, states)
+        # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
+        b = mix_write(pattern, step.x, step.g, step.u, step.w, states)
+        y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h0,
+                        output_final_state=want_final, cu_seqlens=cu, backend="triton")
+        prev, states = states, y.reshape(B, T, 1, D)
+    ref = next(args[a.name] for a in spec.args if a.kind == "input")
+    ev = operand_evaluator(spec, args, options, h0, cu, prev, states)
+    return _readout(spec, ev, ir.roots_with("output:")[0][1], ht, B, T, 1, D, ref)
 
 
 def fused_operands(spec, pattern, args: dict, options: dict, B: int, T: int, h0, cu, prev=None):
@@ -226,9 +252,10 @@ def reflections(ir, pattern, found):
     return fp_reflections.match(ir, pattern, found) if "u" in pattern.varying and choice == "triton" else None
 
 
-def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):
+def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None, states=None):
     """An Evaluator of the spec's iterate-free nodes and of those reading prev(h, shift = 1), the iterate
-    `prev` [B, T, 1, D] one token back (each sequence's first token reads h0 [N, D], or zeros)."""
+    `prev` [B, T, 1, D] one token back (each sequence's first token reads h0 [N, D], or zeros); with
+    `states` (the next iterate, like prev), of the readout too."""
     from recdsl.backends.reference import leaf_values
     from recdsl.evaluate import Evaluator, shift_tokens
 
@@ -243,6 +270,8 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None):
             if prev is None:
                 raise ValueError(f"{ir.name}: an operand reads prev(h, shift = 1); pass the iterate")
             return shift_tokens(prev, first, cu)
+        if n.op == "state" and states is not None:
+            return states
         return base(i, n)
     # l2norm as one Triton pass (l2norm.py): F.normalize (a norm, then a division by the broadcast norm on
     # torch's strided element-wise path) took about 1.9 ms of a 17-iteration shifted solve at issue 5's shape,

@@ -15,6 +15,12 @@ path.)
 Half-precision inputs multiply in their own dtype with fp32 accumulation and an fp32 result (tensor
 cores), as the layer's linear maps do; fp32 inputs follow torch's float32 matmul precision
 (torch.backends.cuda.matmul.allow_tf32).
+
+A narrow product of prev(h, shift = 1) itself (fewer than NARROW outputs: alpha's, r of them) is one Triton
+launch, `narrow_product`: it reads the iterate one token back in place (a sequence's first token reads h0)
+and the fp32 iterate in fp32. As an addmm into a buffer one row longer, with each sequence's first token
+gathered and written after, it was a 32 x 32 cuBLAS tile kernel of 27 us and three small launches per
+iteration at issue 5's shape (H100 profile 2026-11-27zl).
 """
 from __future__ import annotations
 
@@ -23,8 +29,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
 from recdsl.ir import IR
+
+from .ints import cdiv, next_power_of_2
 
 HALF = (torch.float16, torch.bfloat16)
 NARROW = 64    # products with fewer outputs multiply in fp32 whatever the inputs' dtype
@@ -67,6 +77,38 @@ def products(ir: IR, value, B: int, T: int) -> tuple[Product, ...]:
     return tuple(found)
 
 
+@triton.jit
+def narrow_product(it, h0, seq, bias, w, y, NTOK, D: tl.constexpr, OUT: tl.constexpr, OP: tl.constexpr,
+                   BT: tl.constexpr, BD: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """y [NTOK, OUT] = bias + prev(it, shift = 1) @ w for BT tokens: it [NTOK, D] fp32 read one row back (a
+    sequence's first token reads h0 [N, D], or zeros; seq [NTOK] int32 is each token's sequence), w [D, OUT]
+    fp32, bias [NTOK, OUT] fp32; products in fp32 (FMA)."""
+    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    m_t = p < NTOK
+    s_t = tl.load(seq + p, mask=m_t, other=-1)
+    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
+    inner = m_t & (s_t == s_b)
+    first = m_t & (s_t != s_b)
+    o_o = tl.arange(0, OP)
+    m_o = o_o < OUT
+    acc = tl.zeros([BT, OP], dtype=tl.float32)
+    for k0 in range(0, D, BD):
+        o_k = k0 + tl.arange(0, BD)
+        m_k = o_k < D
+        a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
+                    other=0.0)
+        if USE_H0:
+            a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
+                         other=0.0)
+        b = tl.load(w + o_k[:, None] * OUT + o_o[None, :], mask=m_k[:, None] & m_o[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    off = p.to(tl.int64)[:, None] * OUT + o_o[None, :]
+    m = m_t[:, None] & m_o[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias + off, mask=m, other=0.0)
+    tl.store(y + off, acc, mask=m)
+
+
 class IterateProducts:
     """The weights [D, out] and biases [NTOK, out] of a spec's products for one solve; fill(ev) puts their
     sums into the evaluator's memo. `value(node)` evaluates the weights and the addends (an Evaluator);
@@ -78,27 +120,39 @@ class IterateProducts:
                  taken=()):
         self.ir, self.B, self.T, self.taken = ir, B, T, tuple(taken)
         self.products = products(ir, value, B, T) if found is None else found
-        self.mats, self.biases, self.later = [], [], []
+        self.mats, self.biases, self.later, self.narrow = [], [], [], []
         for k, p in enumerate(self.products):
             W = value(p.weight).reshape(p.width, ir.node(p.vector).shape[0])
             # a narrow product (alpha's, r outputs) reads the fp32 iterate as it is: it is bound by that read,
             # and a half copy of the iterate for it cost 0.56 ms of a bf16 solve at issue 5's shape
             half = dtype in HALF and p.width >= NARROW
-            self.mats.append(W.t().to(dtype if half else torch.float32))
             # no addend: a zero broadcast (addmm's epilogue then reads nothing)
             bias = (W.new_zeros(()).expand(B * T, p.width) if p.addend is None
                     else value(p.addend).reshape(B * T, p.width))
+            last = _reads_last_token(ir, p) and k not in self.taken
+            # of prev(h, shift = 1) itself: narrow ones in narrow_product, the others through addmm, for which
+            # row n of `later` holds the bias of token n + 1 (_of_last_token)
+            self.narrow.append(last and p.width < NARROW)
+            if self.narrow[-1]:
+                self.mats.append(W.t().float().contiguous())
+                bias = bias if p.addend is None else bias.float().contiguous()
+            else:
+                self.mats.append(W.t().to(dtype if half else torch.float32))
             self.biases.append(bias)
-            # for the product of the iterate itself (below): row n holds the bias of token n + 1
-            shifted = _reads_last_token(ir, p) and k not in self.taken
-            self.later.append(torch.cat([bias[1:], bias[:1]]) if shifted else None)
-        self.firsts = self.h0_first = None
+            self.later.append(torch.cat([bias[1:], bias[:1]]) if last and not self.narrow[-1] else None)
+        self.firsts = self.h0_first = self.seq = None
+        self.h0 = None if h0 is None else h0.float().contiguous()
         if any(b is not None for b in self.later):   # each sequence's first token (non-empty ones) and state
             if cu is None:
                 self.firsts, self.h0_first = torch.arange(B, device=W.device) * T, h0
             else:
                 real = cu[1:] > cu[:-1]
                 self.firsts, self.h0_first = cu[:-1][real].long(), None if h0 is None else h0[real]
+        if any(self.narrow):     # each token's sequence, for narrow_product
+            N = B if cu is None else cu.numel() - 1
+            lengths = torch.full((N,), T, device=W.device) if cu is None else (cu[1:] - cu[:-1]).long()
+            self.seq = torch.arange(N, dtype=torch.int32, device=W.device).repeat_interleave(lengths,
+                                                                                             output_size=B * T)
 
     def fill(self, ev, iterate=None, zero_iterate: bool = False) -> None:
         """The sums from the iterate ev reads (`iterate` [B, T, 1, D]: the same, unshifted); with
@@ -110,11 +164,25 @@ class IterateProducts:
                 continue
             if zero_iterate:
                 out = bias
+            elif self.narrow[k] and iterate is not None:
+                out = self._narrow(iterate, W, bias, p.addend is not None)
             elif later is not None and iterate is not None:
                 out = self._of_last_token(iterate, W, bias, later)
             else:
                 out = _addmm(bias, ev(p.vector).reshape(self.B * self.T, -1).to(W.dtype), W)
             ev.memo[p.result] = out.view((self.B, self.T, 1) + self.ir.node(p.result).shape)
+
+    def _narrow(self, iterate, W, bias, has_bias: bool):
+        """bias + W @ prev(h, shift = 1) for a narrow W [D, out] (fp32) in one narrow_product launch."""
+        N, (D, out) = self.B * self.T, W.shape
+        y = iterate.new_empty(N, out, dtype=torch.float32)
+        if N:
+            BT, BD = 64, min(64, max(16, next_power_of_2(D)))
+            narrow_product[(cdiv(N, BT),)](iterate.reshape(N, D).contiguous(), self.h0, self.seq,
+                                           bias if has_bias else y, W, y, N, D=D, OUT=out,
+                                           OP=max(16, next_power_of_2(out)), BT=BT, BD=BD,
+                                           USE_H0=self.h0 is not None, HAS_BIAS=has_bias, num_warps=4)
+        return y
 
     def _of_last_token(self, iterate, W, bias, later):
         """bias + W @ prev(h, shift = 1) without shifting the iterate (a copy of it per launch, 0.98 ms of

@@ -19,13 +19,15 @@ What they replace, at issue 5's shape (H100, bf16, 17 iterations; profile 2026-1
 - the GEMM itself, 1.29 ms.
 In their place the two kernels took 1.92 ms (profile 2026-11-27ze).
 
-The products take the inputs' precision (precision()): half inputs multiply in that dtype with fp32
-accumulation, fp32 ones in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32) and as 3xTF32
-otherwise.
+The products take the inputs' precision (precision()): half weights multiply the fp32 iterate split into three
+parts of their dtype (parts(): all its bits, so the map from the iterate to u has no steps that stall a solve),
+with fp32 accumulation; fp32 ones multiply in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32)
+and as 3xTF32 otherwise. The raw vectors are written in fp32.
 
 alpha's narrow product of the same iterate (Wa @ h_last) stays a separate fp32 addmm (fp_products.py), 0.45 ms
 of a bf16 solve. An extra program column of the product kernel was tried for it:
-- in bf16, the bf16 solve's residual stalled near 1e-4 and a converging solve ran to max_iter (2026-11-27zf);
+- in bf16, the bf16 solve's residual stalled near 1e-4 and a converging solve ran to max_iter (2026-11-27zf;
+  the same stall came from u's product of the bf16-rounded iterate, 27zk);
 - in fp32 on FMA units, it cost 0.046 ms a launch, more than the separate product (27zj).
 """
 from __future__ import annotations
@@ -78,31 +80,64 @@ def match(ir: IR, pattern, found: tuple[Product, ...]) -> MovingReflections | No
     return None
 
 
+FP32_CHOICES = ("tf32x3", "tf32x3-triton", "ieee")
+
+
 def precision(dtype: torch.dtype) -> str:
-    """tl.dot's input_precision for fp32 data (half data multiplies in its own dtype): TF32 where torch allows
-    it, else three TF32 products per fp32 one ("tf32x3": each operand split into a TF32 value and a TF32
-    remainder, only the remainders' product dropped; about fp32's accuracy on tensor cores, 0.30 ms a launch
-    at issue 5's shape on an H100 against 0.53 ms on FMA units), or FMA products (RECDSL_FP_REFLECTION_FP32=ieee)."""
+    """How fp32 data multiplies (half data: in its own dtype, "ieee" here): in TF32 where torch allows it, else
+    as three TF32 products per fp32 one, each operand split into a TF32 part and a TF32 remainder and the
+    remainders' product dropped (about fp32's accuracy on tensor cores). "tf32x3": the weights split once per
+    solve and the iterate in the kernel; "tf32x3-triton": tl.dot's own, which splits both on every tile.
+    RECDSL_FP_REFLECTION_FP32 picks one of FP32_CHOICES ("ieee": FMA products)."""
     if dtype in HALF:
         return "ieee"
     if torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     choice = os.environ.get("RECDSL_FP_REFLECTION_FP32", "tf32x3")
-    if choice not in ("ieee", "tf32x3"):
-        raise ValueError(f"RECDSL_FP_REFLECTION_FP32={choice!r}: expected 'ieee' or 'tf32x3'")
+    if choice not in FP32_CHOICES:
+        raise ValueError(f"RECDSL_FP_REFLECTION_FP32={choice!r}: expected one of {', '.join(FP32_CHOICES)}")
     return choice
+
+
+def _dot_precision(prec: str) -> tuple[str, bool]:
+    """(tl.dot's input_precision, whether the weights come split into TF32 parts) for precision()'s choice."""
+    if prec == "tf32x3":
+        return "tf32", True
+    return ("tf32x3" if prec == "tf32x3-triton" else prec), False
+
+
+def tf32_parts(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 w as (its TF32 part, the remainder): the low 13 mantissa bits cut off, then what they held."""
+    high = (w.contiguous().view(torch.int32) & -8192).view(torch.float32)   # -8192 = 0xFFFFE000
+    return high, w - high
+
+
+def parts(dtype: torch.dtype) -> int:
+    """How many parts of the weight's half dtype the fp32 iterate is split into for half inputs (1 for fp32).
+    Three hold all of its bits, so the products are those of the iterate itself: rounded once to bf16, the
+    map from the iterate to u was a step function, and a bf16 solve's residual stalled near 5e-5, never
+    reaching tol 1e-6 (H100 2026-11-27zk). RECDSL_FP_REFLECTION_PARTS=1|2|3 sets it for a comparison."""
+    if dtype not in HALF:
+        return 1
+    n = env_ints("RECDSL_FP_REFLECTION_PARTS", "parts")
+    if n and n[0] not in (1, 2, 3):
+        raise ValueError(f"RECDSL_FP_REFLECTION_PARTS={n[0]}: expected 1, 2 or 3")
+    return n[0] if n else 3
 
 
 _PRODUCTS = r'''
 @triton.jit
-def fp_reflection_products(it, h0, seq, bias, wk, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
+def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
                            BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           PREC: tl.constexpr, K_MAJOR: tl.constexpr):
+                           PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
+                           SPLIT_W: tl.constexpr):
     """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
     of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
-    bias, u [NTOK, R, D]; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D], whose [BK, BC]
-    tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA products read
-    faster); part [D / BC, NTOK, NS]: this block's shares
+    bias [NTOK, R, D]; u [NTOK, R, D] fp32; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D],
+    whose [BK, BC] tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA
+    products read faster; PARTS: half weights multiply the fp32 iterate as that many half parts; SPLIT_W: wk
+    holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products);
+    part [D / BC, NTOK, NS]: this block's shares
     @SLOTS@."""
     i_c, i_m = tl.program_id(0), tl.program_id(1)
     p = i_m * BM + tl.arange(0, BM)
@@ -128,17 +163,29 @@ def fp_reflection_products(it, h0, seq, bias, wk, x, hp, u, part, NTOK, D: tl.co
         if USE_H0:
             a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
                          other=0.0)
-        a = a.to(wk.dtype.element_ty)
+        if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
+            a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            a_rest = a - a_tf32
+            a = a_tf32
+        elif PARTS == 1:
+            a = a.to(wk.dtype.element_ty)
+        else:   # the iterate as a sum of parts in the weight's dtype (three: all of fp32's bits)
+            a_hi = a.to(wk.dtype.element_ty)
+            rest = a - a_hi.to(tl.float32)
+            a_mid = rest.to(wk.dtype.element_ty)
+            a_lo = (rest - a_mid.to(tl.float32)).to(wk.dtype.element_ty)
+            a = a_hi
         m_kc = m_k[:, None] & m_c[None, :]
         if K_MAJOR:
-            w_kc = wk + o_c[None, :] * D + o_k[:, None]
+            kc = o_c[None, :] * D + o_k[:, None]
         else:
-            w_kc = wk + o_k[:, None] * (R * D) + o_c[None, :]
+            kc = o_k[:, None] * (R * D) + o_c[None, :]
+        w_kc, l_kc = wk + kc, wl + kc
         # IR @PRODUCT@ = W @ prev(h, shift = 1), each reflection's columns
 @DOTS@
     m_tc = m_t[:, None] & m_c[None, :]
     row = p.to(tl.int64)[:, None] * (R * D) + o_c[None, :]
-    # IR @SUM@ = the addend + the product, the raw reflection vectors (written in u's dtype)
+    # IR @SUM@ = the addend + the product, the raw reflection vectors
 @WRITE@
     # the shares over this block's channels, of the dot products with v = x - hp and of the Gram products
     off = p.to(tl.int64)[:, None] * D + o_c[None, :]
@@ -181,13 +228,23 @@ def generate(m: MovingReflections) -> str:
     slots = _slots(r)
     ind4, ind8 = " " * 4, " " * 8
     zeros = [f"{ind4}acc{i} = tl.zeros([BM, BC], dtype=tl.float32)" for i in range(r)]
-    dots = [f"{ind8}acc{i} = tl.dot(a, tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
-            f"input_precision=PREC)" for i in range(r)]
+    dots = []
+    for i in range(r):
+        dots += [f"{ind8}w{i} = tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0)",
+                 f"{ind8}if SPLIT_W:   # the small products first: a_rest W and a W_rest",
+                 f"{ind8}    acc{i} = tl.dot(a_rest, w{i}, acc{i}, input_precision=PREC)",
+                 f"{ind8}    acc{i} = tl.dot(a, tl.load(l_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
+                 f"input_precision=PREC)",
+                 f"{ind8}if PARTS == 3:",
+                 f"{ind8}    acc{i} = tl.dot(a_lo, w{i}, acc{i}, input_precision=PREC)",
+                 f"{ind8}if PARTS >= 2:",
+                 f"{ind8}    acc{i} = tl.dot(a_mid, w{i}, acc{i}, input_precision=PREC)",
+                 f"{ind8}acc{i} = tl.dot(a, w{i}, acc{i}, input_precision=PREC)"]
     write = []
     for i in range(r):
         write += [f"{ind4}if HAS_BIAS:",
                   f"{ind8}acc{i} += tl.load(bias + row + {i} * D, mask=m_tc, other=0.0).to(tl.float32)",
-                  f"{ind4}tl.store(u + row + {i} * D, acc{i}.to(u.dtype.element_ty), mask=m_tc)"]
+                  f"{ind4}tl.store(u + row + {i} * D, acc{i}, mask=m_tc)"]
     shares = [f"{ind4}tl.store(base + {k}, tl.sum({expr}, axis=1), mask=m_t)   # {what}"
               for k, (_, expr, what) in enumerate(slots)]
     sums = [f"{ind4}{name} = tl.zeros([BT], dtype=tl.float32)" for name, _, _ in slots]
@@ -229,17 +286,22 @@ def load(m: MovingReflections):
 
 
 def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int, int]:
-    """(BM, BC, BK, num_warps) of fp_reflection_products for tl.dot's input precision `prec` (half: half
-    data): tiles tl.dot takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the
-    fastest of a sweep at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py, 2026-11-27zd): a launch
-    took 0.117 ms in bf16, 0.145 ms in TF32, 0.300 ms as 3xTF32 and 0.454 ms on FMA units (where 128 x 128 tiles
-    took 19 ms). The half and TF32 tiles spill a few registers in sm_90 builds (288 and 328 bytes), and are
-    still faster than the 8-warp tiles that spill none (0.150 and 0.172 ms).
+    """(BM, BC, BK, num_warps) of fp_reflection_products for precision()'s `prec` (half: half data): tiles tl.dot
+    takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the fastest of sweeps at issue
+    5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
+    - half data, the iterate in three parts: 0.163 ms (2026-11-27zl; 0.176 with 128 tokens);
+    - 3xTF32 with split weights: 0.234 ms, against 0.300 for tl.dot's own 3xTF32 at its best tiles (27zm);
+    - TF32: 0.145 ms (27zd);
+    - FMA: 0.454 ms (27zd; 128 x 128 tiles took 19 ms there, their accumulators spilled wholesale).
+    The TF32 tiles spill a few registers in sm_90 builds (336 bytes) and are still faster than the 8-warp
+    tiles that spill none.
     RECDSL_FP_REFLECTION_BLOCKS="BM,BC,BK,warps" overrides it for a sweep."""
     DP = max(16, next_power_of_2(D))
-    if half or prec == "tf32":
+    if half or prec == "tf32x3":
+        tiles = (64, min(64, DP), min(32, DP), 4)
+    elif prec == "tf32":
         tiles = (128, min(64, DP), min(32, DP), 4)
-    elif prec == "tf32x3":
+    elif prec == "tf32x3-triton":
         tiles = (128, min(64, DP), min(64, DP), 8 if DP >= 64 else 4)
     else:
         tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4)
@@ -254,22 +316,23 @@ class ReflectionLaunches:
         self.m, self.step, self.prec = m, step, precision(dtype)
         # K-major tiles for tensor cores (mats holds the transpose of the rows [R * D, D]), N-major for FMA
         self.k_major = dtype in HALF or self.prec != "ieee"
-        self.wk = (products.mats[m.product].t() if self.k_major else products.mats[m.product]).contiguous()
+        wk = (products.mats[m.product].t() if self.k_major else products.mats[m.product]).contiguous()
+        self.dot_prec, self.split = _dot_precision(self.prec)
+        self.wk, self.wl = tf32_parts(wk) if self.split else (wk, wk)    # wl is read only when split
         self.half = dtype in HALF
         p = products.products[m.product]
         self.bias = products.biases[m.product] if p.addend is not None else None
-        # half inputs: the raw vectors are written in their dtype (the fused kernel reads them twice a launch;
-        # their norms, dot and Gram products are taken before the rounding), and an addend that is an input
-        # is read in it (exactly its values: the layout made them fp32 from that dtype)
-        self.udtype = dtype if dtype in HALF else torch.float32
+        self.parts = parts(dtype)
         if self.bias is not None:
+            # an addend that is a half input is read in its dtype (exactly its values: the layout made them
+            # fp32 from that dtype)
             exact = dtype in HALF and products.ir.node(p.addend).op == "input"
             self.bias = (self.bias.to(dtype) if exact else self.bias).contiguous()
         self.module = load(m)
 
     def __call__(self, prev: torch.Tensor, s: torch.Tensor):
-        """(raw u [NTOK, R, D] (fp32, or the inputs' half dtype), w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev
-        [B, T, 1, D] with the strengths s [NTOK, R]."""
+        """(raw u [NTOK, R, D] fp32, w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev [B, T, 1, D]
+        with the strengths s [NTOK, R]."""
         step, r = self.step, self.m.r
         NTOK, D = step.x.shape
         RP = _padded(r)
@@ -277,16 +340,16 @@ class ReflectionLaunches:
         BM, BC, BK, warps = blocks(D, self.prec, self.half)
         NC = cdiv(D, BC)
         NS = len(_slots(r))
-        u = hp.new_empty(NTOK, r, D, dtype=self.udtype)
+        u = hp.new_empty(NTOK, r, D)
         part = hp.new_empty(NC, NTOK, NS)
         w = hp.new_empty(NTOK, r, r)
         dots = hp.new_empty(NTOK, RP)
         if NTOK:
             h0 = step.h0
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
-                hp, h0, step.seq, self.bias, self.wk, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC, BK=BK,
-                USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.prec, K_MAJOR=self.k_major,
-                num_warps=warps)
+                hp, h0, step.seq, self.bias, self.wk, self.wl, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC,
+                BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
+                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps)
             BT = 256
             self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
                                                                NORMALISE=self.m.normalise)
@@ -295,18 +358,22 @@ class ReflectionLaunches:
 
 def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
-    (bf16 weights; fp32 ones in TF32, 3xTF32 and on FMA units) with their tiles, and the finishing kernel."""
+    (bf16 weights; fp32 ones in TF32, both 3xTF32 forms and on FMA units) with their tiles, and the finishing
+    kernel."""
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
                                        ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
     jobs = []
-    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "ieee")):
+    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "tf32x3-triton"),
+                         ("fp32", "ieee")):
         half = wdtype == "bf16"
         BM, BC, BK, warps = blocks(D, prec, half)
         fn = module.fp_reflection_products
         sig = {a: "*fp32" for a in fn.arg_names}
-        sig.update(seq="*i32", wk=f"*{wdtype}", NTOK="i32")
-        const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=prec, K_MAJOR=half or prec != "ieee")
+        sig.update(seq="*i32", wk=f"*{wdtype}", wl=f"*{wdtype}", NTOK="i32")
+        dot, split = _dot_precision(prec)
+        const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
+                     PARTS=3 if half else 1, SPLIT_W=split)
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
         label = "bf16" if half else prec
