@@ -3,7 +3,7 @@ issue 5's shape by default): fp_shifted.ShiftedIteration.at(prev), which evaluat
 and the dot products from an iterate, with fp_reflections' kernels under several tile configs
 (RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (also as three TF32
 products, RECDSL_FP_REFLECTION_FP32=tf32x3 or tf32x3-triton), TF32 and bf16 (the iterate in --parts bf16 parts); then the two
-kernels alone per tile config.
+kernels alone per tile config, and alpha's narrow product per launch geometry (--narrow).
 
     python benchmarks/sweep_fp_reflections.py --out sweep.jsonl     # a GPU
 """
@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,fp32 tf32x3,fp32 tf32x3-triton,tf32,bf16",
                     help="of fp32, fp32 tf32x3, fp32 tf32x3-triton, tf32, bf16")
     ap.add_argument("--parts", default="3", help="for bf16: the iterate's bf16 parts (RECDSL_FP_REFLECTION_PARTS)")
+    ap.add_argument("--narrow", default="64,64,4;32,64,4;32,128,4;128,64,8;16,128,2",
+                    help="BT,BD,warps configs of fp_products.narrow_product (alpha's product), separated by ';'")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from triton.testing import do_bench
@@ -77,6 +79,21 @@ def main() -> None:
             emit(row, args.out)
     os.environ.pop("RECDSL_FP_REFLECTION_BLOCKS", None)
     os.environ.pop("RECDSL_FP_REFLECTION_PARTS", None)
+    # alpha's narrow product of the shifted iterate (fp_products.narrow_product), per launch geometry
+    a = {k: v.detach() for k, v in elementwise_args(spec, args.B, args.T, "cuda", torch.float32).items()}
+    prev = torch.randn(args.B, args.T, 1, args.D, device="cuda")
+    with torch.no_grad():
+        sums = shifted_operands(spec, pattern, a, {}, args.B, args.T, None, None).products
+    for k in (k for k, narrow in enumerate(sums.narrow) if narrow):
+        p = sums.products[k]
+        for blocks in args.narrow.split(";"):
+            os.environ["RECDSL_FP_NARROW_BLOCKS"] = blocks
+            row = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
+                   "what": "narrow product", "width": p.width, "blocks": blocks}
+            row["ms"] = round(do_bench(lambda: sums._narrow(prev, sums.mats[k], sums.biases[k], p.addend is not None),
+                                       warmup=5, rep=100, return_mode="median"), 4)
+            emit(row, args.out)
+    os.environ.pop("RECDSL_FP_NARROW_BLOCKS", None)
 
 
 if __name__ == "__main__":

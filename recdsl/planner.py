@@ -114,15 +114,17 @@ def _make_plan(spec, backend: str, batch_channels: int | None, on_cuda: bool | N
                     "damped iterate, the residual and the next iteration's dot products (backends/triton/fp_fused.py)",
                     f"{_VARYING}: where the reflection vectors are [l2norm](u_in + W @ prev(h, shift = 1)), two "
                     "generated kernels give them with their norms, dot products and coefficients "
-                    "(backends/triton/fp_reflections.py); other weight products of the iterate as addmm "
-                    "(backends/triton/fp_products.py); the rest in torch (backends/triton/fp_shifted.py)"
+                    "(backends/triton/fp_reflections.py); other weight products of the iterate as addmm, narrow "
+                    "ones as one Triton launch (backends/triton/fp_products.py); the rest in torch "
+                    "(backends/triton/fp_shifted.py); a training call's step at the fixed point and its backward "
+                    "replayed as CUDA graphs (backends/triton/fp_tail_graph.py)"
                     if varying else
                     "the reflections' coefficients (their Gram matrix) are set once per solve",
                     "the driver reads the residuals once per 4 launches (RECDSL_FP_PER_CALL): 3.6 ms against "
                     "4.3 ms one by one for the solve below",
                     "measured faster than the unfused path on an H100 (B=8, T=2048, D=512, r=2, 17 iterations, "
                     "fp32, one process: " + ("with the authors' dependence, benchmarks/specs/fp_rnn_mixer_hdep.rec, "
-                                             "8.2 ms (3xTF32 products) against 22.6 ms" if varying
+                                             "6.8 ms (3xTF32 products) against 22.3 ms" if varying
                                              else "3.6 ms against 11.4 ms") +
                     f"); {FIXED_POINT_ENV}=unfused runs that instead",
                 ) + gradient + ("the step's write is one token-parallel kernel with its own backward "

@@ -69,6 +69,23 @@ def test_fixed_point_shifted_dependence_on_gpu(monkeypatch):
     assert rel(o.double(), o_r) < 2e-2
 
 
+def test_shifted_products_of_bf16_inputs_converge_on_gpu():
+    """benchmarks/specs/fp_rnn_hdep.rec (the decay and the strengths read h^(l-1)_(t-1) through Wl [D, D] and Wa)
+    with bf16 arguments: the products take the fp32 iterate in three bf16 parts (fp_products._addmm), so the
+    solve reaches tol 1e-6 (a map from the bf16-rounded iterate has steps); against the fp64 reference."""
+    from pathlib import Path
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_hdep.rec", D=512, r=2)
+    args = {k: v.detach() for k, v in cuda_args(spec, 2, 256, torch.bfloat16).items()}
+    for w in ("Wl", "Wa"):
+        args[w] = (args[w].float() * 512 ** -0.5).bfloat16()    # as the test above
+    assert spec.plan("triton").algorithm == "fixed_point_fused"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", recdsl.RecNotConverged)
+        o, _ = spec.op(**args, backend="triton")
+    o_r, _ = spec.op(**{k: v.double() for k, v in args.items()}, backend="reference")
+    assert rel(o.double(), o_r) < 2e-2
+
+
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
 @pytest.mark.parametrize("path", ["examples/fp_rnn.rec", "benchmarks/specs/fp_rnn_mixer_hdep.rec"])
 def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):

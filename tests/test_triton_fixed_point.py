@@ -286,7 +286,8 @@ def test_hdep_benchmark_specs_solve_their_equations_and_train_their_maps(name):
 def test_iterate_products_fold_their_addends(monkeypatch):
     """fp_products.py on the authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec): Wa @ h_last and
     Wu @ h_last, each with its input addend (alpha_in, u_in) folded into one addmm, give the evaluator's
-    sums, and with half inputs the operands rounded to that dtype (the sums within its precision); from
+    sums, and with half inputs the weights in that dtype (the sums within its precision; the iterate is not
+    rounded); from
     h^0 = 0 the sums are the addends. The fused path, which uses them, takes the unfused path's iterates
     (8 iterations each; the unfused path evaluates the products node by node in fp32)."""
     from pathlib import Path
@@ -381,20 +382,29 @@ def test_tail_graph_instances_are_handed_out_while_free():
     from types import SimpleNamespace
     import weakref
     from recdsl.backends.triton.fp_tail_graph import Instances
+
     class Holder:
         pass
-    pool = Instances(lambda: SimpleNamespace(busy=None), 2)
+    pool = Instances(2)
+    make = lambda: SimpleNamespace(busy=None)     # noqa: E731
     holders = [Holder(), Holder()]
-    a = pool.acquire()
-    assert pool.acquire() is a          # not taken yet
+    a = pool.acquire(make)
+    assert pool.acquire(make) is a          # not taken yet
     a.busy = weakref.ref(holders[0])
-    b = pool.acquire()
+    b = pool.acquire(make)
     assert b is not a and len(pool.made) == 2
     b.busy = weakref.ref(holders[1])
-    assert pool.acquire() is None       # both busy, at the limit
-    b.busy = None                       # its backward ran
-    assert pool.acquire() is b
+    assert pool.acquire(make) is None       # both busy, at the limit
+    b.busy = None                           # its backward ran
+    assert pool.acquire(make) is b
     b.busy = weakref.ref(holders[1])
-    del holders[0]                      # a's autograd graph freed without a backward
+    del holders[0]                          # a's autograd graph freed without a backward
     gc.collect()
-    assert pool.acquire() is a
+    assert pool.acquire(make) is a
+
+
+def test_narrow_product_builds_for_sm90():
+    """fp_products.narrow_product (alpha's product of the shifted iterate) as a real sm_90 build, spill-free."""
+    from conftest import compile_sm90
+    res = compile_sm90("recdsl.backends.triton.fp_products", "aot_jobs", 512, 2, with_shared=True)
+    assert len(res) == 2 and all(row[1] > 0 and row[3] <= 227 * 1024 and not row[4] for row in res)

@@ -27,7 +27,9 @@ in, so their kinds of call never have them.
 
 Used where the call is on CUDA, not varlen (the grid follows the number of sequences) and not inside
 another capture; RECDSL_FP_GRAPH=0 turns it off. A training call evaluates its differentiable operands
-(autograd's, for the step at the fixed point) while the device runs the solve's first calls.
+(autograd's, for the step at the fixed point) while the device runs the solve's first calls; where they read
+prev(h, shift = 1) they depend on the solve's result, and the step with its backward replays as
+fp_tail_graph's graphs instead.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ launch takes torch.addmm. (A first version took all products of one iterate valu
 results were column slices of one matrix, which torch's element-wise kernels read on their slower strided
 path.)
 
-Half-precision inputs multiply in their own dtype with fp32 accumulation and an fp32 result (tensor
-cores), as the layer's linear maps do; fp32 inputs follow torch's float32 matmul precision
+Half-precision weights multiply the fp32 iterate split into three parts of their dtype, with fp32
+accumulation and an fp32 result (tensor cores; _addmm); fp32 inputs follow torch's float32 matmul precision
 (torch.backends.cuda.matmul.allow_tf32).
 
 A narrow product of prev(h, shift = 1) itself (fewer than NARROW outputs: alpha's, r of them) is one Triton
@@ -34,7 +34,7 @@ import triton.language as tl
 
 from recdsl.ir import IR
 
-from .ints import cdiv, next_power_of_2
+from .ints import cdiv, env_ints, next_power_of_2
 
 HALF = (torch.float16, torch.bfloat16)
 NARROW = 64    # products with fewer outputs multiply in fp32 whatever the inputs' dtype
@@ -109,6 +109,12 @@ def narrow_product(it, h0, seq, bias, w, y, NTOK, D: tl.constexpr, OUT: tl.const
     tl.store(y + off, acc, mask=m)
 
 
+def narrow_blocks(D: int) -> tuple[int, int, int]:
+    """(BT, BD, num_warps) of narrow_product: 64 tokens, 64 channels at a time, 4 warps (19.5 us a launch at issue
+    5's shape on an H100, 2026-11-27zn); RECDSL_FP_NARROW_BLOCKS="BT,BD,warps" overrides it for a sweep."""
+    return env_ints("RECDSL_FP_NARROW_BLOCKS", "BT,BD,warps") or (64, min(64, max(16, next_power_of_2(D))), 4)
+
+
 class IterateProducts:
     """The weights [D, out] and biases [NTOK, out] of a spec's products for one solve; fill(ev) puts their
     sums into the evaluator's memo. `value(node)` evaluates the weights and the addends (an Evaluator);
@@ -169,7 +175,7 @@ class IterateProducts:
             elif later is not None and iterate is not None:
                 out = self._of_last_token(iterate, W, bias, later)
             else:
-                out = _addmm(bias, ev(p.vector).reshape(self.B * self.T, -1).to(W.dtype), W)
+                out = _addmm(bias, ev(p.vector).reshape(self.B * self.T, -1), W)
             ev.memo[p.result] = out.view((self.B, self.T, 1) + self.ir.node(p.result).shape)
 
     def _narrow(self, iterate, W, bias, has_bias: bool):
@@ -177,11 +183,11 @@ class IterateProducts:
         N, (D, out) = self.B * self.T, W.shape
         y = iterate.new_empty(N, out, dtype=torch.float32)
         if N:
-            BT, BD = 64, min(64, max(16, next_power_of_2(D)))
+            BT, BD, warps = narrow_blocks(D)
             narrow_product[(cdiv(N, BT),)](iterate.reshape(N, D).contiguous(), self.h0, self.seq,
                                            bias if has_bias else y, W, y, N, D=D, OUT=out,
                                            OP=max(16, next_power_of_2(out)), BT=BT, BD=BD,
-                                           USE_H0=self.h0 is not None, HAS_BIAS=has_bias, num_warps=4)
+                                           USE_H0=self.h0 is not None, HAS_BIAS=has_bias, num_warps=warps)
         return y
 
     def _of_last_token(self, iterate, W, bias, later):
@@ -193,11 +199,11 @@ class IterateProducts:
         if N == 0:
             return bias
         buf = bias.new_empty(N + 1, bias.shape[1])
-        _addmm(later, iterate.reshape(N, -1).to(W.dtype), W, out=buf[1:])
+        _addmm(later, iterate.reshape(N, -1), W, out=buf[1:])
         out = buf[:N]
         start = bias[self.firsts]
         if self.h0_first is not None:
-            start = _addmm(start, self.h0_first.to(W.dtype), W)
+            start = _addmm(start, self.h0_first, W)
         out[self.firsts] = start
         return out
 
@@ -208,14 +214,24 @@ def _reads_last_token(ir: IR, p: Product) -> bool:
     return n.op == "prev" and len(n.args) > 1
 
 
-def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out=None) -> torch.Tensor:
-    """bias + a @ b in fp32 (bias fp32; a, b fp32 or both half precision, accumulated in fp32), into `out`
-    when given."""
-    if a.dtype not in HALF:
-        return torch.addmm(bias, a, b, out=out)
-    if _mixed_addmm(a.device.type, a.dtype):
-        return torch.addmm(bias, a, b, out_dtype=torch.float32, out=out)
-    return torch.addmm(bias, a.float(), b.float(), out=out)   # the operands rounded alike, multiplied in fp32
+def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out=None) -> torch.Tensor:
+    """bias + a @ w in fp32 (bias fp32, a the fp32 iterate, w fp32 or a half weight), into `out` when given.
+    The iterate is never rounded: on CUDA a half weight multiplies three half parts of it on tensor cores, which
+    hold all of its bits, as fp_reflections.parts does (rounded once, the map from the iterate to its products
+    was a step function, on which a bf16 solve stalled short of tol, H100 2026-11-27zk); elsewhere w is taken
+    to fp32."""
+    a = a.float()
+    if w.dtype not in HALF:
+        return torch.addmm(bias, a, w, out=out)
+    if not _mixed_addmm(a.device.type, w.dtype):
+        return torch.addmm(bias, a, w.float(), out=out)
+    high = a.to(w.dtype)
+    rest = a - high.float()
+    mid = rest.to(w.dtype)
+    low = (rest - mid.float()).to(w.dtype)
+    total = torch.addmm(bias, low, w, out_dtype=torch.float32)      # the small parts first
+    total = torch.addmm(total, mid, w, out_dtype=torch.float32)
+    return torch.addmm(total, high, w, out_dtype=torch.float32, out=out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -231,3 +247,19 @@ def _mixed_addmm(device: str, dtype: torch.dtype) -> bool:
         return bool((out[1:] == 16).all())
     except (TypeError, RuntimeError):
         return False
+
+
+def aot_jobs(D: int = 512, out: int = 2):
+    """Ahead-of-time jobs (as chunk_launch.aot_jobs) of narrow_product at width D with `out` outputs, with and
+    without an initial state and an addend."""
+    BT, BD, warps = narrow_blocks(D)
+    sig = {a: "*fp32" for a in narrow_product.arg_names}
+    sig.update(seq="*i32", NTOK="i32")
+    jobs = []
+    for use_h0, has_bias in ((True, True), (False, False)):
+        const = dict(D=D, OUT=out, OP=max(16, next_power_of_2(out)), BT=BT, BD=BD, USE_H0=use_h0, HAS_BIAS=has_bias)
+        s = {**sig, **{k: "constexpr" for k in const}}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(narrow_product.arg_names) if s[a].startswith("*")}
+        jobs.append((f"narrow_product h0={use_h0} bias={has_bias}", narrow_product, s, const, attrs,
+                     dict(num_warps=warps)))
+    return jobs

@@ -24,8 +24,8 @@ parts of their dtype (parts(): all its bits, so the map from the iterate to u ha
 with fp32 accumulation; fp32 ones multiply in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32)
 and as 3xTF32 otherwise. The raw vectors are written in fp32.
 
-alpha's narrow product of the same iterate (Wa @ h_last) stays a separate fp32 addmm (fp_products.py), 0.45 ms
-of a bf16 solve. An extra program column of the product kernel was tried for it:
+alpha's narrow product of the same iterate (Wa @ h_last) stays a separate launch, fp_products.narrow_product
+(0.35 ms of a 17-iteration solve, 2026-11-27zn). An extra program column of the product kernel was tried for it:
 - in bf16, the bf16 solve's residual stalled near 1e-4 and a converging solve ran to max_iter (2026-11-27zf;
   the same stall came from u's product of the bf16-rounded iterate, 27zk);
 - in fp32 on FMA units, it cost 0.046 ms a launch, more than the separate product (27zj).

@@ -47,9 +47,9 @@ def call(spec, pattern, args: dict, options: dict, h0, states, steps: int, want_
     if key not in cache:            # first call of this shape: eager (its kernels compile here)
         if len(cache) >= SHAPES:
             cache.pop(next(iter(cache)))
-        cache[key] = Instances(lambda: TailGraph(tail, tensors), INSTANCES)
+        cache[key] = Instances(INSTANCES)
         return tail(*tensors)
-    graph = cache[key].acquire()
+    graph = cache[key].acquire(lambda: TailGraph(tail, tensors))    # made from this call (no older one kept)
     if graph is None:              # every instance holds a forward whose backward has not run
         return tail(*tensors)
     outs = Replay.apply(graph, *tensors)
@@ -57,18 +57,18 @@ def call(spec, pattern, args: dict, options: dict, h0, states, steps: int, want_
 
 
 class Instances:
-    """Up to `limit` objects made by make(), handed out while not busy. acquire() returns a free one (made
-    when none is free and the limit allows) or None; the object's `busy` is a weakref to its holder, or None."""
+    """Up to `limit` objects, handed out while not busy: acquire(make) returns a free one, else one made by
+    make() while under the limit, else None. An object's `busy` is a weakref to its holder, or None."""
 
-    def __init__(self, make, limit: int):
-        self.make, self.limit, self.made = make, limit, []
+    def __init__(self, limit: int):
+        self.limit, self.made = limit, []
 
-    def acquire(self):
+    def acquire(self, make):
         for g in self.made:
             if g.busy is None or g.busy() is None:
                 return g
         if len(self.made) < self.limit:
-            self.made.append(self.make())
+            self.made.append(make())
             return self.made[-1]
         return None
 
