@@ -17,6 +17,13 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def graph_mode(spec, monkeypatch, mode: str):
+    """RECDSL_FP_GRAPH=mode, the spec's captured graphs dropped: the next calls run eagerly first."""
+    monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
+    spec.memo.pop("fp_graphs", None)
+    spec.memo.pop("fp_tail_graphs", None)
+
+
 @pytest.mark.parametrize("mode", ["fused", "unfused", "one_launch"])
 def test_fixed_point_on_gpu(mode, monkeypatch):
     """Both paths against the fp64 reference; the fused step's gradient against the unfused step's."""
@@ -104,9 +111,7 @@ def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
     do = torch.randn(2, 256, 512, device="cuda")
     runs = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
-        spec.memo.pop("fp_graphs", None)
-        spec.memo.pop("fp_tail_graphs", None)
+        graph_mode(spec, monkeypatch, mode)
         outs = []
         for k in (0, 1, 0, 1, 2, 2, 2):
             with torch.no_grad():
@@ -141,9 +146,7 @@ def test_training_tail_graphs_keep_each_forward(monkeypatch):
     leaves = [t for a in sets for t in a.values()]
     runs = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
-        spec.memo.pop("fp_graphs", None)
-        spec.memo.pop("fp_tail_graphs", None)
+        graph_mode(spec, monkeypatch, mode)
         outs = []
         for _ in range(3):
             o0, o1 = (spec.op(**a, backend="triton")[0] for a in sets)
@@ -175,8 +178,7 @@ def test_fixed_point_graphs_closing_launch_of_a_new_kind(monkeypatch):
     args = cuda_args(spec, 2, 256, torch.float32)
     outs = {}
     for mode in ("0", "1"):
-        monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
-        spec.memo.pop("fp_graphs", None)
+        graph_mode(spec, monkeypatch, mode)
         with torch.no_grad():
             outs[mode] = [spec.op(**args, backend="triton")[0] for _ in range(3)]
     for a, b in zip(outs["0"], outs["1"]):

@@ -78,6 +78,28 @@ def products(ir: IR, value, B: int, T: int) -> tuple[Product, ...]:
 
 
 @triton.jit
+def token_boundaries(seq, p, m_t):
+    """For tokens p (m_t: real ones) of seq [NTOK] int32, each token's sequence: (that sequence, whether the
+    previous token belongs to it, whether the token is its sequence's first)."""
+    s_t = tl.load(seq + p, mask=m_t, other=-1)
+    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
+    return s_t, m_t & (s_t == s_b), m_t & (s_t != s_b)
+
+
+@triton.jit
+def shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D: tl.constexpr, USE_H0: tl.constexpr):
+    """prev(it, shift = 1) at tokens p and columns o_k (token_boundaries' s_t, inner, first), read in place: row
+    p - 1 of it [NTOK, D] where the previous token is in the same sequence, else the sequence's row of h0 [N, D]
+    (zeros without)."""
+    a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
+                other=0.0)
+    if USE_H0:
+        a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
+                     other=0.0)
+    return a
+
+
+@triton.jit
 def narrow_product(it, h0, seq, bias, w, y, NTOK, D: tl.constexpr, OUT: tl.constexpr, OP: tl.constexpr,
                    BT: tl.constexpr, BD: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr):
     """y [NTOK, OUT] = bias + prev(it, shift = 1) @ w for BT tokens: it [NTOK, D] fp32 read one row back (a
@@ -85,21 +107,14 @@ def narrow_product(it, h0, seq, bias, w, y, NTOK, D: tl.constexpr, OUT: tl.const
     fp32, bias [NTOK, OUT] fp32; products in fp32 (FMA)."""
     p = tl.program_id(0) * BT + tl.arange(0, BT)
     m_t = p < NTOK
-    s_t = tl.load(seq + p, mask=m_t, other=-1)
-    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
-    inner = m_t & (s_t == s_b)
-    first = m_t & (s_t != s_b)
+    s_t, inner, first = token_boundaries(seq, p, m_t)
     o_o = tl.arange(0, OP)
     m_o = o_o < OUT
     acc = tl.zeros([BT, OP], dtype=tl.float32)
     for k0 in range(0, D, BD):
         o_k = k0 + tl.arange(0, BD)
         m_k = o_k < D
-        a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
-                    other=0.0)
-        if USE_H0:
-            a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
-                         other=0.0)
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
         b = tl.load(w + o_k[:, None] * OUT + o_o[None, :], mask=m_k[:, None] & m_o[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision="ieee")
     off = p.to(tl.int64)[:, None] * OUT + o_o[None, :]

@@ -146,10 +146,7 @@ def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: t
     m_c = o_c < D
     # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
     # token reads h0 (or zeros)
-    s_t = tl.load(seq + p, mask=m_t, other=-1)
-    s_b = tl.load(seq + p - 1, mask=m_t & (p > 0), other=-1)
-    inner = m_t & (s_t == s_b)
-    first = m_t & (s_t != s_b)
+    s_t, inner, first = token_boundaries(seq, p, m_t)
     if K_MAJOR:   # from one reflection's weight to the next
         W_STEP: tl.constexpr = D * D
     else:
@@ -158,11 +155,7 @@ def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: t
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
-        a = tl.load(it + (p - 1).to(tl.int64)[:, None] * D + o_k[None, :], mask=inner[:, None] & m_k[None, :],
-                    other=0.0)
-        if USE_H0:
-            a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
-                         other=0.0)
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
         if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
             a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
             a_rest = a - a_tf32
@@ -277,7 +270,9 @@ def generate(m: MovingReflections) -> str:
             f'(r = {r}). See recdsl backends/triton/fp_reflections.py."""\n')
     consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
               f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n\n")
-    return head + "import triton\nimport triton.language as tl\n" + consts + text
+    imports = ("import triton\nimport triton.language as tl\n\n"
+               "from recdsl.backends.triton.fp_products import shifted_rows, token_boundaries\n")
+    return head + imports + consts + text
 
 
 @functools.lru_cache(maxsize=16)
