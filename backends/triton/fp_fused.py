@@ -50,8 +50,7 @@ from .ints import cdiv, env_ints, next_power_of_2
 
 REFLECTION_FUNCTIONS = '''@triton.jit
 def _dots(u, p, o_d, m_td, o_r, v, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr):
-    """[BT, RP]: u_i . v over the channels o_d of the tokens p, for each reflection i (u [NTOK, R, D], fp32 or,
-    from fp_reflections.py, the inputs' half dtype)."""
+    """[BT, RP]: u_i . v over the channels o_d of the tokens p, for each reflection i (u [NTOK, R, D])."""
     dots = tl.zeros([BT, RP], dtype=tl.float32)
     for i in tl.static_range(R):
         u_i = tl.load(u + (p[:, None] * R + i) * D + o_d[None, :], mask=m_td, other=0.0).to(tl.float32)
@@ -381,6 +380,14 @@ def evaluate_operands(pattern: FusedPattern, ir: IR, value, B: int, T: int, name
     return out
 
 
+def token_sequences(B: int, T: int, cu, device) -> torch.Tensor:
+    """[B * T] int32: each token's sequence (its batch row, or with cu_seqlens its packed sequence)."""
+    if cu is None:
+        return torch.arange(B, dtype=torch.int32, device=device).repeat_interleave(T)
+    return torch.arange(cu.numel() - 1, dtype=torch.int32, device=device).repeat_interleave(
+        (cu[1:] - cu[:-1]).long(), output_size=B * T)
+
+
 @dataclass(frozen=True)
 class FusedIteration:
     """The per-solve operands of the fused kernel (evaluated once) and the launch."""
@@ -405,11 +412,7 @@ class FusedIteration:
         and options are the spec's, read by the operands the kernel evaluates itself."""
         ops = evaluate_operands(pattern, ir, value, B, T, ("a", "g", "x", "u", "w"))
         x = ops["x"]
-        if cu is None:
-            seq = torch.arange(B, dtype=torch.int32, device=x.device).repeat_interleave(T)
-        else:
-            seq = torch.arange(cu.numel() - 1, dtype=torch.int32, device=x.device).repeat_interleave(
-                (cu[1:] - cu[:-1]).long(), output_size=B * T)
+        seq = token_sequences(B, T, cu, x.device)
         if pattern.inline.leaves and args is None:
             raise ValueError("FusedIteration.build: this pattern's kernel reads spec arguments; pass args")
         leaves = fp_operands.leaf_values(pattern.inline, args, options or {}, B * T) if pattern.inline.leaves else ()

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from recdsl.ir import IR
 
+from .fp_fused import token_sequences
 from .ints import cdiv, env_ints, next_power_of_2
 
 HALF = (torch.float16, torch.bfloat16)
@@ -170,10 +171,7 @@ class IterateProducts:
                 real = cu[1:] > cu[:-1]
                 self.firsts, self.h0_first = cu[:-1][real].long(), None if h0 is None else h0[real]
         if any(self.narrow):     # each token's sequence, for narrow_product
-            N = B if cu is None else cu.numel() - 1
-            lengths = torch.full((N,), T, device=W.device) if cu is None else (cu[1:] - cu[:-1]).long()
-            self.seq = torch.arange(N, dtype=torch.int32, device=W.device).repeat_interleave(lengths,
-                                                                                             output_size=B * T)
+            self.seq = token_sequences(B, T, cu, W.device)
 
     def fill(self, ev, iterate=None, zero_iterate: bool = False) -> None:
         """The sums from the iterate ev reads (`iterate` [B, T, 1, D]: the same, unshifted); with
