@@ -19,7 +19,7 @@ accumulation and an fp32 result (tensor cores; _addmm); fp32 inputs follow torch
 A narrow product of prev(h, shift = 1) itself (fewer than NARROW outputs: alpha's, r of them) is one Triton
 launch, `narrow_product`: it reads the iterate one token back in place (a sequence's first token reads h0)
 and the fp32 iterate in fp32. As an addmm into a buffer one row longer, with each sequence's first token
-gathered and written after, it was a 32 x 32 cuBLAS tile kernel of 27 us and three small launches per
+gathered and written after, it was a 32 x 32 cuBLAS tile kernel of 25 us and three small launches per
 iteration at issue 5's shape (H100 profile 2026-11-27zl).
 """
 from __future__ import annotations
