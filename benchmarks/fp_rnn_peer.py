@@ -4,7 +4,9 @@ in one process on the same device, written as JSON lines.
 Contestants, each at B, T, d_inner (= D), r reflections, fp32 and bf16:
   peer      FPRNN._fixed_point_iter: the no-grad loop of the Householder mixer (torch.compile'd) and the
             diagonal scan (torch associative_scan), ITERS iterations (thresh < 0, max_iter = ITERS,
-            train mode so that max_iter holds); and one differentiable _fixed_point_step + backward.
+            train mode so that max_iter holds); the same with the one _fixed_point_step its forward takes
+            after the loop, without grad (the counterpart of recdsl's solve row, which has the closing
+            step); and one differentiable _fixed_point_step + backward.
   recdsl fused / recdsl unfused   examples/fp_rnn.rec with tol = 1e-30, max_iter = ITERS: the solve
             (ITERS iterations and the closing step, no grad), and a training call (the solve, one
             differentiable step, backward). RECDSL_FIXED_POINT selects the path.
@@ -110,6 +112,12 @@ def peer_rows(FPRNN, args, dtype, dev, out, shape):
     it = lambda: block._fixed_point_iter(x, xm, b, lam)   # noqa: E731 (decorated no_grad)
     log(out, {**shape, "contestant": "peer fp-rnn", "mode": f"solve ({args.iters} it, no grad)", **timed(it, args.budget)})
     iters = block.fixed_point_iter[-1] - 1   # the peer records iter_idx + 1; iter_idx steps ran
+
+    def forward():   # its layer's forward of the core: the loop, then its n_backwards = 1 step (here without grad)
+        with torch.no_grad():
+            return block._fixed_point_step(x, xm, b, it(), lam)
+    log(out, {**shape, "contestant": "peer fp-rnn", "mode": f"solve+step ({args.iters} it + 1, no grad)",
+              "note": "recdsl's solve row counts the closing step too", **timed(forward, args.budget)})
     h_star = it()
     leaves = [t.clone().requires_grad_(True) for t in (x, xm, b, lam)]
     gout = torch.randn_like(h_star)

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fixed_point_shape_args(ap, iters=False)
-    ap.add_argument("--blocks", default="128,64,32,8;64,128,32,8;128,128,32,8;128,64,32,4;128,64,64,8",
-                    help="BM,BC,BK,warps tile configs, separated by ';'")
+    ap.add_argument("--blocks", default="64,64,32,4,3;64,64,32,4,2;64,64,16,4,4;128,64,32,8,3;128,64,32,4,3",
+                    help="BM,BC,BK,warps,stages tile configs, separated by ';'")
     ap.add_argument("--precisions", default="fp32,fp32 tf32x3,fp32 tf32x3-triton,tf32,bf16",
                     help="of fp32, fp32 tf32x3, fp32 tf32x3-triton, tf32, bf16")
     ap.add_argument("--parts", default="3", help="for bf16: the iterate's bf16 parts (RECDSL_FP_REFLECTION_PARTS)")

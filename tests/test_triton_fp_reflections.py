@@ -98,6 +98,32 @@ def check_against_torch(normalise, r, D, dtype, packed, monkeypatch, device, tol
         assert torch.equal(getattr(step, name), getattr(want, name))
 
 
+@pytest.mark.parametrize("packed, with_h0", [(False, False), (True, True)])
+def test_first_launch_from_zero_takes_the_start_operands(packed, with_h0, monkeypatch):
+    """The solve's first launch, from h^0 = 0, runs on the operands evaluated once at the start (no product of
+    the iterate taken): the same iterate and residual as a launch that evaluates them again from zeros, with
+    initial states and packed sequences (one empty); the iterations after it take their products."""
+    D, r, T = 20, 2, 11
+    spec = recdsl.load(MIXER_HDEP, D=D, r=r)
+    cu = torch.tensor([0, 8, 8, 2 * T], dtype=torch.int32) if packed else None
+    B, T, N = (1, 2 * T, 3) if packed else (2, T, 2)
+    args = random_args(spec, B=B, T=T, dtype=torch.float32, seed=3)
+    h0 = torch.randn(N, D) if with_h0 else None
+    it = shifted(spec, args, h0, cu, B, T, monkeypatch, "triton")
+    calls = []
+    kernels = it.reflections
+    it.reflections = lambda *a: calls.append(1) or kernels(*a)
+    zeros = torch.zeros(B, T, 1, D)
+    h, res, _, _ = it.launch(zeros, 0.9, zero=True)
+    assert not calls
+    want_h, want_res, _, _ = it.launch(zeros, 0.9)
+    assert calls == [1] and h.abs().sum() > 0
+    assert rel(h, want_h) < 1e-5 and rel(res, want_res) < 1e-5
+    two, rows = it.iterations({"h": zeros, "zero": True}, 0.9, 2)
+    want_two, want_rows = it.iterations({"h": zeros}, 0.9, 2)
+    assert len(calls) == 4 and rel(two["h"], want_two["h"]) < 1e-5 and rel(rows, want_rows) < 1e-5
+
+
 def test_solve_through_the_kernels_matches_the_reference(monkeypatch):
     """The fused solve of the authors' dependence with the kernels, against the fp64 reference, with initial
     states and the final state."""

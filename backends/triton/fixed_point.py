@@ -97,7 +97,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
         return y.reshape(full), ht
 
     h_init = None if h0 is None else h0.reshape(h0.shape[0], H * D).float()
-    start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device)}
+    start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device), "zero": True}   # h^0 = 0
     training = torch.is_grad_enabled()
     steps = int(dict(ir.solve).get("backward_steps", 1))
     graphs = while_waiting = None

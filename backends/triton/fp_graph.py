@@ -10,11 +10,12 @@ allocations, a fill) about as long, so the solve was bound by the host. A graph 
   reflection vectors, their coefficients, each token's sequence) replays into fixed operands. The
   evaluation took 0.6 ms of host time per solve at issue 5's shape (about 25 launches), with the device
   idle;
-- two graphs per kind of call (K, step size, whether dot products come in), used in turn: the driver
-  launches call l+1 before it has read call l's residual and may return call l's iterate, so call l+1
-  must not write over it. The graphs of turn t read the iterate and its dot products from slot 1 - t
-  and write theirs into slot t, so a call takes the previous call's result where it lies; an iterate
-  from elsewhere (the solve's start, an eager call) is copied into the slot first;
+- two graphs per kind of call (K, step size, whether dot products come in, whether it starts from the
+  solve's h^0 = 0), used in turn: the driver launches call l+1 before it has read call l's residual and
+  may return call l's iterate, so call l+1 must not write over it. The graphs of turn t read the iterate
+  and its dot products from slot 1 - t and write theirs into slot t, so a call takes the previous call's
+  result where it lies; an iterate from elsewhere (the solve's start, an eager call) is copied into the
+  slot first;
 - compiled kernels before capture: the first call of each kind runs eagerly;
 - results that outlive the graphs: a later solve replays into the same memory, so run_fixed_point clones
   the residual, and in a training call the last iterate (the differentiable step keeps it); an inference
@@ -64,7 +65,8 @@ class SolveGraphs:
         NTOK, R = self.step.u.shape[:2]
         self.slots = [{"h": None, "dots": self.step.x.new_empty(NTOK, _padded(R))}
                       for _ in range(2)]    # the iterate (allocated at the first capture) and its dot products
-        self.graphs: dict = {}       # (K, delta, dots in) -> [graph, graph]; a graph: (CUDAGraph, residuals)
+        # (K, delta, dots in, from h^0 = 0) -> [graph, graph]; a graph: (CUDAGraph, residuals)
+        self.graphs: dict = {}
         # an iteration whose operands read prev(h, shift = 1) takes no dot products in (fp_shifted.py)
         self.carries_dots = not self.step.pattern.varying
         self.seen: set = set()       # kinds of call run once eagerly (their kernels compiled)
@@ -90,7 +92,8 @@ class SolveGraphs:
 
     def run(self, iterates: dict, delta: float, K: int):
         dots = iterates.get("dots") if self.carries_dots else None
-        kind = (K, float(delta), dots is not None)
+        zero = bool(iterates.get("zero", False))     # from the solve's start h^0 = 0 (fp_shifted.py)
+        kind = (K, float(delta), dots is not None, zero)
         if kind not in self.seen:                     # compiles the kernels this kind launches
             self.seen.add(kind)
             return self.step.iterations(iterates, delta, K)
@@ -109,14 +112,14 @@ class SolveGraphs:
         if dots is not None and dots is not src["dots"]:
             src["dots"].copy_(dots)
         if pair[self.turn] is None:
-            pair[self.turn] = self._capture(src, dst, dots is not None, delta, K)
+            pair[self.turn] = self._capture(src, dst, dots is not None, delta, K, zero)
         graph, residuals = pair[self.turn]
         graph.replay()
         return {"h": dst["h"], "dots": dst["dots"] if self.carries_dots else None}, residuals
 
-    def _capture(self, src, dst, dots_in: bool, delta, K):
+    def _capture(self, src, dst, dots_in: bool, delta, K, zero: bool):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            _, residuals = self.step.iterations({"h": src["h"], "dots": src["dots"] if dots_in else None},
-                                                delta, K, out=dst)
+            _, residuals = self.step.iterations({"h": src["h"], "dots": src["dots"] if dots_in else None,
+                                                 "zero": zero}, delta, K, out=dst)
         return graph, residuals

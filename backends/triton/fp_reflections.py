@@ -280,27 +280,27 @@ def load(m: MovingReflections):
     return load_source(generate(m))
 
 
-def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int, int]:
-    """(BM, BC, BK, num_warps) of fp_reflection_products for precision()'s `prec` (half: half data): tiles tl.dot
-    takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the fastest of sweeps at issue
-    5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
+def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int, int, int]:
+    """(BM, BC, BK, num_warps, num_stages) of fp_reflection_products for precision()'s `prec` (half: half data):
+    tiles tl.dot takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the fastest of
+    sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
     - half data, the iterate in three parts: 0.163 ms (2026-11-27zl; 0.176 with 128 tokens);
     - 3xTF32 with split weights: 0.234 ms, against 0.300 for tl.dot's own 3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
     - FMA: 0.454 ms (27zd; 128 x 128 tiles took 19 ms there, their accumulators spilled wholesale).
     The TF32 tiles spill a few registers in sm_90 builds (336 bytes) and are still faster than the 8-warp
     tiles that spill none.
-    RECDSL_FP_REFLECTION_BLOCKS="BM,BC,BK,warps" overrides it for a sweep."""
+    RECDSL_FP_REFLECTION_BLOCKS="BM,BC,BK,warps,stages" overrides it for a sweep."""
     DP = max(16, next_power_of_2(D))
     if half or prec == "tf32x3":
-        tiles = (64, min(64, DP), min(32, DP), 4)
+        tiles = (64, min(64, DP), min(32, DP), 4, 3)
     elif prec == "tf32":
-        tiles = (128, min(64, DP), min(32, DP), 4)
+        tiles = (128, min(64, DP), min(32, DP), 4, 3)
     elif prec == "tf32x3-triton":
-        tiles = (128, min(64, DP), min(64, DP), 8 if DP >= 64 else 4)
+        tiles = (128, min(64, DP), min(64, DP), 8 if DP >= 64 else 4, 3)
     else:
-        tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4)
-    return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps") or tiles
+        tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4, 3)
+    return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps,stages") or tiles
 
 
 class ReflectionLaunches:
@@ -332,7 +332,7 @@ class ReflectionLaunches:
         NTOK, D = step.x.shape
         RP = _padded(r)
         hp = prev.reshape(NTOK, D)
-        BM, BC, BK, warps = blocks(D, self.prec, self.half)
+        BM, BC, BK, warps, stages = blocks(D, self.prec, self.half)
         NC = cdiv(D, BC)
         NS = len(_slots(r))
         u = hp.new_empty(NTOK, r, D)
@@ -344,7 +344,8 @@ class ReflectionLaunches:
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
                 hp, h0, step.seq, self.bias, self.wk, self.wl, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC,
                 BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
-                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps)
+                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps,
+                num_stages=stages)
             BT = 256
             self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
                                                                NORMALISE=self.m.normalise)
@@ -362,7 +363,7 @@ def aot_jobs(D: int = 512, r: int = 2):
     for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "tf32x3-triton"),
                          ("fp32", "ieee")):
         half = wdtype == "bf16"
-        BM, BC, BK, warps = blocks(D, prec, half)
+        BM, BC, BK, warps, stages = blocks(D, prec, half)
         fn = module.fp_reflection_products
         sig = {a: "*fp32" for a in fn.arg_names}
         sig.update(seq="*i32", wk=f"*{wdtype}", wl=f"*{wdtype}", NTOK="i32")
@@ -372,7 +373,8 @@ def aot_jobs(D: int = 512, r: int = 2):
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
         label = "bf16" if half else prec
-        jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs, dict(num_warps=warps)))
+        jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
+                     dict(num_warps=warps, num_stages=stages)))
     fn = module.fp_reflection_finish
     const = dict(BT=256, NORMALISE=True)
     sig = {a: "*fp32" for a in fn.arg_names}
