@@ -1,10 +1,9 @@
 """Time one launch's operands of the authors' hidden-state dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec,
 issue 5's shape by default): fp_shifted.ShiftedIteration.at(prev), which evaluates u, alpha, the coefficients
 and the dot products from an iterate, with fp_reflections' kernels under several tile configs
-(RECDSL_FP_REFLECTION_BLOCKS; tensor descriptors as RECDSL_FP_REFLECTION_TMA says, recorded in each row)
-against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (also as three TF32 products,
-RECDSL_FP_REFLECTION_FP32=tf32x3 or tf32x3-triton), TF32 and bf16 (the iterate in --parts bf16 parts); then the
-two kernels alone per tile config, and alpha's narrow product per launch geometry (--narrow).
+(RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (also as three TF32
+products, RECDSL_FP_REFLECTION_FP32=tf32x3 or tf32x3-triton), TF32 and bf16 (the iterate in --parts bf16 parts); then the two
+kernels alone per tile config, and alpha's narrow product per launch geometry (--narrow).
 
     python benchmarks/sweep_fp_reflections.py --out sweep.jsonl     # a GPU
 """
@@ -58,7 +57,7 @@ def main() -> None:
         prev = torch.randn(args.B, args.T, 1, args.D, device="cuda")
         s = torch.rand(args.B * args.T, args.r, device="cuda")
         shape = {"gpu": torch.cuda.get_device_name(), "B": args.B, "T": args.T, "D": args.D, "r": args.r,
-                 "precision": label, "tma": os.environ.get("RECDSL_FP_REFLECTION_TMA", "auto")}
+                 "precision": label}
         # one launch's operands (host work included: eager calls), torch's passes against the kernels
         for choice in ("torch", "triton"):
             os.environ["RECDSL_FP_REFLECTIONS"] = choice

@@ -101,18 +101,6 @@ def shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D: tl.constexpr, USE_H0
 
 
 @triton.jit
-def shifted_block(it_desc, h0, s_t, inner, first, p0, k0, o_k, m_k, D: tl.constexpr, USE_H0: tl.constexpr):
-    """shifted_rows for the tokens p0 + arange(BM) and columns k0 + arange(BK) (o_k, m_k), the iterate's rows
-    p0 - 1 .. read as one block through the tensor descriptor it_desc [NTOK, D] (block [BM, BK]; rows and
-    columns outside it read zeros); each sequence's first token then takes h0's row (zeros without)."""
-    a = tl.where(inner[:, None], it_desc.load([p0 - 1, k0]), 0.0)
-    if USE_H0:
-        a += tl.load(h0 + s_t.to(tl.int64)[:, None] * D + o_k[None, :], mask=first[:, None] & m_k[None, :],
-                     other=0.0)
-    return a
-
-
-@triton.jit
 def narrow_product(it, h0, seq, bias, w, y, NTOK, D: tl.constexpr, OUT: tl.constexpr, OP: tl.constexpr,
                    BT: tl.constexpr, BD: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr):
     """y [NTOK, OUT] = bias + prev(it, shift = 1) @ w for BT tokens: it [NTOK, D] fp32 read one row back (a

@@ -45,11 +45,6 @@ from .fp_products import HALF, IterateProducts, Product, _reads_last_token
 from .ints import cdiv, env_ints, next_power_of_2
 from .template import load_source
 
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:     # a Triton before tensor descriptors: pointer loads only
-    TensorDescriptor = None
-
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
 
 
@@ -132,18 +127,16 @@ def parts(dtype: torch.dtype) -> int:
 
 _PRODUCTS = r'''
 @triton.jit
-def fp_reflection_products(it, it_desc, h0, seq, bias, wk, wl, wk_desc, wl_desc, x, hp, u, part, NTOK,
-                           D: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                           USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr,
-                           PARTS: tl.constexpr, SPLIT_W: tl.constexpr, TMA: tl.constexpr):
+def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
+                           BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
+                           SPLIT_W: tl.constexpr):
     """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
     of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
     bias [NTOK, R, D]; u [NTOK, R, D] fp32; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D],
     whose [BK, BC] tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA
     products read faster; PARTS: half weights multiply the fp32 iterate as that many half parts; SPLIT_W: wk
-    holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products; TMA: the iterate
-    and the K-major weights are read through the tensor descriptors it_desc [NTOK, D] (blocks [BM, BK]), wk_desc
-    and wl_desc [R * D, D] (blocks [BC, BK]) instead);
+    holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products);
     part [D / BC, NTOK, NS]: this block's shares
     @SLOTS@."""
     i_c, i_m = tl.program_id(0), tl.program_id(1)
@@ -162,10 +155,7 @@ def fp_reflection_products(it, it_desc, h0, seq, bias, wk, wl, wk_desc, wl_desc,
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
-        if TMA:
-            a = shifted_block(it_desc, h0, s_t, inner, first, i_m * BM, k0, o_k, m_k, D, USE_H0)
-        else:
-            a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
         if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
             a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
             a_rest = a - a_tf32
@@ -186,9 +176,6 @@ def fp_reflection_products(it, it_desc, h0, seq, bias, wk, wl, wk_desc, wl_desc,
         w_kc, l_kc = wk + kc, wl + kc
         # IR @PRODUCT@ = W @ prev(h, shift = 1), each reflection's columns
 @DOTS@
-    if TMA:
-        if D % BC != 0:   # a weight block's rows past D are the next reflection's: they must not count
-@MASK@
     m_tc = m_t[:, None] & m_c[None, :]
     row = p.to(tl.int64)[:, None] * (R * D) + o_c[None, :]
     # IR @SUM@ = the addend + the product, the raw reflection vectors
@@ -236,23 +223,16 @@ def generate(m: MovingReflections) -> str:
     zeros = [f"{ind4}acc{i} = tl.zeros([BM, BC], dtype=tl.float32)" for i in range(r)]
     dots = []
     for i in range(r):
-        dots += [f"{ind8}if TMA:",
-                 f"{ind8}    w{i} = wk_desc.load([{i} * D + i_c * BC, k0]).T",
-                 f"{ind8}else:",
-                 f"{ind8}    w{i} = tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0)",
+        dots += [f"{ind8}w{i} = tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0)",
                  f"{ind8}if SPLIT_W:   # the small products first: a_rest W and a W_rest",
                  f"{ind8}    acc{i} = tl.dot(a_rest, w{i}, acc{i}, input_precision=PREC)",
-                 f"{ind8}    if TMA:",
-                 f"{ind8}        w_rest = wl_desc.load([{i} * D + i_c * BC, k0]).T",
-                 f"{ind8}    else:",
-                 f"{ind8}        w_rest = tl.load(l_kc + {i} * W_STEP, mask=m_kc, other=0.0)",
-                 f"{ind8}    acc{i} = tl.dot(a, w_rest, acc{i}, input_precision=PREC)",
+                 f"{ind8}    acc{i} = tl.dot(a, tl.load(l_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
+                 f"input_precision=PREC)",
                  f"{ind8}if PARTS == 3:",
                  f"{ind8}    acc{i} = tl.dot(a_lo, w{i}, acc{i}, input_precision=PREC)",
                  f"{ind8}if PARTS >= 2:",
                  f"{ind8}    acc{i} = tl.dot(a_mid, w{i}, acc{i}, input_precision=PREC)",
                  f"{ind8}acc{i} = tl.dot(a, w{i}, acc{i}, input_precision=PREC)"]
-    mask = [f"{ind8}    acc{i} = tl.where(m_c[None, :], acc{i}, 0.0)" for i in range(r)]
     write = []
     for i in range(r):
         write += [f"{ind4}if HAS_BIAS:",
@@ -280,9 +260,8 @@ def generate(m: MovingReflections) -> str:
         value = f"d{i} / n{i}" if i < r else "tl.zeros([BT], dtype=tl.float32)"
         coeff.append(f"{ind4}tl.store(dots + p.to(tl.int64) * RP + {i}, {value}, mask=m_t)")
     text = _PRODUCTS
-    for key, lines in (("@ZEROS@", zeros), ("@DOTS@", dots), ("@MASK@", mask), ("@WRITE@", write),
-                       ("@SHARES@", shares), ("@SUMS@", sums), ("@ADD@", add), ("@NORMS@", norms),
-                       ("@COEFFICIENTS@", coeff)):
+    for key, lines in (("@ZEROS@", zeros), ("@DOTS@", dots), ("@WRITE@", write), ("@SHARES@", shares),
+                       ("@SUMS@", sums), ("@ADD@", add), ("@NORMS@", norms), ("@COEFFICIENTS@", coeff)):
         text = text.replace(key, "\n".join(lines))
     text = text.replace("@SLOTS@", ", ".join(what for _, _, what in slots))
     for key, value in m.labels:
@@ -292,7 +271,7 @@ def generate(m: MovingReflections) -> str:
     consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
               f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n\n")
     imports = ("import triton\nimport triton.language as tl\n\n"
-               "from recdsl.backends.triton.fp_products import shifted_block, shifted_rows, token_boundaries\n")
+               "from recdsl.backends.triton.fp_products import shifted_rows, token_boundaries\n")
     return head + imports + consts + text
 
 
@@ -324,24 +303,6 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps,stages") or tiles
 
 
-def tma(k_major: bool, D: int, wdtype: torch.dtype, device: torch.device) -> bool:
-    """Whether fp_reflection_products reads the iterate and the weights through tensor descriptors (Hopper's
-    tensor memory accelerator: one copy per block, no address arithmetic or masks in the loop). A plain
-    3xTF32 GEMM of issue 5's product took 0.148 ms so against 0.179 ms with pointer loads (H100,
-    2026-11-28f). It needs K-major weights and rows whose bytes are a multiple of 16. RECDSL_FP_REFLECTION_TMA:
-    "auto" (on CUDA devices of compute capability 9 and later), "1" (wherever the rows allow it, the
-    interpreter too: the tests' switch) or "0"."""
-    choice = os.environ.get("RECDSL_FP_REFLECTION_TMA", "auto")
-    if choice not in ("auto", "0", "1"):
-        raise ValueError(f"RECDSL_FP_REFLECTION_TMA={choice!r}: expected auto, 0 or 1")
-    if choice == "0" or not k_major or TensorDescriptor is None or D * 4 % 16 or D * wdtype.itemsize % 16:
-        return False
-    if choice == "1":
-        return True
-    return (device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
-
-
 class ReflectionLaunches:
     """The two launches for one solve: the weight [R * D, D] and bias [NTOK, R * D] come from IterateProducts
     (its product `m.product`), the sequence map, x and h0 from the solve's FusedIteration `step`."""
@@ -363,12 +324,6 @@ class ReflectionLaunches:
             exact = dtype in HALF and products.ir.node(p.addend).op == "input"
             self.bias = (self.bias.to(dtype) if exact else self.bias).contiguous()
         self.module = load(m)
-        D = wk.shape[1]
-        self.tiles = blocks(D, self.prec, self.half)
-        self.tma = tma(self.k_major, D, wk.dtype, wk.device)
-        if self.tma:
-            BM, BC, BK = self.tiles[:3]
-            self.wk_desc, self.wl_desc = (TensorDescriptor.from_tensor(w, [BC, BK]) for w in (self.wk, self.wl))
 
     def __call__(self, prev: torch.Tensor, s: torch.Tensor):
         """(raw u [NTOK, R, D] fp32, w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev [B, T, 1, D]
@@ -377,7 +332,7 @@ class ReflectionLaunches:
         NTOK, D = step.x.shape
         RP = _padded(r)
         hp = prev.reshape(NTOK, D)
-        BM, BC, BK, warps, stages = self.tiles
+        BM, BC, BK, warps, stages = blocks(D, self.prec, self.half)
         NC = cdiv(D, BC)
         NS = len(_slots(r))
         u = hp.new_empty(NTOK, r, D)
@@ -386,12 +341,10 @@ class ReflectionLaunches:
         dots = hp.new_empty(NTOK, RP)
         if NTOK:
             h0 = step.h0
-            descs = ((TensorDescriptor.from_tensor(hp, [BM, BK]), self.wk_desc, self.wl_desc) if self.tma
-                     else (None, None, None))
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
-                hp, descs[0], h0, step.seq, self.bias, self.wk, self.wl, *descs[1:], step.x, hp, u, part, NTOK, D=D,
-                BM=BM, BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
-                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, TMA=self.tma, num_warps=warps,
+                hp, h0, step.seq, self.bias, self.wk, self.wl, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC,
+                BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
+                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps,
                 num_stages=stages)
             BT = 256
             self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
@@ -401,15 +354,14 @@ class ReflectionLaunches:
 
 def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
-    (bf16 weights; fp32 ones in TF32, both 3xTF32 forms and on FMA units) with their tiles and pointer loads,
-    the bf16, TF32 and 3xTF32 ones through tensor descriptors too, and the finishing kernel."""
+    (bf16 weights; fp32 ones in TF32, both 3xTF32 forms and on FMA units) with their tiles, and the finishing
+    kernel."""
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
                                        ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
     jobs = []
-    for wdtype, prec, with_tma in (("bf16", "ieee", False), ("fp32", "tf32", False), ("fp32", "tf32x3", False),
-                                   ("fp32", "tf32x3-triton", False), ("fp32", "ieee", False), ("bf16", "ieee", True),
-                                   ("fp32", "tf32", True), ("fp32", "tf32x3", True)):
+    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "tf32x3-triton"),
+                         ("fp32", "ieee")):
         half = wdtype == "bf16"
         BM, BC, BK, warps, stages = blocks(D, prec, half)
         fn = module.fp_reflection_products
@@ -417,15 +369,10 @@ def aot_jobs(D: int = 512, r: int = 2):
         sig.update(seq="*i32", wk=f"*{wdtype}", wl=f"*{wdtype}", NTOK="i32")
         dot, split = _dot_precision(prec)
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
-                     PARTS=3 if half else 1, SPLIT_W=split, TMA=with_tma)
-        if with_tma:
-            sig.update(it_desc=f"tensordesc<fp32[{BM}, {BK}]>", wk_desc=f"tensordesc<{wdtype}[{BC}, {BK}]>",
-                       wl_desc=f"tensordesc<{wdtype}[{BC}, {BK}]>")
-        else:
-            const.update(it_desc=None, wk_desc=None, wl_desc=None)
+                     PARTS=3 if half else 1, SPLIT_W=split)
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
-        label = ("bf16" if half else prec) + (" tma" if with_tma else "")
+        label = "bf16" if half else prec
         jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
                      dict(num_warps=warps, num_stages=stages)))
     fn = module.fp_reflection_finish
