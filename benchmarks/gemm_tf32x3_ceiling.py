@@ -7,6 +7,8 @@ epilogue of shares, so the gap to `sweep_fp_reflections.py`'s kernels is what th
 - split 2: one TF32 product of the TF32 parts, the two corrections in bf16 (half the tensor-core cycles of
   a TF32 one each): a cheaper form, if tensor-core cycles were what bounds the kernel;
 - split 0: one TF32 product (TF32's accuracy);
+- tma: split 1 with both operands read through tensor descriptors (Hopper's tensor memory accelerator), the
+  rows of `a` one back as fp_reflections reads the iterate (row -1 reads zeros);
 - torch: cuBLAS in fp32 (FMA units) and in TF32.
 
     python benchmarks/gemm_tf32x3_ceiling.py --out ceiling.jsonl       # a GPU
@@ -56,6 +58,31 @@ def gemm(a, wh, wl, wh_bf16, wl_bf16, c, M, N: tl.constexpr, K: tl.constexpr, BM
     tl.store(c + om.to(tl.int64)[:, None] * N + on[None, :], acc)
 
 
+@triton.jit
+def gemm_tma(a_desc, wh_desc, wl_desc, c, M, N: tl.constexpr, K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, GROUP: tl.constexpr, STAGES: tl.constexpr):
+    """gemm's split 1 with a [M, K] read one row back (c row m = a row m - 1 @ w^T) through tensor descriptors
+    (blocks [BM, BK] and [BN, BK])."""
+    pid = tl.program_id(0)
+    NPN: tl.constexpr = N // BN
+    width = GROUP * NPN
+    first = (pid // width) * GROUP
+    size = min(tl.cdiv(M, BM) - first, GROUP)
+    pm = first + (pid % width) % size
+    pn = (pid % width) // size
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in tl.range(0, K, BK, num_stages=STAGES):
+        x = a_desc.load([pm * BM - 1, k0])
+        w = wh_desc.load([pn * BN, k0]).T
+        x_tf32 = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        acc = tl.dot(x - x_tf32, w, acc, input_precision="tf32")
+        acc = tl.dot(x_tf32, wl_desc.load([pn * BN, k0]).T, acc, input_precision="tf32")
+        acc = tl.dot(x_tf32, w, acc, input_precision="tf32")
+    om = pm * BM + tl.arange(0, BM)
+    on = pn * BN + tl.arange(0, BN)
+    tl.store(c + om.to(tl.int64)[:, None] * N + on[None, :], acc)
+
+
 def errors(c: torch.Tensor, ref: torch.Tensor) -> dict:
     e = c.double() - ref
     return {"err": e.abs().max().item(), "rms": (e.norm() / ref.norm()).item()}
@@ -99,6 +126,24 @@ def main() -> None:
             except Exception as e:   # noqa: BLE001 (a config that does not build is a row, not the end)
                 row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
             emit(row, args.out)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    shifted = torch.cat([a.new_zeros(1, K), a[:-1]]).double() @ w.double().t()
+    for blocks in args.blocks.split(";"):
+        BM, BN, BK, warps, stages = map(int, blocks.split(","))
+        row = {**shape, "what": "triton tma", "split": 1, "blocks": blocks}
+        try:
+            descs = (TensorDescriptor.from_tensor(a, [BM, BK]), TensorDescriptor.from_tensor(wh, [BN, BK]),
+                     TensorDescriptor.from_tensor(wl, [BN, BK]))
+
+            def run():
+                return gemm_tma[(triton.cdiv(M, BM) * (N // BN),)](*descs, c, M, N, K, BM, BN, BK, 8, stages,
+                                                                   num_warps=warps)
+            row["spills"] = run().n_spills
+            row.update(errors(c, shifted))
+            row["ms"] = round(do_bench(run, warmup=10, rep=200, return_mode="median"), 4)
+        except Exception as e:   # noqa: BLE001
+            row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

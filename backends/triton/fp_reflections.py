@@ -284,15 +284,19 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     """(BM, BC, BK, num_warps, num_stages) of fp_reflection_products for precision()'s `prec` (half: half data):
     tiles tl.dot takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the fastest of
     sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
-    - half data, the iterate in three parts: 0.163 ms (2026-11-27zl; 0.176 with 128 tokens);
-    - 3xTF32 with split weights: 0.234 ms, against 0.300 for tl.dot's own 3xTF32 at its best tiles (27zm);
+    - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
+      0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); its sm_90 build spills 240 bytes;
+    - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
+      3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
     - FMA: 0.454 ms (27zd; 128 x 128 tiles took 19 ms there, their accumulators spilled wholesale).
     The TF32 tiles spill a few registers in sm_90 builds (336 bytes) and are still faster than the 8-warp
     tiles that spill none.
     RECDSL_FP_REFLECTION_BLOCKS="BM,BC,BK,warps,stages" overrides it for a sweep."""
     DP = max(16, next_power_of_2(D))
-    if half or prec == "tf32x3":
+    if half:
+        tiles = (64, min(128, DP), min(32, DP), 4, 3)
+    elif prec == "tf32x3":
         tiles = (64, min(64, DP), min(32, DP), 4, 3)
     elif prec == "tf32":
         tiles = (128, min(64, DP), min(32, DP), 4, 3)
