@@ -124,7 +124,7 @@ def _make_plan(spec, backend: str, batch_channels: int | None, on_cuda: bool | N
                     "4.3 ms one by one for the solve below",
                     "measured faster than the unfused path on an H100 (B=8, T=2048, D=512, r=2, 17 iterations, "
                     "fp32, one process: " + ("with the authors' dependence, benchmarks/specs/fp_rnn_mixer_hdep.rec, "
-                                             "6.4 ms (3xTF32 products) against 22.4 ms" if varying
+                                             "6.5 ms (3xTF32 products) against 22.4 ms" if varying
                                              else "3.6 ms against 11.4 ms") +
                     f"); {FIXED_POINT_ENV}=unfused runs that instead",
                 ) + gradient + ("the step's write is one token-parallel kernel with its own backward "
