@@ -9,8 +9,7 @@ epilogue of shares, so the gap to `sweep_fp_reflections.py`'s kernels is what th
 - split 0: one TF32 product (TF32's accuracy);
 - tma: split 1 with both operands read through tensor descriptors (Hopper's tensor memory accelerator), the
   rows of `a` one back as fp_reflections reads the iterate (row -1 reads zeros);
-- torch: cuBLAS in fp32 (FMA units) and in TF32;
-- parts: fp_products.parts_addmm, six bf16 cuBLAS products of three bf16 parts of each operand.
+- torch: cuBLAS in fp32 (FMA units) and in TF32.
 
     python benchmarks/gemm_tf32x3_ceiling.py --out ceiling.jsonl       # a GPU
 """
@@ -111,10 +110,6 @@ def main() -> None:
         ms = do_bench(lambda: a @ w.t(), warmup=10, rep=200, return_mode="median")
         emit({**shape, "what": "torch", "tf32": tf32, "ms": round(ms, 4), **errors(a @ w.t(), ref)}, args.out)
     torch.backends.cuda.matmul.allow_tf32 = False
-    from recdsl.backends.triton.fp_products import parts_addmm
-    wt = w.t().contiguous()
-    ms = do_bench(lambda: parts_addmm(None, a, wt), warmup=10, rep=200, return_mode="median")
-    emit({**shape, "what": "parts", "ms": round(ms, 4), **errors(parts_addmm(None, a, wt), ref)}, args.out)
     c = torch.empty(M, N, device="cuda")
     wh_bf16, wl_bf16 = wh.bfloat16(), wl.bfloat16()
     for split in (1, 2, 0):

@@ -46,8 +46,7 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 class Evaluator:
     """Memoised evaluation of value nodes. `leaf(i, node)` supplies leaves; `layer_op(i, node, x)`
     the layer's parametrised ops (linear, mlp, norms); `kernels` {op: fn(*operand values)} replaces the
-    torch expression of an op (a backend's kernel for it; matmul's as fn(a, b, rank of a, rank of b), as
-    matmul() below)."""
+    torch expression of an op (a backend's kernel for it)."""
 
     def __init__(self, ir: IR, leaf, layer_op=None, kernels: dict | None = None):
         self.ir, self.leaf, self.layer_op, self.kernels = ir, leaf, layer_op, kernels or {}
@@ -62,9 +61,8 @@ class Evaluator:
             v = self.leaf(i, n)
         elif n.op == "const":
             v = n.args[0]
-        elif n.op in self.kernels:     # a backend's kernel; matmul's also takes the operands' IR ranks
-            ranks = [len(ir.node(o).shape) for o in ops] if n.op == "matmul" else []
-            v = self.kernels[n.op](*(self(o) for o in ops), *ranks)
+        elif n.op in self.kernels:
+            v = self.kernels[n.op](*(self(o) for o in ops))
         elif n.op in UNARY:
             v = UNARY[n.op](self(ops[0]))
         elif n.op in BINARY:
@@ -103,10 +101,10 @@ class Evaluator:
 def matmul(a, b, ra: int, rb: int):
     """a @ b for IR ranks ra, rb: a's last axis contracted with b's first; leading (batch, head) axes broadcast."""
     left, right = "ijk"[:ra - 1], "pq"[:rb - 1]
-    return torch.einsum(f"...{left}n,...n{right}->...{left}{right}", unexpanded(a, ra), unexpanded(b, rb))
+    return torch.einsum(f"...{left}n,...n{right}->...{left}{right}", _unexpanded(a, ra), _unexpanded(b, rb))
 
 
-def unexpanded(x: torch.Tensor, rank: int) -> torch.Tensor:
+def _unexpanded(x: torch.Tensor, rank: int) -> torch.Tensor:
     """x with its broadcast (stride-0) leading axes cut to length 1. A weight comes expanded over the tokens;
     einsum would take each token as a batch of its own (a weight [D, D] applied to B vectors, T times over)
     where the cut leaves one product over every token."""

@@ -93,34 +93,6 @@ def test_shifted_products_of_bf16_inputs_converge_on_gpu():
     assert rel(o.double(), o_r) < 2e-2
 
 
-def test_parts_products_on_gpu():
-    """fp_products.parts_addmm on bf16 tensor cores (six products of three parts each) within 1e-5 of the fp64
-    product at issue 5's shape, and PartsMatmul's gradients; benchmarks/specs/fp_rnn_hdep.rec in fp32, whose
-    Wl @ h_last now multiplies in parts, still solves to tol 1e-6."""
-    from pathlib import Path
-    from recdsl.backends.triton.fp_products import PartsMatmul, parts_addmm, parts_usable
-    a = torch.randn(16384, 512, device="cuda")
-    w = torch.randn(512, 1024, device="cuda") * 512 ** -0.5
-    assert parts_usable(a, w)
-    assert rel(parts_addmm(None, a, w).double(), a.double() @ w.double()) < 1e-5
-    la, lw = a[:2048].clone().requires_grad_(True), w.clone().requires_grad_(True)
-    g = torch.randn(2048, 1024, device="cuda")
-    PartsMatmul.apply(la, lw).backward(g)
-    da, dw = la.detach().double().requires_grad_(True), lw.detach().double().requires_grad_(True)
-    (da @ dw).backward(g.double())
-    assert rel(la.grad.double(), da.grad) < 1e-5 and rel(lw.grad.double(), dw.grad) < 1e-5
-    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_hdep.rec", D=512, r=2,
-                       tol=1e-6)
-    args = {k: v.detach() for k, v in cuda_args(spec, 2, 256, torch.float32).items()}
-    for k in ("Wl", "Wa"):
-        args[k] = args[k] * 512 ** -0.5
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", recdsl.RecNotConverged)
-        o, _ = spec.op(**args, backend="triton")
-    o_r, _ = spec.op(**{k: v.double() for k, v in args.items()}, backend="reference")
-    assert rel(o.double(), o_r) < 1e-4
-
-
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
 @pytest.mark.parametrize("path", ["examples/fp_rnn.rec", "benchmarks/specs/fp_rnn_mixer_hdep.rec"])
 def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):

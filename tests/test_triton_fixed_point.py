@@ -283,60 +283,6 @@ def test_hdep_benchmark_specs_solve_their_equations_and_train_their_maps(name):
 
 
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
-@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
-def test_parts_products_hold_fp32_accuracy(wdtype):
-    """fp_products.parts_addmm: fp32 a times an fp32 weight from three bf16 parts of each (the products with
-    i + j <= 2), or times a bf16 weight from three parts of a; within fp32's accuracy of the fp64 product
-    (two parts of each, or fewer pairs, are 1e-5 away), with a bias and without; PartsMatmul's gradients
-    likewise. (On the CPU the half parts multiply through fp32 copies: the same values tensor cores take.)"""
-    from recdsl.backends.triton.fp_products import PartsMatmul, half_parts, parts_addmm
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(40, 96, generator=g) * torch.logspace(-3, 3, 96)     # exponents spread over columns
-    w = (torch.randn(96, 70, generator=g) / 10).to(wdtype)
-    bias = torch.randn(40, 70, generator=g)
-    assert torch.equal(sum(p.double() for p in half_parts(a, torch.bfloat16)), a.double())
-    want = a.double() @ w.double()
-    assert rel(parts_addmm(None, a, w), want) < 2e-7
-    assert rel(parts_addmm(bias, a, w), bias.double() + want) < 2e-7
-    two = sum(p.double() for p in half_parts(a, torch.bfloat16, 2)) @ w.double()
-    assert rel(two, want) > 1e-6     # what the third part is for
-    la, lw = a.clone().requires_grad_(True), w.float().clone().requires_grad_(True)
-    PartsMatmul.apply(la, lw).square().sum().backward()
-    da, dw = a.double().requires_grad_(True), w.double().requires_grad_(True)
-    (da @ dw).square().sum().backward()
-    assert rel(la.grad, da.grad) < 2e-7 and rel(lw.grad, dw.grad) < 2e-7
-
-
-def test_training_tail_takes_wide_weight_products_in_parts(monkeypatch):
-    """fixed_point._matmul, the operand evaluator's matmul: u's Wu @ h_last (r * D outputs, at least NARROW)
-    through PartsMatmul where it is usable (here forced on the CPU), alpha's narrow Wa @ h_last and products of
-    per-token values through evaluate.matmul; the same u and gradients as torch's products."""
-    from pathlib import Path
-
-    import recdsl.backends.triton.fixed_point as fixed_point
-    import recdsl.backends.triton.fp_products as fp_products
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
-    spec = recdsl.load(path, D=32, r=2)
-    ir = spec.ir
-    args = {k: v.requires_grad_(True) for k, v in random_args(spec, B=2, T=5, dtype=torch.float32, seed=4).items()}
-    prev = torch.randn(2, 5, 1, 32)
-    u = next(i for i in ir.order() if ir.node(i).op == "l2norm")
-    taken = []
-    real = fp_products.PartsMatmul.apply
-    monkeypatch.setattr(fp_products.PartsMatmul, "apply", lambda *t: taken.append(t[1].shape) or real(*t))
-    results, c = {}, None
-    for usable in (True, False):
-        monkeypatch.setattr(fp_products, "parts_usable", lambda a, w: usable)
-        ev = fixed_point.operand_evaluator(spec, args, {}, None, None, prev)
-        value = ev(u)
-        c = torch.randn(value.shape, generator=torch.Generator().manual_seed(1)) if c is None else c
-        grads = torch.autograd.grad((value * c).sum(), [args["Wu"], args["u_in"]])   # |u| = 1: a weighted sum
-        results[usable] = (value, *grads)
-    assert taken == [(32, 64)]        # Wu's [r * D, D] product alone; Wa's 2 outputs stay narrow
-    for ours, theirs in zip(results[True], results[False]):
-        assert rel(ours, theirs) < 1e-6
-
-
 def test_iterate_products_fold_their_addends(monkeypatch):
     """fp_products.py on the authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec): Wa @ h_last and
     Wu @ h_last, each with its input addend (alpha_in, u_in) folded into one addmm, give the evaluator's

@@ -12,8 +12,6 @@ differentiates every iteration.)
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from recdsl.ir import IR
@@ -278,24 +276,7 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None, states
     # l2norm as one Triton pass (l2norm.py): F.normalize (a norm, then a division by the broadcast norm on
     # torch's strided element-wise path) took about 1.9 ms of a 17-iteration shifted solve at issue 5's shape,
     # the kernel 0.8 ms (H100 profiles 2026-11-27t and 27u)
-    return Evaluator(ir, leaf, kernels={"l2norm": _l2norm, "matmul": _matmul})
-
-
-def _matmul(a, b, ra: int, rb: int):
-    """evaluate.matmul, except a weight's product of fp32 vectors on CUDA with at least NARROW outputs
-    (u's Wu @ h_last in a training tail), which fp_products.PartsMatmul takes to tensor cores in bf16 parts
-    where torch would run it, and its gradient, on FMA units."""
-    from recdsl.evaluate import matmul, unexpanded
-    from .fp_products import NARROW, PartsMatmul, parts_usable
-    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and rb == 1 and a.dtype == b.dtype == torch.float32
-            and parts_usable(b, a)):
-        w = unexpanded(a, ra)
-        lead = w.shape[:w.dim() - ra]
-        if all(s == 1 for s in lead) and len(lead) <= b.dim() - 1 and math.prod(w.shape[-ra:-1]) >= NARROW:
-            K = w.shape[-1]
-            y = PartsMatmul.apply(b.reshape(-1, K), w.reshape(-1, K).t())
-            return y.reshape(*b.shape[:-1], *w.shape[-ra:-1])
-    return matmul(a, b, ra, rb)
+    return Evaluator(ir, leaf, kernels={"l2norm": _l2norm})
 
 
 def _l2norm(x):

@@ -13,10 +13,8 @@ results were column slices of one matrix, which torch's element-wise kernels rea
 path.)
 
 Half-precision weights multiply the fp32 iterate split into three parts of their dtype, with fp32
-accumulation and an fp32 result (tensor cores; _addmm). fp32 weights take torch's TF32 GEMM where torch allows
-TF32 (torch.backends.cuda.matmul.allow_tf32), else six bf16 products of three parts of each operand on tensor
-cores, about fp32's accuracy (parts_addmm); a training tail's wide products take that form too, gradients
-included (PartsMatmul, through fixed_point.operand_evaluator).
+accumulation and an fp32 result (tensor cores; _addmm); fp32 inputs follow torch's float32 matmul precision
+(torch.backends.cuda.matmul.allow_tf32).
 
 A narrow product of prev(h, shift = 1) itself (fewer than NARROW outputs: alpha's, r of them) is one Triton
 launch, `narrow_product`: it reads the iterate one token back in place (a sequence's first token reads h0)
@@ -233,89 +231,25 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, out=None) -> to
     """bias + a @ w in fp32 (bias fp32, a the fp32 iterate, w fp32 or a half weight), into `out` when given.
     The iterate is never rounded: on CUDA a half weight multiplies three half parts of it on tensor cores, which
     hold all of its bits, as fp_reflections.parts does (rounded once, the map from the iterate to its products
-    was a step function, on which a bf16 solve stalled short of tol, H100 2026-11-27zk); an fp32 weight, where
-    torch keeps fp32 products out of TF32, multiplies in bf16 parts too (parts_addmm); elsewhere torch's
-    addmm takes fp32 operands."""
+    was a step function, on which a bf16 solve stalled short of tol, H100 2026-11-27zk); elsewhere w is taken
+    to fp32."""
     a = a.float()
-    if parts_usable(a, w):
-        return parts_addmm(bias, a, w, out=out)
-    return torch.addmm(bias, a, w.float(), out=out)
-
-
-def half_parts(x: torch.Tensor, dtype: torch.dtype, n: int = 3) -> list[torch.Tensor]:
-    """fp32 x as n parts of a half dtype, the largest first, each the rounding of what the ones before left:
-    three bf16 parts hold all of fp32's 24 bits (8 each), so their sum is x."""
-    parts, rest = [], x
-    for k in range(n):
-        part = rest.to(dtype)
-        parts.append(part)
-        if k < n - 1:
-            rest = rest - part.float()
-    return parts
-
-
-def parts_usable(a: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether parts_addmm takes a @ w here: CUDA, where torch.addmm gives fp32 results of half operands; half
-    weights always, fp32 ones where torch keeps fp32 products out of TF32 (with TF32 allowed, torch's TF32
-    GEMMs are the user's choice of precision)."""
-    if a.device.type != "cuda" or not _mixed_addmm(a.device.type, w.dtype if w.dtype in HALF else torch.bfloat16):
-        return False
-    return w.dtype in HALF or (w.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
-
-
-def parts_addmm(bias, a: torch.Tensor, w: torch.Tensor, out=None) -> torch.Tensor:
-    """bias + a @ w with fp32 a [M, K] and w [K, N] (fp32, or a half weight) on tensor cores, an fp32 result:
-    a in three parts of the weight's half dtype (bf16 for fp32 w), an fp32 w in three bf16 parts, and the
-    products of parts i, j with i + j <= 2 (the others are below 2^-26 of the whole), the smallest first,
-    accumulated in fp32. A half weight takes three GEMMs, an fp32 one six: about fp32's accuracy at bf16
-    tensor-core speed (an fp32 GEMM on FMA units took 0.36 ms at issue 5's [16384, 512] x [512, 1024] on an
-    H100, a bf16 one 0.03 ms). `bias` may be None."""
-    dtype = w.dtype if w.dtype in HALF else torch.bfloat16
-    A = half_parts(a, dtype)
-    W = [w] if w.dtype in HALF else half_parts(w, dtype)
-    pairs = sorted(((i, j) for i in range(len(A)) for j in range(len(W)) if i + j <= 2), key=lambda ij: -sum(ij))
-    total = bias
-    for k, (i, j) in enumerate(pairs):
-        total = _accumulate(total, A[i], W[j], out if k == len(pairs) - 1 else None)
-    return total
-
-
-def _accumulate(total, a: torch.Tensor, w: torch.Tensor, out=None) -> torch.Tensor:
-    """total + a @ w (total None: a @ w) for half a, w with an fp32 result: on tensor cores where torch takes
-    out_dtype (CUDA), else through fp32 copies (the same values: the CPU tests' form)."""
-    kw = {} if out is None else {"out": out}
-    if _mixed_addmm(a.device.type, a.dtype):
-        if total is None:
-            return torch.mm(a, w, out_dtype=torch.float32, **kw)
-        return torch.addmm(total, a, w, out_dtype=torch.float32, **kw)
-    if total is None:
-        return torch.mm(a.float(), w.float(), **kw)
-    return torch.addmm(total, a.float(), w.float(), **kw)
-
-
-class PartsMatmul(torch.autograd.Function):
-    """a [M, K] @ b [K, N], both fp32, through parts_addmm, and its gradients (g @ b^T, a^T @ g) the same way:
-    the training tail's weight products of the iterate (fixed_point.operand_evaluator), which on FMA units took
-    0.71 ms of a training call at issue 5's shape (H100 profile 2026-11-28l)."""
-
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return parts_addmm(None, a, b)
-
-    @staticmethod
-    def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        g = g.float()
-        ga = parts_addmm(None, g, b.t()) if ctx.needs_input_grad[0] else None
-        gb = parts_addmm(None, a.t(), g) if ctx.needs_input_grad[1] else None
-        return ga, gb
+    if w.dtype not in HALF:
+        return torch.addmm(bias, a, w, out=out)
+    if not _mixed_addmm(a.device.type, w.dtype):
+        return torch.addmm(bias, a, w.float(), out=out)
+    high = a.to(w.dtype)
+    rest = a - high.float()
+    mid = rest.to(w.dtype)
+    low = (rest - mid.float()).to(w.dtype)
+    total = torch.addmm(bias, low, w, out_dtype=torch.float32)      # the small parts first
+    total = torch.addmm(total, mid, w, out_dtype=torch.float32)
+    return torch.addmm(total, high, w, out_dtype=torch.float32, out=out)
 
 
 @functools.lru_cache(maxsize=None)
 def _mixed_addmm(device: str, dtype: torch.dtype) -> bool:
-    """Whether torch.addmm (with out=) and torch.mm take half operands with out_dtype=float32 here (CUDA, torch
-    >= 2.8).
+    """Whether torch.addmm takes half operands with out_dtype=float32 (and out=) here (CUDA, torch >= 2.8).
     Probed on the first launch, which runs eagerly before any graph capture (fp_graph.py)."""
     if device != "cuda":
         return False
@@ -323,8 +257,7 @@ def _mixed_addmm(device: str, dtype: torch.dtype) -> bool:
         x = torch.ones(16, 16, device=device, dtype=dtype)
         out = torch.empty(17, 16, device=device)
         torch.addmm(torch.zeros(16, 16, device=device), x, x, out_dtype=torch.float32, out=out[1:])
-        y = torch.mm(x, x, out_dtype=torch.float32)
-        return bool((out[1:] == 16).all()) and y.dtype == torch.float32 and bool((y == 16).all())
+        return bool((out[1:] == 16).all())
     except (TypeError, RuntimeError):
         return False
 
