@@ -25,17 +25,21 @@ from overhead import emit      # benchmarks/ is this script's folder
 
 
 @triton.jit
+def tile(M, N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP: tl.constexpr):
+    """(row block, column block) of this program: GROUP row blocks at a time share the column blocks."""
+    pid = tl.program_id(0)
+    width = GROUP * (N // BN)
+    first = (pid // width) * GROUP
+    size = min(tl.cdiv(M, BM) - first, GROUP)
+    return first + (pid % width) % size, (pid % width) // size
+
+
+@triton.jit
 def gemm(a, wh, wl, wh_bf16, wl_bf16, c, M, N: tl.constexpr, K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
          BK: tl.constexpr, SPLIT: tl.constexpr, GROUP: tl.constexpr, STAGES: tl.constexpr):
     """c [M, N] = a [M, K] @ w^T, w [N, K] given as its TF32 part wh and remainder wl (and both in bf16);
     programs in groups of GROUP row blocks that share the weight's column blocks."""
-    pid = tl.program_id(0)
-    NPN: tl.constexpr = N // BN
-    width = GROUP * NPN
-    first = (pid // width) * GROUP
-    size = min(tl.cdiv(M, BM) - first, GROUP)
-    pm = first + (pid % width) % size
-    pn = (pid % width) // size
+    pm, pn = tile(M, N, BM, BN, GROUP)
     om = pm * BM + tl.arange(0, BM)
     on = pn * BN + tl.arange(0, BN)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -63,13 +67,7 @@ def gemm_tma(a_desc, wh_desc, wl_desc, c, M, N: tl.constexpr, K: tl.constexpr, B
              BK: tl.constexpr, GROUP: tl.constexpr, STAGES: tl.constexpr):
     """gemm's split 1 with a [M, K] read one row back (c row m = a row m - 1 @ w^T) through tensor descriptors
     (blocks [BM, BK] and [BN, BK])."""
-    pid = tl.program_id(0)
-    NPN: tl.constexpr = N // BN
-    width = GROUP * NPN
-    first = (pid // width) * GROUP
-    size = min(tl.cdiv(M, BM) - first, GROUP)
-    pm = first + (pid % width) % size
-    pn = (pid % width) // size
+    pm, pn = tile(M, N, BM, BN, GROUP)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in tl.range(0, K, BK, num_stages=STAGES):
         x = a_desc.load([pm * BM - 1, k0])
