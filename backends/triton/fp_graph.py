@@ -10,8 +10,8 @@ allocations, a fill) about as long, so the solve was bound by the host. A graph 
   reflection vectors, their coefficients, each token's sequence) replays into fixed operands. The
   evaluation took 0.6 ms of host time per solve at issue 5's shape (about 25 launches), with the device
   idle;
-- two graphs per kind of call (K, step size, whether dot products come in, whether it starts from the
-  solve's h^0 = 0), used in turn: the driver launches call l+1 before it has read call l's residual and
+- two graphs per kind of call (K, step size, whether dot products come in, whether a shifted iteration starts
+  from the solve's h^0 = 0), used in turn: the driver launches call l+1 before it has read call l's residual and
   may return call l's iterate, so call l+1 must not write over it. The graphs of turn t read the iterate
   and its dot products from slot 1 - t and write theirs into slot t, so a call takes the previous call's
   result where it lies; an iterate from elsewhere (the solve's start, an eager call) is copied into the
@@ -92,7 +92,8 @@ class SolveGraphs:
 
     def run(self, iterates: dict, delta: float, K: int):
         dots = iterates.get("dots") if self.carries_dots else None
-        zero = bool(iterates.get("zero", False))     # from the solve's start h^0 = 0 (fp_shifted.py)
+        # from the solve's start h^0 = 0, which only a shifted iteration's first launch treats apart (fp_shifted.py)
+        zero = not self.carries_dots and bool(iterates.get("zero", False))
         kind = (K, float(delta), dots is not None, zero)
         if kind not in self.seen:                     # compiles the kernels this kind launches
             self.seen.add(kind)

@@ -285,7 +285,7 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     tiles tl.dot takes (at least 16 wide) whose pipelined operands fit Hopper's shared memory, the fastest of
     sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
     - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
-      0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); its sm_90 build spills 240 bytes;
+      0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); Triton 3.9's sm_90 build spills 240 bytes;
     - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
       3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
