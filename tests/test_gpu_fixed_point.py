@@ -1,6 +1,6 @@
 """GPU tier of the fixed-point paths (backends/triton/fixed_point.py, fp_fused.py, fp_shifted.py, fp_graph.py,
-fp_tail_graph.py, fixed_point_matrix.py): against the fp64 reference, fused against unfused, CUDA-graph replay against eager
-calls. Skipped without a CUDA device."""
+fp_tail_graph.py, fixed_point_matrix.py): against the fp64 reference, fused against unfused, CUDA-graph replay
+against eager calls. Skipped without a CUDA device."""
 import warnings
 
 import pytest

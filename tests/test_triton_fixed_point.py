@@ -287,8 +287,7 @@ def test_iterate_products_fold_their_addends(monkeypatch):
     """fp_products.py on the authors' dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec): Wa @ h_last and
     Wu @ h_last, each with its input addend (alpha_in, u_in) folded into one addmm, give the evaluator's
     sums, and with half inputs the weights in that dtype (the sums within its precision; the iterate is not
-    rounded); from
-    h^0 = 0 the sums are the addends. The fused path, which uses them, takes the unfused path's iterates
+    rounded); from h^0 = 0 the sums are the addends. The fused path, which uses them, takes the unfused path's iterates
     (8 iterations each; the unfused path evaluates the products node by node in fp32)."""
     from pathlib import Path
 

@@ -176,32 +176,34 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     for _ in range(steps):
         if fused is None:
             prev, (states, ht) = states, iterate(states, h_init, output_final_state)
-            continue
-        # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
-        from .fp_fused_step import mix_write
-        b = mix_write(fused, step.x, step.g, step.u, step.w, states)
-        y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h_init,
-                        output_final_state=output_final_state, cu_seqlens=cu, backend="triton")
-        prev, states = states, y.reshape(full)
+        else:
+            prev, (states, ht) = states, fused_step(scan, fused, step, states, h_init, cu, output_final_state)
     return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
+
+
+def fused_step(scan, pattern, step, states, h0, cu, want_final: bool):
+    """One differentiable iteration from `states` [B, T, 1, D] on the fused operands `step`: the write as one
+    token-parallel kernel with its own backward (fp_fused_step.py), then the scan. Returns (the next states,
+    like `states`; the final state [N, D] or None)."""
+    from .fp_fused_step import mix_write
+    B, T, _, D = states.shape
+    b = mix_write(pattern, step.x, step.g, step.u, step.w, states)
+    y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h0,
+                    output_final_state=want_final, cu_seqlens=cu, backend="triton")
+    return y.reshape(states.shape), ht
 
 
 def varying_steps(spec, pattern, args: dict, options: dict, h0, cu, states, steps: int, want_final: bool):
     """The differentiable tail of a training call whose fused operands read prev(h, shift = 1): `steps`
     iterations from the fixed point `states` [B, T, 1, D] (held constant), each evaluating its operands
     again with autograd, then the readout. Returns (o in the op layout, final state [N, D] or None)."""
-    from .fp_fused_step import mix_write
     ir = spec.ir
     B, T, _, D = states.shape
     scan = spec.memo["fixed_point_scan"]
     prev, ht = states, None
     for _ in range(steps):
         step = fused_operands(spec, pattern, args, options, B, T, h0, cu, states)
-        # the write as one token-parallel kernel with its own backward (fp_fused_step.py), then the scan
-        b = mix_write(pattern, step.x, step.g, step.u, step.w, states)
-        y, ht = scan.op(a=step.a.reshape(B, T, D), b=b.reshape(B, T, D), initial_state=h0,
-                        output_final_state=want_final, cu_seqlens=cu, backend="triton")
-        prev, states = states, y.reshape(B, T, 1, D)
+        prev, (states, ht) = states, fused_step(scan, pattern, step, states, h0, cu, want_final)
     ref = next(args[a.name] for a in spec.args if a.kind == "input")
     ev = operand_evaluator(spec, args, options, h0, cu, prev, states)
     return _readout(spec, ev, ir.roots_with("output:")[0][1], ht, B, T, 1, D, ref)
