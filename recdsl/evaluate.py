@@ -46,7 +46,7 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 class Evaluator:
     """Memoised evaluation of value nodes. `leaf(i, node)` supplies leaves; `layer_op(i, node, x)`
     the layer's parametrised ops (linear, mlp, norms); `kernels` {op: fn(*operand values)} replaces the
-    torch expression of an op (a backend's kernel for it)."""
+    torch expression of an op (a backend's kernel for it); a "matmul" kernel takes (a, b, ra, rb) as matmul()."""
 
     def __init__(self, ir: IR, leaf, layer_op=None, kernels: dict | None = None):
         self.ir, self.leaf, self.layer_op, self.kernels = ir, leaf, layer_op, kernels or {}
@@ -61,6 +61,9 @@ class Evaluator:
             v = self.leaf(i, n)
         elif n.op == "const":
             v = n.args[0]
+        elif n.op == "matmul":    # a kernel for it takes the ranks too
+            v = self.kernels.get("matmul", matmul)(self(ops[0]), self(ops[1]), len(ir.node(ops[0]).shape),
+                                                   len(ir.node(ops[1]).shape))
         elif n.op in self.kernels:
             v = self.kernels[n.op](*(self(o) for o in ops))
         elif n.op in UNARY:
@@ -75,8 +78,6 @@ class Evaluator:
                 v = BINARY[n.op](a, b)
         elif n.op == "l2norm":
             v = l2norm(self(ops[0]))
-        elif n.op == "matmul":
-            v = matmul(self(ops[0]), self(ops[1]), len(ir.node(ops[0]).shape), len(ir.node(ops[1]).shape))
         elif n.op == "outer":
             v = self(ops[0]).unsqueeze(-1) * self(ops[1]).unsqueeze(-2)
         elif n.op == "delta":  # as a plain value: sum_j beta_j k_j v_j^T (the interleaving lives in the loop)

@@ -211,3 +211,50 @@ def test_reflection_kernels_on_gpu(dtype, tf32, fp32, tol, packed, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
     check_against_torch(True, 2, 512, dtype, packed, monkeypatch, "cuda", tol, B=2, T=256)
+
+
+@pytest.mark.parametrize("tf32, b_exact, tol", [(False, False, 2e-5), (False, True, 2e-5), (True, False, 3e-3)])
+def test_tail_weight_products_on_gpu(tf32, b_exact, tol, monkeypatch):
+    """gemm.mm (the training tail's weight products) on tensor cores at issue 5's widths, against fp64: 3xTF32,
+    two passes for a weight exact in TF32 (bf16 values), TF32 where torch allows it. The forward u = h Wu^T
+    (K = 512) and the iterate's gradient g Wu (K = 1024; the tensor cores' accumulation leaves about 8e-6 there
+    at 3xTF32, cuBLAS's fp32 product 6e-7: 2026-11-29c)."""
+    from recdsl.backends.triton.gemm import mm
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(4096, 512, device="cuda", generator=g)
+    w = torch.randn(1024, 512, device="cuda", generator=g) * 512 ** -0.5
+    if b_exact:
+        w = w.bfloat16().float()
+    assert rel(mm(h, w.t(), b_exact=b_exact), h.double() @ w.double().t()) < tol
+    du = torch.randn(4096, 1024, device="cuda", generator=g)
+    assert rel(mm(du, w, b_exact=b_exact), du.double() @ w.double()) < tol
+
+
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_tail_takes_weight_products_on_tensor_cores(dtype, monkeypatch):
+    """fp_rnn_mixer_hdep's training call: the tail's Wu @ h_last goes through gemm.mm (its weight gradient and
+    Wa's two columns stay on torch; the iterate is held constant, so no product for its gradient), and the
+    call's output and gradients are torch's (RECDSL_FP_WEIGHT_PRODUCTS=torch) within fp32's accuracy."""
+    from pathlib import Path
+    from recdsl.backends.triton import gemm
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2, max_iter=9, tol=1e-30)
+    args = cuda_args(spec, 2, 256, dtype)
+    args = {k: (v.detach() * 512 ** -0.5).requires_grad_(True) if k in ("Wa", "Wu") else v for k, v in args.items()}
+    do = torch.randn(2, 256, 512, device="cuda")
+    calls = []
+    real = gemm.mm
+    monkeypatch.setattr(gemm, "mm", lambda a, b, **k: calls.append((tuple(a.shape), tuple(b.shape))) or real(a, b, **k))
+    runs = {}
+    for choice in ("torch", "triton"):
+        monkeypatch.setenv("RECDSL_FP_WEIGHT_PRODUCTS", choice)
+        graph_mode(spec, monkeypatch, "0")
+        o, _ = spec.op(**args, backend="triton")
+        runs[choice] = [o] + list(torch.autograd.grad((o.float() * do).sum(), list(args.values())))
+        assert len(calls) == (0 if choice == "torch" else 1)
+    assert calls == [((512, 512), (512, 1024))]     # B * T = 512 tokens, r * D = 1024
+    for k, a, b in zip(["o"] + list(args), runs["triton"], runs["torch"]):
+        assert rel(a, b) < (1e-5 if dtype == torch.float32 else 1e-2), k

@@ -275,10 +275,31 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None, states
         if n.op == "state" and states is not None:
             return states
         return base(i, n)
+    # weight products of many columns (Wu @ h_last) on tensor cores at the reflection products' precision
+    # (gemm.py): cuBLAS's fp32 GEMM and its weight gradient took 0.71 ms of a training call's tail (2026-11-28l)
+    w_exact = all(getattr(args.get(a.name), "dtype", None) in (torch.float16, torch.bfloat16)
+                  for a in spec.args if a.kind == "weight")
     # l2norm as one Triton pass (l2norm.py): F.normalize (a norm, then a division by the broadcast norm on
     # torch's strided element-wise path) took about 1.9 ms of a 17-iteration shifted solve at issue 5's shape,
     # the kernel 0.8 ms (H100 profiles 2026-11-27t and 27u)
-    return Evaluator(ir, leaf, kernels={"l2norm": _l2norm})
+    return Evaluator(ir, leaf, kernels={"l2norm": _l2norm,
+                                        "matmul": lambda a, b, ra, rb: _matmul(a, b, ra, rb, w_exact)})
+
+
+def _matmul(a, b, ra: int, rb: int, w_exact: bool):
+    """evaluate.matmul, weight products on the GPU through gemm.weight_product; torch's where
+    RECDSL_FP_REFLECTION_FP32=ieee asks for FMA products, or RECDSL_FP_WEIGHT_PRODUCTS=torch for a comparison."""
+    import os
+    from recdsl.evaluate import matmul
+    from .fp_reflections import precision
+    from .gemm import weight_product
+    choice = os.environ.get("RECDSL_FP_WEIGHT_PRODUCTS", "triton")
+    if choice not in ("triton", "torch"):
+        raise ValueError(f"RECDSL_FP_WEIGHT_PRODUCTS={choice!r}: expected 'triton' or 'torch'")
+    take = (choice == "triton" and isinstance(a, torch.Tensor) and a.is_cuda
+            and precision(torch.float32) != "ieee")
+    y = weight_product(a, b, ra, rb, w_exact) if take else None
+    return matmul(a, b, ra, rb) if y is None else y
 
 
 def _l2norm(x):
