@@ -42,10 +42,11 @@ def test_mm_names_bad_operands():
         mm(torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5))
 
 
-@pytest.mark.parametrize("w_exact", [False, True])
-def test_weight_product_matches_evaluate_matmul_with_gradients(w_exact):
+@pytest.mark.parametrize("w_exact, half", [(False, None), (True, None), (True, torch.bfloat16)])
+def test_weight_product_matches_evaluate_matmul_with_gradients(w_exact, half):
     """Wu [r, D, K] broadcast over [B, T, 1] (as the fixed-point evaluator holds a weight) times vectors
-    [B, T, 1, K]: the value and both gradients of evaluate.matmul's einsum, in fp64."""
+    [B, T, 1, K]: the value and both gradients of evaluate.matmul's einsum, in fp64; with half inputs the
+    weight gradient is the product of its operands in their dtype."""
     from recdsl.backends.triton.gemm import weight_product
     from recdsl.evaluate import matmul
     B, T, r, D, K = 2, 9, 2, 40, 24
@@ -55,7 +56,7 @@ def test_weight_product_matches_evaluate_matmul_with_gradients(w_exact):
         w = w.bfloat16().float()
     w.requires_grad_(True)
     x = torch.randn(B, T, 1, K, generator=g).requires_grad_(True)
-    y = weight_product(w.expand(B, T, 1, r, D, K), x, 3, 1, w_exact)
+    y = weight_product(w.expand(B, T, 1, r, D, K), x, 3, 1, w_exact, half)
     assert y.shape == (B, T, 1, r, D)
     w64, x64 = w.detach().double().requires_grad_(True), x.detach().double().requires_grad_(True)
     ref = matmul(w64.expand(B, T, 1, r, D, K), x64, 3, 1)
@@ -63,7 +64,12 @@ def test_weight_product_matches_evaluate_matmul_with_gradients(w_exact):
     dy = torch.randn(y.shape, generator=g)
     gw, gx = torch.autograd.grad(y, (w, x), dy)
     rw, rx = torch.autograd.grad(ref, (w64, x64), dy.double())
-    assert rel(gw, rw) < 1e-6 and rel(gx, rx) < 1e-6
+    assert rel(gx, rx) < 1e-6
+    if half is None:
+        assert rel(gw, rw) < 1e-6
+    else:
+        dy2, x2 = dy.reshape(-1, r * D).to(half), x.detach().reshape(-1, K).to(half)
+        assert torch.equal(gw, (dy2.t() @ x2).float().reshape(r, D, K)) and rel(gw, rw) < 1e-2
 
 
 def test_weight_product_leaves_other_products_to_evaluate():

@@ -275,18 +275,21 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None, states
         if n.op == "state" and states is not None:
             return states
         return base(i, n)
-    # weight products of many columns (Wu @ h_last) on tensor cores at the reflection products' precision
-    # (gemm.py): cuBLAS's fp32 GEMM and its weight gradient took 0.71 ms of a training call's tail (2026-11-28l)
-    w_exact = all(getattr(args.get(a.name), "dtype", None) in (torch.float16, torch.bfloat16)
-                  for a in spec.args if a.kind == "weight")
+    # weight products of many columns (Wu @ h_last) on tensor cores at the reflection products' precision, the
+    # weight gradient of half inputs in their dtype (gemm.py): cuBLAS's fp32 GEMM and its weight gradient took
+    # 0.71 ms of a training call's tail (2026-11-28l)
+    from .fp_products import HALF
+    w_exact = all(getattr(args.get(a.name), "dtype", None) in HALF for a in spec.args if a.kind == "weight")
+    ref = next(args[a.name] for a in spec.args if a.kind == "input")
+    grad_half = ref.dtype if ref.dtype in HALF else None
     # l2norm as one Triton pass (l2norm.py): F.normalize (a norm, then a division by the broadcast norm on
     # torch's strided element-wise path) took about 1.9 ms of a 17-iteration shifted solve at issue 5's shape,
     # the kernel 0.8 ms (H100 profiles 2026-11-27t and 27u)
     return Evaluator(ir, leaf, kernels={"l2norm": _l2norm,
-                                        "matmul": lambda a, b, ra, rb: _matmul(a, b, ra, rb, w_exact)})
+                                        "matmul": lambda a, b, ra, rb: _matmul(a, b, ra, rb, w_exact, grad_half)})
 
 
-def _matmul(a, b, ra: int, rb: int, w_exact: bool):
+def _matmul(a, b, ra: int, rb: int, w_exact: bool, half):
     """evaluate.matmul, weight products on the GPU through gemm.weight_product; torch's where
     RECDSL_FP_REFLECTION_FP32=ieee asks for FMA products, or RECDSL_FP_WEIGHT_PRODUCTS=torch for a comparison."""
     import os
@@ -298,7 +301,7 @@ def _matmul(a, b, ra: int, rb: int, w_exact: bool):
         raise ValueError(f"RECDSL_FP_WEIGHT_PRODUCTS={choice!r}: expected 'triton' or 'torch'")
     take = (choice == "triton" and isinstance(a, torch.Tensor) and a.is_cuda
             and precision(torch.float32) != "ieee")
-    y = weight_product(a, b, ra, rb, w_exact) if take else None
+    y = weight_product(a, b, ra, rb, w_exact, half) if take else None
     return matmul(a, b, ra, rb) if y is None else y
 
 

@@ -100,29 +100,33 @@ def mm(a: torch.Tensor, b: torch.Tensor, b_exact: bool = False) -> torch.Tensor:
 
 
 class WeightProduct(torch.autograd.Function):
-    """y [M, N] = x [M, K] @ w [N, K]^T and its gradients: y and x's as mm(), w's as torch's; `w_exact`: w holds
-    values of a half dtype (exact in TF32)."""
+    """y [M, N] = x [M, K] @ w [N, K]^T and its gradients: y and x's as mm(), w's on cuBLAS; `w_exact`: w holds
+    values of a half dtype (exact in TF32); `half`: the inputs' half dtype, or None."""
 
     @staticmethod
-    def forward(ctx, x, w, w_exact: bool):
+    def forward(ctx, x, w, w_exact: bool, half):
         ctx.save_for_backward(x, w)
-        ctx.w_exact = w_exact
+        ctx.w_exact, ctx.half = w_exact, half
         return mm(x, w.t(), b_exact=w_exact)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         gx = mm(g, w, b_exact=ctx.w_exact) if ctx.needs_input_grad[0] else None
-        # the weight gradient contracts over every token with both operands token-strided (not K-major): a
-        # Triton product took 0.49 ms, 0.44 with copies to K-major, cuBLAS's fp32 one 0.35 (H100 2026-11-29b)
-        gw = g.t() @ x if ctx.needs_input_grad[1] else None
-        return gx, gw, None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            # the weight gradient contracts over every token with both operands token-strided (not K-major): a
+            # Triton product took 0.49 ms, 0.44 with copies to K-major, cuBLAS's fp32 one 0.35 (H100 2026-11-29b).
+            # Half inputs: its operands in their dtype, as torch.autocast takes a linear layer's (0.10 ms with the
+            # casts, relative error 2.9e-3; 29f)
+            gw = g.t() @ x if ctx.half is None else (g.to(ctx.half).t() @ x.to(ctx.half)).float()
+        return gx, gw, None, None
 
 
-def weight_product(a, b, ra: int, rb: int, w_exact: bool):
+def weight_product(a, b, ra: int, rb: int, w_exact: bool, half=None):
     """recdsl.evaluate.matmul(a, b, ra, rb) where a is a weight (its batch axes broadcast) of per-token shape
     [..., K] wider than WIDE and b fp32 vectors [*batch, K]: one WeightProduct over every token. None where
-    the operands are not of that kind (evaluate.matmul takes them)."""
+    the operands are not of that kind (evaluate.matmul takes them). `w_exact`, `half`: as WeightProduct's."""
     from recdsl.evaluate import _unexpanded
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and rb == 1 and ra >= 2
             and a.dtype == torch.float32 and b.dtype == torch.float32):
@@ -138,7 +142,7 @@ def weight_product(a, b, ra: int, rb: int, w_exact: bool):
     if width < WIDE:
         return None
     x = b.reshape(-1, b.shape[-1])
-    y = WeightProduct.apply(x, w.reshape(width, w.shape[-1]), w_exact)
+    y = WeightProduct.apply(x, w.reshape(width, w.shape[-1]), w_exact, half)
     return y.reshape(tuple(b.shape[:-1]) + out_shape)
 
 
