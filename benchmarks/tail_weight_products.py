@@ -1,6 +1,6 @@
 """The weight products of a fixed-point training call's tail (backends/triton/gemm.py) against cuBLAS at issue 5's
 shape: u = h Wu^T with h [B * T, D] and Wu [r * D, D], the iterate's gradient g Wu, the weight gradient g^T h
-(which stays on cuBLAS). Rows per tile config (BM, BN, BK, warps, stages) and pass count, with the relative
+(which stays on cuBLAS, from bf16 operands for half inputs). Rows per tile config (BM, BN, BK, warps, stages) and pass count, with the relative
 error against fp64.
 
     python benchmarks/tail_weight_products.py --out tail.jsonl       # a GPU
@@ -52,6 +52,8 @@ def main() -> None:
     row("forward", lambda: h @ w.t(), forward, passes="cublas fp32")
     row("grad h", lambda: du @ w, grad_h, passes="cublas fp32")
     row("grad w", lambda: du.t() @ h, grad_w, passes="cublas fp32")
+    # half inputs (WeightProduct.backward): the operands cast to bf16, the product in fp32
+    row("grad w", lambda: (du.bfloat16().t() @ h.bfloat16()).float(), grad_w, passes="cublas bf16 operands")
     torch.backends.cuda.matmul.allow_tf32 = True
     row("forward", lambda: gemm.mm(h, w.t()), forward, passes=1, blocks=",".join(map(str, chosen())))
     row("forward", lambda: h @ w.t(), forward, passes="cublas tf32")
