@@ -34,6 +34,13 @@ def test_mm_matches_fp64(M, K, N, b_exact, a_transposed, b_transposed):
     assert rel(c, a.double() @ b.double()) < 1e-6
 
 
+def test_mm_of_empty_operands():
+    """No tokens (an empty batch), or a contraction of length 0: empty or zero products, nothing launched."""
+    from recdsl.backends.triton.gemm import mm
+    assert mm(torch.randn(0, 16), torch.randn(16, 64)).shape == (0, 64)
+    assert torch.equal(mm(torch.randn(5, 0), torch.randn(0, 64)), torch.zeros(5, 64))
+
+
 def test_mm_names_bad_operands():
     from recdsl.backends.triton.gemm import mm
     with pytest.raises(ValueError, match=r"gemm.mm: expected fp32 a \[M, K\] and b \[K, N\].*\(4, 3\).*\(4, 5\)"):

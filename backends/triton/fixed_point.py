@@ -291,7 +291,8 @@ def operand_evaluator(spec, args: dict, options: dict, h0, cu, prev=None, states
 
 def _matmul(a, b, ra: int, rb: int, w_exact: bool, half):
     """evaluate.matmul, weight products on the GPU through gemm.weight_product; torch's where
-    RECDSL_FP_REFLECTION_FP32=ieee asks for FMA products, or RECDSL_FP_WEIGHT_PRODUCTS=torch for a comparison."""
+    RECDSL_FP_REFLECTION_FP32=ieee asks for FMA products, or RECDSL_FP_WEIGHT_PRODUCTS=torch for a comparison
+    (read when a call runs eagerly: a replayed CUDA graph keeps the products it captured)."""
     import os
     from recdsl.evaluate import matmul
     from .fp_reflections import precision
