@@ -258,3 +258,38 @@ def test_training_tail_takes_weight_products_on_tensor_cores(dtype, monkeypatch)
     assert calls == [((512, 512), (512, 1024))]     # B * T = 512 tokens, r * D = 1024
     for k, a, b in zip(["o"] + list(args), runs["triton"], runs["torch"]):
         assert rel(a, b) < (1e-5 if dtype == torch.float32 else 1e-2), k
+
+
+@pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
+def test_side_stream_changes_no_bit(monkeypatch):
+    """fp_shifted's side stream (alpha's narrow product and the strengths beside the reflection products)
+    against RECDSL_FP_SIDE_STREAM=0: solves and training calls, eager and replayed as CUDA graphs (eager, capture,
+    replay), bit for bit."""
+    from pathlib import Path
+    from recdsl.backends.triton.fp_shifted import ShiftedIteration
+    sides = []
+    real = ShiftedIteration._streams
+    monkeypatch.setattr(ShiftedIteration, "_streams", lambda self, prev: sides.append(real(self, prev)[1]) or
+                        (torch.cuda.current_stream(), sides[-1]))
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2, max_iter=9, tol=1e-30)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    do = torch.randn(2, 256, 512, device="cuda")
+    runs = {}
+    for side in ("1", "0"):
+        monkeypatch.setenv("RECDSL_FP_SIDE_STREAM", side)
+        for mode in ("0", "1"):
+            graph_mode(spec, monkeypatch, mode)
+            sides.clear()
+            outs = []
+            for _ in range(3):
+                with torch.no_grad():
+                    outs.append(spec.op(**args, backend="triton")[0])
+                o, _ = spec.op(**args, backend="triton")
+                outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
+            runs[side, mode] = outs
+            assert sides and all((s is not None) == (side == "1") for s in sides)
+    for key in (("1", "1"), ("0", "1"), ("1", "0")):
+        for a, b in zip(runs[key], runs["0", "0"]):
+            assert torch.equal(a, b), key

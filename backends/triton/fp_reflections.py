@@ -331,18 +331,20 @@ class ReflectionLaunches:
 
     def __call__(self, prev: torch.Tensor, s: torch.Tensor):
         """(raw u [NTOK, R, D] fp32, w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev [B, T, 1, D]
-        with the strengths s [NTOK, R]."""
+        with the strengths s [NTOK, R]: products() then finish()."""
+        u, part = self.products(prev)
+        return (u,) + self.finish(part, s)
+
+    def products(self, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp_reflection_products from the iterate prev [B, T, 1, D]: (raw u [NTOK, R, D] fp32, the shares
+        [NC, NTOK, NS] for finish())."""
         step, r = self.step, self.m.r
         NTOK, D = step.x.shape
-        RP = _padded(r)
         hp = prev.reshape(NTOK, D)
         BM, BC, BK, warps, stages = blocks(D, self.prec, self.half)
         NC = cdiv(D, BC)
-        NS = len(_slots(r))
         u = hp.new_empty(NTOK, r, D)
-        part = hp.new_empty(NC, NTOK, NS)
-        w = hp.new_empty(NTOK, r, r)
-        dots = hp.new_empty(NTOK, RP)
+        part = hp.new_empty(NC, NTOK, len(_slots(r)))
         if NTOK:
             h0 = step.h0
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
@@ -350,10 +352,20 @@ class ReflectionLaunches:
                 BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
                 K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps,
                 num_stages=stages)
+        return u, part
+
+    def finish(self, part: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp_reflection_finish: (w [NTOK, R, R], dots [NTOK, RP]) from products()' shares and the strengths
+        s [NTOK, R]."""
+        NC, NTOK = part.shape[:2]
+        r = self.m.r
+        w = part.new_empty(NTOK, r, r)
+        dots = part.new_empty(NTOK, _padded(r))
+        if NTOK:
             BT = 256
             self.module.fp_reflection_finish[(cdiv(NTOK, BT),)](part, s.contiguous(), w, dots, NTOK, NC, BT=BT,
                                                                NORMALISE=self.m.normalise)
-        return u, w, dots
+        return w, dots
 
 
 def aot_jobs(D: int = 512, r: int = 2):

@@ -17,7 +17,9 @@ itself (mixer, scan, damping, residual) is fp_fused's kernel, without the next l
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 
 import torch
 
@@ -45,6 +47,7 @@ class ShiftedIteration:
         self.gram = step.dots(step.x, gram=True)[1] if "w" in varying and "u" not in varying else None
         # u = l2norm(u_in + Wu @ h_last) in two generated launches (fp_reflections.ReflectionLaunches), or None
         self.reflections = reflections
+        self.side = None       # _streams()
 
     @property
     def pattern(self):
@@ -66,13 +69,20 @@ class ShiftedIteration:
         move, they come from the Gram products of fp_fused_dots, which gives the dot products with them."""
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
-        self.products.fill(ev, prev)     # with the reflection kernels, all but the one they take
         varying = self.pattern.varying
         if self.reflections is not None:    # u, w and the dot products from fp_reflections' kernels
             names = [n for n in varying if n not in ("u", "w")] + ["s"]
-            ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names, device=prev.device)
-            u, w, dots = self.reflections(prev, ops.pop("s"))
+            main, side = self._streams(prev)
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                self.products.fill(ev, prev)     # all but the one the kernels take
+                ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names,
+                                        device=prev.device)
+            u, part = self.reflections.products(prev)
+            if side is not None:
+                main.wait_stream(side)
+            w, dots = self.reflections.finish(part, ops.pop("s"))
             return dataclasses.replace(self.step, u=u, w=w, **ops), dots
+        self.products.fill(ev, prev)
         if "w" not in varying:
             return self.step.at(self.ir, ev), None
         ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, varying, strengths=True)
@@ -80,6 +90,23 @@ class ShiftedIteration:
         step = dataclasses.replace(self.step, **ops)
         dots, gram = step.dots(prev, gram=True) if self.gram is None else (None, self.gram)
         return dataclasses.replace(step, w=coefficients_from_gram(gram, s).contiguous()), dots
+
+    def _streams(self, prev: torch.Tensor):
+        """(current stream, side stream) for a launch from prev on the GPU, the side stream already waiting for
+        the current one; (None, None) elsewhere or with RECDSL_FP_SIDE_STREAM=0.
+
+        The narrow products and the strengths (memory-bound: alpha's Wa @ h_last reads the whole iterate,
+        0.33 ms of a 17-iteration fp32 solve at issue 5's shape, 2026-11-28l) run on the side stream while the
+        reflection products (bound by tensor cores) run on the current one; the current stream waits for
+        them before the finishing kernel. What the side stream allocates is reused only by its next launch's
+        work, which waits for everything queued on the current stream before it, so no record_stream."""
+        if not prev.is_cuda or os.environ.get("RECDSL_FP_SIDE_STREAM", "1") == "0":
+            return None, None
+        main = torch.cuda.current_stream(prev.device)
+        if self.side is None or self.side.device != prev.device:
+            self.side = torch.cuda.Stream(prev.device, priority=-1)     # its few programs go first
+        self.side.wait_stream(main)
+        return main, self.side
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None,
                zero: bool = False):

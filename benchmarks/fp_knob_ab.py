@@ -1,0 +1,74 @@
+"""One environment knob of the fixed-point paths (e.g. RECDSL_FP_SIDE_STREAM, RECDSL_FP_WEIGHT_PRODUCTS) at
+each of its values in one process: a spec object per value, its solve and training call captured as CUDA graphs
+under that value, then timed in alternating rounds, so that host and clock drift between processes do not
+enter the comparison. Issue 5's shape by default (benchmarks/specs/fp_rnn_mixer_hdep.rec, B=8, T=2048, D=512,
+r=2, 17 iterations), weights drawn as profile_fp_host.py and fp_rnn_peer.py --hdep draw them.
+
+    python benchmarks/fp_knob_ab.py --env RECDSL_FP_SIDE_STREAM --values 1,0 --out ab.jsonl      # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", required=True, help="the knob: an environment variable read when a call is captured")
+    ap.add_argument("--values", required=True, help="comma-separated values, the first the default")
+    ap.add_argument("--spec", default=str(ROOT / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"))
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--T", type=int, default=2048)
+    ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--r", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=17)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ["RECDSL_FIXED_POINT"] = "fused"
+    import recdsl
+    from recdsl.bench import elementwise_args
+    from triton.testing import do_bench
+
+    from overhead import emit      # benchmarks/ is this script's folder
+    warnings.simplefilter("ignore", recdsl.RecNotConverged)    # tol = 1e-30: a fixed iteration count
+    for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+        calls = {}
+        for value in args.values.split(","):
+            os.environ[args.env] = value
+            spec = recdsl.load(args.spec, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
+            a = elementwise_args(spec, args.B, args.T, "cuda", dtype)
+            for w in (w.name for w in spec.args if w.kind == "weight"):
+                a[w] = (a[w].detach() * args.D ** -0.5).requires_grad_(True)
+            grad = torch.randn_like(spec.op(**a, backend="triton")[0])
+
+            def solve(spec=spec, a=a):
+                with torch.no_grad():
+                    spec.op(**a, backend="triton")
+
+            def train(spec=spec, a=a, grad=grad):
+                for t in a.values():
+                    t.grad = None
+                spec.op(**a, backend="triton")[0].backward(grad)
+            for _ in range(3):      # eager, capture, replay
+                solve()
+                train()
+            calls[value] = {"solve": solve, "solve+step+bwd": train}
+        for rnd in range(args.rounds):
+            for value, fns in calls.items():
+                for mode, fn in fns.items():
+                    ms = do_bench(fn, warmup=5, rep=150, return_mode="median")
+                    emit({"gpu": torch.cuda.get_device_name(), "spec": Path(args.spec).stem, "B": args.B, "T": args.T,
+                          "D": args.D, "r": args.r, "iters": args.iters, "dtype": str(dtype).split(".")[-1],
+                          args.env: value, "round": rnd, "mode": mode, "ms": round(ms, 4)}, args.out)
+
+
+if __name__ == "__main__":
+    main()
