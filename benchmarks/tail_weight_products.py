@@ -1,7 +1,7 @@
 """The weight products of a fixed-point training call's tail (backends/triton/gemm.py) against cuBLAS at issue 5's
 shape: u = h Wu^T with h [B * T, D] and Wu [r * D, D], the iterate's gradient g Wu, the weight gradient g^T h
-(which stays on cuBLAS, from bf16 operands for half inputs). Rows per tile config (BM, BN, BK, warps, stages) and pass count, with the relative
-error against fp64.
+(which stays on cuBLAS, from bf16 operands for half inputs). Rows per tile config (BM, BN, BK, warps, stages)
+and pass count, with the relative error against fp64.
 
     python benchmarks/tail_weight_products.py --out tail.jsonl       # a GPU
 """

@@ -99,8 +99,9 @@ class ShiftedIteration:
         0.33 ms of a 17-iteration fp32 solve at issue 5's shape, 2026-11-28l) run on the side stream while the
         reflection products (bound by tensor cores) run on the current one; the current stream waits for
         them before the finishing kernel. fp32 solves took 6.26-6.31 against 6.40-6.45 ms, bf16 ones moved
-        within their noise (one process, benchmarks/fp_knob_ab.py, H100 2026-11-29j). What the side stream allocates is reused only by its next launch's
-        work, which waits for everything queued on the current stream before it, so no record_stream."""
+        within their noise (one process, benchmarks/fp_knob_ab.py, H100 2026-11-29j). What the side stream
+        allocates is reused only by its next launch's work, which waits for everything queued on the current
+        stream before it, so no record_stream."""
         if not prev.is_cuda or os.environ.get("RECDSL_FP_SIDE_STREAM", "1") == "0":
             return None, None
         main = torch.cuda.current_stream(prev.device)

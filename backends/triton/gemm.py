@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .ints import cdiv
 
-WIDE = 64        # output columns from which a weight product is worth a launch of its own (Wa @ h, 2 columns, is not)
+WIDE = 64    # output columns from which a weight product takes a launch of its own (Wa @ h, 2 columns, does not)
 
 
 @triton.jit
@@ -72,10 +72,10 @@ def passes(b_exact: bool) -> int:
 
 
 def blocks() -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, warps, stages) at every pass count: among the fastest tiles of benchmarks/gemm_tf32x3_ceiling.py at this
-    forward's shape (16384 x 1024 x 512), 0.160 ms at 3xTF32 and 0.083 at TF32 (H100 2026-11-28i), and free of
-    spills (128 x 256 tiles, as fast, spill at three passes in Triton 3.9's build); 64 x 64 tiles took 0.222 ms
-    at 3xTF32 (29c)."""
+    """(BM, BN, BK, warps, stages) at every pass count. At the forward's shape (16384 x 1024 x 512) they take
+    0.186 ms at 3xTF32, 0.132 at two passes and 0.088 at TF32 (benchmarks/tail_weight_products.py, H100
+    2026-11-29g); 128 x 256 x 32 tiles, as fast, spill at three passes in Triton 3.9's sm_90 build, and
+    64 x 64 tiles took 0.221 ms at 3xTF32."""
     return 128, 128, 16, 8, 4
 
 
