@@ -218,7 +218,7 @@ def test_tail_weight_products_on_gpu(tf32, b_exact, tol, monkeypatch):
     """gemm.mm (the training tail's weight products) on tensor cores at issue 5's widths, against fp64: 3xTF32,
     two passes for a weight exact in TF32 (bf16 values), TF32 where torch allows it. The forward u = h Wu^T
     (K = 512) and the iterate's gradient g Wu (K = 1024; the tensor cores' accumulation leaves about 8e-6 there
-    at 3xTF32, cuBLAS's fp32 product 6e-7: 2026-11-29c)."""
+    at 3xTF32, cuBLAS's fp32 product 6e-7: 2026-11-29g_h100_tail_weight_products.jsonl)."""
     from recdsl.backends.triton.gemm import mm
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     g = torch.Generator(device="cuda").manual_seed(0)

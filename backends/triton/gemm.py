@@ -118,7 +118,8 @@ class WeightProduct(torch.autograd.Function):
         gw = None
         if ctx.needs_input_grad[1]:
             # the weight gradient contracts over every token with both operands token-strided (not K-major): a
-            # Triton product took 0.49 ms, 0.44 with copies to K-major, cuBLAS's fp32 one 0.35 (H100 2026-11-29b).
+            # Triton product took 0.49 ms, 0.44 with copies to K-major, cuBLAS's fp32 one 0.35
+            # (H100, benchmarks/results/2026-11-29b_h100_weight_gradient_variants.jsonl).
             # Half inputs: its operands in their dtype, as torch.autocast takes a linear layer's (0.10 ms with the
             # casts, relative error 2.9e-3; benchmarks/tail_weight_products.py, 29g)
             gw = g.t() @ x if ctx.half is None else (g.to(ctx.half).t() @ x.to(ctx.half)).float()
