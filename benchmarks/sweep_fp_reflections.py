@@ -1,9 +1,10 @@
 """Time one launch's operands of the authors' hidden-state dependence (benchmarks/specs/fp_rnn_mixer_hdep.rec,
 issue 5's shape by default): fp_shifted.ShiftedIteration.at(prev), which evaluates u, alpha, the coefficients
 and the dot products from an iterate, with fp_reflections' kernels under several tile configs
-(RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (also as three TF32
-products, RECDSL_FP_REFLECTION_FP32=tf32x3 or tf32x3-triton), TF32 and bf16 (the iterate in --parts bf16 parts); then the two
-kernels alone per tile config, and alpha's narrow product per launch geometry (--narrow).
+(RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (on FMA units, or
+RECDSL_FP_REFLECTION_FP32=tf32x3, tf32x3-triton or fp16x3 for three tensor-core products), TF32 and bf16 (the
+iterate in --parts bf16 parts); then the two kernels alone per tile config (fp16x3's with fp_iterate_parts),
+and alpha's narrow product per launch geometry (--narrow).
 
     python benchmarks/sweep_fp_reflections.py --out sweep.jsonl     # a GPU
 """
@@ -27,8 +28,8 @@ def main() -> None:
     fixed_point_shape_args(ap, iters=False)
     ap.add_argument("--blocks", default="64,64,32,4,3;64,64,32,4,2;64,64,16,4,4;128,64,32,8,3;128,64,32,4,3",
                     help="BM,BC,BK,warps,stages tile configs, separated by ';'")
-    ap.add_argument("--precisions", default="fp32,fp32 tf32x3,fp32 tf32x3-triton,tf32,bf16",
-                    help="of fp32, fp32 tf32x3, fp32 tf32x3-triton, tf32, bf16")
+    ap.add_argument("--precisions", default="fp32,fp32 tf32x3,fp32 fp16x3,fp32 tf32x3-triton,tf32,bf16",
+                    help="of fp32, fp32 tf32x3, fp32 fp16x3, fp32 tf32x3-triton, tf32, bf16")
     ap.add_argument("--parts", default="3", help="for bf16: the iterate's bf16 parts (RECDSL_FP_REFLECTION_PARTS)")
     ap.add_argument("--narrow", default="64,64,4;32,64,4;32,128,4;128,64,8;16,128,2",
                     help="BT,BD,warps configs of fp_products.narrow_product (alpha's product), separated by ';'")
@@ -41,6 +42,7 @@ def main() -> None:
     spec = recdsl.load(ROOT / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec", D=args.D, r=args.r)
     pattern = match(spec.ir)
     cases = [("fp32", torch.float32, False, "ieee", 1), ("fp32 tf32x3", torch.float32, False, "tf32x3", 1),
+             ("fp32 fp16x3", torch.float32, False, "fp16x3", 1),
              ("fp32 tf32x3-triton", torch.float32, False, "tf32x3-triton", 1), ("tf32", torch.float32, True, "ieee", 1)]
     cases += [("bf16", torch.bfloat16, False, "ieee", int(n)) for n in args.parts.split(",")]
     for label, dtype, tf32, fp32, parts in cases:

@@ -43,11 +43,14 @@ def test_fixed_point_on_gpu(mode, monkeypatch):
         assert rel(a, b) < 1e-4, k
 
 
-def test_fixed_point_shifted_dependence_on_gpu(monkeypatch):
+@pytest.mark.parametrize("fp32", ["tf32x3", "fp16x3"])
+def test_fixed_point_shifted_dependence_on_gpu(fp32, monkeypatch):
     """benchmarks/specs/fp_rnn_mixer_hdep.rec (the reflections read h^(l-1)_(t-1) through Wu, Wa): the fused
-    path, its operands evaluated again before each launch (fp_shifted.py), against the fp64 reference, with
-    an initial state; its gradient, the maps' included, against the unfused path's."""
+    path, its operands evaluated again before each launch (fp_shifted.py; u's products of the fp32 iterate as
+    three TF32 or three fp16 products), against the fp64 reference, with an initial state; its gradient, the
+    maps' included, against the unfused path's."""
     from pathlib import Path
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"
     spec = recdsl.load(path, D=512, r=2)
     args = cuda_args(spec, 2, 256, torch.float32)
@@ -199,14 +202,16 @@ def test_fp_mamba_on_gpu():
 
 
 @pytest.mark.parametrize("dtype, tf32, fp32, tol", [(torch.float32, False, "tf32x3", 1e-5),
+                                                    (torch.float32, False, "fp16x3", 1e-5),
                                                     (torch.float32, False, "ieee", 1e-5),
                                                     (torch.float32, True, "tf32x3", 3e-3),
                                                     (torch.bfloat16, False, "tf32x3", 2e-2)])
 @pytest.mark.parametrize("packed", [False, True])
 def test_reflection_kernels_on_gpu(dtype, tf32, fp32, tol, packed, monkeypatch):
     """fp_reflections' kernels against torch's passes at issue 5's width (B = 2, T = 256, D = 512, r = 2): fp32
-    products as 3xTF32 and on FMA units, in TF32 where allowed, bf16 ones on tensor cores (the iterate split
-    into three bf16 parts: the raw vectors within 1e-5 of the fp32 iterate's); packed sequences."""
+    products as 3xTF32, as three fp16 ones and on FMA units, in TF32 where allowed, bf16 ones on tensor cores
+    (the iterate split into three bf16 parts: the raw vectors within 1e-5 of the fp32 iterate's); packed
+    sequences."""
     from test_triton_fp_reflections import check_against_torch
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)

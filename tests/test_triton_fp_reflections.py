@@ -44,6 +44,8 @@ def shifted(spec, args, h0, cu, B, T, monkeypatch, choice):
 @pytest.mark.parametrize("r, D, dtype, packed, fp32", [(1, 6, torch.float32, False, "tf32x3"),
                                                        (2, 20, torch.float16, True, "tf32x3"),
                                                        (3, 40, torch.float32, True, "tf32x3"),
+                                                       (2, 40, torch.float32, True, "fp16x3"),
+                                                       (1, 6, torch.float32, False, "fp16x3"),
                                                        (2, 20, torch.float32, False, "tf32x3-triton"),
                                                        (2, 40, torch.float32, True, "ieee")])
 def test_kernels_give_the_vectors_coefficients_and_dot_products(normalise, r, D, dtype, packed, fp32, monkeypatch):
@@ -51,9 +53,50 @@ def test_kernels_give_the_vectors_coefficients_and_dot_products(normalise, r, D,
     packed sequences, one of them empty), and the coefficients and dot products that, applied to the raw
     vectors, are torch's for the normalised ones (l2norm; the vectors as they are without it); several
     channel blocks where D > 16; fp32 weights read K-major (for tensor cores) and N-major (FMA products); 3xTF32
-    with the weights split once (ours) and by tl.dot."""
+    with the weights split once (ours) and by tl.dot; three fp16 products of scaled parts."""
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
     check_against_torch(normalise, r, D, dtype, packed, monkeypatch, "cpu", 1e-5 if dtype == torch.float32 else 3e-3)
+
+
+def test_fp16_parts_hold_22_bits_at_any_scale():
+    """fp16x3's split of a weight: powers of two for the rows' scales, and parts that give w back to about 22
+    bits whatever the rows' magnitudes (fp16 alone spans 2^-24 to 65504), zero rows included."""
+    from recdsl.backends.triton.fp_reflections import F16_REST, fp16_parts
+    w = torch.randn(6, 40, dtype=torch.float64).float() * torch.tensor([1e-9, 1e-3, 1.0, 3e4, 1e12, 0.0])[:, None]
+    w[2, :5] = torch.tensor([1e-8, -2e-6, 0.5, 7.0, 0.0])     # small entries beside large ones
+    high, rest, scale = fp16_parts(w)
+    assert high.dtype == rest.dtype == torch.float16 and torch.equal(torch.frexp(scale)[0], torch.full((6,), 0.5))
+    back = scale[:, None].double() * (high.double() + rest.double() / F16_REST)
+    assert torch.isfinite(back).all()
+    err = (back - w.double()).abs().amax(1) / w.double().abs().amax(1).clamp_min(1e-300)
+    assert (err[:5] < 2 ** -21).all() and back[5].abs().max() == 0
+
+
+def test_fp16x3_products_keep_each_tokens_accuracy_and_non_finite_rows(monkeypatch):
+    """fp16x3 scales each token's iterate on its own: rows of 1e-30, 1e30 and zeros beside ordinary ones give
+    their products to about fp32's accuracy (fp16 alone spans 6e-8 to 65504), and a row holding NaN or inf
+    gives a product that is not finite, rather than a finite wrong one."""
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", "fp16x3")
+    D, r, B, T = 40, 2, 1, 8
+    spec = recdsl.load(spec_text(True, addends=False), D=D, r=r)
+    args = random_args(spec, B=B, T=T, dtype=torch.float32, seed=1)
+    it = shifted(spec, args, None, None, B, T, monkeypatch, "triton")
+    assert it.reflections.prec == "fp16x3"
+    prev = torch.randn(B, T, 1, D)
+    prev[0, 1] *= 1e-30
+    prev[0, 2] *= 1e30
+    prev[0, 3] = 0.0
+    prev[0, 4, 0, 7] = 1e-3     # one small entry in a row of large ones
+    prev[0, 4] *= 1e4
+    prev[0, 5, 0, 3] = float("nan")
+    prev[0, 6, 0, 9] = float("inf")
+    u, _ = it.reflections.products(prev)
+    h_last = torch.cat([torch.zeros(1, D), prev.reshape(T, D)[:-1]]).double()
+    want = torch.einsum("rdk,nk->nrd", args["Wu"].double(), h_last)
+    for t in (1, 2, 3, 5):   # each token reads the row before it
+        assert torch.isfinite(u[t]).all() and rel(u[t], want[t]) < 1e-6, t
+    assert not u[4].any()   # from the zero row
+    assert not torch.isfinite(u[6]).any() and not torch.isfinite(u[7]).any()
 
 
 def test_products_without_addends(monkeypatch):
@@ -145,10 +188,10 @@ def test_solve_through_the_kernels_matches_the_reference(monkeypatch):
 
 def test_kernels_build_for_sm90():
     res = compile_sm90("recdsl.backends.triton.fp_reflections", "aot_jobs", 512, 2, with_shared=True)
-    assert sorted(row[0] for row in res) == ["fp_reflection_finish", "fp_reflection_products bf16",
+    assert sorted(row[0] for row in res) == ["fp_iterate_parts", "fp_reflection_finish",
+                                             "fp_reflection_products bf16", "fp_reflection_products fp16x3",
                                              "fp_reflection_products ieee", "fp_reflection_products tf32",
-                                             "fp_reflection_products tf32x3",
-                                             "fp_reflection_products tf32x3-triton"]
+                                             "fp_reflection_products tf32x3", "fp_reflection_products tf32x3-triton"]
     # a build that needs more shared memory than an H100 has fails to launch; one that spills its accumulators
     # wholesale (kilobytes of stack, 19 ms a launch instead of 0.5 in a sweep) is a failure here too
     assert all(row[1] > 0 and row[3] <= 227 * 1024 and (row[4] or 0) < 1024 for row in res)

@@ -22,7 +22,9 @@ In their place the two kernels took 1.92 ms (profile 2026-11-27ze).
 The products take the inputs' precision (precision()): half weights multiply the fp32 iterate split into three
 parts of their dtype (parts(): all its bits, so the map from the iterate to u has no steps that stall a solve),
 with fp32 accumulation; fp32 ones multiply in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32)
-and as 3xTF32 otherwise. The raw vectors are written in fp32.
+and otherwise as three fp16 products of scaled parts (fp16x3, about fp32's accuracy), the iterate's parts
+written once per launch by `fp_iterate_parts` for every channel block to read. The raw vectors are written in
+fp32.
 
 alpha's narrow product of the same iterate (Wa @ h_last) stays a separate launch, fp_products.narrow_product
 (0.35 ms of a 17-iteration solve, 2026-11-27zn). An extra program column of the product kernel was tried for it:
@@ -46,6 +48,12 @@ from .ints import cdiv, env_ints, next_power_of_2
 from .template import load_source
 
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
+PARTS_BT = 32   # tokens of an fp_iterate_parts program
+
+
+def _parts_bd(D: int) -> int:
+    """Channels of fp_iterate_parts' column blocks."""
+    return min(128, max(16, next_power_of_2(D)))
 
 
 @dataclass(frozen=True)
@@ -80,29 +88,38 @@ def match(ir: IR, pattern, found: tuple[Product, ...]) -> MovingReflections | No
     return None
 
 
-FP32_CHOICES = ("tf32x3", "tf32x3-triton", "ieee")
+FP32_CHOICES = ("fp16x3", "tf32x3", "tf32x3-triton", "ieee")
+F16_REST = 2048.0   # 2^11: fp16x3 keeps the remainders scaled up by fp16's significand, clear of its subnormals
 
 
 def precision(dtype: torch.dtype) -> str:
     """How fp32 data multiplies (half data: in its own dtype, "ieee" here): in TF32 where torch allows it, else
-    as three TF32 products per fp32 one, each operand split into a TF32 part and a TF32 remainder and the
-    remainders' product dropped (about fp32's accuracy on tensor cores). "tf32x3": the weights split once per
-    solve and the iterate in the kernel; "tf32x3-triton": tl.dot's own, which splits both on every tile.
-    RECDSL_FP_REFLECTION_FP32 picks one of FP32_CHOICES ("ieee": FMA products)."""
+    as three tensor-core products per fp32 one, each operand split into a high part and a remainder and the
+    remainders' product dropped (about fp32's accuracy):
+    - "fp16x3", the default: fp16 parts, which tensor cores take at twice TF32's rate (Ootomo and Yokota
+      2022). Each weight row and each token's iterate is scaled by a power of two at or below its largest
+      magnitude, so that its fp16 part keeps 11 bits and the remainder, scaled up by 2^11, 11 more. The
+      weights are split once per solve, the iterate once per launch (fp_iterate_parts);
+    - "tf32x3": TF32 parts, the weights split once per solve and the iterate in the product kernel;
+    - "tf32x3-triton": tl.dot's own 3xTF32, which splits both operands on every tile;
+    - "ieee": FMA products.
+    RECDSL_FP_REFLECTION_FP32 picks one of FP32_CHOICES."""
     if dtype in HALF:
         return "ieee"
     if torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
-    choice = os.environ.get("RECDSL_FP_REFLECTION_FP32", "tf32x3")
+    choice = os.environ.get("RECDSL_FP_REFLECTION_FP32", "fp16x3")
     if choice not in FP32_CHOICES:
         raise ValueError(f"RECDSL_FP_REFLECTION_FP32={choice!r}: expected one of {', '.join(FP32_CHOICES)}")
     return choice
 
 
 def _dot_precision(prec: str) -> tuple[str, bool]:
-    """(tl.dot's input_precision, whether the weights come split into TF32 parts) for precision()'s choice."""
+    """(tl.dot's input_precision, whether the weights come split into two parts) for precision()'s choice."""
     if prec == "tf32x3":
         return "tf32", True
+    if prec == "fp16x3":
+        return "ieee", True
     return ("tf32x3" if prec == "tf32x3-triton" else prec), False
 
 
@@ -110,6 +127,21 @@ def tf32_parts(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 w as (its TF32 part, the remainder): the low 13 mantissa bits cut off, then what they held."""
     high = (w.contiguous().view(torch.int32) & -8192).view(torch.float32)   # -8192 = 0xFFFFE000
     return high, w - high
+
+
+def power_of_two_below(m: torch.Tensor) -> torch.Tensor:
+    """The power of two at or below each fp32 magnitude m (the smallest normal one for zero and subnormals):
+    its exponent bits alone. Scaling by it is exact."""
+    return torch.clamp(m.float().contiguous().view(torch.int32) & 0x7F800000, min=0x00800000).view(torch.float32)
+
+
+def fp16_parts(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 w [N, K] as fp16 (high, remainder * 2^11) of w / scale and the rows' scales [N] (fp16x3's split,
+    power_of_two_below each row's largest magnitude): w = scale * (high + remainder / 2^11) to about 22 bits."""
+    scale = power_of_two_below(w.abs().amax(1))
+    ws = w / scale[:, None]
+    high = ws.half()
+    return high.contiguous(), ((ws - high.float()) * F16_REST).half().contiguous(), scale
 
 
 def parts(dtype: torch.dtype) -> int:
@@ -127,16 +159,48 @@ def parts(dtype: torch.dtype) -> int:
 
 _PRODUCTS = r'''
 @triton.jit
-def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: tl.constexpr, BM: tl.constexpr,
-                           BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
-                           SPLIT_W: tl.constexpr):
+def fp_iterate_parts(it, h0, seq, hi, lo, scale, NTOK, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                     USE_H0: tl.constexpr):
+    """fp16x3's split of IR @PREV@ = prev(h, shift = 1) for BT tokens, read in place (row t is the iterate's row
+    t - 1 of it [NTOK, D] fp32, a sequence's first token reads h0 [N, D], or zeros): scale [NTOK] each token's
+    power of two at or below its largest magnitude, hi, lo [NTOK, D] fp16 with row / scale = hi + lo / 2^11."""
+    p = tl.program_id(0) * BT + tl.arange(0, BT)
+    m_t = p < NTOK
+    s_t, inner, first = token_boundaries(seq, p, m_t)
+    peak = tl.zeros([BT], dtype=tl.float32)
+    for k0 in range(0, D, BD):
+        o_k = k0 + tl.arange(0, BD)
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, o_k < D, D, USE_H0)
+        peak = tl.maximum(peak, tl.max(tl.abs(a), axis=1))
+    # the exponent bits alone (the smallest normal power for zero rows); its inverse exact as well, and -inf
+    # for a NaN or infinite peak, so that a non-finite iterate stays so
+    bits = tl.maximum(peak.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
+    tl.store(scale + p, bits.to(tl.float32, bitcast=True), mask=m_t)
+    inv = (0x7F000000 - bits).to(tl.float32, bitcast=True)
+    for k0 in range(0, D, BD):
+        o_k = k0 + tl.arange(0, BD)
+        m_k = o_k < D
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0) * inv[:, None]
+        a_hi = a.to(tl.float16)
+        off = p.to(tl.int64)[:, None] * D + o_k[None, :]
+        tl.store(hi + off, a_hi, mask=m_t[:, None] & m_k[None, :])
+        a_lo = ((a - a_hi.to(tl.float32)) * F16_REST).to(tl.float16)
+        tl.store(lo + off, a_lo, mask=m_t[:, None] & m_k[None, :])
+
+
+@triton.jit
+def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x, hp, u, part, NTOK,
+                           D: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
+                           SPLIT_W: tl.constexpr, FP16X3: tl.constexpr):
     """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
     of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
     bias [NTOK, R, D]; u [NTOK, R, D] fp32; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D],
     whose [BK, BC] tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA
     products read faster; PARTS: half weights multiply the fp32 iterate as that many half parts; SPLIT_W: wk
-    holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products);
+    holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products; FP16X3: wk and
+    wl hold fp16_parts' parts, wscale [R * D] its rows' scales, and it, it_lo and it_scale fp_iterate_parts'
+    of the iterate, shifted already);
     part [D / BC, NTOK, NS]: this block's shares
     @SLOTS@."""
     i_c, i_m = tl.program_id(0), tl.program_id(1)
@@ -145,8 +209,11 @@ def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: t
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < D
     # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
-    # token reads h0 (or zeros)
-    s_t, inner, first = token_boundaries(seq, p, m_t)
+    # token reads h0 (or zeros); FP16X3: as fp_iterate_parts left it
+    if FP16X3:
+        row_scale = tl.load(it_scale + p, mask=m_t, other=0.0)
+    else:
+        s_t, inner, first = token_boundaries(seq, p, m_t)
     if K_MAJOR:   # from one reflection's weight to the next
         W_STEP: tl.constexpr = D * D
     else:
@@ -155,19 +222,26 @@ def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: t
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
-        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
-        if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
-            a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-            a_rest = a - a_tf32
-            a = a_tf32
-        elif PARTS == 1:
-            a = a.to(wk.dtype.element_ty)
-        else:   # the iterate as a sum of parts in the weight's dtype (three: all of fp32's bits)
-            a_hi = a.to(wk.dtype.element_ty)
-            rest = a - a_hi.to(tl.float32)
-            a_mid = rest.to(wk.dtype.element_ty)
-            a_lo = (rest - a_mid.to(tl.float32)).to(wk.dtype.element_ty)
-            a = a_hi
+        if FP16X3:   # row / scale = a_main + a_rest / 2^11; a = a_main 2^11 (exact) meets the weight's high part
+            off = p.to(tl.int64)[:, None] * D + o_k[None, :]    # as a_main meets its scaled remainder
+            a_main = tl.load(it + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
+            a_rest = tl.load(it_lo + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
+            a = (a_main.to(tl.float32) * F16_REST).to(tl.float16)
+        else:
+            a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
+            if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
+                a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+                a_rest = a - a_tf32
+                a = a_tf32
+                a_main = a
+            elif PARTS == 1:
+                a = a.to(wk.dtype.element_ty)
+            else:   # the iterate as a sum of parts in the weight's dtype (three: all of fp32's bits)
+                a_hi = a.to(wk.dtype.element_ty)
+                rest = a - a_hi.to(tl.float32)
+                a_mid = rest.to(wk.dtype.element_ty)
+                a_lo = (rest - a_mid.to(tl.float32)).to(wk.dtype.element_ty)
+                a = a_hi
         m_kc = m_k[:, None] & m_c[None, :]
         if K_MAJOR:
             kc = o_c[None, :] * D + o_k[:, None]
@@ -178,6 +252,9 @@ def fp_reflection_products(it, h0, seq, bias, wk, wl, x, hp, u, part, NTOK, D: t
 @DOTS@
     m_tc = m_t[:, None] & m_c[None, :]
     row = p.to(tl.int64)[:, None] * (R * D) + o_c[None, :]
+    if FP16X3:   # the scales undone (powers of two: exact), the token's, the weight row's and 2^11
+        row_scale = row_scale / F16_REST
+@UNSCALE@
     # IR @SUM@ = the addend + the product, the raw reflection vectors
 @WRITE@
     # the shares over this block's channels, of the dot products with v = x - hp and of the Gram products
@@ -224,15 +301,17 @@ def generate(m: MovingReflections) -> str:
     dots = []
     for i in range(r):
         dots += [f"{ind8}w{i} = tl.load(w_kc + {i} * W_STEP, mask=m_kc, other=0.0)",
-                 f"{ind8}if SPLIT_W:   # the small products first: a_rest W and a W_rest",
+                 f"{ind8}if SPLIT_W:   # the small products first: a_rest W and a_main W_rest",
                  f"{ind8}    acc{i} = tl.dot(a_rest, w{i}, acc{i}, input_precision=PREC)",
-                 f"{ind8}    acc{i} = tl.dot(a, tl.load(l_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
+                 f"{ind8}    acc{i} = tl.dot(a_main, tl.load(l_kc + {i} * W_STEP, mask=m_kc, other=0.0), acc{i}, "
                  f"input_precision=PREC)",
                  f"{ind8}if PARTS == 3:",
                  f"{ind8}    acc{i} = tl.dot(a_lo, w{i}, acc{i}, input_precision=PREC)",
                  f"{ind8}if PARTS >= 2:",
                  f"{ind8}    acc{i} = tl.dot(a_mid, w{i}, acc{i}, input_precision=PREC)",
                  f"{ind8}acc{i} = tl.dot(a, w{i}, acc{i}, input_precision=PREC)"]
+    unscale = [f"{ind8}acc{i} *= row_scale[:, None] * tl.load(wscale + {i} * D + o_c, mask=m_c, other=0.0)[None, :]"
+               for i in range(r)]
     write = []
     for i in range(r):
         write += [f"{ind4}if HAS_BIAS:",
@@ -260,8 +339,9 @@ def generate(m: MovingReflections) -> str:
         value = f"d{i} / n{i}" if i < r else "tl.zeros([BT], dtype=tl.float32)"
         coeff.append(f"{ind4}tl.store(dots + p.to(tl.int64) * RP + {i}, {value}, mask=m_t)")
     text = _PRODUCTS
-    for key, lines in (("@ZEROS@", zeros), ("@DOTS@", dots), ("@WRITE@", write), ("@SHARES@", shares),
-                       ("@SUMS@", sums), ("@ADD@", add), ("@NORMS@", norms), ("@COEFFICIENTS@", coeff)):
+    for key, lines in (("@ZEROS@", zeros), ("@DOTS@", dots), ("@UNSCALE@", unscale), ("@WRITE@", write),
+                       ("@SHARES@", shares), ("@SUMS@", sums), ("@ADD@", add), ("@NORMS@", norms),
+                       ("@COEFFICIENTS@", coeff)):
         text = text.replace(key, "\n".join(lines))
     text = text.replace("@SLOTS@", ", ".join(what for _, _, what in slots))
     for key, value in m.labels:
@@ -269,7 +349,8 @@ def generate(m: MovingReflections) -> str:
     head = (f'"""Generated by recdsl: the moving reflection vectors of spec {dict(m.labels)["@NAME@"]} '
             f'(r = {r}). See recdsl backends/triton/fp_reflections.py."""\n')
     consts = (f"\nR = tl.constexpr({r})   # reflections\nRP = tl.constexpr({RP})   # padded to a power of 2\n"
-              f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n\n")
+              f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n"
+              f"F16_REST = tl.constexpr({F16_REST})   # fp16x3's scale of the remainders\n\n")
     imports = ("import triton\nimport triton.language as tl\n\n"
                "from recdsl.backends.triton.fp_products import shifted_rows, token_boundaries\n")
     return head + imports + consts + text
@@ -286,6 +367,9 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
     - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
       0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); Triton 3.9's sm_90 build spills 240 bytes;
+    - fp16x3: 0.219 ms with fp_iterate_parts (2026-11-30b; 0.030 ms of it for the iterate's parts, 30e's
+      profile), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles with 3 or 4 stages alike,
+      128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8 warps; 4 warps spill);
     - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
       3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
@@ -296,7 +380,7 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     DP = max(16, next_power_of_2(D))
     if half:
         tiles = (64, min(128, DP), min(32, DP), 4, 3)
-    elif prec == "tf32x3":
+    elif prec in ("fp16x3", "tf32x3"):
         tiles = (64, min(64, DP), min(32, DP), 4, 3)
     elif prec == "tf32":
         tiles = (128, min(64, DP), min(32, DP), 4, 3)
@@ -317,7 +401,11 @@ class ReflectionLaunches:
         self.k_major = dtype in HALF or self.prec != "ieee"
         wk = (products.mats[m.product].t() if self.k_major else products.mats[m.product]).contiguous()
         self.dot_prec, self.split = _dot_precision(self.prec)
-        self.wk, self.wl = tf32_parts(wk) if self.split else (wk, wk)    # wl is read only when split
+        self.wscale = None
+        if self.prec == "fp16x3":
+            self.wk, self.wl, self.wscale = fp16_parts(wk)
+        else:
+            self.wk, self.wl = tf32_parts(wk) if self.split else (wk, wk)    # wl is read only when split
         self.half = dtype in HALF
         p = products.products[m.product]
         self.bias = products.biases[m.product] if p.addend is not None else None
@@ -335,9 +423,24 @@ class ReflectionLaunches:
         u, part = self.products(prev)
         return (u,) + self.finish(part, s)
 
+    def iterate_parts(self, prev: torch.Tensor):
+        """fp16x3: fp_iterate_parts of the iterate prev [B, T, 1, D], (hi, lo [NTOK, D] fp16, scale [NTOK]) for
+        the product kernel, which reads them for every channel block."""
+        step = self.step
+        NTOK, D = step.x.shape
+        hp = prev.reshape(NTOK, D)
+        hi, lo = (hp.new_empty(NTOK, D, dtype=torch.float16) for _ in range(2))
+        scale = hp.new_empty(NTOK)
+        if NTOK:
+            self.module.fp_iterate_parts[(cdiv(NTOK, PARTS_BT),)](
+                hp, step.h0, step.seq, hi, lo, scale, NTOK, D=D, BT=PARTS_BT, BD=_parts_bd(D),
+                USE_H0=step.h0 is not None)
+        return hi, lo, scale
+
     def products(self, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp_reflection_products from the iterate prev [B, T, 1, D]: (raw u [NTOK, R, D] fp32, the shares
-        [NC, NTOK, NS] for finish())."""
+        """fp_reflection_products from the iterate prev [B, T, 1, D] (fp16x3: after iterate_parts; taken first,
+        before the side stream forks, it made solves no faster, H100 2026-11-30g): (raw u [NTOK, R, D] fp32, the
+        shares [NC, NTOK, NS] for finish())."""
         step, r = self.step, self.m.r
         NTOK, D = step.x.shape
         hp = prev.reshape(NTOK, D)
@@ -345,13 +448,14 @@ class ReflectionLaunches:
         NC = cdiv(D, BC)
         u = hp.new_empty(NTOK, r, D)
         part = hp.new_empty(NC, NTOK, len(_slots(r)))
+        it, lo, scale = self.iterate_parts(prev) if self.wscale is not None else (hp, None, None)
         if NTOK:
             h0 = step.h0
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
-                hp, h0, step.seq, self.bias, self.wk, self.wl, step.x, hp, u, part, NTOK, D=D, BM=BM, BC=BC,
-                BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
-                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, num_warps=warps,
-                num_stages=stages)
+                it, lo, scale, h0, step.seq, self.bias, self.wk, self.wl, self.wscale, step.x, hp, u, part, NTOK,
+                D=D, BM=BM, BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
+                K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, FP16X3=self.wscale is not None,
+                num_warps=warps, num_stages=stages)
         return u, part
 
     def finish(self, part: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,21 +480,30 @@ def aot_jobs(D: int = 512, r: int = 2):
                                        ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
     jobs = []
-    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp32", "tf32x3-triton"),
-                         ("fp32", "ieee")):
+    for wdtype, prec in (("bf16", "ieee"), ("fp32", "tf32"), ("fp32", "tf32x3"), ("fp16", "fp16x3"),
+                         ("fp32", "tf32x3-triton"), ("fp32", "ieee")):
         half = wdtype == "bf16"
+        fp16x3 = prec == "fp16x3"
         BM, BC, BK, warps, stages = blocks(D, prec, half)
         fn = module.fp_reflection_products
         sig = {a: "*fp32" for a in fn.arg_names}
         sig.update(seq="*i32", wk=f"*{wdtype}", wl=f"*{wdtype}", NTOK="i32")
+        if fp16x3:
+            sig.update(it="*fp16", it_lo="*fp16")
         dot, split = _dot_precision(prec)
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
-                     PARTS=3 if half else 1, SPLIT_W=split)
+                     PARTS=3 if half else 1, SPLIT_W=split, FP16X3=fp16x3)
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
         label = "bf16" if half else prec
         jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
                      dict(num_warps=warps, num_stages=stages)))
+    fn = module.fp_iterate_parts
+    const = dict(D=D, BT=PARTS_BT, BD=_parts_bd(D), USE_H0=True)
+    sig = {a: "*fp32" for a in fn.arg_names}
+    sig.update(seq="*i32", hi="*fp16", lo="*fp16", NTOK="i32", **{k: "constexpr" for k in const})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+    jobs.append(("fp_iterate_parts", fn, sig, const, attrs, dict(num_warps=4)))
     fn = module.fp_reflection_finish
     const = dict(BT=256, NORMALISE=True)
     sig = {a: "*fp32" for a in fn.arg_names}
