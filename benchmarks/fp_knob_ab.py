@@ -5,6 +5,7 @@ enter the comparison. Issue 5's shape by default (benchmarks/specs/fp_rnn_mixer_
 r=2, 17 iterations), weights drawn as profile_fp_host.py and fp_rnn_peer.py --hdep draw them.
 
     python benchmarks/fp_knob_ab.py --env RECDSL_FP_SIDE_STREAM --values 1,0 --out ab.jsonl      # a GPU
+    python benchmarks/fp_knob_ab.py --env RECDSL_FP_BLOCKS --sep ";" --values "128,16,4;64,16,4" --out ab.jsonl
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", required=True, help="the knob: an environment variable read when a call is captured")
     ap.add_argument("--values", required=True, help="comma-separated values, the first the default")
+    ap.add_argument("--sep", default=",", help="what separates --values (';' for values with commas, as tiles)")
     ap.add_argument("--spec", default=str(ROOT / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec"))
     ap.add_argument("--B", type=int, default=8)
     ap.add_argument("--T", type=int, default=2048)
@@ -41,7 +43,7 @@ def main() -> None:
     warnings.simplefilter("ignore", recdsl.RecNotConverged)    # tol = 1e-30: a fixed iteration count
     for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
         calls = {}
-        for value in args.values.split(","):
+        for value in args.values.split(args.sep):
             os.environ[args.env] = value
             spec = recdsl.load(args.spec, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
             a = elementwise_args(spec, args.B, args.T, "cuda", dtype)

@@ -326,7 +326,9 @@ def load(pattern: FusedPattern):
 
 def blocks(D: int, N: int) -> tuple[int, int, int]:
     """(BT, BD, num_warps): the widest channel block (at most 32, whole rows when D is that narrow) that
-    still gives at least 256 programs, so that the sequential walk over the tokens runs on every SM.
+    still gives at least 256 programs, so that the sequential walk over the tokens runs on every SM. At issue 5's
+    shape (benchmarks/specs/fp_rnn_mixer_hdep.rec) its 128 x 16 tiles with 4 warps gave the fastest solves and
+    training calls of eight configs in fp32 and bf16 (benchmarks/fp_knob_ab.py, H100 2026-11-30j).
     RECDSL_FP_BLOCKS="BT,BD,warps" overrides it for a sweep."""
     DP = next_power_of_2(max(D, 1))
     BD = min(DP, 32)
