@@ -230,9 +230,7 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
         else:
             a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
             if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
-                a_tf32 = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-                a_rest = a - a_tf32
-                a = a_tf32
+                a, a_rest = tf32_split(a)
                 a_main = a
             elif PARTS == 1:
                 a = a.to(wk.dtype.element_ty)
@@ -352,7 +350,8 @@ def generate(m: MovingReflections) -> str:
               f"NS = tl.constexpr({len(slots)})   # shares a program leaves per token\nEPS = tl.constexpr({EPS})\n"
               f"F16_REST = tl.constexpr({F16_REST})   # fp16x3's scale of the remainders\n\n")
     imports = ("import triton\nimport triton.language as tl\n\n"
-               "from recdsl.backends.triton.fp_products import shifted_rows, token_boundaries\n")
+               "from recdsl.backends.triton.fp_products import shifted_rows, token_boundaries\n"
+               "from recdsl.backends.triton.gemm import tf32_split\n")
     return head + imports + consts + text
 
 

@@ -25,8 +25,9 @@ WIDE = 64    # output columns from which a weight product takes a launch of its 
 
 
 @triton.jit
-def _tf32_split(x):
-    """fp32 x as (its TF32 part: the low 13 mantissa bits cut off, the remainder)."""
+def tf32_split(x):
+    """fp32 x as (its TF32 part: the low 13 mantissa bits cut off, the remainder); fp_reflections' generated
+    product kernel splits the iterate with it too."""
     high = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
     return high, x - high
 
@@ -55,7 +56,7 @@ def gemm_fp32(a, b, b_rest, c, M, N, K, s_am, s_ak, BM: tl.constexpr, BN: tl.con
         if PASSES == 1:
             acc = tl.dot(x, w, acc, input_precision="tf32")
         else:
-            x_high, x_rest = _tf32_split(x)
+            x_high, x_rest = tf32_split(x)
             if PASSES == 3:
                 acc = tl.dot(x_high, tl.load(b_rest + col + ok[:, None], mask=w_mask, other=0.0), acc,
                              input_precision="tf32")
