@@ -366,8 +366,8 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
     - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
       0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); Triton 3.9's sm_90 build spills 240 bytes;
-    - fp16x3: 0.219 ms with fp_iterate_parts (2026-11-30b; 0.030 ms of it for the iterate's parts, 30e's
-      profile), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles with 3 or 4 stages alike,
+    - fp16x3: 0.219 ms with fp_iterate_parts (2026-11-30b; 0.027 ms of it for the iterate's parts, 30l,
+      benchmarks/reflection_kernel_times.py), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles with 3 or 4 stages alike,
       128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8 warps; 4 warps spill);
     - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
       3xTF32 at its best tiles (27zm);
