@@ -95,22 +95,22 @@ try:
     from triton.backends.compiler import GPUTarget
 except ImportError as e:
     print(json.dumps({"skip": f"AOT API unavailable: {e}"})); sys.exit(0)
-def stack(cubin):   # bytes of local stack (spilled registers), by the cuobjdump Triton bundles; None without it
+def usage(cubin):   # [bytes of local stack (spilled registers), registers], by the cuobjdump Triton bundles
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
-        return None
+        return [None, None]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"STACK:(\d+)", text)
-    return int(m.group(1)) if m else None
+    found = [re.search(key + r":(\d+)", text) for key in ("STACK", "REG")]
+    return [int(m.group(1)) if m else None for m in found]
 module, function, args, kwargs = json.loads(sys.argv[1])
 out = []
 for name, fn, sig, const, attrs, opts in getattr(importlib.import_module(module), function)(*args, **kwargs):
     t = time.time()
     kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
-    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1), kern.metadata.shared, stack(kern.asm["cubin"])])
+    out.append([name, len(kern.asm["cubin"]), round(time.time() - t, 1), kern.metadata.shared] + usage(kern.asm["cubin"]))
 print(json.dumps({"ok": out}))
 """
 
@@ -118,8 +118,8 @@ print(json.dumps({"ok": out}))
 def compile_sm90(module: str, function: str, *args, with_shared: bool = False, **kwargs):
     """Build the (name, fn, signature, constexprs, attrs, options) jobs that module.function(*args)
     returns into sm_90 cubins, in a subprocess without the interpreter. Returns [[name, cubin bytes,
-    seconds]] (with_shared: and the kernel's shared memory and its local stack in bytes, the stack None
-    where cuobjdump is missing); skips the test where this Triton has no ahead-of-time API or no ptxas."""
+    seconds]] (with_shared: and the kernel's shared memory and its local stack in bytes and its registers, the
+    last two None where cuobjdump is missing); skips the test where this Triton has no ahead-of-time API or no ptxas."""
     import json
     import subprocess
     import sys

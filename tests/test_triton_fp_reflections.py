@@ -100,6 +100,28 @@ def test_fp16x3_products_keep_each_tokens_accuracy_and_non_finite_rows(monkeypat
     assert not torch.isfinite(u[6]).any() and not torch.isfinite(u[7]).any()
 
 
+@pytest.mark.parametrize("fp32", ["fp16x3", "tf32x3"])
+def test_int64_offsets_give_the_same_products(fp32, monkeypatch):
+    """Past offsets_fit's bound the product kernel takes int64 element offsets: the same raw vectors and shares
+    as with int32 ones, bit for bit (packed sequences with initial states, several channel blocks)."""
+    from recdsl.backends.triton import fp_reflections
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", fp32)
+    D, r, T = 40, 2, 22
+    spec = recdsl.load(spec_text(True), D=D, r=r)
+    cu = torch.tensor([0, 9, 9, T], dtype=torch.int32)
+    args = random_args(spec, B=1, T=T, dtype=torch.float32, seed=3)
+    g = torch.Generator().manual_seed(3)
+    it = shifted(spec, args, torch.randn(3, D, generator=g), cu, 1, T, monkeypatch, "triton")
+    prev = torch.randn(1, T, 1, D, generator=g)
+    seen, fits = [], fp_reflections.offsets_fit
+    monkeypatch.setattr(fp_reflections, "offsets_fit", lambda *n: seen.append(fits(*n)) or seen[-1])
+    u32, part32 = it.reflections.products(prev)
+    monkeypatch.setattr(fp_reflections, "INT32_ELEMENTS", 0)
+    u64, part64 = it.reflections.products(prev)
+    assert seen == [True, False]
+    assert torch.equal(u32, u64) and torch.equal(part32, part64)
+
+
 def test_products_without_addends(monkeypatch):
     """u = l2norm(Wu @ h_last) and alpha = sigmoid(Wa @ h_last): the kernel adds no bias."""
     check_against_torch(True, 2, 20, torch.float32, True, monkeypatch, "cpu", 1e-5, addends=False)
@@ -196,3 +218,6 @@ def test_kernels_build_for_sm90():
     # a build that needs more shared memory than an H100 has fails to launch; one that spills its accumulators
     # wholesale (kilobytes of stack, 19 ms a launch instead of 0.5 in a sweep) is a failure here too
     assert all(row[1] > 0 and row[3] <= 227 * 1024 and (row[4] or 0) < 1024 for row in res)
+    # fp16x3's cap: three programs an SM (registers() says why), its spill a few bytes
+    fp16x3 = next(row for row in res if row[0] == "fp_reflection_products fp16x3")
+    assert fp16x3[5] is None or (fp16x3[5] <= 168 and fp16x3[4] <= 128)

@@ -192,7 +192,7 @@ def fp_iterate_parts(it, h0, seq, hi, lo, scale, NTOK, D: tl.constexpr, BT: tl.c
 def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x, hp, u, part, NTOK,
                            D: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr,
                            HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
-                           SPLIT_W: tl.constexpr, FP16X3: tl.constexpr):
+                           SPLIT_W: tl.constexpr, FP16X3: tl.constexpr, WIDE: tl.constexpr):
     """Program (channel block, token block): u_i = bias_i + W_i @ it_(t-1) for its BM tokens and the BC channels
     of each reflection i (it, hp, x [NTOK, D] fp32; h0 [N, D]; seq [NTOK] int32, each token's sequence;
     bias [NTOK, R, D]; u [NTOK, R, D] fp32; wk the weight in the products' dtype, K_MAJOR: its rows [R * D, D],
@@ -200,12 +200,16 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     products read faster; PARTS: half weights multiply the fp32 iterate as that many half parts; SPLIT_W: wk
     holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products; FP16X3: wk and
     wl hold fp16_parts' parts, wscale [R * D] its rows' scales, and it, it_lo and it_scale fp_iterate_parts'
-    of the iterate, shifted already);
+    of the iterate, shifted already; WIDE: int64 element offsets, for tensors past offsets_fit's bound);
     part [D / BC, NTOK, NS]: this block's shares
     @SLOTS@."""
     i_c, i_m = tl.program_id(0), tl.program_id(1)
     p = i_m * BM + tl.arange(0, BM)
     m_t = p < NTOK
+    if WIDE:   # element offsets past 2^31
+        q = p.to(tl.int64)
+    else:   # int32 offsets: fewer registers
+        q = p
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < D
     # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
@@ -223,7 +227,7 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
         if FP16X3:   # row / scale = a_main + a_rest / 2^11; a = a_main 2^11 (exact) meets the weight's high part
-            off = p.to(tl.int64)[:, None] * D + o_k[None, :]    # as a_main meets its scaled remainder
+            off = q[:, None] * D + o_k[None, :]    # as a_main meets its scaled remainder
             a_main = tl.load(it + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
             a_rest = tl.load(it_lo + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
             a = (a_main.to(tl.float32) * F16_REST).to(tl.float16)
@@ -249,16 +253,16 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
         # IR @PRODUCT@ = W @ prev(h, shift = 1), each reflection's columns
 @DOTS@
     m_tc = m_t[:, None] & m_c[None, :]
-    row = p.to(tl.int64)[:, None] * (R * D) + o_c[None, :]
+    row = q[:, None] * (R * D) + o_c[None, :]
     if FP16X3:   # the scales undone (powers of two: exact), the token's, the weight row's and 2^11
         row_scale = row_scale / F16_REST
 @UNSCALE@
     # IR @SUM@ = the addend + the product, the raw reflection vectors
 @WRITE@
     # the shares over this block's channels, of the dot products with v = x - hp and of the Gram products
-    off = p.to(tl.int64)[:, None] * D + o_c[None, :]
+    off = q[:, None] * D + o_c[None, :]
     v = tl.load(x + off, mask=m_tc, other=0.0) - tl.load(hp + off, mask=m_tc, other=0.0)
-    base = part + (i_c * NTOK + p.to(tl.int64)) * NS
+    base = part + (i_c * NTOK + q) * NS
 @SHARES@
 
 
@@ -367,8 +371,10 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
       0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); Triton 3.9's sm_90 build spills 240 bytes;
     - fp16x3: 0.219 ms with fp_iterate_parts (2026-11-30b; 0.027 ms of it for the iterate's parts, 30l,
-      benchmarks/reflection_kernel_times.py), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles with 3 or 4 stages alike,
-      128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8 warps; 4 warps spill);
+      benchmarks/reflection_kernel_times.py), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles
+      with 3 or 4 stages alike, 128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8
+      warps; 4 warps spill). The product kernel alone, capped at 168 registers (registers()): 0.164 ms, where
+      64 x 64 tiles with 8 warps took 0.47 and 128 x 64 with 8 warps capped at 128, 0.187 (2026-12-01b);
     - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
       3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
@@ -388,6 +394,28 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     else:
         tiles = (64, min(128, DP), min(32, DP), 8 if DP >= 128 else 4, 3)
     return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps,stages") or tiles
+
+
+def registers(prec: str = "ieee", half: bool = True) -> int:
+    """The register cap of fp_reflection_products' sm_90 builds for precision()'s `prec` (0: the compiler's
+    choice). fp16x3's tiles take 184 registers with int32 offsets (offsets_fit); capped at 168 they spill 80
+    bytes, and three programs fit an SM instead of two: 0.164 against 0.172 ms a launch, a 17-iteration fp32
+    solve 5.64-5.75 against 5.81-5.94 ms and a training call 7.52-7.61 against 7.72-7.81 in one process (H100,
+    2026-12-01b; capped at 160, 0.174 ms). Half data's tiles slowed by a fifth under that cap (the same run).
+    RECDSL_FP_REFLECTION_MAXNREG overrides it for a sweep (0: none)."""
+    forced = env_ints("RECDSL_FP_REFLECTION_MAXNREG", "maxnreg")
+    if forced is not None:
+        return forced[0]
+    return 168 if prec == "fp16x3" and not half else 0
+
+
+INT32_ELEMENTS = 2 ** 31     # offsets_fit's bound: the first element index int32 cannot hold
+
+
+def offsets_fit(*elements: int) -> bool:
+    """Whether tensors of these element counts take int32 offsets in fp_reflection_products (a few registers
+    fewer than int64: 184 against 194 in fp16x3's sm_90 build)."""
+    return max(elements) < INT32_ELEMENTS
 
 
 class ReflectionLaunches:
@@ -450,11 +478,13 @@ class ReflectionLaunches:
         it, lo, scale = self.iterate_parts(prev) if self.wscale is not None else (hp, None, None)
         if NTOK:
             h0 = step.h0
+            regs = registers(self.prec, self.half)
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
                 it, lo, scale, h0, step.seq, self.bias, self.wk, self.wl, self.wscale, step.x, hp, u, part, NTOK,
                 D=D, BM=BM, BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
                 K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, FP16X3=self.wscale is not None,
-                num_warps=warps, num_stages=stages)
+                WIDE=not offsets_fit(NTOK * r * D, NC * NTOK * len(_slots(r))), num_warps=warps,
+                num_stages=stages, **({"maxnreg": regs} if regs else {}))
         return u, part
 
     def finish(self, part: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -473,8 +503,8 @@ class ReflectionLaunches:
 
 def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
-    (bf16 weights; fp32 ones in TF32, both 3xTF32 forms and on FMA units) with their tiles, and the finishing
-    kernel."""
+    (bf16 weights; fp32 ones in TF32, both 3xTF32 forms, fp16x3 and on FMA units) with their tiles, register
+    caps and int32 offsets, the iterate's parts and the finishing kernel."""
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
                                        ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
@@ -491,12 +521,13 @@ def aot_jobs(D: int = 512, r: int = 2):
             sig.update(it="*fp16", it_lo="*fp16")
         dot, split = _dot_precision(prec)
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
-                     PARTS=3 if half else 1, SPLIT_W=split, FP16X3=fp16x3)
+                     PARTS=3 if half else 1, SPLIT_W=split, FP16X3=fp16x3, WIDE=False)
         sig.update({k: "constexpr" for k in const})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
         label = "bf16" if half else prec
+        regs = registers(prec, half)
         jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
-                     dict(num_warps=warps, num_stages=stages)))
+                     dict(num_warps=warps, num_stages=stages, **({"maxnreg": regs} if regs else {}))))
     fn = module.fp_iterate_parts
     const = dict(D=D, BT=PARTS_BT, BD=_parts_bd(D), USE_H0=True)
     sig = {a: "*fp32" for a in fn.arg_names}
