@@ -115,11 +115,12 @@ print(json.dumps({"ok": out}))
 """
 
 
-def compile_sm90(module: str, function: str, *args, with_shared: bool = False, **kwargs):
+def compile_sm90(module: str, function: str, *args, with_shared: bool = False, with_registers: bool = False,
+                 **kwargs):
     """Build the (name, fn, signature, constexprs, attrs, options) jobs that module.function(*args)
     returns into sm_90 cubins, in a subprocess without the interpreter. Returns [[name, cubin bytes,
-    seconds]] (with_shared: and the kernel's shared memory and its local stack in bytes and its registers, the
-    last two None where cuobjdump is missing); skips the test where this Triton has no ahead-of-time API or no ptxas."""
+    seconds]] (with_shared: and the kernel's shared memory and its local stack in bytes; with_registers: and
+    its registers too; stack and registers None where cuobjdump is missing); skips the test where this Triton has no ahead-of-time API or no ptxas."""
     import json
     import subprocess
     import sys
@@ -136,4 +137,4 @@ def compile_sm90(module: str, function: str, *args, with_shared: bool = False, *
     res = json.loads(r.stdout.strip().splitlines()[-1])
     if "skip" in res:
         pytest.skip(res["skip"])
-    return res["ok"] if with_shared else [row[:3] for row in res["ok"]]
+    return [row[:6 if with_registers else 5 if with_shared else 3] for row in res["ok"]]

@@ -210,7 +210,7 @@ def test_solve_through_the_kernels_matches_the_reference(monkeypatch):
 
 
 def test_kernels_build_for_sm90():
-    res = compile_sm90("recdsl.backends.triton.fp_reflections", "aot_jobs", 512, 2, with_shared=True)
+    res = compile_sm90("recdsl.backends.triton.fp_reflections", "aot_jobs", 512, 2, with_registers=True)
     assert sorted(row[0] for row in res) == ["fp_iterate_parts", "fp_reflection_finish",
                                              "fp_reflection_products bf16", "fp_reflection_products fp16x3",
                                              "fp_reflection_products ieee", "fp_reflection_products tf32",
