@@ -120,7 +120,8 @@ def compile_sm90(module: str, function: str, *args, with_shared: bool = False, w
     """Build the (name, fn, signature, constexprs, attrs, options) jobs that module.function(*args)
     returns into sm_90 cubins, in a subprocess without the interpreter. Returns [[name, cubin bytes,
     seconds]] (with_shared: and the kernel's shared memory and its local stack in bytes; with_registers: and
-    its registers too; stack and registers None where cuobjdump is missing); skips the test where this Triton has no ahead-of-time API or no ptxas."""
+    its registers too; stack and registers None where cuobjdump is missing); skips the test where this Triton
+    has no ahead-of-time API or no ptxas."""
     import json
     import subprocess
     import sys

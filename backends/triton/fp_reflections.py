@@ -207,9 +207,9 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     p = i_m * BM + tl.arange(0, BM)
     m_t = p < NTOK
     if WIDE:   # element offsets past 2^31
-        q = p.to(tl.int64)
+        q, shares = p.to(tl.int64), i_c.to(tl.int64) * NTOK
     else:   # int32 offsets: fewer registers
-        q = p
+        q, shares = p, i_c * NTOK
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < D
     # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
@@ -262,7 +262,7 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     # the shares over this block's channels, of the dot products with v = x - hp and of the Gram products
     off = q[:, None] * D + o_c[None, :]
     v = tl.load(x + off, mask=m_tc, other=0.0) - tl.load(hp + off, mask=m_tc, other=0.0)
-    base = part + (i_c * NTOK + q) * NS
+    base = part + (shares + q) * NS
 @SHARES@
 
 
@@ -274,9 +274,10 @@ def fp_reflection_finish(part, s, w, dots, NTOK, NC, BT: tl.constexpr, NORMALISE
     p = tl.program_id(0) * BT + tl.arange(0, BT)
     m_t = p < NTOK
 @SUMS@
+    base = part + p.to(tl.int64) * NS
     for c in range(NC):
-        base = part + (c * NTOK + p.to(tl.int64)) * NS
 @ADD@
+        base += NTOK * NS   # the next channel block's (a pointer step: no int32 product of c and NTOK)
     # IR @U@: the norms (l2norm: max(|u_i|, EPS); 1 where u is not normalised)
 @NORMS@
     # the coefficients: W_i = s_i (e_i - sum_(j<i) G_ij W_j) over the normalised Gram products G
@@ -401,7 +402,8 @@ def registers(prec: str = "ieee", half: bool = True) -> int:
     choice). fp16x3's tiles take 184 registers with int32 offsets (offsets_fit); capped at 168 they spill 80
     bytes, and three programs fit an SM instead of two: 0.164 against 0.172 ms a launch, a 17-iteration fp32
     solve 5.64-5.75 against 5.81-5.94 ms and a training call 7.52-7.61 against 7.72-7.81 in one process (H100,
-    2026-12-01b; capped at 160, 0.174 ms). Half data's tiles slowed by a fifth under that cap (the same run).
+    2026-12-01b; capped at 160, 0.174 ms); in another, 0.165 against 0.172 ms, training 7.56-7.67 against
+    7.74-7.80 ms and solves within noise (01c). Half data's tiles slowed by a fifth under that cap (01b).
     RECDSL_FP_REFLECTION_MAXNREG overrides it for a sweep (0: none)."""
     forced = env_ints("RECDSL_FP_REFLECTION_MAXNREG", "maxnreg")
     if forced is not None:
