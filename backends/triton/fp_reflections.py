@@ -274,10 +274,9 @@ def fp_reflection_finish(part, s, w, dots, NTOK, NC, BT: tl.constexpr, NORMALISE
     p = tl.program_id(0) * BT + tl.arange(0, BT)
     m_t = p < NTOK
 @SUMS@
-    base = part + p.to(tl.int64) * NS
     for c in range(NC):
+        base = part + (c * NTOK + p.to(tl.int64)) * NS
 @ADD@
-        base += NTOK * NS   # the next channel block's (a pointer step: no int32 product of c and NTOK)
     # IR @U@: the norms (l2norm: max(|u_i|, EPS); 1 where u is not normalised)
 @NORMS@
     # the coefficients: W_i = s_i (e_i - sum_(j<i) G_ij W_j) over the normalised Gram products G
