@@ -396,9 +396,10 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     return env_ints("RECDSL_FP_REFLECTION_BLOCKS", "BM,BC,BK,warps,stages") or tiles
 
 
-def registers(prec: str = "ieee", half: bool = True) -> int:
-    """The register cap of fp_reflection_products' sm_90 builds for precision()'s `prec` (0: the compiler's
-    choice). fp16x3's tiles take 184 registers with int32 offsets (offsets_fit); capped at 168 they spill 80
+def registers(prec: str = "ieee", half: bool = True, hopper: bool = True) -> int:
+    """The register cap of fp_reflection_products for precision()'s `prec` (0: the compiler's choice), on
+    Hopper (sm_90; elsewhere, unmeasured, none: an A100's shared memory holds two of these programs anyway).
+    fp16x3's tiles take 184 registers with int32 offsets (offsets_fit); capped at 168 they spill 80
     bytes, and three programs fit an SM instead of two: 0.164 against 0.172 ms a launch, a 17-iteration fp32
     solve 5.64-5.75 against 5.81-5.94 ms and a training call 7.52-7.61 against 7.72-7.81 in one process (H100,
     2026-12-01b; capped at 160, 0.174 ms); in another, 0.165 against 0.172 ms, training 7.56-7.67 against
@@ -407,7 +408,12 @@ def registers(prec: str = "ieee", half: bool = True) -> int:
     forced = env_ints("RECDSL_FP_REFLECTION_MAXNREG", "maxnreg")
     if forced is not None:
         return forced[0]
-    return 168 if prec == "fp16x3" and not half else 0
+    return 168 if prec == "fp16x3" and not half and hopper else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
 
 
 INT32_ELEMENTS = 2 ** 31     # offsets_fit's bound: the first element index int32 cannot hold
@@ -479,7 +485,7 @@ class ReflectionLaunches:
         it, lo, scale = self.iterate_parts(prev) if self.wscale is not None else (hp, None, None)
         if NTOK:
             h0 = step.h0
-            regs = registers(self.prec, self.half)
+            regs = registers(self.prec, self.half, _hopper(hp.device))
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
                 it, lo, scale, h0, step.seq, self.bias, self.wk, self.wl, self.wscale, step.x, hp, u, part, NTOK,
                 D=D, BM=BM, BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
