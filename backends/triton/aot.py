@@ -51,6 +51,12 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     return sig
 
 
+def aligned_pointers(fn, sig: dict) -> dict:
+    """The attributes the JIT gives 16-byte aligned tensors: tt.divisibility 16 on each pointer argument of
+    `sig` (the aot_jobs' fifth field)."""
+    return {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+
+
 def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float]]:
     """Compile the spec's scan kernels; returns (kernel, capability, cubin bytes, seconds) per build."""
     from .cache import load_module

@@ -265,6 +265,7 @@ def _mixed_addmm(device: str, dtype: torch.dtype) -> bool:
 def aot_jobs(D: int = 512, out: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) of narrow_product at width D with `out` outputs, with and
     without an initial state and an addend."""
+    from .aot import aligned_pointers
     BT, BD, warps = narrow_blocks(D)
     sig = {a: "*fp32" for a in narrow_product.arg_names}
     sig.update(seq="*i32", NTOK="i32")
@@ -272,7 +273,7 @@ def aot_jobs(D: int = 512, out: int = 2):
     for use_h0, has_bias in ((True, True), (False, False)):
         const = dict(D=D, OUT=out, OP=max(16, next_power_of_2(out)), BT=BT, BD=BD, USE_H0=use_h0, HAS_BIAS=has_bias)
         s = {**sig, **{k: "constexpr" for k in const}}
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(narrow_product.arg_names) if s[a].startswith("*")}
+        attrs = aligned_pointers(narrow_product, s)
         jobs.append((f"narrow_product h0={use_h0} bias={has_bias}", narrow_product, s, const, attrs,
                      dict(num_warps=warps)))
     return jobs

@@ -512,6 +512,7 @@ def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
     (bf16 weights; fp32 ones in TF32, both 3xTF32 forms, fp16x3 and on FMA units) with their tiles, register
     caps and int32 offsets, the iterate's parts and the finishing kernel."""
+    from .aot import aligned_pointers
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
                                        ("@PREV@", "prev(h, shift = 1)")))
     module = load(m)
@@ -530,7 +531,7 @@ def aot_jobs(D: int = 512, r: int = 2):
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
                      PARTS=3 if half else 1, SPLIT_W=split, FP16X3=fp16x3, WIDE=False)
         sig.update({k: "constexpr" for k in const})
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+        attrs = aligned_pointers(fn, sig)
         label = "bf16" if half else prec
         regs = registers(prec, half)
         jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
@@ -539,12 +540,12 @@ def aot_jobs(D: int = 512, r: int = 2):
     const = dict(D=D, BT=PARTS_BT, BD=_parts_bd(D), USE_H0=True)
     sig = {a: "*fp32" for a in fn.arg_names}
     sig.update(seq="*i32", hi="*fp16", lo="*fp16", NTOK="i32", **{k: "constexpr" for k in const})
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+    attrs = aligned_pointers(fn, sig)
     jobs.append(("fp_iterate_parts", fn, sig, const, attrs, dict(num_warps=4)))
     fn = module.fp_reflection_finish
     const = dict(BT=256, NORMALISE=True)
     sig = {a: "*fp32" for a in fn.arg_names}
     sig.update(NTOK="i32", NC="i32", **{k: "constexpr" for k in const})
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+    attrs = aligned_pointers(fn, sig)
     jobs.append(("fp_reflection_finish", fn, sig, const, attrs, dict(num_warps=4)))
     return jobs

@@ -152,6 +152,7 @@ def weight_product(a, b, ra: int, rb: int, w_exact: bool, half=None):
 
 def aot_jobs():
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) of gemm_fp32 at each pass count."""
+    from .aot import aligned_pointers
     sig = {a: "*fp32" for a in gemm_fp32.arg_names}
     sig.update({a: "i32" for a in ("M", "N", "K", "s_am", "s_ak")})
     jobs = []
@@ -159,6 +160,6 @@ def aot_jobs():
         BM, BN, BK, warps, stages = blocks()
         const = dict(BM=BM, BN=BN, BK=BK, PASSES=n_passes, GROUP=8, STAGES=stages)
         s = {**sig, **{k: "constexpr" for k in const}}
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(gemm_fp32.arg_names) if s[a].startswith("*")}
+        attrs = aligned_pointers(gemm_fp32, s)
         jobs.append((f"gemm_fp32 passes={n_passes}", gemm_fp32, s, const, attrs, dict(num_warps=warps)))
     return jobs
