@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=17)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--at-call", action="store_true",
+                    help="the knob is read on every call (host logic), not at capture: set it around each call")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ["RECDSL_FIXED_POINT"] = "fused"
@@ -62,6 +64,9 @@ def main() -> None:
             for _ in range(3):      # eager, capture, replay
                 solve()
                 train()
+            if args.at_call:
+                from recdsl.bench import _with_env
+                solve, train = _with_env(args.env, value, solve), _with_env(args.env, value, train)
             calls[value] = {"solve": solve, "solve+step+bwd": train}
         for rnd in range(args.rounds):
             for value, fns in calls.items():

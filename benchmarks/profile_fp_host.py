@@ -25,36 +25,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=8)
-    ap.add_argument("--T", type=int, default=2048)
-    ap.add_argument("--D", type=int, default=512)
-    ap.add_argument("--spec", default=str(ROOT / "examples" / "fp_rnn.rec"),
-                    help="a fixed-point spec with D and r; its weights are drawn with std 1/sqrt(D)")
-    ap.add_argument("--r", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=17)
-    ap.add_argument("--dtype", default="float32")
+    shape_options(ap)
     ap.add_argument("--calls", type=int, default=20, help="calls under cProfile")
     ap.add_argument("--out", default=None)
     ap.add_argument("--trace", default=None, help="write a Chrome trace of two training calls here")
     args = ap.parse_args()
     from overhead import cprofile_table, cprofiled, emit, host_ms, kernel_times
     from triton.testing import do_bench
-    warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
-    spec = recdsl.load(args.spec, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
-    a = elementwise_args(spec, args.B, args.T, "cuda", getattr(torch, args.dtype))
-    for w in (w.name for w in spec.args if w.kind == "weight"):   # as benchmarks/fp_rnn_peer.py --hdep
-        a[w] = (a[w].detach() * args.D ** -0.5).requires_grad_(True)
-    run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
-    gout = torch.randn_like(run()[0])
-
-    def train():
-        for t in a.values():
-            t.grad = None
-        run()[0].backward(gout)
-
-    def solve():
-        with torch.no_grad():
-            run()
+    spec, solve, train = calls(args)
     stages = _host_stages()
     shape = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": args.B, "T": args.T, "D": args.D, "r": args.r,
              "iters": args.iters, "dtype": args.dtype}
@@ -84,6 +62,40 @@ def main() -> None:
                 train()
             torch.cuda.synchronize()
         p.export_chrome_trace(args.trace)
+
+
+def shape_options(ap) -> None:
+    """The spec, shape, iteration count and dtype options (issue 5's shape by default)."""
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--T", type=int, default=2048)
+    ap.add_argument("--D", type=int, default=512)
+    ap.add_argument("--spec", default=str(ROOT / "examples" / "fp_rnn.rec"),
+                    help="a fixed-point spec with D and r; its weights are drawn with std 1/sqrt(D)")
+    ap.add_argument("--r", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=17)
+    ap.add_argument("--dtype", default="float32")
+
+
+def calls(args):
+    """(spec, solve, train) at the options' shape: the fused path's no-grad solve and its training call (solve,
+    step and backward), the weights scaled by 1/sqrt(D) as benchmarks/fp_rnn_peer.py --hdep draws them."""
+    warnings.simplefilter("ignore", RecNotConverged)   # tol = 1e-30: a fixed iteration count
+    spec = recdsl.load(args.spec, D=args.D, r=args.r, max_iter=args.iters, tol=1e-30)
+    a = elementwise_args(spec, args.B, args.T, "cuda", getattr(torch, args.dtype))
+    for w in (w.name for w in spec.args if w.kind == "weight"):
+        a[w] = (a[w].detach() * args.D ** -0.5).requires_grad_(True)
+    run = _fixed_point_mode("fused", lambda: spec.op(**a, backend="triton"))
+    gout = torch.randn_like(run()[0])
+
+    def train():
+        for t in a.values():
+            t.grad = None
+        run()[0].backward(gout)
+
+    def solve():
+        with torch.no_grad():
+            run()
+    return spec, solve, train
 
 
 def _host_stages() -> dict:

@@ -4,6 +4,7 @@ A Plan is frozen and hashable; `recdsl explain` prints it with the reason for ea
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -335,10 +336,17 @@ def _sm_count() -> int:
     try:
         import torch
         if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+            return _sms(torch.cuda.current_device())
     except (ImportError, RuntimeError):
         pass
     return 132
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device: int) -> int:
+    """A device's SM count, asked of torch once per device: every call's plan key reads it."""
+    import torch
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _fused_chunk_plan(spec) -> Plan:

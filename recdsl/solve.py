@@ -41,7 +41,7 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: str, stacklevel: int = 3,
-                fused: bool = False, while_waiting: Callable | None = None):
+                fused: bool = False, while_waiting: Callable | None = None, closing: Callable | None = None):
     """f(iterates) -> (new iterates, payload), iterates a dict of [B, T, ...] tensors. Returns (the last
     payload, the last iterates, SolveInfo). With `fused`, f(iterates, delta) -> (damped iterates, payload,
     residual): a kernel that applies the step size and measures relative_change itself (fp_fused.py)
@@ -53,7 +53,14 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
     convergence, or with a step size that has since shrunk, is dropped (and relaunched with the new one),
     so the iterates, counts and step sizes are those of the plain loop. `while_waiting()` is host work
     run once, the first time the host would wait for a residual with the next call already queued behind
-    it (else before returning): its launches then queue while the device is busy."""
+    it (else before returning): its launches then queue while the device is busy. `closing(iterates)` is the
+    caller's work on the iterates the solve returns, run exactly once before it returns and as early as they
+    are known: with the last call (no call can follow it, so whatever its residual says, its iterates are the
+    result), behind that residual's copy and before the host reads it, so that the host reads and warns while
+    the device runs the work; else when a call converges or the step size gives out. At issue 5's shape (H100,
+    benchmarks/fp_knob_ab.py, 2026-12-02f) an fp32 training call took 7.20-7.21 ms against 7.58-7.67 and a
+    solve 5.48-5.59 against 5.63-5.84 with the work launched after the return (and the warning's largest
+    residual read from the device again, the arguments copied into the graphs in their order)."""
     tol, max_iter = settings["tol"], int(settings["max_iter"])
     delta = float(settings.get("damping", 1.0))
     need = float(settings.get("quantile", 1.0)) if training else 1.0
@@ -74,26 +81,40 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
             work, while_waiting = while_waiting, None
             work()
 
-    best, stall, it, gave_up = float("inf"), 0, 0, False
+    def close(iterates):
+        nonlocal closing
+        if closing is not None:
+            work, closing = closing, None
+            work(iterates)
+
+    best, stall, it, gave_up, rows = float("inf"), 0, 0, False, []
     pending = step(start, delta)
     cur, payload, residual = pending
     while it < max_iter and not gave_up:
         cur, payload, residual = pending
-        ahead = _overlaps(residual) and it + residual.shape[0] < max_iter
+        last_call = it + residual.shape[0] >= max_iter
+        ahead = _overlaps(residual) and not last_call
         if ahead:     # the residual's copy is queued before the next call's launches
             rows = _copy_to_host(residual)
             pending = step(cur, delta)
             now_or_never()
             rows = rows()
+        elif last_call and _overlaps(residual):    # the copy first, then the closing work behind it: the host
+            rows = _copy_to_host(residual)         # reads and warns while the device runs that work
+            close(cur)
+            rows = rows()
         else:
+            if last_call:
+                close(cur)
             rows = residual.tolist()
         first_delta, ran = delta, it + len(rows)
         for values in rows:        # one row per iteration the call ran
             it += 1
             if not values or sum(v < tol for v in values) / len(values) >= need:   # that share has converged
                 now_or_never()
+                close(cur)
                 return payload, cur, SolveInfo(ran, residual[-1], True, delta)
-            worst = float("nan") if any(v != v for v in values) else max(values)
+            worst = _largest(values)
             best, stall = (worst, 0) if worst < best else (best, stall + 1)
             if stall >= PATIENCE:          # no progress: a smaller step
                 delta, stall = delta * DECAY, 0
@@ -107,9 +128,11 @@ def fixed_point(f: Callable, start: dict, settings: dict, training: bool, name: 
         if not ahead and it < max_iter:
             pending = step(cur, delta)
     now_or_never()
+    close(cur)
     share = "every sequence" if need >= 1.0 else f"{need:.0%} of the batch"
     last = residual[-1]
-    top = float(last.max()) if last.numel() else float("nan")
+    # the largest of the last residual from its row on the host (last.max() waited for the device again)
+    top = _largest(rows[-1]) if rows and rows[-1] else float(last.max()) if last.numel() else float("nan")
     warnings.warn(f"{name}: fixed point not reached after {it} iterations: {share} needs a relative change "
                   f"below tol {tol:g}, the largest is {top:.3g} (step size {delta:.3g})",
                   RecNotConverged, stacklevel=stacklevel)
@@ -131,6 +154,11 @@ class Batched:
         K = max(1, min(self.per_call, self.max_iter - done))
         new, residual = self.run(iterates, delta, K)
         return {**new, "done": done + K}, None, residual
+
+
+def _largest(values: list) -> float:
+    """The largest of a residual row, NaN if it holds one (max() would skip it or not by its place)."""
+    return float("nan") if any(v != v for v in values) else max(values)
 
 
 def _overlaps(residual: torch.Tensor) -> bool:

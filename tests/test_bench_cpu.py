@@ -41,3 +41,28 @@ def test_dplr_runs_at_issue_4s_shapes():
     B, T, params = dplr_shapes("2,5,1,4", [])[0]
     rows = recurrent_case(example("rwkv7"), B, T, params, dtype=torch.float16, device="cpu")
     assert {r["dtype"] for r in rows} == {"float16"} and {r["K"] for r in rows} == {4}
+
+
+def test_device_idle_timeline_splits_a_call():
+    """benchmarks/fp_device_idle.timeline on a made-up profile: kernels on two streams overlap (counted once),
+    a record_function range drawn on the device's row is no kernel, and the idle rest splits into the lead
+    (with the host stages in it), the gap between kernels (with the host stage at its middle) and the tail."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace as Event
+
+    from torch.autograd import DeviceType
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fp_device_idle import timeline
+
+    def ev(name, dev, t0, t1, **kw):
+        return Event(name=name, device_type=dev, time_range=Event(start=t0, end=t1), **kw)
+    cpu, gpu = DeviceType.CPU, DeviceType.CUDA
+    events = [ev("call 0", cpu, 0, 1000), ev("recdsl:plan", cpu, 10, 90), ev("recdsl:fixed_point", cpu, 300, 700),
+              ev("call 0", gpu, 100, 900, is_user_annotation=True),
+              ev("k1", gpu, 100, 300), ev("k2", gpu, 200, 400), ev("k3", gpu, 600, 900)]
+    row = timeline(events, "call 0")
+    assert (row["span_ms"], row["busy_ms"], row["lead_ms"], row["gaps_ms"], row["tail_ms"]) == (1.0, 0.6, 0.1, 0.2, 0.1)
+    assert row["kernels"] == 3 and row["first_kernel"] == "k1" and row["lead_stages_ms"] == {"recdsl:plan": 0.08}
+    (gap,) = row["gaps"]
+    assert gap["after_kernel"] == "k2" and gap["before_kernel"] == "k3" and gap["host_stage"] == "recdsl:fixed_point"

@@ -170,6 +170,35 @@ def test_training_tail_graphs_keep_each_forward(monkeypatch):
         torch.autograd.grad(loss, list(sets[0].values()))
 
 
+def test_graphs_close_a_converged_solve_as_the_eager_calls(monkeypatch):
+    """A solve that converges (tol 1e-6) with its next call already queued: the driver's closing work (an
+    inference call's closing launch, a training call's replayed tail, solve.fixed_point's `closing`) then
+    reads the converged iterate while the dropped call writes the other slot; over eager first calls,
+    captures and replays, outputs and gradients equal the eager path's bit for bit."""
+    from pathlib import Path
+    monkeypatch.setenv("RECDSL_FIXED_POINT", "fused")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2)
+    args = cuda_args(spec, 2, 256, torch.float32)
+    args = {k: (v.detach() * 512 ** -0.5).requires_grad_(True) if k in ("Wa", "Wu") else v for k, v in args.items()}
+    do = torch.randn(2, 256, 512, device="cuda")
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", recdsl.RecNotConverged)
+        for mode in ("0", "1"):
+            graph_mode(spec, monkeypatch, mode)
+            outs = []
+            for _ in range(3):
+                with torch.no_grad():
+                    outs.append(spec.op(**args, backend="triton")[0])
+                o, _ = spec.op(**args, backend="triton")
+                outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
+            runs[mode] = outs
+    assert spec.memo["fp_graphs"] and spec.memo["fp_tail_graphs"]
+    for a, b in zip(runs["0"], runs["1"]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.filterwarnings("ignore::recdsl.errors.RecNotConverged")
 def test_fixed_point_graphs_closing_launch_of_a_new_kind(monkeypatch):
     """An inference call whose closing launch is a kind of call the solve did not run (8 iterations: calls of

@@ -134,3 +134,36 @@ def test_work_while_waiting_runs_once_with_a_call_queued(a, ahead, monkeypatch):
         assert events[:4] == ["call", "call", "work", "read"]
     else:
         assert events[-1] == "work"
+
+
+@pytest.mark.parametrize("a,ahead,max_iter", [([0.5, 0.2], False, 200), ([0.5, 0.2], True, 200),
+                                              ([0.9, 0.99], False, 7), ([0.9, 0.99], True, 7)])
+def test_closing_runs_once_on_the_result_as_soon_as_it_is_known(a, ahead, max_iter, monkeypatch):
+    """closing(iterates) runs exactly once, on the iterates returned: running ahead (the GPU path), after the
+    read that finds convergence, or, with the last call (no call can follow it), behind its residual's copy
+    and before that is read (the host then reads and warns while the device runs the closing work)."""
+    import recdsl.solve as solve
+    a = torch.tensor(a, dtype=torch.float64)
+    events, closed = [], []
+
+    def f(it, delta):
+        events.append("call")
+        new = {"h": a[:, None, None] * it["h"] + 2.0}
+        return new, None, solve.relative_change(new["h"], it["h"])
+
+    if ahead:
+        monkeypatch.setattr(solve, "_overlaps", lambda r: True)
+        monkeypatch.setattr(solve, "_copy_to_host", lambda r: (events.append("copy"),
+                                                              lambda: (events.append("read"), r.tolist())[1])[1])
+    settings = {**SETTINGS, "max_iter": max_iter}
+    with pytest.warns(RecNotConverged) if max_iter < 10 else contextlib.nullcontext():
+        _, last, info = fixed_point(f, start(2), settings, training=False, name="t", fused=True,
+                                    closing=lambda it: (events.append("close"), closed.append(it["h"])))
+    assert events.count("close") == 1 and closed[0] is last["h"] and info.converged == (max_iter > 10)
+    if not info.converged:    # the last call, then the closing work (ahead: behind the last residual's copy)
+        assert events.count("call") == max_iter
+        assert events[-5:] == ["call", "read", "copy", "close", "read"] if ahead else events[-2:] == ["call", "close"]
+    elif ahead:               # found by a read with the next call queued (dropped): then the closing work
+        assert events[-3:] == ["call", "read", "close"]
+    else:
+        assert events[-1] == "close"

@@ -100,8 +100,25 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     start = {"h": torch.zeros(full, dtype=torch.float32, device=ref.device), "zero": True}   # h^0 = 0
     training = torch.is_grad_enabled()
     steps = int(dict(ir.solve).get("backward_steps", 1))
-    graphs = while_waiting = None
+
+    def close_inference(last, step):
+        """(o, final state) of an inference call from the solve's last iterates: the closing iterations from
+        the fixed point as fused launches too (replayed where there are graphs and no final state is wanted),
+        then the readout."""
+        prev = states = last["h"]
+        dots, ht = last.get("dots"), None
+        for _ in range(steps):
+            if graphs is not None and not output_final_state:   # replayed too: an eager shifted launch's host
+                # work (its operands' evaluation, about 2 ms at issue 5's shape) left the device idle
+                nxt, _ = graphs.run({"h": states, "dots": dots}, 1.0, 1)
+                prev, states, dots = states, nxt["h"], nxt.get("dots")   # a first, eager call gives none
+                continue
+            prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
+        return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref)
+
+    graphs = while_waiting = closing = None
     holder: list = []      # the differentiable operands, when evaluated while the solve runs
+    closed: list = []      # closing's (o, final state), when the driver ran it
     if fused is not None:
         from . import fp_graph
 
@@ -121,6 +138,15 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
                     with torch.enable_grad():
                         holder.append(prepare(raw, h_init))
                 while_waiting = differentiable_operands
+            elif training:
+                def closing(last):     # the replayed differentiable tail (fp_tail_graph.py), queued behind the solve
+                    from . import fp_tail_graph
+                    with torch.enable_grad():
+                        closed.append(fp_tail_graph.call(spec, fused, raw, options, h_init, last["h"], steps,
+                                                         output_final_state))
+            elif not output_final_state:
+                def closing(last):     # the closing launches, replayed too, queued behind the solve
+                    closed.append(close_inference(last, None))
         else:
             with torch.set_grad_enabled(training and not fused.varying):
                 step = prepare(raw, h_init)
@@ -140,26 +166,20 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
             else:
                 solver = Batched(step.detached().iterations, max_iter, per_call())
             _, last, info = fixed_point(solver, start, dict(ir.solve), training=training, name=ir.name,
-                                        stacklevel=5, fused=True, while_waiting=while_waiting)
+                                        stacklevel=5, fused=True, while_waiting=while_waiting, closing=closing)
             if graphs is not None:
                 # the graphs' memory is written again by the next solve: what outlives this call is copied
-                # (the closing launches of an inference call below read the last iterate at once)
+                # (the closing work read the last iterate at once; the tail graph copies it in, or its eager
+                # call a copy, fp_tail_graph.call)
                 info.residual = info.residual.clone()
-                if training:
+                if training and not fused.varying:
                     last = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in last.items()}
                 step = holder[0] if holder else graphs.step
+    if closed:
+        return closed[0] + (info,)
     prev = last["h"]
     if fused is not None and not training:
-        # no gradient wanted (inference): the closing iterations from the fixed point are fused launches too
-        states, dots, ht = prev, last.get("dots"), None
-        for _ in range(steps):
-            if graphs is not None and not output_final_state:   # replayed too: an eager shifted launch's host
-                # work (its operands' evaluation, about 2 ms at issue 5's shape) left the device idle
-                nxt, _ = graphs.run({"h": states, "dots": dots}, 1.0, 1)
-                prev, states, dots = states, nxt["h"], nxt.get("dots")   # a first, eager call gives none
-                continue
-            prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
-        return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref) + (info,)
+        return close_inference(last, step) + (info,)
     # k differentiable iterations from the fixed point (its value held constant): their gradient is the
     # implicit-function gradient's Neumann series cut after k terms (k = 1: the paper's one step). The
     # inputs are converted again so that autograd sees them (the loop's copies were made without a graph)

@@ -29,16 +29,20 @@ SHAPES = 4       # call shapes kept per spec before the oldest is dropped
 
 def call(spec, pattern, args: dict, options: dict, h0, states, steps: int, want_final: bool):
     """fixed_point.varying_steps(spec, pattern, args, options, h0, None, states, steps, want_final) through
-    this spec's graphs for the call's shape: (o, final state or None)."""
+    this spec's graphs for the call's shape: (o, final state or None). `states` may lie in memory that a later
+    solve writes again (fp_graph's slots): a replay copies it into its graph's own, and an eager call that
+    keeps it for its backward takes a copy."""
     from .fixed_point import varying_steps
     names = sorted(k for k, v in args.items() if isinstance(v, torch.Tensor))
     rest = {k: v for k, v in args.items() if k not in names}
+    states = states.detach()
     tensors = [args[k] for k in names] + [states] + ([] if h0 is None else [h0])
 
-    def tail(*t):
+    def tail(*t, keep: bool = False):
         raw = dict(zip(names, t), **rest)
+        held = t[len(names)].clone() if keep else t[len(names)]
         return varying_steps(spec, pattern, raw, options, t[len(names) + 1] if h0 is not None else None, None,
-                             t[len(names)], steps, want_final)
+                             held, steps, want_final)
     key = (tuple(names), tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors),
            h0 is not None, steps, want_final, tuple(sorted(options.items())), tuple(sorted(rest.items())))
     if not any(t.requires_grad for t in tensors):      # no backward to replay
@@ -48,10 +52,10 @@ def call(spec, pattern, args: dict, options: dict, h0, states, steps: int, want_
         if len(cache) >= SHAPES:
             cache.pop(next(iter(cache)))
         cache[key] = Instances(INSTANCES)
-        return tail(*tensors)
+        return tail(*tensors, keep=True)
     graph = cache[key].acquire(lambda: TailGraph(tail, tensors))    # made from this call (no older one kept)
     if graph is None:              # every instance holds a forward whose backward has not run
-        return tail(*tensors)
+        return tail(*tensors, keep=True)
     outs = Replay.apply(graph, *tensors)
     return outs[0], (outs[1] if want_final else None)
 
@@ -106,9 +110,9 @@ class TailGraph:
         self.busy, self.generation = None, 0
 
     def run_forward(self, inputs, holder) -> list:
-        for static, t in zip(self.inputs, inputs):
-            if static.data_ptr() != t.data_ptr():
-                static.detach().copy_(t.detach())
+        from .fp_graph import copy_largest_first
+        copy_largest_first([(static.detach(), t) for static, t in zip(self.inputs, inputs)
+                            if static.data_ptr() != t.data_ptr()])
         self.busy, self.generation = weakref.ref(holder), self.generation + 1
         self.forward.replay()
         return [o.clone() for o in self.outs]
