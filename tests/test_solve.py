@@ -167,3 +167,20 @@ def test_closing_runs_once_on_the_result_as_soon_as_it_is_known(a, ahead, max_it
         assert events[-3:] == ["call", "read", "close"]
     else:
         assert events[-1] == "close"
+
+
+@pytest.mark.parametrize("max_iter,per_call,calls", [(17, 4, [1, 4, 4, 4, 4]), (8, 4, [4, 4]), (3, 4, [3]),
+                                                     (7, 1, [1] * 7)])
+def test_batched_calls_take_the_remainder_first(max_iter, per_call, calls):
+    """solve.Batched: up to per_call iterations a call, the remainder of max_iter in the first, so that the
+    last call is a whole one."""
+    from recdsl.solve import Batched
+    ks = []
+
+    def run(iterates, delta, K):
+        ks.append(K)
+        return {"h": iterates["h"] + K}, torch.ones(K, 1)
+    with pytest.warns(RecNotConverged):
+        _, last, info = fixed_point(Batched(run, max_iter, per_call), {"h": torch.zeros(1, 1)},
+                                    {**SETTINGS, "max_iter": max_iter}, training=False, name="t", fused=True)
+    assert ks == calls and info.iterations == max_iter and last["h"].item() == max_iter
