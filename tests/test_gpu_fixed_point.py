@@ -101,7 +101,7 @@ def test_shifted_products_of_bf16_inputs_converge_on_gpu():
 def test_fixed_point_graphs_replay_the_eager_calls(path, monkeypatch):
     """The fused solve replayed as CUDA graphs (fp_graph.py: the operands' evaluation, then the driver
     calls) gives the eager calls' outputs bit for bit, over solves that run each kind of call eagerly,
-    capture both of its graphs and replay them (9 iterations: calls of 1, 4, 4; an inference call's closing
+    capture both of its graphs and replay them (9 iterations: calls of 4, 4, 1; an inference call's closing
     launch is replayed as well), with new argument values
     on each solve (read, not stale), bf16 arguments, an initial state, with and without a gradient. The
     second spec's operands read prev(h, shift = 1): its graphs replay their evaluation before each launch."""

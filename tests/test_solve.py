@@ -169,18 +169,35 @@ def test_closing_runs_once_on_the_result_as_soon_as_it_is_known(a, ahead, max_it
         assert events[-1] == "close"
 
 
-@pytest.mark.parametrize("max_iter,per_call,calls", [(17, 4, [1, 4, 4, 4, 4]), (8, 4, [4, 4]), (3, 4, [3]),
-                                                     (7, 1, [1] * 7)])
-def test_batched_calls_take_the_remainder_first(max_iter, per_call, calls):
-    """solve.Batched: up to per_call iterations a call, the remainder of max_iter in the first, so that the
-    last call is a whole one."""
+def test_likely_done_extrapolates_each_sequence():
+    from recdsl.solve import _likely_done
+    assert not _likely_done([], 4, 1e-6, 1.0) and not _likely_done([[1.0]], 4, 1e-6, 1.0)
+    assert _likely_done([[1e-4, 1e-2], [1e-5, 1e-4]], 2, 1e-6, 1.0)      # rates 0.1 and 0.01: 1e-7, 1e-8
+    assert not _likely_done([[1e-4, 1e-2], [1e-5, 1e-3]], 2, 1e-6, 1.0)  # the second at 1e-5
+    assert _likely_done([[1e-4, 1e-2], [1e-5, 1e-3]], 2, 1e-6, 0.5)      # half the batch suffices
+    assert not _likely_done([[1e-3], [2e-3]], 40, 1e-6, 1.0)              # growing: no faster than 1
+    assert not _likely_done([[1e-3], [float("nan")]], 4, 1e-6, 1.0)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_call_after_one_likely_to_converge_runs_one_iteration(ahead, monkeypatch):
+    """solve.Batched under the driver (4 iterations a call, tol 1e-6) on set residuals: the first call's fall
+    predicts that the second converges, so the third runs one iteration; the second stalls, so the third is
+    not dropped; the fourth converges and the fifth, launched ahead while it was likely to, runs one. The
+    calls are the same running ahead or not, but for that dropped one."""
+    import recdsl.solve as solve
     from recdsl.solve import Batched
+    R = [1, .1, .01, .001, .001, .0009, .0008, .0007, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10]
     ks = []
 
     def run(iterates, delta, K):
         ks.append(K)
-        return {"h": iterates["h"] + K}, torch.ones(K, 1)
-    with pytest.warns(RecNotConverged):
-        _, last, info = fixed_point(Batched(run, max_iter, per_call), {"h": torch.zeros(1, 1)},
-                                    {**SETTINGS, "max_iter": max_iter}, training=False, name="t", fused=True)
-    assert ks == calls and info.iterations == max_iter and last["h"].item() == max_iter
+        n = iterates.get("done", 0)
+        return {"h": iterates["h"] + K}, torch.tensor([[R[n + k]] for k in range(K)])
+    if ahead:
+        monkeypatch.setattr(solve, "_overlaps", lambda r: True)
+        monkeypatch.setattr(solve, "_copy_to_host", lambda r: (lambda: r.tolist()))
+    _, last, info = fixed_point(Batched(run, 100, 4), {"h": torch.zeros(1, 1)}, {**SETTINGS, "tol": 1e-6},
+                                training=False, name="t", fused=True)
+    assert info.converged and info.iterations == 13 and last["h"].item() == 13
+    assert ks == [4, 4, 1, 4] + ([1] if ahead else [])
