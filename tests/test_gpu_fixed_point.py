@@ -17,6 +17,18 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def solves_and_training_calls(spec, args: dict, do, calls: int = 3) -> list:
+    """`calls` rounds of an inference call and a training call (eager, capture, replay where graphs are on):
+    the outputs and the training calls' gradients for the loss (o * do).sum()."""
+    outs = []
+    for _ in range(calls):
+        with torch.no_grad():
+            outs.append(spec.op(**args, backend="triton")[0])
+        o, _ = spec.op(**args, backend="triton")
+        outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
+    return outs
+
+
 def graph_mode(spec, monkeypatch, mode: str):
     """RECDSL_FP_GRAPH=mode, the spec's captured graphs dropped: the next calls run eagerly first."""
     monkeypatch.setenv("RECDSL_FP_GRAPH", mode)
@@ -187,13 +199,7 @@ def test_graphs_close_a_converged_solve_as_the_eager_calls(monkeypatch):
         warnings.simplefilter("error", recdsl.RecNotConverged)
         for mode in ("0", "1"):
             graph_mode(spec, monkeypatch, mode)
-            outs = []
-            for _ in range(3):
-                with torch.no_grad():
-                    outs.append(spec.op(**args, backend="triton")[0])
-                o, _ = spec.op(**args, backend="triton")
-                outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
-            runs[mode] = outs
+            runs[mode] = solves_and_training_calls(spec, args, do)
     assert spec.memo["fp_graphs"] and spec.memo["fp_tail_graphs"]
     for a, b in zip(runs["0"], runs["1"]):
         assert torch.equal(a, b)
@@ -317,13 +323,7 @@ def test_side_stream_changes_no_bit(monkeypatch):
         for mode in ("0", "1"):
             graph_mode(spec, monkeypatch, mode)
             sides.clear()
-            outs = []
-            for _ in range(3):
-                with torch.no_grad():
-                    outs.append(spec.op(**args, backend="triton")[0])
-                o, _ = spec.op(**args, backend="triton")
-                outs += [o.detach()] + list(torch.autograd.grad((o * do).sum(), list(args.values())))
-            runs[side, mode] = outs
+            runs[side, mode] = solves_and_training_calls(spec, args, do)
             assert sides and all((s is not None) == (side == "1") for s in sides)
     for key in (("1", "1"), ("0", "1"), ("1", "0")):
         for a, b in zip(runs[key], runs["0", "0"]):

@@ -18,6 +18,18 @@ def affine(a, c):
     return lambda it: ({"h": a[:, None, None] * it["h"] + c}, it["h"])
 
 
+def counted_affine(a: list, events: list):
+    """The fused protocol's step for x -> a * x + 2 per sequence, logging "call" in `events` each time."""
+    from recdsl.solve import relative_change
+    a = torch.tensor(a, dtype=torch.float64)
+
+    def f(it, delta):
+        events.append("call")
+        new = {"h": a[:, None, None] * it["h"] + 2.0}
+        return new, None, relative_change(new["h"], it["h"])
+    return f
+
+
 def start(B=3):
     return {"h": torch.zeros(B, 4, 2, dtype=torch.float64)}
 
@@ -114,14 +126,8 @@ def test_work_while_waiting_runs_once_with_a_call_queued(a, ahead, monkeypatch):
     """while_waiting() runs exactly once, converged or not: running ahead (the GPU path) after the second
     call is launched and before the first residual is read, else before the solve returns."""
     import recdsl.solve as solve
-    a = torch.tensor(a, dtype=torch.float64)
     events = []
-
-    def f(it, delta):
-        events.append("call")
-        new = {"h": a[:, None, None] * it["h"] + 2.0}
-        return new, None, solve.relative_change(new["h"], it["h"])
-
+    f = counted_affine(a, events)
     if ahead:
         monkeypatch.setattr(solve, "_overlaps", lambda r: True)
         monkeypatch.setattr(solve, "_copy_to_host", lambda r: (lambda: (events.append("read"), r.tolist())[1]))
@@ -143,14 +149,8 @@ def test_closing_runs_once_on_the_result_as_soon_as_it_is_known(a, ahead, max_it
     read that finds convergence, or, with the last call (no call can follow it), behind its residual's copy
     and before that is read (the host then reads and warns while the device runs the closing work)."""
     import recdsl.solve as solve
-    a = torch.tensor(a, dtype=torch.float64)
     events, closed = [], []
-
-    def f(it, delta):
-        events.append("call")
-        new = {"h": a[:, None, None] * it["h"] + 2.0}
-        return new, None, solve.relative_change(new["h"], it["h"])
-
+    f = counted_affine(a, events)
     if ahead:
         monkeypatch.setattr(solve, "_overlaps", lambda r: True)
         monkeypatch.setattr(solve, "_copy_to_host", lambda r: (events.append("copy"),
