@@ -23,13 +23,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-FP = "recdsl.backends.triton"
-STAGES = (("recdsl.opcall", None, "call_op"), (f"{FP}.fixed_point", None, "run_fixed_point"),
-          ("recdsl.opcall", None, "prepare"), ("recdsl.planner", None, "plan"), ("recdsl.solve", None, "fixed_point"),
-          ("recdsl.solve", None, "_copy_to_host"), (f"{FP}.fixed_point", None, "_readout"),
-          (f"{FP}.fp_graph", "SolveGraphs", "bind"), (f"{FP}.fp_graph", "SolveGraphs", "run"))   # (module, class, name)
-
-
 def main() -> None:
     from profile_fp_host import calls, shape_options
     from overhead import emit
@@ -115,16 +108,20 @@ def _gap(s: float, t: float, before: str, after: str, host) -> dict:
 
 def _label_stages() -> None:
     """Wrap the solve's host stages in record_function("recdsl:<name>") ranges."""
-    import importlib
-    for module, cls, name in STAGES:
-        owner = importlib.import_module(module)
-        owner = getattr(owner, cls) if cls else owner
-        inner = getattr(owner, name)
+    from profile_fp_host import wrap_stages
 
-        def labelled(*a, _inner=inner, _label=f"recdsl:{name}", **k):
-            with record_function(_label):
-                return _inner(*a, **k)
-        setattr(owner, name, labelled)
+    from recdsl import opcall, planner, solve
+    from recdsl.backends.triton import fixed_point, fp_graph
+
+    def labelled(label, inner):
+        def in_range(*a, **k):
+            with record_function(label):
+                return inner(*a, **k)
+        return in_range
+    stages = [(opcall, "call_op"), (fixed_point, "run_fixed_point"), (opcall, "prepare"), (planner, "plan"),
+              (solve, "fixed_point"), (solve, "_copy_to_host"), (fixed_point, "_readout"),
+              (fp_graph.SolveGraphs, "bind"), (fp_graph.SolveGraphs, "run")]
+    wrap_stages([(owner, name, f"recdsl:{name}") for owner, name in stages], labelled)
 
 
 if __name__ == "__main__":

@@ -105,27 +105,29 @@ def _host_stages() -> dict:
     from recdsl.backends.triton import fixed_point, fp_fused, fp_graph, fp_shifted
     seconds: dict = {}
 
-    def wrap(owner, name, label):
-        inner = getattr(owner, name)
-
+    def timed(label, inner):
         def timed_stage(*a, **k):
             t0 = time.perf_counter()
             try:
                 return inner(*a, **k)
             finally:
                 seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
-        setattr(owner, name, timed_stage)
-    wrap(opcall, "prepare", "opcall.prepare")
-    wrap(planner, "plan", "planner.plan")
-    wrap(opcall, "call_op", "opcall.call_op (all)")
-    wrap(fixed_point, "run_fixed_point", "run_fixed_point")
-    wrap(fp_fused.FusedIteration, "build", "FusedIteration.build")
-    wrap(fp_shifted.ShiftedIteration, "at", "ShiftedIteration.at")
-    wrap(fp_graph.SolveGraphs, "bind", "SolveGraphs.bind")
-    wrap(solve, "fixed_point", "solve.fixed_point (waits included)")
-    wrap(solve, "_copy_to_host", "solve._copy_to_host")
-    wrap(fixed_point, "_readout", "_readout")
+        return timed_stage
+    wrap_stages([(opcall, "prepare", "opcall.prepare"), (planner, "plan", "planner.plan"),
+                 (opcall, "call_op", "opcall.call_op (all)"), (fixed_point, "run_fixed_point", "run_fixed_point"),
+                 (fp_fused.FusedIteration, "build", "FusedIteration.build"),
+                 (fp_shifted.ShiftedIteration, "at", "ShiftedIteration.at"),
+                 (fp_graph.SolveGraphs, "bind", "SolveGraphs.bind"),
+                 (solve, "fixed_point", "solve.fixed_point (waits included)"),
+                 (solve, "_copy_to_host", "solve._copy_to_host"), (fixed_point, "_readout", "_readout")], timed)
     return seconds
+
+
+def wrap_stages(stages, around) -> None:
+    """Replace each (owner, name, label) of `stages`, a module's function or a class's method, by
+    around(label, the original)."""
+    for owner, name, label in stages:
+        setattr(owner, name, around(label, getattr(owner, name)))
 
 
 def _short_names(kernels: dict) -> dict:

@@ -51,10 +51,10 @@ def signature(fn, constexprs: dict, data: str = "bf16") -> dict:
     return sig
 
 
-def aligned_pointers(fn, sig: dict) -> dict:
+def aligned_pointers(fn, sig: dict, also: tuple = ()) -> dict:
     """The attributes the JIT gives 16-byte aligned tensors: tt.divisibility 16 on each pointer argument of
-    `sig` (the aot_jobs' fifth field)."""
-    return {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
+    `sig` and on the integer arguments named in `also` (the aot_jobs' fifth field)."""
+    return {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*") or a in also}
 
 
 def compile_scan(spec, capabilities=(80, 90)) -> list[tuple[str, int, int, float]]:

@@ -437,6 +437,6 @@ def _aot_job(name, fn, const, data, state, options):
         else:   # g, h0, ht, dht, dh0, dg
             sig[a] = "*fp32"
     # what the JIT would specialise for 16-byte aligned tensors and a T divisible by 16
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if sig[a].startswith("*") or a in ("T", "dg_stride")}
+    from .aot import aligned_pointers
+    attrs = aligned_pointers(fn, sig, also=("T", "dg_stride"))
     return name, fn, sig, const, attrs, options

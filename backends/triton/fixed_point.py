@@ -186,7 +186,7 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
     if fused is not None and fused.varying:     # each step evaluates its operands again (varying_steps)
         from . import fp_graph, fp_tail_graph
         if fp_graph.usable(ref, cu):     # replayed as CUDA graphs, forward and backward (fp_tail_graph.py)
-            o, final = fp_tail_graph.call(spec, fused, raw, options, h_init, prev.detach(), steps, output_final_state)
+            o, final = fp_tail_graph.call(spec, fused, raw, options, h_init, prev, steps, output_final_state)
         else:
             o, final = varying_steps(spec, fused, raw, options, h_init, cu, prev.detach(), steps, output_final_state)
         return o, final, info
