@@ -51,7 +51,7 @@ def usable(ref: torch.Tensor, cu) -> bool:
 def copy_largest_first(pairs) -> None:
     """dst.copy_(src) for each (dst, src), the largest first: the device copies the large ones while the host
     queues the small ones (in argument order it sat idle between the small copies' launches, H100 trace
-    2026-12-02c)."""
+    benchmarks/results/2026-12-02c_h100_trace_fp32_solve.json)."""
     for dst, src in sorted(pairs, key=lambda p: -p[0].numel()):
         dst.copy_(src.detach())
 
