@@ -3,7 +3,7 @@ issue 5's shape by default): fp_shifted.ShiftedIteration.at(prev), which evaluat
 and the dot products from an iterate, with fp_reflections' kernels under several tile configs
 (RECDSL_FP_REFLECTION_BLOCKS) against torch's passes (RECDSL_FP_REFLECTIONS=torch), in fp32 (on FMA units, or
 RECDSL_FP_REFLECTION_FP32=tf32x3, tf32x3-triton or fp16x3 for three tensor-core products), TF32 and bf16 (the
-iterate in --parts bf16 parts); then the two kernels alone per tile config (fp16x3's with fp_iterate_parts),
+iterate in --parts bf16 parts); then the two kernels alone per tile config,
 and alpha's narrow product per launch geometry (--narrow).
 
     python benchmarks/sweep_fp_reflections.py --out sweep.jsonl     # a GPU

@@ -100,6 +100,33 @@ def test_fp16x3_products_keep_each_tokens_accuracy_and_non_finite_rows(monkeypat
     assert not torch.isfinite(u[6]).any() and not torch.isfinite(u[7]).any()
 
 
+@pytest.mark.parametrize("D", [6, 40])
+def test_launches_leave_their_iterates_peaks_for_the_next_products(D, monkeypatch):
+    """fp16x3 splits the iterate in the product kernel by each row's peak, which the launch that wrote the
+    iterate left (FusedIteration.launch's peak_out, whole rows at D = 6, five channel blocks at 40): the peaks of
+    the damped iterate exactly, and iterations that carry them give the iterates bit for bit of launches that
+    take them again from the iterate (packed sequences, one empty, with initial states)."""
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", "fp16x3")
+    r, T = 2, 11
+    spec = recdsl.load(MIXER_HDEP, D=D, r=r)
+    cu = torch.tensor([0, 8, 8, 2 * T], dtype=torch.int32)
+    args = random_args(spec, B=1, T=2 * T, dtype=torch.float32, seed=4)
+    g = torch.Generator().manual_seed(4)
+    it = shifted(spec, args, torch.randn(3, D, generator=g), cu, 1, 2 * T, monkeypatch, "triton")
+    assert it.peaks
+    taken = []
+    products = it.reflections.products
+    it.reflections.products = lambda prev, peak=None: taken.append(peak is not None) or products(prev, peak)
+    zeros = torch.zeros(1, 2 * T, 1, D)
+    got, _ = it.iterations({"h": zeros, "zero": True}, 0.7, 3)
+    assert taken == [True, True]     # the first launch takes no product; the next two the carried peaks
+    assert torch.equal(got["peak"], got["h"].reshape(2 * T, D).abs().amax(1))
+    h = it.launch(zeros, 0.7, zero=True)[0]
+    for _ in range(2):
+        h = it.launch(h, 0.7)[0]
+    assert taken[2:] == [False, False] and torch.equal(h, got["h"])
+
+
 @pytest.mark.parametrize("fp32", ["fp16x3", "tf32x3"])
 def test_int64_offsets_give_the_same_products(fp32, monkeypatch):
     """Past offsets_fit's bound the product kernel takes int64 element offsets: the same raw vectors and shares
@@ -211,7 +238,7 @@ def test_solve_through_the_kernels_matches_the_reference(monkeypatch):
 
 def test_kernels_build_for_sm90():
     res = compile_sm90("recdsl.backends.triton.fp_reflections", "aot_jobs", 512, 2, with_registers=True)
-    assert sorted(row[0] for row in res) == ["fp_iterate_parts", "fp_reflection_finish",
+    assert sorted(row[0] for row in res) == ["fp_reflection_finish",
                                              "fp_reflection_products bf16", "fp_reflection_products fp16x3",
                                              "fp_reflection_products ieee", "fp_reflection_products tf32",
                                              "fp_reflection_products tf32x3", "fp_reflection_products tf32x3-triton"]

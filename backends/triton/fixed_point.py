@@ -106,14 +106,16 @@ def run_fixed_point(spec, raw: dict, options: dict, h0, cu, output_final_state, 
         the fixed point as fused launches too (replayed where there are graphs and no final state is wanted),
         then the readout."""
         prev = states = last["h"]
-        dots, ht = last.get("dots"), None
+        dots, peak, ht = last.get("dots"), last.get("peak"), None
         for _ in range(steps):
             if graphs is not None and not output_final_state:   # replayed too: an eager shifted launch's host
                 # work (its operands' evaluation, about 2 ms at issue 5's shape) left the device idle
-                nxt, _ = graphs.run({"h": states, "dots": dots}, 1.0, 1)
-                prev, states, dots = states, nxt["h"], nxt.get("dots")   # a first, eager call gives none
+                nxt, _ = graphs.run({"h": states, "dots": dots, "peak": peak}, 1.0, 1)
+                # a first, eager call gives no dot products
+                prev, states, dots, peak = states, nxt["h"], nxt.get("dots"), nxt.get("peak")
                 continue
             prev, (states, _, ht, dots) = states, step.launch(states, 1.0, store_ht=output_final_state, dots=dots)
+            peak = None
         return _readout(spec, evaluator(prev, states), out, ht, B, T, H, D, ref)
 
     graphs = while_waiting = closing = None

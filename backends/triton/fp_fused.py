@@ -97,14 +97,16 @@ See recdsl backends/triton/fp_fused.py.
 
 
 @triton.jit
-def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, h0, ht, cu_seqlens, T, NTOK,
-                  delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, hpeak, h0, ht, cu_seqlens, T,
+                  NTOK, delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                   FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                  NEXT_DOTS: tl.constexpr = True):
+                  NEXT_DOTS: tl.constexpr = True, PEAKS: tl.constexpr = False):
     """Program (channel block, sequence): spec arguments the operands are evaluated from (fp_operands.py);
     x, g, a (those evaluated before the solve), hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
     dots_in [NTOK, RP]: u_i . (x - hp); dots_out [D / BD, NTOK, RP]: each channel block's share of u_i . (x - h);
-    h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; all fp32."""
+    h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; PEAKS: hpeak [NTOK] (FULL_ROWS) or
+    [D / BD, NTOK], max_c |h| of the damped iterate written, which the next launch's fp16x3 products scale by
+    (fp_reflections.py); all fp32."""
     i_d, i_n = tl.program_id(0), tl.program_id(1)
     bos, L = _coords(i_n, cu_seqlens, T, IS_VARLEN)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -138,6 +140,8 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
         hs = Bs + A * carry
         h_new = tl.where(m_td, delta * hs + (1.0 - delta) * b_hp, 0.0)
         tl.store(h + off, h_new, mask=m_td)
+        if PEAKS:
+            tl.store(hpeak + i_d * NTOK + p, tl.max(tl.abs(h_new), axis=1), mask=m_t)
         # the next iteration's d_i, this block's share: u_i . (x - h_new) over its channels (not where the next
         # launch's u is another: fp_shifted.py)
         if NEXT_DOTS:
@@ -191,12 +195,13 @@ def fp_fused_dots(u, x, hp, dots, gram, NTOK, D: tl.constexpr, R: tl.constexpr, 
 
 
 @triton.jit
-def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.constexpr, RP: tl.constexpr,
-                    NBDP: tl.constexpr, BT: tl.constexpr, DOTS: tl.constexpr = True):
+def fp_fused_finish(dots_part, dots, dmax, hmax, res, peak_part, peak, seq, NTOK, NBD, R: tl.constexpr,
+                    RP: tl.constexpr, NBDP: tl.constexpr, BT: tl.constexpr, DOTS: tl.constexpr = True,
+                    PEAKS: tl.constexpr = False):
     """After fp_fused_iter with several channel blocks, per token: the blocks' partial dot products summed
     (dots [NTOK, RP]) and the residual max_c|h - hp| / max_c|h| folded into its sequence's res (zeroed;
     seq [NTOK], non-decreasing, names each token's sequence) by an atomic maximum: order-free, so
-    deterministic."""
+    deterministic. PEAKS: the blocks' peaks of the iterate's rows, their maximum into peak [NTOK]."""
     p0 = tl.program_id(0) * BT
     p = p0 + tl.arange(0, BT)
     m_t = p < NTOK
@@ -213,6 +218,8 @@ def fp_fused_finish(dots_part, dots, dmax, hmax, res, seq, NTOK, NBD, R: tl.cons
     first = tl.load(seq + p0)
     tl.atomic_max(res + first, tl.max(tl.where(s_t == first, ratio, 0.0), axis=0))
     tl.atomic_max(res + s_t, ratio, mask=m_t & (s_t != first))
+    if PEAKS:
+        tl.store(peak + p, tl.max(tl.load(peak_part + part, mask=m_jt, other=0.0), axis=0), mask=m_t)
     if DOTS:
         for i in tl.static_range(R):
             tl.store(dots + p * RP + i, tl.sum(tl.load(dots_part + part * RP + i, mask=m_jt, other=0.0), axis=0),
@@ -449,12 +456,14 @@ class FusedIteration:
         return (d, G) if gram else d
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None,
-               next_dots: bool = True):
+               next_dots: bool = True, peak_out=None):
         """One iteration from prev [B, T, 1, D] (and its dot products, when the last launch wrote them):
         (damped h^l like prev, residual [B] or [1] with cu_seqlens, final state [N, D] or None, h^l's dot
         products [NTOK, RP], or None without `next_dots`: where the next launch's u is another, fp_shifted.py).
         Two launches: the iteration and, with several channel blocks, fp_fused_finish.
-        `out` {"h": like prev, "dots": [NTOK, RP]} receives h^l and its dot products instead of new tensors."""
+        `out` {"h": like prev, "dots": [NTOK, RP]} receives h^l and its dot products instead of new tensors;
+        `peak_out` [NTOK], where given, receives each row's max_c |h^l| (fp_shifted.py passes them to the next
+        launch's fp16x3 products)."""
         NTOK, D = self.x.shape
         R, RP = self.u.shape[1], _padded(self.u.shape[1])
         N = self.B if self.cu is None else self.cu.numel() - 1
@@ -473,13 +482,15 @@ class FusedIteration:
         dmax = hp.new_empty((NBD, NTOK) if not full_rows else (0,))
         hmax = torch.empty_like(dmax)
         ht = hp.new_empty((N, D) if store_ht else (0,))
+        peaks = peak_out is not None
+        peak_part = (peak_out if full_rows else hp.new_empty(NBD, NTOK)) if peaks else hp.new_empty(0)
         module = self.module
         if N > 0:
             module.fp_fused_iter[(NBD, N)](
                 *self.leaves, self.x, self.g, self.a, self.u, self.w, hp, dots_in, h, dots_part, dmax, hmax, res,
-                self.h0, ht, self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
+                peak_part, self.h0, ht, self.cu, self.T, NTOK, float(delta), D=D, R=R, RP=RP, BT=BT, BD=BD,
                 FULL_ROWS=full_rows, USE_H0=self.h0 is not None, STORE_HT=store_ht, IS_VARLEN=self.cu is not None,
-                NEXT_DOTS=next_dots, num_warps=warps)
+                NEXT_DOTS=next_dots, PEAKS=peaks, num_warps=warps)
         dots = dots_part[0] if next_dots else None
         if not full_rows and NTOK:
             # the channel blocks' shares added up in a second small launch: a loop over them inside the next
@@ -490,8 +501,8 @@ class FusedIteration:
             NBDP = next_power_of_2(NBD)
             BTF = max(16, 4096 // NBDP)
             module.fp_fused_finish[(cdiv(NTOK, BTF),)](
-                dots_part, dots, dmax, hmax, res, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP, BT=BTF,
-                DOTS=next_dots)
+                dots_part, dots, dmax, hmax, res, peak_part, peak_out, self.seq, NTOK, NBD, R=R, RP=RP, NBDP=NBDP,
+                BT=BTF, DOTS=next_dots, PEAKS=peaks)
         if self.cu is not None:   # packed sequences are one batch row to the solve
             res = res.amax().reshape(1) if N else res.new_zeros(1)
         return h.reshape(prev.shape), res, (ht if store_ht else None), dots

@@ -71,12 +71,14 @@ class SolveGraphs:
         with torch.cuda.graph(self.prologue):
             self.step = prepare(self.args, self.h0)
         NTOK, R = self.step.u.shape[:2]
-        self.slots = [{"h": None, "dots": self.step.x.new_empty(NTOK, _padded(R))}
-                      for _ in range(2)]    # the iterate (allocated at the first capture) and its dot products
+        # the iterate (allocated at the first capture), its dot products and its rows' peaks (fp_shifted.py)
+        self.slots = [{"h": None, "dots": self.step.x.new_empty(NTOK, _padded(R)), "peak": self.step.x.new_empty(NTOK)}
+                      for _ in range(2)]
         # (K, delta, dots in, from h^0 = 0) -> [graph, graph]; a graph: (CUDAGraph, residuals)
         self.graphs: dict = {}
         # an iteration whose operands read prev(h, shift = 1) takes no dot products in (fp_shifted.py)
         self.carries_dots = not self.step.pattern.varying
+        self.carries_peaks = getattr(self.step, "peaks", False)   # a ShiftedIteration's, for fp16x3 products
         self.seen: set = set()       # kinds of call run once eagerly (their kernels compiled)
         self.turn = 0
 
@@ -118,15 +120,23 @@ class SolveGraphs:
             src["h"].copy_(iterates["h"])
         if dots is not None and dots is not src["dots"]:
             src["dots"].copy_(dots)
+        if self.carries_peaks and not zero:    # zero: the first launch takes no product of the iterate
+            peak = iterates.get("peak")
+            if peak is None:     # an iterate from elsewhere, without them: taken here
+                torch.amax(src["h"].abs().reshape(len(src["peak"]), -1), 1, out=src["peak"])
+            elif peak is not src["peak"]:
+                src["peak"].copy_(peak)
         if pair[self.turn] is None:
             pair[self.turn] = self._capture(src, dst, dots is not None, delta, K, zero)
         graph, residuals = pair[self.turn]
         graph.replay()
-        return {"h": dst["h"], "dots": dst["dots"] if self.carries_dots else None}, residuals
+        return ({"h": dst["h"], "dots": dst["dots"] if self.carries_dots else None,
+                 "peak": dst["peak"] if self.carries_peaks else None}, residuals)
 
     def _capture(self, src, dst, dots_in: bool, delta, K, zero: bool):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             _, residuals = self.step.iterations({"h": src["h"], "dots": src["dots"] if dots_in else None,
-                                                 "zero": zero}, delta, K, out=dst)
+                                                 "zero": zero, "peak": src["peak"] if self.carries_peaks else None},
+                                                delta, K, out=dst)
         return graph, residuals

@@ -22,9 +22,9 @@ In their place the two kernels took 1.92 ms (profile 2026-11-27ze).
 The products take the inputs' precision (precision()): half weights multiply the fp32 iterate split into three
 parts of their dtype (parts(): all its bits, so the map from the iterate to u has no steps that stall a solve),
 with fp32 accumulation; fp32 ones multiply in TF32 where torch allows it (torch.backends.cuda.matmul.allow_tf32)
-and otherwise as three fp16 products of scaled parts (fp16x3, about fp32's accuracy), the iterate's parts
-written once per launch by `fp_iterate_parts` for every channel block to read. The raw vectors are written in
-fp32.
+and otherwise as three fp16 products of scaled parts (fp16x3, about fp32's accuracy), the iterate split in the
+product kernel by each row's peak, which the launch that wrote the iterate left (fp_fused.py's peaks). The raw
+vectors are written in fp32.
 
 alpha's narrow product of the same iterate (Wa @ h_last) stays a separate launch, fp_products.narrow_product
 (0.35 ms of a 17-iteration solve, 2026-11-27zn). An extra program column of the product kernel was tried for it:
@@ -48,14 +48,6 @@ from .ints import cdiv, env_ints, next_power_of_2
 from .template import load_source
 
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
-PARTS_BT = 32   # tokens of an fp_iterate_parts program
-
-
-def _parts_bd(D: int) -> int:
-    """Channels of fp_iterate_parts' column blocks."""
-    return min(128, max(16, next_power_of_2(D)))
-
-
 @dataclass(frozen=True)
 class MovingReflections:
     """The reflection vectors of a fixed-point pattern as a weight product of prev(h, shift = 1): `product`
@@ -99,7 +91,7 @@ def precision(dtype: torch.dtype) -> str:
     - "fp16x3", the default: fp16 parts, which tensor cores take at twice TF32's rate (Ootomo and Yokota
       2022). Each weight row and each token's iterate is scaled by a power of two at or below its largest
       magnitude, so that its fp16 part keeps 11 bits and the remainder, scaled up by 2^11, 11 more. The
-      weights are split once per solve, the iterate once per launch (fp_iterate_parts);
+      weights are split once per solve, the iterate in the product kernel;
     - "tf32x3": TF32 parts, the weights split once per solve and the iterate in the product kernel;
     - "tf32x3-triton": tl.dot's own 3xTF32, which splits both operands on every tile;
     - "ieee": FMA products.
@@ -159,37 +151,7 @@ def parts(dtype: torch.dtype) -> int:
 
 _PRODUCTS = r'''
 @triton.jit
-def fp_iterate_parts(it, h0, seq, hi, lo, scale, NTOK, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                     USE_H0: tl.constexpr):
-    """fp16x3's split of IR @PREV@ = prev(h, shift = 1) for BT tokens, read in place (row t is the iterate's row
-    t - 1 of it [NTOK, D] fp32, a sequence's first token reads h0 [N, D], or zeros): scale [NTOK] each token's
-    power of two at or below its largest magnitude, hi, lo [NTOK, D] fp16 with row / scale = hi + lo / 2^11."""
-    p = tl.program_id(0) * BT + tl.arange(0, BT)
-    m_t = p < NTOK
-    s_t, inner, first = token_boundaries(seq, p, m_t)
-    peak = tl.zeros([BT], dtype=tl.float32)
-    for k0 in range(0, D, BD):
-        o_k = k0 + tl.arange(0, BD)
-        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, o_k < D, D, USE_H0)
-        peak = tl.maximum(peak, tl.max(tl.abs(a), axis=1))
-    # the exponent bits alone (the smallest normal power for zero rows); its inverse exact as well, and -inf
-    # for a NaN or infinite peak, so that a non-finite iterate stays so
-    bits = tl.maximum(peak.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
-    tl.store(scale + p, bits.to(tl.float32, bitcast=True), mask=m_t)
-    inv = (0x7F000000 - bits).to(tl.float32, bitcast=True)
-    for k0 in range(0, D, BD):
-        o_k = k0 + tl.arange(0, BD)
-        m_k = o_k < D
-        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0) * inv[:, None]
-        a_hi = a.to(tl.float16)
-        off = p.to(tl.int64)[:, None] * D + o_k[None, :]
-        tl.store(hi + off, a_hi, mask=m_t[:, None] & m_k[None, :])
-        a_lo = ((a - a_hi.to(tl.float32)) * F16_REST).to(tl.float16)
-        tl.store(lo + off, a_lo, mask=m_t[:, None] & m_k[None, :])
-
-
-@triton.jit
-def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x, hp, u, part, NTOK,
+def fp_reflection_products(it, h0, seq, bias, wk, wl, wscale, x, hp, u, part, peak, h0_peak, NTOK,
                            D: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, USE_H0: tl.constexpr,
                            HAS_BIAS: tl.constexpr, PREC: tl.constexpr, K_MAJOR: tl.constexpr, PARTS: tl.constexpr,
                            SPLIT_W: tl.constexpr, FP16X3: tl.constexpr, WIDE: tl.constexpr):
@@ -199,8 +161,9 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     whose [BK, BC] tiles are K-major as TF32 tensor cores need them, else its transpose [D, R * D], which FMA
     products read faster; PARTS: half weights multiply the fp32 iterate as that many half parts; SPLIT_W: wk
     holds the fp32 weight's TF32 part and wl, like it, the remainder, for three TF32 products; FP16X3: wk and
-    wl hold fp16_parts' parts, wscale [R * D] its rows' scales, and it, it_lo and it_scale fp_iterate_parts'
-    of the iterate, shifted already; WIDE: int64 element offsets, for tensors past offsets_fit's bound);
+    wl hold fp16_parts' parts, wscale [R * D] its rows' scales, and peak [NTOK], h0_peak [N] the largest
+    magnitudes of the iterate's and h0's rows; WIDE: int64 element offsets, for tensors past offsets_fit's
+    bound);
     part [D / BC, NTOK, NS]: this block's shares
     @SLOTS@."""
     i_c, i_m = tl.program_id(0), tl.program_id(1)
@@ -213,11 +176,17 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < D
     # IR @PREV@ = prev(h, shift = 1), read in place: row t is the iterate's row t - 1, a sequence's first
-    # token reads h0 (or zeros); FP16X3: as fp_iterate_parts left it
-    if FP16X3:
-        row_scale = tl.load(it_scale + p, mask=m_t, other=0.0)
-    else:
-        s_t, inner, first = token_boundaries(seq, p, m_t)
+    # token reads h0 (or zeros)
+    s_t, inner, first = token_boundaries(seq, p, m_t)
+    if FP16X3:   # each token's power of two at or below its row's largest magnitude (peak [NTOK] of the
+        # iterate's rows, h0_peak [N] of h0's, a sequence's first token reading the latter); its inverse exact
+        # as well, -inf for a NaN or infinite peak, so that a non-finite iterate stays so
+        row_peak = tl.load(peak + p - 1, mask=inner, other=0.0)
+        if USE_H0:
+            row_peak += tl.load(h0_peak + s_t, mask=first, other=0.0)
+        bits = tl.maximum(row_peak.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
+        row_scale = bits.to(tl.float32, bitcast=True)
+        inv = (0x7F000000 - bits).to(tl.float32, bitcast=True)
     if K_MAJOR:   # from one reflection's weight to the next
         W_STEP: tl.constexpr = D * D
     else:
@@ -226,24 +195,23 @@ def fp_reflection_products(it, it_lo, it_scale, h0, seq, bias, wk, wl, wscale, x
     for k0 in range(0, D, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < D
+        a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
         if FP16X3:   # row / scale = a_main + a_rest / 2^11; a = a_main 2^11 (exact) meets the weight's high part
-            off = q[:, None] * D + o_k[None, :]    # as a_main meets its scaled remainder
-            a_main = tl.load(it + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
-            a_rest = tl.load(it_lo + off, mask=m_t[:, None] & m_k[None, :], other=0.0)
+            a = a * inv[:, None]    # as a_main meets its scaled remainder
+            a_main = a.to(tl.float16)
+            a_rest = ((a - a_main.to(tl.float32)) * F16_REST).to(tl.float16)
             a = (a_main.to(tl.float32) * F16_REST).to(tl.float16)
-        else:
-            a = shifted_rows(it, h0, s_t, inner, first, p, o_k, m_k, D, USE_H0)
-            if SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
-                a, a_rest = tf32_split(a)
-                a_main = a
-            elif PARTS == 1:
-                a = a.to(wk.dtype.element_ty)
-            else:   # the iterate as a sum of parts in the weight's dtype (three: all of fp32's bits)
-                a_hi = a.to(wk.dtype.element_ty)
-                rest = a - a_hi.to(tl.float32)
-                a_mid = rest.to(wk.dtype.element_ty)
-                a_lo = (rest - a_mid.to(tl.float32)).to(wk.dtype.element_ty)
-                a = a_hi
+        elif SPLIT_W:   # the iterate's TF32 part (low mantissa bits cut) and its remainder
+            a, a_rest = tf32_split(a)
+            a_main = a
+        elif PARTS == 1:
+            a = a.to(wk.dtype.element_ty)
+        else:   # the iterate as a sum of parts in the weight's dtype (three: all of fp32's bits)
+            a_hi = a.to(wk.dtype.element_ty)
+            rest = a - a_hi.to(tl.float32)
+            a_mid = rest.to(wk.dtype.element_ty)
+            a_lo = (rest - a_mid.to(tl.float32)).to(wk.dtype.element_ty)
+            a = a_hi
         m_kc = m_k[:, None] & m_c[None, :]
         if K_MAJOR:
             kc = o_c[None, :] * D + o_k[:, None]
@@ -370,11 +338,13 @@ def blocks(D: int, prec: str = "ieee", half: bool = True) -> tuple[int, int, int
     sweeps at issue 5's shape on an H100 (benchmarks/sweep_fp_reflections.py; a launch with the finishing kernel):
     - half data, the iterate in three parts: 0.153 ms with 128 channels of each reflection (2026-11-28i, twice;
       0.164 with 64 channels there, 0.176 with 128 tokens in 27zl); Triton 3.9's sm_90 build spills 240 bytes;
-    - fp16x3: 0.219 ms with fp_iterate_parts (2026-11-30b; 0.027 ms of it for the iterate's parts, 30l,
-      benchmarks/reflection_kernel_times.py), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles
-      with 3 or 4 stages alike, 128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8
-      warps; 4 warps spill). The product kernel alone, capped at 168 registers (registers()): 0.164 ms, where
-      64 x 64 tiles with 8 warps took 0.47 and 128 x 64 with 8 warps capped at 128, 0.187 (2026-12-01b);
+    - fp16x3: 0.219 ms with the iterate's parts from a kernel of their own (2026-11-30b; 0.027 ms of it for
+      the parts), against 0.232 for 3xTF32 in the same process; 64 x 64 x 32 tiles with 3 or 4 stages alike,
+      128 tokens slower (0.244 with 8 warps), 128 channels far slower (0.548 with 8 warps; 4 warps spill). The
+      product kernel alone, capped at 168 registers (registers()): 0.164 ms, where 64 x 64 tiles with 8 warps
+      took 0.47 and 128 x 64 with 8 warps capped at 128, 0.187 (2026-12-01b). Split in the product kernel:
+      0.163 ms, against 0.167 and 0.027 for the parts' kernel in the same process; with 2 or 4 stages 0.192
+      and 0.178, 128 x 64 tiles with 8 warps 0.199 (2026-12-03a, benchmarks/reflection_kernel_times.py);
     - 3xTF32 with split weights: 0.229 ms (28c, 28i; 0.282 with 128 channels), against 0.300 for tl.dot's own
       3xTF32 at its best tiles (27zm);
     - TF32: 0.145 ms (27zd);
@@ -450,31 +420,24 @@ class ReflectionLaunches:
             exact = dtype in HALF and products.ir.node(p.addend).op == "input"
             self.bias = (self.bias.to(dtype) if exact else self.bias).contiguous()
         self.module = load(m)
+        # fp16x3 splits the iterate by its rows' peaks: h0's once per solve (inside the graphs' prologue)
+        h0 = step.h0
+        self.h0_peak = h0.abs().amax(1) if self.peaks and h0 is not None and h0.shape[1] else None
 
-    def __call__(self, prev: torch.Tensor, s: torch.Tensor):
+    @property
+    def peaks(self) -> bool:
+        """Whether products() reads the iterate's rows' peaks (fp16x3)."""
+        return self.wscale is not None
+
+    def __call__(self, prev: torch.Tensor, s: torch.Tensor, peak=None):
         """(raw u [NTOK, R, D] fp32, w [NTOK, R, R], dots [NTOK, RP]) for a launch from the iterate prev [B, T, 1, D]
         with the strengths s [NTOK, R]: products() then finish()."""
-        u, part = self.products(prev)
+        u, part = self.products(prev, peak)
         return (u,) + self.finish(part, s)
 
-    def iterate_parts(self, prev: torch.Tensor):
-        """fp16x3: fp_iterate_parts of the iterate prev [B, T, 1, D], (hi, lo [NTOK, D] fp16, scale [NTOK]) for
-        the product kernel, which reads them for every channel block."""
-        step = self.step
-        NTOK, D = step.x.shape
-        hp = prev.reshape(NTOK, D)
-        hi, lo = (hp.new_empty(NTOK, D, dtype=torch.float16) for _ in range(2))
-        scale = hp.new_empty(NTOK)
-        if NTOK:
-            self.module.fp_iterate_parts[(cdiv(NTOK, PARTS_BT),)](
-                hp, step.h0, step.seq, hi, lo, scale, NTOK, D=D, BT=PARTS_BT, BD=_parts_bd(D),
-                USE_H0=step.h0 is not None)
-        return hi, lo, scale
-
-    def products(self, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp_reflection_products from the iterate prev [B, T, 1, D] (fp16x3: after iterate_parts; taken first,
-        before the side stream forks, it made solves no faster, H100 2026-11-30g): (raw u [NTOK, R, D] fp32, the
-        shares [NC, NTOK, NS] for finish())."""
+    def products(self, prev: torch.Tensor, peak=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp_reflection_products from the iterate prev [B, T, 1, D] (fp16x3: and its rows' peaks [NTOK], taken
+        here where not given): (raw u [NTOK, R, D] fp32, the shares [NC, NTOK, NS] for finish())."""
         step, r = self.step, self.m.r
         NTOK, D = step.x.shape
         hp = prev.reshape(NTOK, D)
@@ -482,12 +445,14 @@ class ReflectionLaunches:
         NC = cdiv(D, BC)
         u = hp.new_empty(NTOK, r, D)
         part = hp.new_empty(NC, NTOK, len(_slots(r)))
-        it, lo, scale = self.iterate_parts(prev) if self.wscale is not None else (hp, None, None)
+        if self.peaks and peak is None and NTOK and D:     # the launch that wrote prev left none
+            peak = hp.abs().amax(1)
         if NTOK:
             h0 = step.h0
             regs = registers(self.prec, self.half, _hopper(hp.device))
             self.module.fp_reflection_products[(NC, cdiv(NTOK, BM))](
-                it, lo, scale, h0, step.seq, self.bias, self.wk, self.wl, self.wscale, step.x, hp, u, part, NTOK,
+                hp, h0, step.seq, self.bias, self.wk, self.wl, self.wscale, step.x, hp, u, part, peak, self.h0_peak,
+                NTOK,
                 D=D, BM=BM, BC=BC, BK=BK, USE_H0=h0 is not None, HAS_BIAS=self.bias is not None, PREC=self.dot_prec,
                 K_MAJOR=self.k_major, PARTS=self.parts, SPLIT_W=self.split, FP16X3=self.wscale is not None,
                 WIDE=not offsets_fit(NTOK * r * D, NC * NTOK * len(_slots(r))), num_warps=warps,
@@ -511,7 +476,7 @@ class ReflectionLaunches:
 def aot_jobs(D: int = 512, r: int = 2):
     """Ahead-of-time jobs (as chunk_launch.aot_jobs) for issue 5's shape: the products in each precision
     (bf16 weights; fp32 ones in TF32, both 3xTF32 forms, fp16x3 and on FMA units) with their tiles, register
-    caps and int32 offsets, the iterate's parts and the finishing kernel."""
+    caps and int32 offsets, and the finishing kernel."""
     from .aot import aligned_pointers
     m = MovingReflections(0, True, r, (("@NAME@", "aot"), ("@U@", "u"), ("@SUM@", "sum"), ("@PRODUCT@", "Wu @ h"),
                                        ("@PREV@", "prev(h, shift = 1)")))
@@ -525,8 +490,6 @@ def aot_jobs(D: int = 512, r: int = 2):
         fn = module.fp_reflection_products
         sig = {a: "*fp32" for a in fn.arg_names}
         sig.update(seq="*i32", wk=f"*{wdtype}", wl=f"*{wdtype}", NTOK="i32")
-        if fp16x3:
-            sig.update(it="*fp16", it_lo="*fp16")
         dot, split = _dot_precision(prec)
         const = dict(D=D, BM=BM, BC=BC, BK=BK, USE_H0=True, HAS_BIAS=True, PREC=dot, K_MAJOR=half or prec != "ieee",
                      PARTS=3 if half else 1, SPLIT_W=split, FP16X3=fp16x3, WIDE=False)
@@ -536,12 +499,6 @@ def aot_jobs(D: int = 512, r: int = 2):
         regs = registers(prec, half)
         jobs.append((f"fp_reflection_products {label}", fn, sig, const, attrs,
                      dict(num_warps=warps, num_stages=stages, **({"maxnreg": regs} if regs else {}))))
-    fn = module.fp_iterate_parts
-    const = dict(D=D, BT=PARTS_BT, BD=_parts_bd(D), USE_H0=True)
-    sig = {a: "*fp32" for a in fn.arg_names}
-    sig.update(seq="*i32", hi="*fp16", lo="*fp16", NTOK="i32", **{k: "constexpr" for k in const})
-    attrs = aligned_pointers(fn, sig)
-    jobs.append(("fp_iterate_parts", fn, sig, const, attrs, dict(num_warps=4)))
     fn = module.fp_reflection_finish
     const = dict(BT=256, NORMALISE=True)
     sig = {a: "*fp32" for a in fn.arg_names}

@@ -64,9 +64,17 @@ class ShiftedIteration:
     def detached(self) -> "ShiftedIteration":
         return self     # built without autograd: the differentiable step evaluates its own operands
 
-    def at(self, prev: torch.Tensor) -> tuple[FusedIteration, torch.Tensor | None]:
+    @property
+    def peaks(self) -> bool:
+        """Whether the launches leave the rows' peaks of their iterates for the next launch's reflection products
+        (fp16x3 scales each row by a power of two at or below its peak; without them the product kernel's
+        caller takes them in a separate pass)."""
+        return self.reflections is not None and self.reflections.peaks
+
+    def at(self, prev: torch.Tensor, peak=None) -> tuple[FusedIteration, torch.Tensor | None]:
         """(the FusedIteration of a launch from prev, its dot products or None). Where the coefficients
-        move, they come from the Gram products of fp_fused_dots, which gives the dot products with them."""
+        move, they come from the Gram products of fp_fused_dots, which gives the dot products with them.
+        `peak`: the rows' peaks of prev, where the launch that wrote it left them."""
         ev = self.evaluator(prev)
         ev.memo.update(self.kept)
         varying = self.pattern.varying
@@ -77,7 +85,7 @@ class ShiftedIteration:
                 self.products.fill(ev, prev)     # all but the one the kernels take
                 ops = evaluate_operands(self.pattern, self.ir, ev, self.step.B, self.step.T, names,
                                         device=prev.device)
-            u, part = self.reflections.products(prev)
+            u, part = self.reflections.products(prev, peak)
             if side is not None:
                 main.wait_stream(side)
             w, dots = self.reflections.finish(part, ops.pop("s"))
@@ -111,22 +119,29 @@ class ShiftedIteration:
         return main, self.side
 
     def launch(self, prev: torch.Tensor, delta: float, store_ht: bool = False, dots=None, out=None,
-               zero: bool = False):
+               zero: bool = False, peak=None, peak_out=None):
         """FusedIteration.launch from prev, its operands evaluated from prev (`dots` is ignored: those of
         the previous launch were taken against the previous u). `zero`: prev is the solve's start h^0 = 0,
         whose operands `step` holds (evaluated once per solve), so no product of the iterate is taken: the
-        first of 17 iterations' reflection products, 0.22 ms at issue 5's shape in fp32."""
+        first of 17 iterations' reflection products, 0.22 ms at issue 5's shape in fp32. `peak`: prev's rows'
+        peaks, where known; `peak_out` [NTOK] receives those of the new iterate (FusedIteration.launch)."""
         if zero:
-            return self.step.launch(prev, delta, store_ht=store_ht, out=out, next_dots=False)
-        step, dots = self.at(prev)
+            return self.step.launch(prev, delta, store_ht=store_ht, out=out, next_dots=False, peak_out=peak_out)
+        step, dots = self.at(prev, peak)
         # no dot products for the next launch: its own evaluation gives them (u or w move with the iterate)
-        return step.launch(prev, delta, store_ht=store_ht, dots=dots, out=out, next_dots=False)
+        return step.launch(prev, delta, store_ht=store_ht, dots=dots, out=out, next_dots=False, peak_out=peak_out)
 
     def iterations(self, iterates: dict, delta: float, K: int, out=None):
         """K iterations (solve.Batched's run), as FusedIteration.iterations; iterates["zero"] says that "h" is the
-        solve's start h^0 = 0."""
-        h, rows, zero = iterates["h"], [], iterates.get("zero", False)
+        solve's start h^0 = 0. Where the launches leave the rows' peaks (`peaks`), the iterates carry them as
+        "peak" (`out`'s "peak" receives the last launch's)."""
+        h, rows, zero, peak = iterates["h"], [], iterates.get("zero", False), iterates.get("peak")
+        NTOK = self.step.x.shape[0]
         for k in range(K):
-            h, res, _, _ = self.launch(h, delta, out=out if k == K - 1 else None, zero=zero and k == 0)
+            last = k == K - 1
+            into = out if last else None
+            nxt = None if not self.peaks else into["peak"] if into is not None else h.new_empty(NTOK)
+            h, res, _, _ = self.launch(h, delta, out=into, zero=zero and k == 0, peak=peak, peak_out=nxt)
+            peak = nxt
             rows.append(res)
-        return {"h": h}, torch.stack(rows)
+        return {"h": h, "peak": peak}, torch.stack(rows)
