@@ -100,11 +100,11 @@ def test_fp16x3_products_keep_each_tokens_accuracy_and_non_finite_rows(monkeypat
     assert not torch.isfinite(u[6]).any() and not torch.isfinite(u[7]).any()
 
 
-@pytest.mark.parametrize("D", [6, 40])
-def test_launches_leave_their_iterates_peaks_for_the_next_products(D, monkeypatch):
+@pytest.mark.parametrize("D, delta", [(6, 0.7), (40, 0.7), (6, 1.0), (40, 1.0)])
+def test_launches_leave_their_iterates_peaks_for_the_next_products(D, delta, monkeypatch):
     """fp16x3 splits the iterate in the product kernel by each row's peak, which the launch that wrote the
     iterate left (FusedIteration.launch's peak_out, whole rows at D = 6, five channel blocks at 40): the peaks of
-    the damped iterate exactly, and iterations that carry them give the iterates bit for bit of launches that
+    the iterate exactly, damped or not (then the residual's row maxima), and iterations that carry them give the iterates bit for bit of launches that
     take them again from the iterate (packed sequences, one empty, with initial states)."""
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", "fp16x3")
     r, T = 2, 11
@@ -118,12 +118,12 @@ def test_launches_leave_their_iterates_peaks_for_the_next_products(D, monkeypatc
     products = it.reflections.products
     it.reflections.products = lambda prev, peak=None: taken.append(peak is not None) or products(prev, peak)
     zeros = torch.zeros(1, 2 * T, 1, D)
-    got, _ = it.iterations({"h": zeros, "zero": True}, 0.7, 3)
+    got, _ = it.iterations({"h": zeros, "zero": True}, delta, 3)
     assert taken == [True, True]     # the first launch takes no product; the next two the carried peaks
     assert torch.equal(got["peak"], got["h"].reshape(2 * T, D).abs().amax(1))
-    h = it.launch(zeros, 0.7, zero=True)[0]
+    h = it.launch(zeros, delta, zero=True)[0]
     for _ in range(2):
-        h = it.launch(h, 0.7)[0]
+        h = it.launch(h, delta)[0]
     assert taken[2:] == [False, False] and torch.equal(h, got["h"])
 
 

@@ -100,13 +100,13 @@ See recdsl backends/triton/fp_fused.py.
 def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax, res, hpeak, h0, ht, cu_seqlens, T,
                   NTOK, delta, D: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
                   FULL_ROWS: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                  NEXT_DOTS: tl.constexpr = True, PEAKS: tl.constexpr = False):
+                  NEXT_DOTS: tl.constexpr = True, PEAKS: tl.constexpr = 0):
     """Program (channel block, sequence): spec arguments the operands are evaluated from (fp_operands.py);
     x, g, a (those evaluated before the solve), hp, h [NTOK, D]; u [NTOK, R, D]; w [NTOK, R, R];
     dots_in [NTOK, RP]: u_i . (x - hp); dots_out [D / BD, NTOK, RP]: each channel block's share of u_i . (x - h);
-    h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; PEAKS: hpeak [NTOK] (FULL_ROWS) or
-    [D / BD, NTOK], max_c |h| of the damped iterate written, which the next launch's fp16x3 products scale by
-    (fp_reflections.py); all fp32."""
+    h0, ht [N, D]; res [N] (FULL_ROWS) or dmax, hmax [D / BD, NTOK]; PEAKS (1: undamped, 2: damped): hpeak
+    [NTOK] (FULL_ROWS) or, damped, [D / BD, NTOK], max_c |h| of the iterate written, which the next launch's
+    fp16x3 products scale by (fp_reflections.py; undamped, fp_fused_finish takes them from hmax); all fp32."""
     i_d, i_n = tl.program_id(0), tl.program_id(1)
     bos, L = _coords(i_n, cu_seqlens, T, IS_VARLEN)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -140,7 +140,7 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
         hs = Bs + A * carry
         h_new = tl.where(m_td, delta * hs + (1.0 - delta) * b_hp, 0.0)
         tl.store(h + off, h_new, mask=m_td)
-        if PEAKS:
+        if PEAKS == 2:   # damped: the peaks of the iterate written, not of the undamped h
             tl.store(hpeak + i_d * NTOK + p, tl.max(tl.abs(h_new), axis=1), mask=m_t)
         # the next iteration's d_i, this block's share: u_i . (x - h_new) over its channels (not where the next
         # launch's u is another: fp_shifted.py)
@@ -153,6 +153,8 @@ def fp_fused_iter(@LEAF_ARGS@x, g, a, u, w, hp, dots_in, h, dots_out, dmax, hmax
         if FULL_ROWS:
             # torch.finfo(torch.float32).tiny keeps 0 / 0 at 0 as solve.relative_change does
             worst = tl.maximum(worst, tl.where(m_t, d_t / tl.maximum(n_t, 1.1754943508222875e-38), 0.0))
+            if PEAKS == 1:   # undamped: h is the undamped iterate, its peaks the residual's row maxima
+                tl.store(hpeak + p, n_t, mask=m_t)
         else:
             tl.store(dmax + i_d * NTOK + p, d_t, mask=m_t)
             tl.store(hmax + i_d * NTOK + p, n_t, mask=m_t)
@@ -197,11 +199,12 @@ def fp_fused_dots(u, x, hp, dots, gram, NTOK, D: tl.constexpr, R: tl.constexpr, 
 @triton.jit
 def fp_fused_finish(dots_part, dots, dmax, hmax, res, peak_part, peak, seq, NTOK, NBD, R: tl.constexpr,
                     RP: tl.constexpr, NBDP: tl.constexpr, BT: tl.constexpr, DOTS: tl.constexpr = True,
-                    PEAKS: tl.constexpr = False):
+                    PEAKS: tl.constexpr = 0):
     """After fp_fused_iter with several channel blocks, per token: the blocks' partial dot products summed
     (dots [NTOK, RP]) and the residual max_c|h - hp| / max_c|h| folded into its sequence's res (zeroed;
     seq [NTOK], non-decreasing, names each token's sequence) by an atomic maximum: order-free, so
-    deterministic. PEAKS: the blocks' peaks of the iterate's rows, their maximum into peak [NTOK]."""
+    deterministic. PEAKS: each row's peak of the iterate into peak [NTOK], undamped (1) the residual's row
+    maximum of it, damped (2) the maximum of the blocks' peaks peak_part."""
     p0 = tl.program_id(0) * BT
     p = p0 + tl.arange(0, BT)
     m_t = p < NTOK
@@ -218,7 +221,9 @@ def fp_fused_finish(dots_part, dots, dmax, hmax, res, peak_part, peak, seq, NTOK
     first = tl.load(seq + p0)
     tl.atomic_max(res + first, tl.max(tl.where(s_t == first, ratio, 0.0), axis=0))
     tl.atomic_max(res + s_t, ratio, mask=m_t & (s_t != first))
-    if PEAKS:
+    if PEAKS == 1:
+        tl.store(peak + p, n_t, mask=m_t)
+    if PEAKS == 2:
         tl.store(peak + p, tl.max(tl.load(peak_part + part, mask=m_jt, other=0.0), axis=0), mask=m_t)
     if DOTS:
         for i in tl.static_range(R):
@@ -482,8 +487,9 @@ class FusedIteration:
         dmax = hp.new_empty((NBD, NTOK) if not full_rows else (0,))
         hmax = torch.empty_like(dmax)
         ht = hp.new_empty((N, D) if store_ht else (0,))
-        peaks = peak_out is not None
-        peak_part = (peak_out if full_rows else hp.new_empty(NBD, NTOK)) if peaks else hp.new_empty(0)
+        # the new iterate's rows' peaks: undamped (delta = 1, h = 1 * h + 0 * hp) the residual's row maxima
+        peaks = 0 if peak_out is None else 1 if delta == 1.0 else 2
+        peak_part = peak_out if peaks and full_rows else hp.new_empty(NBD, NTOK) if peaks == 2 else hp.new_empty(0)
         module = self.module
         if N > 0:
             module.fp_fused_iter[(NBD, N)](
