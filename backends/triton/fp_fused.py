@@ -340,7 +340,9 @@ def blocks(D: int, N: int) -> tuple[int, int, int]:
     """(BT, BD, num_warps): the widest channel block (at most 32, whole rows when D is that narrow) that
     still gives at least 256 programs, so that the sequential walk over the tokens runs on every SM. At issue 5's
     shape (benchmarks/specs/fp_rnn_mixer_hdep.rec) its 128 x 16 tiles with 4 warps gave the fastest solves and
-    training calls of eight configs in fp32 and bf16 (benchmarks/fp_knob_ab.py, H100 2026-11-30j).
+    training calls of eight configs in fp32 and bf16 (benchmarks/fp_knob_ab.py, H100 2026-11-30j). The walk's
+    loads are not pipelined: with tl.range(num_stages=2) (62 KB of shared memory) fp32 solves took 5.32-5.69
+    against 5.18-5.27 ms, bf16 ones 4.93-4.96 against 5.00-5.10, training within noise (2026-12-03g).
     RECDSL_FP_BLOCKS="BT,BD,warps" overrides it for a sweep."""
     DP = next_power_of_2(max(D, 1))
     BD = min(DP, 32)
