@@ -120,7 +120,10 @@ class WeightProduct(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # the weight gradient contracts over every token with both operands token-strided (not K-major): a
             # Triton product took 0.49 ms, 0.44 with copies to K-major, cuBLAS's fp32 one 0.35
-            # (H100, benchmarks/results/2026-11-29b_h100_weight_gradient_variants.jsonl).
+            # (H100, benchmarks/results/2026-11-29b_h100_weight_gradient_variants.jsonl). In fp16x3 with both
+            # operands split in the kernel's tiles, the parts over the tokens added up after, it took 0.25 to
+            # 0.34 ms by tiles, 0.09 of them for the columns' peaks that scale the parts (2026-12-03i), and a
+            # training call (that and u's product in fp16x3 too) 6.79-6.80 against 6.84-6.85 ms (03h): not kept.
             # Half inputs: its operands in their dtype, as torch.autocast takes a linear layer's (0.10 ms with the
             # casts, relative error 2.9e-3; benchmarks/tail_weight_products.py, 29g)
             gw = g.t() @ x if ctx.half is None else (g.to(ctx.half).t() @ x.to(ctx.half)).float()
