@@ -374,6 +374,9 @@ def registers(prec: str = "ieee", half: bool = True, hopper: bool = True) -> int
     solve 5.64-5.75 against 5.81-5.94 ms and a training call 7.52-7.61 against 7.72-7.81 in one process (H100,
     2026-12-01b; capped at 160, 0.174 ms); in another, 0.165 against 0.172 ms, training 7.56-7.67 against
     7.74-7.80 ms and solves within noise (01c). Half data's tiles slowed by a fifth under that cap (01b).
+    Since the iterate is split in the kernel (its fp32 tiles take 80 KB of shared memory, so two programs fit an
+    SM whatever the registers), the cap still gives 0.158 against 0.176 ms a launch (184: 0.169), solves
+    5.07-5.11 against 5.35-5.37 ms and training calls 6.81-6.84 against 7.07-7.09 (2026-12-03e).
     RECDSL_FP_REFLECTION_MAXNREG overrides it for a sweep (0: none)."""
     forced = env_ints("RECDSL_FP_REFLECTION_MAXNREG", "maxnreg")
     if forced is not None:
