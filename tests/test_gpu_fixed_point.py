@@ -223,6 +223,40 @@ def test_fixed_point_graphs_closing_launch_of_a_new_kind(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_solve_graphs_take_the_peaks_of_an_iterate_without_them(monkeypatch):
+    """fp_graph.SolveGraphs.run given an iterate without its rows' peaks (fp16x3 scales the iterate's rows by
+    powers of two at or below them; the launch that wrote an iterate leaves them) takes them itself rather than
+    reading the slot's last ones: a replay from an iterate a million times larger than the slot's last gives the
+    eager call's iterate, bit for bit (with the slot's peaks its fp16 parts would overflow); so does a replay
+    from the peaks the previous call left."""
+    from pathlib import Path
+    from recdsl.backends.triton.fixed_point import shifted_operands
+    from recdsl.backends.triton.fp_fused import match
+    from recdsl.backends.triton.fp_graph import SolveGraphs
+    monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", "fp16x3")
+    spec = recdsl.load(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_rnn_mixer_hdep.rec",
+                       D=512, r=2)
+    B, T = 2, 256
+    args = cuda_args(spec, B, T, torch.float32)
+    pattern = match(spec.ir)
+    solve_args = {k: args[k].detach() for k in pattern.reads}
+    with torch.no_grad():
+        graphs = SolveGraphs(lambda a, h0: shifted_operands(spec, pattern, a, {}, B, T, h0, None), solve_args, None)
+        assert graphs.carries_peaks
+        run = graphs.bind(solve_args, None)
+        start = {"h": torch.zeros(B, T, 1, 512, device="cuda"), "zero": True}
+        run(start, 1.0, 2)                  # eager: compiles that kind
+        first, _ = run(start, 1.0, 2)       # replayed
+        assert first["peak"] is not None
+        eager, _ = run(first, 1.0, 2)
+        replayed = run(first, 1.0, 2)[0]["h"].clone()
+        big = first["h"] * 1e6
+        want, _ = graphs.step.iterations({"h": big}, 1.0, 2)    # eager: the product kernel's caller takes them
+        bare = run({"h": big}, 1.0, 2)[0]["h"]
+    assert torch.equal(replayed, eager["h"])
+    assert torch.isfinite(want["h"]).all() and torch.equal(bare, want["h"])
+
+
 def test_fp_mamba_on_gpu():
     """The matrix-state fixed point (fixed_point_matrix.py) against the fp64 reference, with varlen."""
     spec = recdsl.load(example("fp_mamba"), D=128, N=16, r=2)

@@ -123,7 +123,8 @@ class SolveGraphs:
         if self.carries_peaks and not zero:    # zero: the first launch takes no product of the iterate
             peak = iterates.get("peak")
             if peak is None:     # an iterate from elsewhere, without them: taken here
-                torch.amax(src["h"].abs().reshape(len(src["peak"]), -1), 1, out=src["peak"])
+                from .fp_reflections import row_peaks
+                row_peaks(src["h"].reshape(len(src["peak"]), -1), out=src["peak"])
             elif peak is not src["peak"]:
                 src["peak"].copy_(peak)
         if pair[self.turn] is None:

@@ -136,6 +136,12 @@ def fp16_parts(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return high.contiguous(), ((ws - high.float()) * F16_REST).half().contiguous(), scale
 
 
+def row_peaks(rows: torch.Tensor, out=None) -> torch.Tensor:
+    """max_c |rows[t, c]| for each row of rows [NTOK, D] (fp16x3 scales the iterate's rows by them), one pass
+    without a temporary: for an iterate whose launch left none (fp_fused.py's peaks)."""
+    return torch.linalg.vector_norm(rows, float("inf"), dim=1, out=out)
+
+
 def parts(dtype: torch.dtype) -> int:
     """How many parts of the weight's half dtype the fp32 iterate is split into for half inputs (1 for fp32).
     Three hold all of its bits, so the products are those of the iterate itself: rounded once to bf16, the
@@ -425,7 +431,7 @@ class ReflectionLaunches:
         self.module = load(m)
         # fp16x3 splits the iterate by its rows' peaks: h0's once per solve (inside the graphs' prologue)
         h0 = step.h0
-        self.h0_peak = h0.abs().amax(1) if self.peaks and h0 is not None and h0.shape[1] else None
+        self.h0_peak = row_peaks(h0) if self.peaks and h0 is not None and h0.shape[1] else None
 
     @property
     def peaks(self) -> bool:
@@ -449,7 +455,7 @@ class ReflectionLaunches:
         u = hp.new_empty(NTOK, r, D)
         part = hp.new_empty(NC, NTOK, len(_slots(r)))
         if self.peaks and peak is None and NTOK and D:     # the launch that wrote prev left none
-            peak = hp.abs().amax(1)
+            peak = row_peaks(hp)
         if NTOK:
             h0 = step.h0
             regs = registers(self.prec, self.half, _hopper(hp.device))
