@@ -102,10 +102,10 @@ def test_fp16x3_products_keep_each_tokens_accuracy_and_non_finite_rows(monkeypat
 
 @pytest.mark.parametrize("D, delta", [(6, 0.7), (40, 0.7), (6, 1.0), (40, 1.0)])
 def test_launches_leave_their_iterates_peaks_for_the_next_products(D, delta, monkeypatch):
-    """fp16x3 splits the iterate in the product kernel by each row's peak, which the launch that wrote the
-    iterate left (FusedIteration.launch's peak_out, whole rows at D = 6, five channel blocks at 40): the peaks of
-    the iterate exactly, damped or not (then the residual's row maxima), and iterations that carry them give the iterates bit for bit of launches that
-    take them again from the iterate (packed sequences, one empty, with initial states)."""
+    """fp16x3 splits the iterate in the product kernel by each row's peak, which the launch that wrote the iterate left
+    (FusedIteration.launch's peak_out, whole rows at D = 6, five channel blocks at 40): the peaks of the iterate
+    exactly, damped or not (then the residual's row maxima), and iterations that carry them give the iterates bit
+    for bit of launches that take them again from the iterate (packed sequences, one empty, with initial states)."""
     monkeypatch.setenv("RECDSL_FP_REFLECTION_FP32", "fp16x3")
     r, T = 2, 11
     spec = recdsl.load(MIXER_HDEP, D=D, r=r)

@@ -48,6 +48,8 @@ from .ints import cdiv, env_ints, next_power_of_2
 from .template import load_source
 
 EPS = 1e-12   # l2norm's (torch.nn.functional.normalize's) floor on the norm
+
+
 @dataclass(frozen=True)
 class MovingReflections:
     """The reflection vectors of a fixed-point pattern as a weight product of prev(h, shift = 1): `product`
