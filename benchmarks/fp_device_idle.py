@@ -23,8 +23,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+
 def main() -> None:
-    from profile_fp_host import calls, shape_options
+    from profile_fp_host import calls, shape_options, shape_record
     from overhead import emit
     from triton.testing import do_bench
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,8 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     spec, solve, train = calls(args)
     _label_stages()
-    shape = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": args.B, "T": args.T, "D": args.D,
-             "r": args.r, "iters": args.iters, "dtype": args.dtype}
+    shape = shape_record(spec, args)
     for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
         for _ in range(3):
             fn()

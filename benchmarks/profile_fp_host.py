@@ -34,8 +34,7 @@ def main() -> None:
     from triton.testing import do_bench
     spec, solve, train = calls(args)
     stages = _host_stages()
-    shape = {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": args.B, "T": args.T, "D": args.D, "r": args.r,
-             "iters": args.iters, "dtype": args.dtype}
+    shape = shape_record(spec, args)
     for mode, fn in (("solve", solve), ("solve+step+bwd", train)):
         fn()
         torch.cuda.synchronize()
@@ -74,6 +73,12 @@ def shape_options(ap) -> None:
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--iters", type=int, default=17)
     ap.add_argument("--dtype", default="float32")
+
+
+def shape_record(spec, args) -> dict:
+    """The GPU and shape_options' values, the head of each emitted row."""
+    return {"gpu": torch.cuda.get_device_name(), "spec": spec.name, "B": args.B, "T": args.T, "D": args.D,
+            "r": args.r, "iters": args.iters, "dtype": args.dtype}
 
 
 def calls(args):
