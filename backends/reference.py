@@ -86,7 +86,10 @@ def _loop(ir, inputs, weights, options, S0, prev, B, T, H, keep_states=False):
     def leaf(i, n):
         if n.op == "prev":
             x = prev[n.args[0]]
-            return shift_tokens(x, S0) if len(n.args) > 1 else x    # prev(h, shift = 1): h^(l-1)_(t-1)
+            if len(n.args) == 1:
+                return x
+            # prev(x, shift = 1): x^(l-1)_(t-1), at a sequence's start the initial state (an output: zeros)
+            return shift_tokens(x, S0 if n.args[0] == ir.state[0] else None)
         return base(i, n)
 
     ev = Evaluator(ir, leaf)

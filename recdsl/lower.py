@@ -206,14 +206,16 @@ class _Lowerer:
                 raise self.err(args[0].pos, f"prev({name}) needs the state or the output",
                                f"this recurrence iterates one of {sorted(shapes)}")
             self.prev_used = True
-            if "shift" in kw:   # h^(l-1)_(t-1): the previous iterate one token back (the initial state at t = 0)
+            if "shift" in kw:   # x^(l-1)_(t-1): the previous iterate one token back (at t = 0 the initial
+                # state for a vector state, zeros for an output, which has no initial value)
                 c = self.b.node(self.value(kw["shift"], sub))
                 if c.op != "const" or c.args[0] not in (0, 1):
                     raise self.err(e.pos, "prev(..., shift = ...) takes 0 or 1")
                 if c.args[0] == 1:
-                    if len(self.state_shape) != 1 or name != self.state_name:
+                    if name == self.state_name and len(self.state_shape) != 1:
                         raise self.err(e.pos, "prev(..., shift = 1) reads the previous token's iterate of a "
-                                              "vector state only")
+                                              "vector state or of the output",
+                                       f"for the matrix state {name}, shift its readout: prev(y, shift = 1)")
                     return self.b.add("prev", args=(name, 1), shape=shapes[name], pos=e.pos)
             return self.b.add("prev", args=(name,), shape=shapes[name], pos=e.pos)
         if fn == "mix":
@@ -390,15 +392,28 @@ class _Lowerer:
         outs = by_kind["output"]
         if len(outs) > 1:
             raise self.err(outs[1].pos, "only one `output` per recurrence")
-        # the output reads the state only; lowering it first gives prev(output) its shape
-        out = self.value(outs[0].expr)
-        if any(self.b.node(i).op == "prev" for i in nx.ancestors(self.b.graph, out)):
-            raise self.err(outs[0].pos, "the output cannot read prev(...)", "use prev in `let` or `write`")
-        self.out_shapes = {outs[0].name: self.b.node(out).shape}
+        o = outs[0]
+        if o.shape:   # `output y[D] = ...`: prev(y) takes the declared shape, so the output may read `let` values
+            self.out_shapes = {o.name: tuple(self.dim(d) for d in o.shape)}
+        else:   # the output reads the state only; lowering it first gives prev(output) its shape
+            lets = {s.name for s in rec.stmts if s.kind == "let"}
+            declare = f"declare the output's shape to read them: output {o.name}[...] = ..."
+            for n in _names(o.expr):
+                if n.id in lets:
+                    raise self.err(n.pos, f"the output reads the `let` value {n.id!r}", declare)
+            out = self.value(o.expr)
+            if any(self.b.node(i).op == "prev" for i in nx.ancestors(self.b.graph, out)):
+                raise self.err(o.pos, "the output cannot read prev(...)", f"use prev in `let` or `write`, or {declare}")
+            self.out_shapes = {o.name: self.b.node(out).shape}
         for s in rec.stmts:
             if s.kind == "let":
                 self._fresh(s.name, s.pos)
                 self.env[s.name] = self.value(s.expr)
+        if o.shape:
+            out = self.value(o.expr)
+            if self.b.node(out).shape != self.out_shapes[o.name]:
+                raise self.err(o.expr.pos, f"the output has shape {list(self.b.node(out).shape)}, declared "
+                                           f"{list(self.out_shapes[o.name])}")
         trans = self.linmap(by_kind["transition"][0].expr)
         w = by_kind["write"][0]
         write = self.value(w.expr, "write")
@@ -545,6 +560,16 @@ def _mentions(e: Expr, name: str) -> bool:
     if isinstance(e, Call):
         return any(_mentions(a, name) for a in e.args) or any(_mentions(v, name) for _, v in e.kwargs)
     return False
+
+
+def _names(e: Expr):
+    """The Name nodes of an expression, left to right."""
+    if isinstance(e, Name):
+        yield e
+    for child in (getattr(e, "left", None), getattr(e, "right", None), getattr(e, "operand", None),
+                  *getattr(e, "args", ()), *(v for _, v in getattr(e, "kwargs", ()))):
+        if isinstance(child, Expr):
+            yield from _names(child)
 
 
 def lower(rec: Recurrence, params: dict | None = None, source: str = "", filename: str = "<spec>") -> IR:

@@ -125,7 +125,11 @@ class _ToAst(Transformer):
             return Stmt(_pos(meta), kind, str(children[0]), children[1])
         return rule
 
-    option_stmt, let_stmt, output_stmt = _named("option"), _named("let"), _named("output")
+    option_stmt, let_stmt = _named("option"), _named("let")
+
+    def output_stmt(self, meta, children):
+        shape = children[1][1] if len(children) == 3 else ()
+        return Stmt(_pos(meta), "output", str(children[0]), children[-1], shape)
 
     def solve_stmt(self, meta, children):
         return [Stmt(p.pos, "solve", p.name, p.value) for p in children]

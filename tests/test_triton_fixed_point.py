@@ -351,10 +351,13 @@ def test_shift_errors_name_the_place():
         recdsl.load(SHIFTED.replace("prev(h, shift = 1)", "prev(h, lag = 1)"))
 
 
-def test_fp_mamba_matrix_state_matches_reference():
+@pytest.mark.parametrize("write", ["factors", "materialised"])
+def test_fp_mamba_matrix_state_matches_reference(write, monkeypatch):
     """FP-Mamba (a [D, N] state, the readout y passed between iterations): the unfused Triton path (the
-    generated matrix scan once per iteration) against the fp64 reference, packed sequences and an
-    initial state included, converging (a warning would fail the test) and giving finite gradients."""
+    generated matrix scan once per iteration, given the write outer(dt * x_mix, b)'s factors or the write
+    itself) against the fp64 reference, packed sequences and an initial state included, converging (a
+    warning would fail the test) and giving finite gradients."""
+    monkeypatch.setenv("RECDSL_FP_MATRIX_WRITE", write)
     spec = recdsl.load(example("fp_mamba"), D=8, N=4, r=2, tol=1e-5)
     assert spec.plan("triton").algorithm == "fixed_point_scan"
     cu = torch.tensor([0, 6, 6, 17], dtype=torch.int32)
@@ -372,6 +375,79 @@ def test_fp_mamba_matrix_state_matches_reference():
         o, _ = spec.op(**args, backend="triton")
     o.square().sum().backward()
     assert all(torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0 for a in args.values())
+
+
+def test_fp_mamba_hdep_solves_its_equations_and_trains_its_maps():
+    """benchmarks/specs/fp_mamba_hdep.rec (the authors' FP-Mamba for the word problems: B, C, the reflections
+    and their strengths read y^(l-1)_(t-1), the readout is a centred, normalised H c + D x~): at the fixed
+    point, token by token from the initial state (y*_(-1) = 0), written here from the equations,
+        H_t = exp(-dt_t exp(A_log)) H_(t-1) + (dt_t x~_t) b_t^T,   x~_t = Q_t (x_t - y*_t) + y*_t,
+        y*_t = sqrt(D) normalise(v_t - mean(v_t)),   v_t = H_t c_t + Dskip x~_t,
+    with b_t, c_t, u_t,i = normalise(addend + W y*_(t-1)) and alpha_t = sigmoid(alpha_in_t + Wa y*_(t-1));
+    the unfused Triton path agrees with the reference, packed sequences and initial states included; one
+    training step's gradient reaches every map."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_mamba_hdep.rec"
+    D, N = 6, 4
+    spec = recdsl.load(path, D=D, N=N, r=2, tol=1e-12)
+    args = random_args(spec, B=2, T=5, dtype=torch.float64, seed=4)
+    # a contraction, reached in about 22 fp32 iterations (the interpreter runs each one's scan): maps of small
+    # gain, weak reflections, and inputs large against the normalised readout (the LayerNorm's gain is
+    # sqrt(D) / |v - mean(v)|); the initialisers' values for the skip and the mean's weights
+    for k in ("Wb", "Wc", "Wu", "Wa"):
+        args[k] = 0.1 * args[k]
+    args.update(alpha_in=args["alpha_in"] - 1, x=4 * args["x"], Dskip=torch.ones(D, dtype=torch.float64),
+                ones=torch.ones(D, dtype=torch.float64))
+    h0 = 0.5 * torch.randn(2, D, N, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ro, rS = spec.op(**args, initial_state=h0, output_final_state=True, backend="reference")
+    y_last = torch.cat([torch.zeros_like(ro[:, :1]), ro[:, :-1]], 1)
+    b = F.normalize(args["b_in"] + y_last @ args["Wb"].T, dim=-1)
+    c = F.normalize(args["c_in"] + y_last @ args["Wc"].T, dim=-1)
+    u = F.normalize(args["u_in"] + torch.einsum("rdn,btn->btrd", args["Wu"], y_last), dim=-1)
+    alpha = torch.sigmoid(args["alpha_in"] + y_last @ args["Wa"].T)
+    xm = args["x"] - ro
+    for i in range(2):                              # reflection 0 acts first
+        xm = xm - 2 * alpha[..., i, None] * u[..., i, :] * (u[..., i, :] * xm).sum(-1, keepdim=True)
+    xm = xm + ro
+    H, ys = h0, []
+    for t in range(5):
+        a = torch.exp(-args["dt"][:, t, :, None] * torch.exp(args["A_log"]))
+        H = a * H + (args["dt"][:, t] * xm[:, t])[..., None] * b[:, t, None, :]
+        v = (H @ c[:, t, :, None])[..., 0] + args["Dskip"] * xm[:, t]
+        ys.append(D ** 0.5 * F.normalize(v - v.mean(-1, keepdim=True), dim=-1))
+    assert rel(torch.stack(ys, 1), ro) < 1e-9 and rel(H, rS) < 1e-9
+    loose = recdsl.load(path, D=D, N=N, r=2, tol=1e-6)
+    assert loose.plan("triton").algorithm == "fixed_point_scan"
+    o, S = loose.op(**{k: v.float() for k, v in args.items()}, initial_state=h0.float(), output_final_state=True,
+                    backend="triton")
+    assert rel(o, ro) < 1e-5 and rel(S, rS) < 1e-5
+    packed = {k: (torch.cat([v[:1], v[1:]], 1) if v.dim() > 2 and v.shape[:2] == (2, 5) else v).float()
+              for k, v in args.items()}                    # the two rows end to end, each from its state
+    cu = torch.tensor([0, 5, 10], dtype=torch.int32)
+    op, _ = loose.op(**packed, initial_state=h0.float(), cu_seqlens=cu, backend="triton")
+    assert rel(op, torch.cat([o[:1], o[1:]], 1)) < 1e-5
+    layer = recdsl.compile(path, backend="triton", D=D, N=N, r=2, d_model=8, max_iter=6)
+    with warnings.catch_warnings():     # six iterations from the layer's initialisation: not converged
+        warnings.simplefilter("ignore", RecNotConverged)
+        layer(torch.randn(2, 5, 8))[0].square().sum().backward()     # (output, state)
+    assert all(layer.weights[n].grad.abs().sum() > 0 for n in ("Wb", "Wc", "Wu", "Wa", "Dskip"))
+
+
+def test_output_shifts_and_declared_shapes_name_the_place():
+    """prev(..., shift = 1) of a matrix state points to its readout; an output that reads `let` values needs
+    its shape declared, and a declared shape must match."""
+    src = open(example("fp_mamba")).read()
+    with pytest.raises(recdsl.RecError, match=r"vector state or of the output") as e:
+        recdsl.load(src.replace("let y_prev = prev(y)", "let y_prev = prev(H, shift = 1) @ c"))
+    assert "prev(y, shift = 1)" in str(e.value) and ":11:" in str(e.value)
+    with pytest.raises(recdsl.RecError, match=r"the output reads the `let` value 'x_mix'") as e:
+        recdsl.load(src.replace("output y = H @ c", "output y = H @ c + x_mix"))
+    assert "declare the output's shape to read them: output y[...]" in str(e.value) and ":15:24:" in str(e.value)
+    assert recdsl.load(src.replace("output y = H @ c", "output y[D] = H @ c + x_mix"), D=8, N=4).ir.solve
+    with pytest.raises(recdsl.RecError, match=r"the output has shape \[4\], declared \[2\]") as e:
+        recdsl.load("recurrence r(D = 4):\n    state h[D]\n    input a[D], x[D]\n    transition diag(a)\n"
+                    "    write x\n    output y[2] = h\n")
+    assert ":6:19:" in str(e.value)
 
 
 def test_tail_graph_instances_are_handed_out_while_free():

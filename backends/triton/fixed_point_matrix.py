@@ -2,15 +2,22 @@
 Sec. 4), the unfused path: each iteration evaluates the decay and the write from the previous output
 iterate y^(l-1) with torch (the mixer included) and runs the generated element-wise matrix scan once,
 
-    H^l_t = a_t (*) H^l_(t-1) + w_t(y^(l-1)),   y^l_t = H^l_t c_t,   y^0 = 0,
+    H^l_t = a_t (*) H^l_(t-1) + w_t(y^(l-1)),   y^l_t = f(H^l_t c_t, y^(l-1)),   y^0 = 0,
 
-under the driver every backend shares (recdsl/solve.py). The gradient is that of `backward_steps` more
-iterations from the fixed point held constant, as for vector states (fixed_point.py).
+under the driver every backend shares (recdsl/solve.py). The scan gives H c; the rest of the readout (in the
+paper's code a skip term and a LayerNorm at every iteration) is evaluated in torch, as are operands that read
+the previous token's output, prev(y, shift = 1) (its shifted dependence of B, C and the mixer). The gradient
+is that of `backward_steps` more iterations from the fixed point held constant, as for vector states
+(fixed_point.py).
 """
 from __future__ import annotations
 
+import os
+
+import networkx as nx
 import torch
 
+from recdsl.evaluate import shift_tokens
 from recdsl.ir import IR
 
 SCAN_SPEC = """
@@ -22,6 +29,43 @@ recurrence diag_scan_matrix(D = 1, N = 1):
     output y = H @ c
 """
 
+# a write outer(p, q) passes its factors: the scan forms each entry in registers, where a materialised
+# [B, T, D, N] write is written once and read by the scan at every iteration (FP-Mamba's dt x~ b^T)
+OUTER_SCAN_SPEC = """
+recurrence diag_scan_matrix_outer(D = 1, N = 1):
+    state H[D, N]
+    input a[D, N], p[D], q[N], c[N]
+    transition diag(a)
+    write outer(p, q)
+    output y = H @ c
+"""
+WRITE_ENV = "RECDSL_FP_MATRIX_WRITE"   # "materialised": the [D, N] write even for outer(p, q), for a comparison
+
+
+def _factored(ir: IR, write: int) -> bool:
+    """Whether the scan takes the write's factors: outer(p, q) with p [D], q [N] (unless WRITE_ENV says
+    "materialised")."""
+    choice = os.environ.get(WRITE_ENV, "factors")
+    if choice not in ("factors", "materialised"):
+        raise ValueError(f"{WRITE_ENV}={choice!r}: expected factors or materialised")
+    return choice == "factors" and ir.node(write).op == "outer"
+
+
+def readout_product(ir: IR) -> int | None:
+    """The readout's one node that reads the state, H @ c with c [N] free of the state, where the state is read
+    nowhere else (the rest of the readout element-wise around it), else None."""
+    state = [i for i in ir.graph.nodes if ir.node(i).op == "state"]
+    users = {u for i in state for u in ir.graph.successors(i)}
+    if len(users) != 1:
+        return None
+    (rd,) = users
+    n, S = ir.node(rd), ir.state[1]
+    if n.op != "matmul" or ir.node(ir.operands(rd)[0]).op != "state" or \
+            ir.node(ir.operands(rd)[1]).shape != S[1:] or ir.reads(ir.operands(rd)[1], "state"):
+        return None
+    out = ir.roots_with("output:")[0][1]
+    return rd if out == rd or rd in nx.ancestors(ir.graph, out) else None
+
 
 def eligible(ir: IR) -> str | None:
     """None when this path can run the fixed point, else the reason it cannot."""
@@ -31,17 +75,15 @@ def eligible(ir: IR) -> str | None:
     if ir.heads:
         return "heads (the matrix path reads one c_t per token for every channel)"
     out_name, out = ir.roots_with("output:")[0]
-    if any(ir.node(i).op == "prev" and ir.node(i).args != (out_name,) for i in ir.graph.nodes):
-        return f"prev(...) of something other than the output {out_name} (unshifted)"
+    if any(ir.node(i).op == "prev" and ir.node(i).args[0] != out_name for i in ir.graph.nodes):
+        return f"prev(...) of something other than the output {out_name}"
     trans, write = ir.root("transition"), ir.root("write")
     if ir.node(trans).op != "diag" or ir.node(ir.operands(trans)[0]).shape != S:
         return "the transition is not one element-wise diag(...) over the state's entries"
     if ir.reads(ir.operands(trans)[0], "state") or ir.reads(write, "state") or ir.node(write).shape != S:
         return "the decay or the write reads the current state, or the write is not one value per entry"
-    n = ir.node(out)
-    if n.op != "matmul" or ir.node(ir.operands(out)[0]).op != "state" or \
-            ir.node(ir.operands(out)[1]).shape != S[1:] or ir.reads(ir.operands(out)[1], "prev", "state"):
-        return "the readout is not H @ c with c over N, free of the iterate"
+    if readout_product(ir) is None:
+        return "the readout does not read the state once, as H @ c with c over N free of the state"
     return None
 
 
@@ -57,11 +99,13 @@ def run_fixed_point_matrix(spec, raw: dict, options: dict, h0, cu, output_final_
     ref = next(raw[a.name] for a in spec.args if a.kind == "input")
     B, T = ref.shape[:2]
     D, N = ir.state[1]
-    if "fixed_point_matrix_scan" not in spec.memo:
-        spec.memo["fixed_point_matrix_scan"] = recdsl.load(SCAN_SPEC, D=D, N=N)
-    scan = spec.memo["fixed_point_matrix_scan"]
-    out = ir.roots_with("output:")[0][1]
-    a_id, w_id, c_id = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.operands(out)[1]
+    out, rd = ir.roots_with("output:")[0][1], readout_product(ir)
+    a_id, w_id, c_id = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.operands(rd)[1]
+    factored = _factored(ir, w_id)
+    key = "fixed_point_matrix_scan" + ("_outer" if factored else "")
+    if key not in spec.memo:
+        spec.memo[key] = recdsl.load(OUTER_SCAN_SPEC if factored else SCAN_SPEC, D=D, N=N)
+    scan = spec.memo[key]
     varying = {i for i in ir.graph.nodes if ir.reads(i, "prev")}
 
     def leaves():   # the inputs in the reference layout ([B, T, 1, ...]: no heads), converted on first use
@@ -70,14 +114,27 @@ def run_fixed_point_matrix(spec, raw: dict, options: dict, h0, cu, output_final_
     base, shared = leaves(), {}
 
     def iterate(y_prev, final):
-        ev = Evaluator(ir, lambda i, n: y_prev.unsqueeze(2) if n.op == "prev" else base(i, n))
+        def leaf(i, n):
+            if n.op == "prev":   # prev(y, shift = 1): the previous token's output, zeros at a sequence's start
+                return (shift_tokens(y_prev, None, cu) if len(n.args) > 1 else y_prev).unsqueeze(2)
+            return base(i, n)
+        ev = Evaluator(ir, leaf)
         ev.memo.update(shared)      # everything that does not depend on the iterate, evaluated once
         val = lambda i, shape: torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device) \
             .expand((B, T, 1) + shape).squeeze(2)   # noqa: E731
-        a, w, c = val(a_id, (D, N)), val(w_id, (D, N)), val(c_id, (N,))
+        a, c = val(a_id, (D, N)), val(c_id, (N,))
+        if factored:
+            p_id, q_id = ir.operands(w_id)
+            write = {"p": val(p_id, (D,)), "q": val(q_id, (N,))}
+        else:
+            write = {"w": val(w_id, (D, N))}
         shared.update({i: v for i, v in ev.memo.items() if i not in varying})
-        return scan.op(a=a, w=w, c=c, initial_state=None if h0 is None else h0.float(),
-                       output_final_state=final, cu_seqlens=cu, backend="triton")
+        y, last = scan.op(a=a, c=c, **write, initial_state=None if h0 is None else h0.float(),
+                          output_final_state=final, cu_seqlens=cu, backend="triton")
+        if out != rd:       # the rest of the readout around H @ c
+            ev.memo[rd] = y.unsqueeze(2)
+            y = val(out, (D,))
+        return y, last
 
     start = {"y": torch.zeros(B, T, D, dtype=torch.float32, device=ref.device)}
     with torch.no_grad():

@@ -71,6 +71,8 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("word_A5", "fp_rnn_contractive", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "fp_rnn_hdep", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "fp_rnn_hdep_full", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
+    # the paper's A5 runs are FP-Mamba's (a [D, N] state per token, the readout iterated)
+    Reference("word_A5", "fp_mamba_hdep", MOVAHEDI, claim="generalises beyond 16", match=(("layers", 1),)),
     Reference("word_A5", "mamba", MOVAHEDI, claim="fails even at length 16", match=(("layers", 2),)),
 )
 
