@@ -1,8 +1,10 @@
 """Wall time of one eager training step on the A5 task at the paper's width (one layer, d_model 512, batch
 512, every sequence of length 16, at most 24 fixed-point iterations), and its GPU time by kernel
-(task_step_time.profile_step). RECDSL_FIXED_POINT picks the fixed-point path. One JSON line, appended to OUT.
+(task_step_time.profile_step). RECDSL_FIXED_POINT picks the fixed-point path, RECDSL_FP_MATRIX_WRITE how a
+matrix state's scan takes an outer-product write (fixed_point_matrix.py). One JSON line, appended to OUT.
 
     RECDSL_FIXED_POINT=fused python benchmarks/a5_step_time.py OUT [--spec benchmarks/specs/fp_rnn_hdep.rec]
+    python benchmarks/a5_step_time.py OUT --spec benchmarks/specs/fp_mamba_hdep.rec -p D=1024 -p N=16 --precision bf16
 """
 from __future__ import annotations
 
@@ -27,10 +29,15 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--spec", default="benchmarks/specs/fp_rnn_hdep.rec")
     ap.add_argument("--steps", type=int, default=10, help="timed steps, after 3 of warm-up")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a spec parameter (D=1024 -p N=16 for benchmarks/specs/fp_mamba_hdep.rec)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args()
     warnings.simplefilter("ignore")      # 24 iterations often stop short of the tolerance, as in training
-    cfg = TrainConfig(args.spec, "word_A5", 1, 512, batch=512, train_len=(1, 16),
-                      params=(("D", 512.0), ("max_iter", 24.0), ("tol", 0.01)))
+    params = {"D": 512.0, "max_iter": 24.0, "tol": 0.01}
+    params.update((k, float(v)) for k, v in (p.split("=", 1) for p in args.param))
+    cfg = TrainConfig(args.spec, "word_A5", 1, 512, batch=512, train_len=(1, 16), params=tuple(params.items()),
+                      precision=args.precision)
     step = eager_step(cfg, lr=1e-4)
     for _ in range(3):
         step()
@@ -39,7 +46,9 @@ def main() -> int:
     for _ in range(args.steps):
         step()
     torch.cuda.synchronize()
-    row = {"mode": os.environ.get("RECDSL_FIXED_POINT", "auto"), "spec": args.spec, "gpu": torch.cuda.get_device_name(),
+    row = {"mode": os.environ.get("RECDSL_FIXED_POINT", "auto"),
+           "matrix_write": os.environ.get("RECDSL_FP_MATRIX_WRITE", "factors"), "spec": args.spec, "params": params,
+           "precision": args.precision, "gpu": torch.cuda.get_device_name(),
            "wall_ms_per_step": round(1000 * (time.perf_counter() - t0) / args.steps, 2),
            "profile": profile_step(cfg, top=15)}
     print(json.dumps(row), flush=True)

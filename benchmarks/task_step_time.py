@@ -46,11 +46,11 @@ def step_ms(cfg: TrainConfig, steps: int, mode: str) -> float:
 
 def eager_step(cfg: TrainConfig, lr: float = 1e-3):
     """A function running one eager training step (forward, loss, backward, AdamW) of a fresh model on one
-    fixed batch at the longest training length, on CUDA."""
+    fixed batch at the longest training length, on CUDA, under cfg.precision's autocast."""
     import numpy as np
     import torch.nn.functional as F
     from recdsl.tasks.data import IGNORE, task as get_task
-    from recdsl.tasks.train import TaskModel
+    from recdsl.tasks.train import TaskModel, _autocast
     task = get_task(cfg.task)
     model = TaskModel(cfg, len(task.vocab)).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -59,7 +59,8 @@ def eager_step(cfg: TrainConfig, lr: float = 1e-3):
     tokens, labels = b.tokens.cuda(), b.labels.cuda()
 
     def step():
-        loss = F.cross_entropy(model(tokens).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        with _autocast(cfg, "cuda"):     # cfg.precision's, as training runs it
+            loss = F.cross_entropy(model(tokens).float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         opt.zero_grad()
         loss.backward()
         opt.step()
