@@ -1,7 +1,7 @@
 """Wall time of one eager training step on the A5 task at the paper's width (one layer, d_model 512, batch
 512, every sequence of length 16, at most 24 fixed-point iterations), and its GPU time by kernel
-(task_step_time.profile_step). RECDSL_FIXED_POINT picks the fixed-point path, RECDSL_FP_MATRIX_WRITE how a
-matrix state's scan takes an outer-product write (fixed_point_matrix.py). One JSON line, appended to OUT.
+(task_step_time.profile_step). RECDSL_FIXED_POINT picks the fixed-point path, RECDSL_FP_MATRIX_DECAY and
+_WRITE how a matrix state's scan takes its decay and write (fixed_point_matrix.py). One JSON line, appended to OUT.
 
     RECDSL_FIXED_POINT=fused python benchmarks/a5_step_time.py OUT [--spec benchmarks/specs/fp_rnn_hdep.rec]
     python benchmarks/a5_step_time.py OUT --spec benchmarks/specs/fp_mamba_hdep.rec -p D=1024 -p N=16 --precision bf16
@@ -47,6 +47,7 @@ def main() -> int:
         step()
     torch.cuda.synchronize()
     row = {"mode": os.environ.get("RECDSL_FIXED_POINT", "auto"),
+           "matrix_decay": os.environ.get("RECDSL_FP_MATRIX_DECAY", "factors"),
            "matrix_write": os.environ.get("RECDSL_FP_MATRIX_WRITE", "factors"), "spec": args.spec, "params": params,
            "precision": args.precision, "gpu": torch.cuda.get_device_name(),
            "wall_ms_per_step": round(1000 * (time.perf_counter() - t0) / args.steps, 2),

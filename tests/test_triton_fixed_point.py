@@ -351,14 +351,19 @@ def test_shift_errors_name_the_place():
         recdsl.load(SHIFTED.replace("prev(h, shift = 1)", "prev(h, lag = 1)"))
 
 
-@pytest.mark.parametrize("write", ["factors", "materialised"])
-def test_fp_mamba_matrix_state_matches_reference(write, monkeypatch):
+@pytest.mark.parametrize("operands", ["factors", "materialised"])
+def test_fp_mamba_matrix_state_matches_reference(operands, monkeypatch):
     """FP-Mamba (a [D, N] state, the readout y passed between iterations): the unfused Triton path (the
-    generated matrix scan once per iteration, given the write outer(dt * x_mix, b)'s factors or the write
-    itself) against the fp64 reference, packed sequences and an initial state included, converging (a
-    warning would fail the test) and giving finite gradients."""
-    monkeypatch.setenv("RECDSL_FP_MATRIX_WRITE", write)
+    generated matrix scan once per iteration, given the factors of the decay exp(-dt * exp(A_log)) and of
+    the write outer(dt * x_mix, b), or both whole) against the fp64 reference, packed sequences and an
+    initial state included, converging (a warning would fail the test) and giving finite gradients."""
+    from recdsl.backends.triton.fixed_point_matrix import decay_factors, write_factors
+    monkeypatch.setenv("RECDSL_FP_MATRIX_DECAY", operands)
+    monkeypatch.setenv("RECDSL_FP_MATRIX_WRITE", operands)
     spec = recdsl.load(example("fp_mamba"), D=8, N=4, r=2, tol=1e-5)
+    ir = spec.ir
+    decay, write = decay_factors(ir, ir.operands(ir.root("transition"))[0]), write_factors(ir, ir.root("write"))
+    assert (decay is not None, write is not None) == ((True, True) if operands == "factors" else (False, False))
     assert spec.plan("triton").algorithm == "fixed_point_scan"
     cu = torch.tensor([0, 6, 6, 17], dtype=torch.int32)
     with warnings.catch_warnings():
@@ -375,6 +380,23 @@ def test_fp_mamba_matrix_state_matches_reference(write, monkeypatch):
         o, _ = spec.op(**args, backend="triton")
     o.square().sum().backward()
     assert all(torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0 for a in args.values())
+
+
+def test_fp_mamba_factored_operands_give_the_materialised_gradients(monkeypatch):
+    """The scan given the decay's and the write's factors (its own backward for s, M, p and q) gives the
+    gradients of the scan given both whole, for every input and for A_log."""
+    spec = recdsl.load(example("fp_mamba"), D=8, N=4, r=2, tol=1e-6)
+    args = random_args(spec, B=2, T=9, dtype=torch.float32, seed=5)
+    do = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for operands in ("factors", "materialised"):
+        monkeypatch.setenv("RECDSL_FP_MATRIX_DECAY", operands)
+        monkeypatch.setenv("RECDSL_FP_MATRIX_WRITE", operands)
+        leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+        (spec.op(**leaves, backend="triton")[0] * do).sum().backward()
+        grads[operands] = {k: v.grad for k, v in leaves.items()}
+    for k in args:
+        assert rel(grads["factors"][k], grads["materialised"][k]) < 1e-5, k
 
 
 def test_fp_mamba_hdep_solves_its_equations_and_trains_its_maps():

@@ -20,35 +20,57 @@ import torch
 from recdsl.evaluate import shift_tokens
 from recdsl.ir import IR
 
-SCAN_SPEC = """
-recurrence diag_scan_matrix(D = 1, N = 1):
-    state H[D, N]
-    input a[D, N], w[D, N], c[N]
-    transition diag(a)
-    write w
-    output y = H @ c
-"""
-
-# a write outer(p, q) passes its factors: the scan forms each entry in registers, where a materialised
-# [B, T, D, N] write is written once and read by the scan at every iteration (FP-Mamba's dt x~ b^T)
-OUTER_SCAN_SPEC = """
-recurrence diag_scan_matrix_outer(D = 1, N = 1):
-    state H[D, N]
-    input a[D, N], p[D], q[N], c[N]
-    transition diag(a)
-    write outer(p, q)
-    output y = H @ c
-"""
-WRITE_ENV = "RECDSL_FP_MATRIX_WRITE"   # "materialised": the [D, N] write even for outer(p, q), for a comparison
+# What the generated scan of each iteration takes. The decay and the write may pass as factors, formed entry by
+# entry in the scan's registers, where materialised [B, T, D, N] operands are read at every iteration:
+# - a decay exp(s * M) or exp(-(s * M)) with s [D] per token and M [D, N] of the weights alone (Mamba's
+#   exp(-dt exp(A_log))) as s and M;
+# - a write outer(p, q), p [D] and q [N] (FP-Mamba's dt x~ b^T), as p and q.
+# At the A5 task's training shape (batch 512, T = 16, D = 1024, N = 16, bf16 autocast) a step took 48 GPU ms
+# so, against 63 with both materialised (H100, results 2026-12-04c/d). RECDSL_FP_MATRIX_DECAY /
+# RECDSL_FP_MATRIX_WRITE=materialised pass the operand whole, for a comparison.
+DECAY_ENV, WRITE_ENV = "RECDSL_FP_MATRIX_DECAY", "RECDSL_FP_MATRIX_WRITE"
 
 
-def _factored(ir: IR, write: int) -> bool:
-    """Whether the scan takes the write's factors: outer(p, q) with p [D], q [N] (unless WRITE_ENV says
-    "materialised")."""
-    choice = os.environ.get(WRITE_ENV, "factors")
+def scan_spec(decay_factors: bool, write_factors: bool) -> str:
+    """The text of the per-iteration scan's spec."""
+    inputs = (["s[D]"] if decay_factors else ["a[D, N]"]) + (["p[D]", "q[N]"] if write_factors else ["w[D, N]"])
+    return "\n".join([
+        "recurrence diag_scan_matrix(D = 1, N = 1):",
+        "    state H[D, N]",
+        f"    input {', '.join(inputs)}, c[N]",
+        *(["    weight M[D, N]"] if decay_factors else []),
+        f"    transition diag({'exp(s * M)' if decay_factors else 'a'})",
+        f"    write {'outer(p, q)' if write_factors else 'w'}",
+        "    output y = H @ c", ""])
+
+
+def _choice(env: str) -> bool:
+    choice = os.environ.get(env, "factors")
     if choice not in ("factors", "materialised"):
-        raise ValueError(f"{WRITE_ENV}={choice!r}: expected factors or materialised")
-    return choice == "factors" and ir.node(write).op == "outer"
+        raise ValueError(f"{env}={choice!r}: expected factors or materialised")
+    return choice == "factors"
+
+
+def decay_factors(ir: IR, decay: int) -> tuple[int, int, float] | None:
+    """(s, M, sign) where the decay is exp(sign * s * M) as scan_spec takes it, else None."""
+    if not _choice(DECAY_ENV) or ir.node(decay).op != "exp":
+        return None
+    (x,) = ir.operands(decay)
+    sign = 1.0
+    if ir.node(x).op == "neg":
+        (x,), sign = ir.operands(x), -1.0
+    if ir.node(x).op != "mul":
+        return None
+    D, N = ir.state[1]
+    for s, m in (ir.operands(x), ir.operands(x)[::-1]):
+        if ir.node(s).shape == (D,) and ir.node(m).shape == (D, N) and not ir.reads(m, "input", "prev", "state"):
+            return s, m, sign
+    return None
+
+
+def write_factors(ir: IR, write: int) -> tuple[int, int] | None:
+    """(p, q) where the write is outer(p, q), else None."""
+    return tuple(ir.operands(write)) if _choice(WRITE_ENV) and ir.node(write).op == "outer" else None
 
 
 def readout_product(ir: IR) -> int | None:
@@ -101,10 +123,10 @@ def run_fixed_point_matrix(spec, raw: dict, options: dict, h0, cu, output_final_
     D, N = ir.state[1]
     out, rd = ir.roots_with("output:")[0][1], readout_product(ir)
     a_id, w_id, c_id = ir.operands(ir.root("transition"))[0], ir.root("write"), ir.operands(rd)[1]
-    factored = _factored(ir, w_id)
-    key = "fixed_point_matrix_scan" + ("_outer" if factored else "")
+    decay, write = decay_factors(ir, a_id), write_factors(ir, w_id)
+    key = ("fixed_point_matrix_scan", decay is not None, write is not None)
     if key not in spec.memo:
-        spec.memo[key] = recdsl.load(OUTER_SCAN_SPEC if factored else SCAN_SPEC, D=D, N=N)
+        spec.memo[key] = recdsl.load(scan_spec(*key[1:]), D=D, N=N)
     scan = spec.memo[key]
     varying = {i for i in ir.graph.nodes if ir.reads(i, "prev")}
 
@@ -122,14 +144,17 @@ def run_fixed_point_matrix(spec, raw: dict, options: dict, h0, cu, output_final_
         ev.memo.update(shared)      # everything that does not depend on the iterate, evaluated once
         val = lambda i, shape: torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device) \
             .expand((B, T, 1) + shape).squeeze(2)   # noqa: E731
-        a, c = val(a_id, (D, N)), val(c_id, (N,))
-        if factored:
-            p_id, q_id = ir.operands(w_id)
-            write = {"p": val(p_id, (D,)), "q": val(q_id, (N,))}
+        operands = {"c": val(c_id, (N,))}
+        if decay:       # exp(sign * s * M): s per token, M of the weights alone (one [D, N] value)
+            operands.update(s=decay[2] * val(decay[0], (D,)), M=val(decay[1], (D, N))[0, 0])
         else:
-            write = {"w": val(w_id, (D, N))}
+            operands["a"] = val(a_id, (D, N))
+        if write:
+            operands.update(p=val(write[0], (D,)), q=val(write[1], (N,)))
+        else:
+            operands["w"] = val(w_id, (D, N))
         shared.update({i: v for i, v in ev.memo.items() if i not in varying})
-        y, last = scan.op(a=a, c=c, **write, initial_state=None if h0 is None else h0.float(),
+        y, last = scan.op(**operands, initial_state=None if h0 is None else h0.float(),
                           output_final_state=final, cu_seqlens=cu, backend="triton")
         if out != rd:       # the rest of the readout around H @ c
             ev.memo[rd] = y.unsqueeze(2)
