@@ -134,6 +134,7 @@ def _make_plan(spec, backend: str, batch_channels: int | None, on_cuda: bool | N
             return Plan("triton", "fixed_point_scan", 0, 0, 4, False, why + (
                 "each iteration: the write from the previous iterate in PyTorch (the mixer), then one generated "
                 "element-wise scan launch (the unfused path)",
+                *_matrix_scan_operands(spec),
                 f"fused iteration: {why_not}",
             ) + gradient)
         return Plan("reference", "fixed_point", reasons=why + ((f"Triton: {reason}",) if reason else ()))
@@ -176,6 +177,24 @@ def _make_plan(spec, backend: str, batch_channels: int | None, on_cuda: bool | N
             "h_(t-1) from it (nothing recomputed, nothing extra stored)",
         ))
     return _scan_plan(spec, batch_channels, tokens)
+
+
+def _matrix_scan_operands(spec) -> tuple[str, ...]:
+    """For a matrix state's fixed point: what its per-iteration scan takes (fixed_point_matrix.py)."""
+    ir = spec.ir
+    if len(ir.state[1]) != 2:
+        return ()
+    from recdsl.backends.triton.fixed_point_matrix import decay_factors, readout_product, write_factors
+    decay, write = decay_factors(ir, ir.operands(ir.root("transition"))[0]), write_factors(ir, ir.root("write"))
+    formed = [f"the {what} from {form}'s factors" for what, form, f in
+              (("decay", "exp(s * M)", decay), ("write", "outer(p, q)", write)) if f]
+    whole = [what for what, f in (("decay", decay), ("write", write)) if not f]
+    reasons = ([f"the scan forms {' and '.join(formed)} in registers"] if formed else []) + \
+        ([f"the {whole[0]} passes to the scan as a [B, T, D, N] tensor" if len(whole) == 1 else
+          "the decay and the write pass to the scan as [B, T, D, N] tensors"] if whole else [])
+    if readout_product(ir) != ir.roots_with("output:")[0][1]:
+        reasons.append("the rest of the readout around H @ c in PyTorch after each scan")
+    return tuple(reasons)
 
 
 def _fixed_point_reason(spec) -> str | None:

@@ -122,8 +122,17 @@ def test_layer_reports_iterations_and_warns_when_not_converged():
         spec.op(**random_args(spec, B=1, T=20, dtype=torch.float32, seed=1), backend="triton")
 
 
-def test_routing():
-    assert recdsl.load(example("fp_mamba")).plan("auto", on_cuda=True).algorithm == "fixed_point_scan"
+def test_routing(monkeypatch):
+    plan = recdsl.load(example("fp_mamba")).plan("auto", on_cuda=True)
+    assert plan.algorithm == "fixed_point_scan"
+    assert "forms the decay from exp(s * M)'s factors and the write from outer(p, q)'s factors" in plan.text()
+    monkeypatch.setenv("RECDSL_FP_MATRIX_DECAY", "materialised")
+    assert "the decay passes to the scan as a [B, T, D, N] tensor" in \
+        recdsl.load(example("fp_mamba")).plan("auto", on_cuda=True).text()
+    monkeypatch.setenv("RECDSL_FP_MATRIX_DECAY", "whole")
+    with pytest.raises(ValueError, match="RECDSL_FP_MATRIX_DECAY='whole': expected factors or materialised"):
+        recdsl.load(example("fp_mamba")).plan("triton")
+    monkeypatch.delenv("RECDSL_FP_MATRIX_DECAY")
     # iterating the matrix state itself (not its readout): neither Triton path
     src = open(example("fp_mamba")).read().replace("let y_prev = prev(y)", "let y_prev = prev(H) @ c")
     plan = recdsl.load(src).plan("auto", on_cuda=True)
