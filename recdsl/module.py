@@ -150,6 +150,11 @@ class RecModule(nn.Module):
     def step(self, x_t: torch.Tensor, state):
         """One token: x_t [B, d_model], state as from init_state (a tensor, or a LayerState where the layer
         has short convolutions). Returns (y_t [B, d_model], the new state in the same form)."""
+        if shifted_output(self.spec.ir):
+            out = self.spec.output_name
+            raise ValueError(f"{self.spec.name}: step() cannot go on token by token: prev({out}, shift = 1) reads the "
+                             f"previous token's output, which the carried state does not hold (each call starts it "
+                             f"from zeros); run the whole sequence through forward()")
         y, S = self.forward(x_t.unsqueeze(1), initial_state=state, output_final_state=True)
         return y.squeeze(1), S
 
@@ -158,6 +163,13 @@ class RecModule(nn.Module):
         params = ", ".join(f"{k}={v:g}" for k, v in self.spec.params)
         return f"spec={self.spec.name}({params}), family={a.family} [{a.detail}], eigenvalues in {a.eig_range}"
 
+
+
+def shifted_output(ir) -> bool:
+    """Whether the spec reads prev(<output>, shift = 1): a call then starts that shift from zeros, also after an
+    initial state, so calls with a carried state do not continue a sequence exactly."""
+    out = ir.roots_with("output:")[0][0]
+    return any(ir.node(i).op == "prev" and ir.node(i).args == (out, 1) for i in ir.graph.nodes)
 
 
 def colnorm(M: torch.Tensor, p: float) -> torch.Tensor:

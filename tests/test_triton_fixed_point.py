@@ -466,7 +466,7 @@ def test_fp_mamba_hdep_solves_its_equations_and_trains_its_maps():
 
 def test_output_shifts_and_declared_shapes_name_the_place():
     """prev(..., shift = 1) of a matrix state points to its readout; an output that reads `let` values needs
-    its shape declared, and a declared shape must match."""
+    its shape declared, and a declared shape must match; step() refuses a spec that shifts its output."""
     src = open(example("fp_mamba")).read()
     with pytest.raises(recdsl.RecError, match=r"vector state or of the output") as e:
         recdsl.load(src.replace("let y_prev = prev(y)", "let y_prev = prev(H, shift = 1) @ c"))
@@ -479,6 +479,12 @@ def test_output_shifts_and_declared_shapes_name_the_place():
         recdsl.load("recurrence r(D = 4):\n    state h[D]\n    input a[D], x[D]\n    transition diag(a)\n"
                     "    write x\n    output y[2] = h\n")
     assert ":6:19:" in str(e.value)
+    # the state does not carry the previous token's output: step() says so rather than answer differently
+    from pathlib import Path
+    layer = recdsl.compile(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_mamba_hdep.rec",
+                           D=4, N=2, d_model=4)
+    with pytest.raises(ValueError, match=r"step\(\) cannot go on token by token: prev\(y, shift = 1\)"):
+        layer.step(torch.randn(1, 4), layer.init_state(1))
 
 
 def test_tail_graph_instances_are_handed_out_while_free():
