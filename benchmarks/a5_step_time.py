@@ -48,7 +48,8 @@ def main() -> int:
     torch.cuda.synchronize()
     row = {"mode": os.environ.get("RECDSL_FIXED_POINT", "auto"),
            "matrix_decay": os.environ.get("RECDSL_FP_MATRIX_DECAY", "factors"),
-           "matrix_write": os.environ.get("RECDSL_FP_MATRIX_WRITE", "factors"), "spec": args.spec, "params": params,
+           "matrix_write": os.environ.get("RECDSL_FP_MATRIX_WRITE", "factors"),
+           "scan_blocks": os.environ.get("RECDSL_SCAN_BLOCKS", "planned"), "spec": args.spec, "params": params,
            "precision": args.precision, "gpu": torch.cuda.get_device_name(),
            "wall_ms_per_step": round(1000 * (time.perf_counter() - t0) / args.steps, 2),
            "profile": profile_step(cfg, top=15)}
