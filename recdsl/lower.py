@@ -215,7 +215,8 @@ class _Lowerer:
                     if name == self.state_name and len(self.state_shape) != 1:
                         raise self.err(e.pos, "prev(..., shift = 1) reads the previous token's iterate of a "
                                               "vector state or of the output",
-                                       f"for the matrix state {name}, shift its readout: prev(y, shift = 1)")
+                                       f"for the matrix state {name}, shift its readout: "
+                                       f"prev({next(iter(self.out_shapes), 'y')}, shift = 1)")
                     return self.b.add("prev", args=(name, 1), shape=shapes[name], pos=e.pos)
             return self.b.add("prev", args=(name,), shape=shapes[name], pos=e.pos)
         if fn == "mix":
