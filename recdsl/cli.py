@@ -67,6 +67,7 @@ def cmd_run(args) -> int:
     from . import compile as rec_compile
     from .module import shifted_output
     t0 = time.perf_counter()
+    torch.manual_seed(0)     # the layer's initial weights too: the same report every run
     try:
         layer = rec_compile(args.file, **_params(args.param))
     except RecError as e:
@@ -74,7 +75,6 @@ def cmd_run(args) -> int:
         return 1
     print(layer)
     print(layer.spec.analysis.text())
-    torch.manual_seed(0)
     x = torch.randn(args.batch, args.length, layer.d_model)
     y, S = layer(x, output_final_state=True)
     y.square().mean().backward()

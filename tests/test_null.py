@@ -145,6 +145,14 @@ def test_cli_check_fails_on_error(tmp_path):
     assert f"{bad}:3:21: unknown name 'nope'" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_run_reports_the_same_every_time():
+    """recdsl run seeds before compiling, so the layer's weights, and the report, repeat (the timing aside)."""
+    runs = [run_cli("run", example("lru")) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    report = [r.stdout.rsplit(";", 1)[0] for r in runs]
+    assert "step() vs forward rel. error" in report[0] and report[0] == report[1]
+
+
 def test_cli_explain_and_graph(tmp_path):
     r = run_cli("explain", example("deltaproduct"))
     assert r.returncode == 0 and "householder_product" in r.stdout and "(-1, 1]" in r.stdout
