@@ -552,25 +552,21 @@ class _Lowerer:
 
 
 def _mentions(e: Expr, name: str) -> bool:
-    if isinstance(e, Name):
-        return e.id == name
-    if isinstance(e, Neg):
-        return _mentions(e.operand, name)
-    if isinstance(e, BinOp):
-        return _mentions(e.left, name) or _mentions(e.right, name)
-    if isinstance(e, Call):
-        return any(_mentions(a, name) for a in e.args) or any(_mentions(v, name) for _, v in e.kwargs)
-    return False
+    return any(n.id == name for n in _names(e))
 
 
 def _names(e: Expr):
     """The Name nodes of an expression, left to right."""
     if isinstance(e, Name):
         yield e
-    for child in (getattr(e, "left", None), getattr(e, "right", None), getattr(e, "operand", None),
-                  *getattr(e, "args", ()), *(v for _, v in getattr(e, "kwargs", ()))):
-        if isinstance(child, Expr):
-            yield from _names(child)
+    elif isinstance(e, Neg):
+        yield from _names(e.operand)
+    elif isinstance(e, BinOp):
+        yield from _names(e.left)
+        yield from _names(e.right)
+    elif isinstance(e, Call):
+        for a in (*e.args, *(v for _, v in e.kwargs)):
+            yield from _names(a)
 
 
 def lower(rec: Recurrence, params: dict | None = None, source: str = "", filename: str = "<spec>") -> IR:

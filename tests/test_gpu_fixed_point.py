@@ -274,14 +274,10 @@ def test_fp_mamba_hdep_on_gpu():
     """benchmarks/specs/fp_mamba_hdep.rec (prev(y, shift = 1) in B, C and the mixer; a normalised readout of
     H c + D x~) on the matrix path against the fp64 reference, with varlen, and under bf16 autocast as
     `recdsl tasks --precision bf16` trains it."""
-    from pathlib import Path
-    from conftest import random_args
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_mamba_hdep.rec"
+    from conftest import bench_spec, fp_mamba_hdep_args
+    path = bench_spec("fp_mamba_hdep")
     spec = recdsl.load(path, D=64, N=16, r=2, tol=1e-6)
-    args = random_args(spec, B=1, T=120, dtype=torch.float32, seed=2)
-    for k in ("Wb", "Wc", "Wu", "Wa"):      # a contraction, as in test_triton_fixed_point.py
-        args[k] = 0.1 * args[k] / 8 ** 0.5
-    args.update(alpha_in=args["alpha_in"] - 1, x=4 * args["x"], Dskip=torch.ones(64), ones=torch.ones(64))
+    args = fp_mamba_hdep_args(spec, B=1, T=120, dtype=torch.float32, seed=2, gain=0.1 / 8 ** 0.5)   # D = 64
     args = {k: v.cuda().requires_grad_(True) for k, v in args.items()}
     cu = torch.tensor([0, 50, 120], dtype=torch.int32, device="cuda")
     with warnings.catch_warnings():

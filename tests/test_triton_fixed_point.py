@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import recdsl
 from recdsl import RecNotConverged
 
-from conftest import example, random_args
+from conftest import bench_spec, example, fp_mamba_hdep_args, random_args
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tier; GPU runs are in test_gpu.py")
@@ -437,18 +437,10 @@ def test_fp_mamba_hdep_solves_its_equations_and_trains_its_maps():
     with b_t, c_t, u_t,i = normalise(addend + W y*_(t-1)) and alpha_t = sigmoid(alpha_in_t + Wa y*_(t-1));
     the unfused Triton path agrees with the reference, packed sequences and initial states included; one
     training step's gradient reaches every map."""
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_mamba_hdep.rec"
+    path = bench_spec("fp_mamba_hdep")
     D, N = 6, 4
     spec = recdsl.load(path, D=D, N=N, r=2, tol=1e-12)
-    args = random_args(spec, B=2, T=5, dtype=torch.float64, seed=4)
-    # a contraction, reached in about 22 fp32 iterations (the interpreter runs each one's scan): maps of small
-    # gain, weak reflections, and inputs large against the normalised readout (the LayerNorm's gain is
-    # sqrt(D) / |v - mean(v)|); the initialisers' values for the skip and the mean's weights
-    for k in ("Wb", "Wc", "Wu", "Wa"):
-        args[k] = 0.1 * args[k]
-    args.update(alpha_in=args["alpha_in"] - 1, x=4 * args["x"], Dskip=torch.ones(D, dtype=torch.float64),
-                ones=torch.ones(D, dtype=torch.float64))
+    args = fp_mamba_hdep_args(spec, B=2, T=5, dtype=torch.float64, seed=4)   # the interpreter runs each scan
     h0 = 0.5 * torch.randn(2, D, N, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ro, rS = spec.op(**args, initial_state=h0, output_final_state=True, backend="reference")
     y_last = torch.cat([torch.zeros_like(ro[:, :1]), ro[:, :-1]], 1)
@@ -500,9 +492,7 @@ def test_output_shifts_and_declared_shapes_name_the_place():
                     "    write x\n    output y[2] = h\n")
     assert ":6:19:" in str(e.value)
     # the state does not carry the previous token's output: step() says so rather than answer differently
-    from pathlib import Path
-    layer = recdsl.compile(Path(__file__).resolve().parents[1] / "benchmarks" / "specs" / "fp_mamba_hdep.rec",
-                           D=4, N=2, d_model=4)
+    layer = recdsl.compile(bench_spec("fp_mamba_hdep"), D=4, N=2, d_model=4)
     with pytest.raises(ValueError, match=r"step\(\) cannot go on token by token: prev\(y, shift = 1\)"):
         layer.step(torch.randn(1, 4), layer.init_state(1))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import networkx as nx
 import torch
 
 from recdsl.evaluate import shift_tokens
@@ -85,8 +84,9 @@ def readout_product(ir: IR) -> int | None:
     if n.op != "matmul" or ir.node(ir.operands(rd)[0]).op != "state" or \
             ir.node(ir.operands(rd)[1]).shape != S[1:] or ir.reads(ir.operands(rd)[1], "state"):
         return None
-    out = ir.roots_with("output:")[0][1]
-    return rd if out == rd or rd in nx.ancestors(ir.graph, out) else None
+    # rd is the state's one user, so the readout reads the state exactly when rd is in it (reads() is a table
+    # lookup; this runs on every call)
+    return rd if ir.reads(ir.roots_with("output:")[0][1], "state") else None
 
 
 def eligible(ir: IR) -> str | None:
@@ -145,8 +145,8 @@ def run_fixed_point_matrix(spec, raw: dict, options: dict, h0, cu, output_final_
         val = lambda i, shape: torch.as_tensor(ev(i), dtype=torch.float32, device=ref.device) \
             .expand((B, T, 1) + shape).squeeze(2)   # noqa: E731
         operands = {"c": val(c_id, (N,))}
-        if decay:       # exp(sign * s * M): s per token, M of the weights alone (one [D, N] value)
-            operands.update(s=decay[2] * val(decay[0], (D,)), M=val(decay[1], (D, N))[0, 0])
+        if decay:       # exp(s * sign M): s per token, M of the weights alone (one [D, N] value, which takes the sign)
+            operands.update(s=val(decay[0], (D,)), M=decay[2] * val(decay[1], (D, N))[0, 0])
         else:
             operands["a"] = val(a_id, (D, N))
         if write:
